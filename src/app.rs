@@ -1,0 +1,90 @@
+//! The state shared by the proxy, the admin listener and background tasks: the runtime config
+//! behind an atomic pointer, metrics, and process counters.
+
+use crate::config::{self, Runtime, Settings};
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Outcome of the latest (re)load, for the admin API.
+#[derive(Debug, Clone)]
+pub struct LoadStatus {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub message: String,
+}
+
+pub struct App {
+    pub config_path: PathBuf,
+    /// Settings from start-up; they cannot change without a restart.
+    pub settings: Settings,
+    runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    in_flight: AtomicI64,
+    last_load: Mutex<LoadStatus>,
+}
+
+impl App {
+    pub fn new(config_path: PathBuf, compiled: config::Compiled, metrics: Metrics) -> Arc<Self> {
+        metrics.config_loaded(&compiled.runtime.hash);
+        Arc::new(App {
+            config_path,
+            settings: compiled.settings,
+            runtime: ArcSwap::from_pointee(compiled.runtime),
+            metrics,
+            in_flight: AtomicI64::new(0),
+            last_load: Mutex::new(LoadStatus {
+                at: SystemTime::now(),
+                ok: true,
+                message: "loaded at start-up".into(),
+            }),
+        })
+    }
+
+    /// The config in force; a request keeps the snapshot it started with.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub(crate) fn swap_runtime(&self, runtime: Runtime) {
+        self.metrics.config_loaded(&runtime.hash);
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub(crate) fn record_load(&self, ok: bool, message: String) {
+        self.metrics.config_reload(ok);
+        if let Ok(mut last) = self.last_load.lock() {
+            *last = LoadStatus {
+                at: SystemTime::now(),
+                ok,
+                message,
+            };
+        }
+    }
+
+    pub fn last_load(&self) -> Option<LoadStatus> {
+        self.last_load.lock().ok().map(|l| l.clone())
+    }
+
+    /// Counts a request until the guard drops, so shutdown can wait for in-flight work.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+#[must_use]
+pub struct InFlight(Arc<App>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,155 @@
+//! Wires the pingora server: the proxy listener, the admin listener, the health checker, the
+//! drain watcher, and signal handling (SIGHUP reloads; SIGTERM and SIGINT drain).
+
+use crate::admin::Admin;
+use crate::app::App;
+use crate::proxy::Gateway;
+use crate::reload;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Makes SIGHUP harmless from the first instant: its default action kills the process, and
+/// pingora installs no handler for it. tokio's registration replaces the default action for
+/// the life of the process, so this only needs a runtime long enough to register.
+pub fn guard_sighup() {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => {
+            let registered = rt.block_on(async { signal(SignalKind::hangup()).map(drop) });
+            if let Err(e) = registered {
+                tracing::warn!(error = %e, "cannot install SIGHUP handler");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot build runtime for signal set-up"),
+    }
+}
+
+pub fn run(app: Arc<App>) {
+    let s = &app.settings;
+    let conf = ServerConf {
+        threads: s.threads,
+        // Upper bound only: the drain watcher exits as soon as in-flight requests are done.
+        grace_period_seconds: Some(s.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(app.clone()), "fastgate proxy");
+    proxy.add_tcp(&s.listen.to_string());
+
+    let mut admin = Service::new("fastgate admin".to_string(), Admin::new(app.clone()));
+    admin.add_tcp(&s.admin_listen.to_string());
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service("health checks", HealthChecks { app: app.clone() }));
+    server.add_service(background_service("drain", Drain { app: app.clone() }));
+
+    tracing::info!(
+        listen = %s.listen,
+        admin = %s.admin_listen,
+        config = %app.config_path.display(),
+        hash = %app.runtime().hash,
+        "fastgate starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { app }),
+    });
+}
+
+/// Runs each upstream's health checks when due, over the config in force.
+struct HealthChecks {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            for up in self.app.runtime().upstreams.values() {
+                let up = up.clone();
+                tokio::spawn(async move { up.check_if_due().await });
+            }
+        }
+    }
+}
+
+/// On shutdown, waits for in-flight requests to finish (up to the grace period), then exits.
+/// pingora alone would always wait the whole grace period, even when idle.
+struct Drain {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            return;
+        }
+        let started = Instant::now();
+        let grace = self.app.settings.shutdown_grace;
+        tracing::info!(in_flight = self.app.in_flight(), grace_s = grace.as_secs(), "draining");
+        // Give connections that were accepted just before the signal a moment to register.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while self.app.in_flight() > 0 && started.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.app.in_flight();
+        if left > 0 {
+            tracing::warn!(in_flight = left, "grace period over; exiting with requests in flight");
+        } else {
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained; exiting");
+        }
+        std::process::exit(0);
+    }
+}
+
+/// pingora's signal handling plus SIGHUP for reload. SIGINT drains like SIGTERM: a container
+/// runtime or a terminal should not cut requests short. SIGQUIT keeps pingora's meaning
+/// (hand listening sockets to a new process).
+struct Signals {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (mut hup, mut term, mut int, mut quit) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) {
+            (Ok(h), Ok(t), Ok(i), Ok(q)) => (h, t, i, q),
+            _ => {
+                tracing::error!("cannot install signal handlers; shutting down");
+                return ShutdownSignal::FastShutdown;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    // Reading one small file; a reload is rare and off the request path.
+                    let _ = reload::reload(&self.app);
+                }
+                _ = term.recv() => { tracing::info!("SIGTERM: draining"); return ShutdownSignal::GracefulTerminate; }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); return ShutdownSignal::GracefulTerminate; }
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Raw config -> validated, compiled runtime. Every semantic problem is collected, with its
+//! position, before anything is returned; nothing here runs per request.
+
+use super::diag::{suggest, Diagnostic, Source};
+use super::raw::{PolicyKeys, RawConfig, RawHealthCheck, RawMatch, RawRoute, RawServer, RawUpstream};
+use crate::policy::{builtin, RoutePolicy, Timeouts};
+use crate::routing::normalize::normalize;
+use crate::routing::{Matcher, PathMatch, Route, RouteTable};
+use crate::upstream::{HealthCheckSpec, Upstream, UpstreamDef};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Process-level settings: read at start-up; a reload that changes them is logged, not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Everything the request path reads, immutable once built, swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub routes: RouteTable,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub admin_token: Option<String>,
+    /// Hex digest of the file's text: tells which config is loaded.
+    pub hash: String,
+}
+
+impl Runtime {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+#[derive(Debug)]
+pub struct Compiled {
+    pub settings: Settings,
+    pub runtime: Runtime,
+    /// Not errors, but worth a look (overlapping routes).
+    pub warnings: Vec<Diagnostic>,
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+
+/// Collects diagnostics while compiling.
+struct Ctx<'a> {
+    src: &'a Source<'a>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>) -> Option<T> {
+        self.errors.push(self.src.at(span, msg));
+        None
+    }
+    fn err_hint<T>(
+        &mut self,
+        span: std::ops::Range<usize>,
+        msg: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Option<T> {
+        self.errors.push(self.src.at_hint(span, msg, hint));
+        None
+    }
+}
+
+/// Compiles a parsed file. `previous` lends unchanged upstreams (and their health state).
+pub fn compile(
+    raw: RawConfig,
+    src: &Source<'_>,
+    previous: Option<&Runtime>,
+) -> Result<Compiled, Vec<Diagnostic>> {
+    let RawConfig {
+        server,
+        upstreams,
+        defaults,
+        routes,
+    } = raw;
+    let mut cx = Ctx {
+        src,
+        errors: Vec::new(),
+    };
+
+    let (settings, trusted_proxies, admin_token) = compile_server(&mut cx, server);
+    let upstreams = compile_upstreams(&mut cx, upstreams, previous);
+    let defaults = defaults.policy_keys();
+    let mut seen_names: HashSet<String> = HashSet::new();
+    let mut compiled_routes = Vec::new();
+    for route in &routes {
+        if let Some(r) = compile_route(&mut cx, route, &defaults, &upstreams, &mut seen_names) {
+            compiled_routes.push(r);
+        }
+    }
+
+    let mut warnings = Vec::new();
+    for (i, (a, a_span)) in compiled_routes.iter().enumerate() {
+        for (b, b_span) in compiled_routes.iter().skip(i + 1) {
+            let (a, b): (&Route, &Route) = (a, b);
+            if a.matcher == b.matcher {
+                cx.err_hint::<()>(
+                    b_span.clone(),
+                    format!("route `{}` matches exactly what route `{}` matches", b.name, a.name),
+                    "remove one, or make their `match` differ",
+                );
+            } else if a.matcher.overlaps(&b.matcher) {
+                let (line, _) = super::diag::line_col(src.text, a_span.start);
+                warnings.push(src.at_hint(
+                    b_span.clone(),
+                    format!(
+                        "route `{}` overlaps route `{}` (line {line}); the one written first wins",
+                        b.name, a.name
+                    ),
+                    "give them disjoint `methods`",
+                ));
+            }
+        }
+    }
+
+    if !cx.errors.is_empty() {
+        return Err(cx.errors);
+    }
+    let settings = settings.ok_or_else(Vec::new)?;
+    let routes = RouteTable::new(compiled_routes.into_iter().map(|(r, _)| Arc::new(r)).collect());
+    Ok(Compiled {
+        settings,
+        runtime: Runtime {
+            routes,
+            upstreams,
+            trusted_proxies,
+            admin_token,
+            hash: digest(src.text),
+        },
+        warnings,
+    })
+}
+
+fn digest(text: &str) -> String {
+    // FNV-1a: stable across builds and platforms, enough to tell two files apart in metrics.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn compile_server(
+    cx: &mut Ctx<'_>,
+    server: RawServer,
+) -> (Option<Settings>, Vec<IpNet>, Option<String>) {
+    let RawServer {
+        listen,
+        admin_listen,
+        admin_token,
+        trusted_proxies,
+        threads,
+        shutdown_grace,
+    } = server;
+    let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
+    let admin_listen = parse_addr(cx, admin_listen.as_ref(), DEFAULT_ADMIN_LISTEN, "admin_listen");
+    let threads = match threads {
+        Some(t) if *t.get_ref() == 0 => cx.err(t.span(), "`threads` must be at least 1"),
+        Some(t) => Some(*t.get_ref()),
+        None => Some(1),
+    };
+    let mut nets = Vec::new();
+    for p in &trusted_proxies {
+        let text = p.get_ref().trim();
+        match text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
+            Ok(net) => nets.push(net),
+            Err(_) => {
+                cx.err_hint::<()>(
+                    p.span(),
+                    format!("invalid trusted proxy {text:?}"),
+                    "write an address or a CIDR, e.g. \"10.0.0.0/8\" or \"127.0.0.1\"",
+                );
+            }
+        }
+    }
+    let admin_token = admin_token.map(|t| t.0).filter(|t| !t.is_empty());
+    let settings = match (listen, admin_listen, threads) {
+        (Some(listen), Some(admin_listen), Some(threads)) => Some(Settings {
+            listen,
+            admin_listen,
+            threads,
+            shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0),
+        }),
+        _ => None,
+    };
+    (settings, nets, admin_token)
+}
+
+fn parse_addr(
+    cx: &mut Ctx<'_>,
+    value: Option<&Spanned<super::units::EnvString>>,
+    default: &str,
+    key: &str,
+) -> Option<SocketAddr> {
+    let Some(v) = value else {
+        return default.parse().ok();
+    };
+    match v.get_ref().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => cx.err_hint(
+            v.span(),
+            format!("`{key}` is not an IP address and port: {:?}", v.get_ref().0),
+            "write e.g. \"0.0.0.0:8080\" or \"127.0.0.1:9090\"",
+        ),
+    }
+}
+
+fn compile_upstreams(
+    cx: &mut Ctx<'_>,
+    raw: BTreeMap<String, Spanned<RawUpstream>>,
+    previous: Option<&Runtime>,
+) -> BTreeMap<String, Arc<Upstream>> {
+    let mut out = BTreeMap::new();
+    for (name, spanned) in raw {
+        let span = spanned.span();
+        let RawUpstream {
+            servers,
+            idle_timeout,
+            health_check,
+        } = spanned.into_inner();
+        if servers.is_empty() {
+            cx.err::<()>(span.clone(), format!("upstream `{name}` has no servers"));
+            continue;
+        }
+        let mut addrs = Vec::new();
+        for s in &servers {
+            // Resolved here, once per load: pingora resolves blocking on the request path otherwise.
+            match s.get_ref().to_socket_addrs() {
+                Ok(mut it) => match it.next() {
+                    Some(a) => addrs.push(a),
+                    None => {
+                        cx.err::<()>(s.span(), format!("server {:?} resolved to no address", s.get_ref().0));
+                    }
+                },
+                Err(e) => {
+                    cx.err_hint::<()>(
+                        s.span(),
+                        format!("server {:?} of upstream `{name}`: {e}", s.get_ref().0),
+                        "write host:port, e.g. \"127.0.0.1:8000\"",
+                    );
+                }
+            }
+        }
+        let health_check = health_check.and_then(|hc| compile_health(cx, hc));
+        if addrs.len() != servers.len() {
+            continue;
+        }
+        let def = UpstreamDef {
+            servers: addrs,
+            idle_timeout: idle_timeout.map_or(DEFAULT_IDLE, |d| d.0),
+            health_check,
+        };
+        let reused = previous
+            .and_then(|p| p.upstreams.get(&name))
+            .filter(|u| u.def == def)
+            .cloned();
+        let upstream = match reused {
+            Some(u) => u,
+            None => match Upstream::new(&name, def) {
+                Ok(u) => Arc::new(u),
+                Err(e) => {
+                    cx.err::<()>(span, format!("upstream `{name}`: {e}"));
+                    continue;
+                }
+            },
+        };
+        out.insert(name, upstream);
+    }
+    out
+}
+
+fn compile_health(cx: &mut Ctx<'_>, hc: Spanned<RawHealthCheck>) -> Option<HealthCheckSpec> {
+    let span = hc.span();
+    let RawHealthCheck {
+        path,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    } = hc.into_inner();
+    let path_str = path.as_ref().map_or("/healthz".to_string(), |p| p.get_ref().0.clone());
+    if !path_str.starts_with('/') {
+        let at = path.as_ref().map_or(span.clone(), Spanned::span);
+        return cx.err(at, format!("health check path {path_str:?} must start with `/`"));
+    }
+    let interval = interval.map_or(Duration::from_secs(2), |d| d.0);
+    let timeout = timeout.map_or(Duration::from_secs(1), |d| d.0);
+    if interval.is_zero() || timeout.is_zero() {
+        return cx.err(span, "health check `interval` and `timeout` must be above zero");
+    }
+    Some(HealthCheckSpec {
+        path: path_str,
+        interval,
+        timeout,
+        healthy_threshold: healthy_threshold.unwrap_or(1).max(1),
+        unhealthy_threshold: unhealthy_threshold.unwrap_or(2).max(1),
+    })
+}
+
+fn compile_route(
+    cx: &mut Ctx<'_>,
+    spanned: &Spanned<RawRoute>,
+    defaults: &PolicyKeys<'_>,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    seen: &mut HashSet<String>,
+) -> Option<(Route, std::ops::Range<usize>)> {
+    let span = spanned.span();
+    let route = spanned.get_ref();
+    let RawRoute {
+        name,
+        r#match,
+        upstream,
+        // policy keys are read through policy_keys() below
+        timeout: _,
+        connect_timeout: _,
+        read_timeout: _,
+        max_body: _,
+        streaming: _,
+        stream_idle_timeout: _,
+    } = route;
+
+    let Some(name) = name else {
+        return cx.err_hint(span, "route has no `name`", "add name = \"...\": it labels metrics, logs and errors");
+    };
+    let name_str = name.get_ref().trim().to_string();
+    if name_str.is_empty() {
+        return cx.err(name.span(), "route `name` is empty");
+    }
+    if !seen.insert(name_str.clone()) {
+        cx.err::<()>(name.span(), format!("route name `{name_str}` is used twice"));
+    }
+
+    let matcher = match r#match {
+        Some(m) => compile_match(cx, m),
+        None => cx.err_hint(
+            span.clone(),
+            format!("route `{name_str}` has no `match`"),
+            "add match = { path_prefix = \"/\" } for a catch-all",
+        ),
+    };
+    let upstream = match upstream {
+        None => cx.err(span.clone(), format!("route `{name_str}` has no `upstream`")),
+        Some(u) => match upstreams.get(u.get_ref()) {
+            Some(up) => Some(up.clone()),
+            None => {
+                let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                let hint = match suggest(u.get_ref(), &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("defined upstreams: {}", names.join(", ")),
+                };
+                cx.err_hint(u.span(), format!("unknown upstream `{}`", u.get_ref()), hint)
+            }
+        },
+    };
+    let policy = compile_policy(cx, &route.policy_keys(), defaults);
+    Some((
+        Route {
+            name: name_str,
+            matcher: matcher?,
+            upstream: upstream?,
+            policy: policy?,
+        },
+        span,
+    ))
+}
+
+fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
+    let RawMatch {
+        path,
+        path_prefix,
+        methods,
+        host,
+    } = m.get_ref();
+    let path = match (path, path_prefix) {
+        (Some(_), Some(p)) => {
+            return cx.err(p.span(), "`path` and `path_prefix` cannot both be set");
+        }
+        (None, None) => {
+            return cx.err_hint(m.span(), "`match` needs `path` or `path_prefix`", "path_prefix = \"/\" matches everything");
+        }
+        (Some(p), None) => PathMatch::Exact(route_path(cx, p)?),
+        (None, Some(p)) => {
+            let norm = route_path(cx, p)?;
+            PathMatch::Prefix(norm.trim_end_matches('/').to_string())
+        }
+    };
+    let methods = match methods {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for m in list {
+                let upper = m.get_ref().to_ascii_uppercase();
+                match upper.parse::<http::Method>() {
+                    Ok(method) if !upper.is_empty() => out.push(method),
+                    _ => {
+                        cx.err::<()>(m.span(), format!("invalid HTTP method {:?}", m.get_ref()));
+                    }
+                }
+            }
+            if out.is_empty() {
+                return cx.err(m.span(), "`methods` is empty; leave it out to match every method");
+            }
+            Some(out)
+        }
+    };
+    let host = host.as_ref().map(|h| h.get_ref().trim().to_ascii_lowercase());
+    Some(Matcher { path, methods, host })
+}
+
+fn route_path(cx: &mut Ctx<'_>, p: &Spanned<super::units::EnvString>) -> Option<String> {
+    match normalize(p.get_ref()) {
+        Ok(n) if n != p.get_ref().0 => cx.err_hint(
+            p.span(),
+            format!("route path {:?} is not in normalized form", p.get_ref().0),
+            format!("write {n:?}: requests are matched after normalization"),
+        ),
+        Ok(n) => Some(n.into_owned()),
+        Err(_) => cx.err(p.span(), format!("route path {:?} must start with `/`", p.get_ref().0)),
+    }
+}
+
+fn compile_policy(
+    cx: &mut Ctx<'_>,
+    route: &PolicyKeys<'_>,
+    defaults: &PolicyKeys<'_>,
+) -> Option<RoutePolicy> {
+    fn pick<T: Clone>(r: &Option<Spanned<T>>, d: &Option<Spanned<T>>) -> Option<Spanned<T>> {
+        r.clone().or_else(|| d.clone())
+    }
+    let mut ok = true;
+    let mut dur = |cx: &mut Ctx<'_>, v: Option<Spanned<super::units::Dur>>, key: &str| -> Option<Duration> {
+        let v = v?;
+        if v.get_ref().0.is_zero() {
+            ok = false;
+            return cx.err(v.span(), format!("`{key}` must be above zero"));
+        }
+        Some(v.get_ref().0)
+    };
+    let total = dur(cx, pick(route.timeout, defaults.timeout), "timeout").unwrap_or(builtin::TIMEOUT);
+    let connect = dur(cx, pick(route.connect_timeout, defaults.connect_timeout), "connect_timeout")
+        .unwrap_or(builtin::CONNECT_TIMEOUT);
+    // Without its own value, the read timeout is the total timeout: one slow read cannot outlast it.
+    let read = dur(cx, pick(route.read_timeout, defaults.read_timeout), "read_timeout").unwrap_or(total);
+    let stream_idle = dur(cx, pick(route.stream_idle_timeout, defaults.stream_idle_timeout), "stream_idle_timeout")
+        .unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
+    let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
+    let streaming = route.streaming.or(*defaults.streaming).unwrap_or(false);
+    if !ok {
+        return None;
+    }
+    Some(RoutePolicy {
+        timeouts: Timeouts {
+            total,
+            connect,
+            read: read.min(total),
+            stream_idle,
+        },
+        max_body,
+        streaming,
+    })
+}

@@ -1,0 +1,209 @@
+//! The routes file: read -> parse (`raw`) -> validate and compile (`compile`) -> `Compiled`.
+//!
+//! Loading is the only place config text is looked at; the request path only ever sees the
+//! compiled `Runtime`.
+
+pub mod compile;
+pub mod diag;
+pub mod raw;
+pub mod units;
+
+pub use compile::{Compiled, Runtime, Settings};
+pub use diag::{ConfigError, Diagnostic};
+
+use diag::Source;
+use std::path::Path;
+
+/// Reads and compiles a routes file. `previous` is the config in force, whose unchanged parts
+/// (upstream health) carry over.
+pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Compiled, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&path.display().to_string(), &text, previous)
+}
+
+/// Compiles config text; `file` names it in diagnostics.
+pub fn load_str(file: &str, text: &str, previous: Option<&Runtime>) -> Result<Compiled, ConfigError> {
+    let src = Source { file, text };
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![src.from_toml(&e)]))?;
+    compile::compile(raw, &src, previous).map_err(ConfigError::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[upstreams.api]
+servers = ["127.0.0.1:8000"]
+
+[[routes]]
+name = "market"
+match = { path_prefix = "/api/market" }
+upstream = "api"
+"#;
+
+    fn errors(text: &str) -> Vec<Diagnostic> {
+        match load_str("t.toml", text, None) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.diagnostics().to_vec(),
+        }
+    }
+
+    fn one_error(text: &str) -> Diagnostic {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn minimal_config_compiles_with_defaults() {
+        let c = load_str("t.toml", BASE, None).unwrap();
+        assert_eq!(c.settings.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.settings.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.runtime.routes.len(), 1);
+        let r = c.runtime.routes.iter().next().unwrap();
+        assert_eq!(r.policy.timeouts.total, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_has_position_and_suggestion() {
+        let text = format!("{BASE}upstraem = \"api\"\n");
+        let d = one_error(&text);
+        assert_eq!((d.line, d.file.as_str()), (10, "t.toml"));
+        assert!(d.message.contains("unknown field `upstraem`"), "{}", d.message);
+        assert_eq!(d.hint.as_deref(), Some("did you mean `upstream`?"));
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let text = "[defaults]\ntimeout = \"5 parsecs\"\n";
+        let d = one_error(text);
+        assert_eq!((d.line, d.column), (2, 11));
+        assert!(d.message.contains("invalid duration"), "{}", d.message);
+    }
+
+    #[test]
+    fn bad_size_points_at_the_value() {
+        let d = one_error("[defaults]\nmax_body = \"12 parsecs\"\n");
+        assert_eq!((d.line, d.column), (2, 12));
+        assert!(d.message.contains("invalid size"), "{}", d.message);
+    }
+
+    #[test]
+    fn semantic_errors_are_all_collected() {
+        let text = r#"
+[server]
+listen = "nowhere"
+trusted_proxies = ["10.0.0.0/33"]
+
+[upstreams.api]
+servers = ["127.0.0.1:8000"]
+
+[[routes]]
+name = "a"
+match = { path_prefix = "/a" }
+upstream = "apj"
+
+[[routes]]
+name = "a"
+match = { path = "/b/../c" }
+upstream = "api"
+"#;
+        let errs = errors(text);
+        let lines: Vec<usize> = errs.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![3, 4, 12, 15, 16], "{errs:#?}");
+        assert_eq!(errs[2].hint.as_deref(), Some("did you mean `api`?"));
+        assert_eq!(errs[2].column, 12);
+        assert!(errs[4].hint.as_deref().unwrap().contains("\"/c\""));
+    }
+
+    #[test]
+    fn duplicate_routes_are_errors_and_overlaps_warnings() {
+        let text = format!(
+            "{BASE}\n[[routes]]\nname = \"dup\"\nmatch = {{ path_prefix = \"/api/market\" }}\nupstream = \"api\"\n"
+        );
+        let d = one_error(&text);
+        assert!(d.message.contains("matches exactly what route `market` matches"), "{}", d.message);
+
+        let text = r#"
+[upstreams.api]
+servers = ["127.0.0.1:8000"]
+[[routes]]
+name = "r"
+match = { path_prefix = "/x", methods = ["GET", "POST"] }
+upstream = "api"
+[[routes]]
+name = "w"
+match = { path_prefix = "/x", methods = ["POST"] }
+upstream = "api"
+"#;
+        let c = load_str("t.toml", text, None).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].line, 8);
+    }
+
+    #[test]
+    fn env_variables_fill_strings() {
+        // SAFETY: tests in this module do not read this variable concurrently
+        unsafe { std::env::set_var("FASTGATE_TEST_TOKEN", "tok") };
+        let text = format!("[server]\nadmin_token = \"${{FASTGATE_TEST_TOKEN}}\"\nlisten = \"${{FASTGATE_TEST_UNSET:-127.0.0.1:1234}}\"\n{BASE}");
+        let c = load_str("t.toml", &text, None).unwrap();
+        assert_eq!(c.runtime.admin_token.as_deref(), Some("tok"));
+        assert_eq!(c.settings.listen.to_string(), "127.0.0.1:1234");
+
+        let d = one_error("[server]\nadmin_token = \"${FASTGATE_TEST_UNSET_TOO}\"\n");
+        assert_eq!(d.line, 2);
+        assert!(d.message.contains("FASTGATE_TEST_UNSET_TOO"));
+    }
+
+    #[test]
+    fn defaults_are_inherited_and_overridden() {
+        let text = r#"
+[defaults]
+timeout = "5s"
+max_body = "64KiB"
+[upstreams.api]
+servers = ["127.0.0.1:8000"]
+[[routes]]
+name = "a"
+match = { path_prefix = "/a" }
+upstream = "api"
+[[routes]]
+name = "b"
+match = { path_prefix = "/b" }
+upstream = "api"
+timeout = "250ms"
+max_body = "1MiB"
+"#;
+        let c = load_str("t.toml", text, None).unwrap();
+        let get = |n: &str| c.runtime.routes.iter().find(|r| r.name == n).unwrap().policy.clone();
+        assert_eq!(get("a").timeouts.total.as_millis(), 5000);
+        assert_eq!(get("a").max_body, 64 * 1024);
+        assert_eq!(get("b").timeouts.total.as_millis(), 250);
+        assert_eq!(get("b").timeouts.read.as_millis(), 250);
+        assert_eq!(get("b").max_body, 1024 * 1024);
+    }
+
+    #[test]
+    fn unchanged_upstreams_are_reused_across_reloads() {
+        let first = load_str("t.toml", BASE, None).unwrap();
+        let second = load_str("t.toml", BASE, Some(&first.runtime)).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first.runtime.upstreams["api"], &second.runtime.upstreams["api"]));
+        let changed = BASE.replace("8000", "8001");
+        let third = load_str("t.toml", &changed, Some(&first.runtime)).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first.runtime.upstreams["api"], &third.runtime.upstreams["api"]));
+    }
+
+    #[test]
+    fn shipped_examples_compile() {
+        for f in ["config/fastgate.toml", "config/edge.toml", "config/sidecar.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            if let Err(e) = load(&path, None) {
+                panic!("{f}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The `fastgate` command: `run` the gateway or `check` a routes file.
+
+use clap::{Parser, Subcommand};
+use fastgate::telemetry::logging::{self, LogFormat};
+use fastgate::{app::App, bootstrap, config, telemetry::Metrics};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fastgate", version, about = "A reverse-proxy gateway for FastAPI backends")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Routes file (TOML).
+    #[arg(short, long, env = "FASTGATE_CONFIG", default_value = "config/fastgate.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format.
+        #[arg(long, env = "FASTGATE_LOG_FORMAT", value_enum, default_value = "json")]
+        log_format: LogFormat,
+    },
+    /// Validate a routes file and print the compiled route table; exit 1 on errors.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config.config),
+        Command::Run { config, log_format } => {
+            bootstrap::guard_sighup();
+            logging::init(log_format);
+            run(config.config)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let compiled = match config::load(&path, None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fastgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &compiled.warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fastgate: cannot set up metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    bootstrap::run(App::new(path, compiled, metrics));
+    ExitCode::SUCCESS
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let compiled = match config::load(path, None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let s = &compiled.settings;
+    let rt = &compiled.runtime;
+    println!("{}: ok (hash {})", path.display(), rt.hash);
+    println!("listen {}  admin {}  threads {}  shutdown_grace {:?}", s.listen, s.admin_listen, s.threads, s.shutdown_grace);
+    for up in rt.upstreams.values() {
+        let servers: Vec<String> = up.def.servers.iter().map(ToString::to_string).collect();
+        let hc = up.def.health_check.as_ref().map_or("no health check".to_string(), |h| {
+            format!("health check GET {} every {:?}", h.path, h.interval)
+        });
+        println!("upstream {:<12} {}  ({hc})", up.name, servers.join(", "));
+    }
+    println!("routes, in precedence order:");
+    for (i, r) in rt.routes.iter().enumerate() {
+        let p = &r.policy;
+        let t = &p.timeouts;
+        println!(
+            "  {:>2}. {:<16} {:<40} -> {:<10} timeout {:?} connect {:?} read {:?} max_body {}{}",
+            i + 1,
+            r.name,
+            r.matcher.to_string(),
+            r.upstream.name,
+            t.total,
+            t.connect,
+            t.read,
+            bytesize::ByteSize(p.max_body).display().iec(),
+            if p.streaming { " streaming" } else { "" },
+        );
+    }
+    for w in &compiled.warnings {
+        println!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,211 @@
+//! Every response the gateway produces itself comes from this one table: status, stable
+//! machine `code`, title, and an RFC 9457 `application/problem+json` body carrying the request
+//! id. Policies say *what* failed; this module alone says how that looks on the wire.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorSource, ErrorType};
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// What went wrong, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    BadRequest,
+    Unauthorized,
+    NoRoute,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    Internal,
+    UpstreamFailed,
+    UpstreamUnreachable,
+    NoHealthyUpstream,
+    UpstreamTimeout,
+}
+
+impl Problem {
+    pub const fn status(self) -> u16 {
+        match self {
+            Problem::BadRequest => 400,
+            Problem::Unauthorized => 401,
+            Problem::NoRoute | Problem::NotFound => 404,
+            Problem::MethodNotAllowed => 405,
+            Problem::RequestTimeout => 408,
+            Problem::PayloadTooLarge => 413,
+            Problem::Internal => 500,
+            Problem::UpstreamFailed | Problem::UpstreamUnreachable => 502,
+            Problem::NoHealthyUpstream => 503,
+            Problem::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Stable, documented, for machines: clients and dashboards key on it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Problem::BadRequest => "bad_request",
+            Problem::Unauthorized => "unauthorized",
+            Problem::NoRoute => "no_route",
+            Problem::NotFound => "not_found",
+            Problem::MethodNotAllowed => "method_not_allowed",
+            Problem::RequestTimeout => "request_timeout",
+            Problem::PayloadTooLarge => "payload_too_large",
+            Problem::Internal => "internal_error",
+            Problem::UpstreamFailed => "upstream_failed",
+            Problem::UpstreamUnreachable => "upstream_unreachable",
+            Problem::NoHealthyUpstream => "no_healthy_upstream",
+            Problem::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub const fn title(self) -> &'static str {
+        match self {
+            Problem::BadRequest => "Bad Request",
+            Problem::Unauthorized => "Unauthorized",
+            Problem::NoRoute => "No route matches this request",
+            Problem::NotFound => "Not Found",
+            Problem::MethodNotAllowed => "Method Not Allowed",
+            Problem::RequestTimeout => "Request Timeout",
+            Problem::PayloadTooLarge => "Request body too large",
+            Problem::Internal => "Internal gateway error",
+            Problem::UpstreamFailed => "Upstream failed",
+            Problem::UpstreamUnreachable => "Upstream unreachable",
+            Problem::NoHealthyUpstream => "No healthy upstream",
+            Problem::UpstreamTimeout => "Upstream timed out",
+        }
+    }
+}
+
+/// A problem with its details, ready to render.
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    pub problem: Problem,
+    pub detail: Cow<'static, str>,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl GatewayError {
+    pub fn new(problem: Problem, detail: impl Into<Cow<'static, str>>) -> Self {
+        GatewayError {
+            problem,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The pingora error to return from a phase so the proxy stops; `fail_to_proxy` renders
+    /// the `GatewayError` kept in the request context.
+    pub fn to_pingora(&self) -> Box<Error> {
+        Error::explain(ErrorType::HTTPStatus(self.problem.status()), self.detail.to_string())
+    }
+
+    /// Maps an error raised inside pingora (connect, read, protocol) to what the client sees.
+    /// `None`: the client is gone; nothing can be sent.
+    pub fn from_pingora(e: &Error) -> Option<Self> {
+        use ErrorType::*;
+        let (problem, detail): (Problem, &'static str) = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(413)) => (Problem::PayloadTooLarge, "request body exceeds this route's limit"),
+            (_, HTTPStatus(400)) => (Problem::BadRequest, "malformed request"),
+            (_, HTTPStatus(503)) => (Problem::NoHealthyUpstream, "no healthy upstream server"),
+            (_, HTTPStatus(504)) => (Problem::UpstreamTimeout, "upstream did not answer in time"),
+            (_, HTTPStatus(_)) => (Problem::UpstreamFailed, "upstream request failed"),
+            (ErrorSource::Upstream, ConnectTimedout) => {
+                (Problem::UpstreamTimeout, "connecting to the upstream timed out")
+            }
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
+                (Problem::UpstreamTimeout, "upstream did not answer in time")
+            }
+            (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError | SocketError) => {
+                (Problem::UpstreamUnreachable, "could not connect to the upstream")
+            }
+            (ErrorSource::Upstream, _) => (Problem::UpstreamFailed, "upstream connection failed"),
+            (ErrorSource::Downstream, ReadTimedout) => {
+                (Problem::RequestTimeout, "client did not send the request in time")
+            }
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed | WriteTimedout) => {
+                return None;
+            }
+            (ErrorSource::Downstream, _) => (Problem::BadRequest, "malformed request"),
+            (ErrorSource::Internal | ErrorSource::Unset, _) => (Problem::Internal, "internal gateway error"),
+        };
+        Some(GatewayError::new(problem, detail))
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    request_id: &'a str,
+}
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The response header and body for `err`.
+pub fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, Bytes) {
+    let p = err.problem;
+    let body = Body {
+        kind: format!("urn:fastgate:problem:{}", p.code()),
+        title: p.title(),
+        status: p.status(),
+        detail: &err.detail,
+        code: p.code(),
+        request_id,
+    };
+    // Serializing plain strings and integers cannot fail; fall back to an empty object anyway.
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()));
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(p.status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut header = ResponseHeader::from(parts);
+    // Header names and values here are static or validated: insertion cannot fail.
+    let _ = header.insert_header(http::header::CONTENT_TYPE, CONTENT_TYPE);
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+    let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
+    let _ = header.insert_header(REQUEST_ID_HEADER, request_id);
+    if let Some(secs) = err.retry_after {
+        let _ = header.insert_header(http::header::RETRY_AFTER, secs);
+    }
+    (header, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc9457_body() {
+        let err = GatewayError::new(Problem::UpstreamTimeout, "took too long").retry_after(3);
+        let (h, body) = render(&err, "req-1");
+        assert_eq!(h.status.as_u16(), 504);
+        assert_eq!(h.headers["content-type"], CONTENT_TYPE);
+        assert_eq!(h.headers["retry-after"], "3");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "upstream_timeout");
+        assert_eq!(v["status"], 504);
+        assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["type"], "urn:fastgate:problem:upstream_timeout");
+        assert_eq!(v["detail"], "took too long");
+    }
+
+    #[test]
+    fn client_gone_renders_nothing() {
+        let e = Error::new_down(ErrorType::ConnectionClosed);
+        assert!(GatewayError::from_pingora(&e).is_none());
+        let e = Error::new_up(ErrorType::ConnectRefused);
+        assert_eq!(GatewayError::from_pingora(&e).map(|g| g.problem), Some(Problem::UpstreamUnreachable));
+    }
+}

@@ -1,0 +1,59 @@
+//! Per-request state carried across pingora's phases.
+
+use crate::app::InFlight;
+use crate::config::Runtime;
+use crate::problem::GatewayError;
+use crate::routing::Route;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Ctx {
+    pub started: Instant,
+    /// The config snapshot this request runs on, start to finish.
+    pub runtime: Option<Arc<Runtime>>,
+    pub route: Option<Arc<Route>>,
+    pub request_id: String,
+    /// Set when the normalized path differs from the one received; forwarded instead.
+    pub rewritten_path: Option<String>,
+    /// An upgrade, a streaming route or an event stream: no total deadline.
+    pub streaming: bool,
+    /// End of the total upstream timeout, for non-streaming exchanges.
+    pub deadline: Option<Instant>,
+    pub upstream_addr: Option<SocketAddr>,
+    pub body_seen: u64,
+    /// What the gateway decided went wrong; rendered by `fail_to_proxy`.
+    pub error: Option<GatewayError>,
+    /// The problem code of the response the gateway produced, if it produced one.
+    pub problem_code: Option<&'static str>,
+    pub in_flight: Option<InFlight>,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Ctx {
+            started: Instant::now(),
+            runtime: None,
+            route: None,
+            request_id: String::new(),
+            rewritten_path: None,
+            streaming: false,
+            deadline: None,
+            upstream_addr: None,
+            body_seen: 0,
+            error: None,
+            problem_code: None,
+            in_flight: None,
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or(crate::telemetry::metrics::NO_ROUTE, |r| r.name.as_str())
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,326 @@
+//! The pingora `ProxyHttp` implementation: a thin dispatcher per phase. Policy decisions live
+//! in `policy/`, responses the gateway makes in `problem`, metrics in `telemetry`.
+//!
+//! Phase order for a proxied request: `early_request_filter` (snapshot config, request id) ->
+//! `request_filter` (normalize, route, size cap on `Content-Length`) -> `request_body_filter`
+//! (size cap while streaming) -> `upstream_peer` (pick a healthy server, timeouts) ->
+//! `upstream_request_filter` (forwarding headers) -> `response_filter` -> `response_body_filter`
+//! (total deadline) -> `logging`. Failures anywhere end in `fail_to_proxy`.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod ctx;
+pub mod headers;
+
+use crate::app::App;
+use crate::policy::limits::{self, Declared};
+use crate::problem::{self, GatewayError, Problem};
+use crate::routing::{normalize::normalize, request_host};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::Ctx;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+pub struct Gateway {
+    app: Arc<App>,
+}
+
+impl Gateway {
+    pub fn new(app: Arc<App>) -> Self {
+        Gateway { app }
+    }
+
+    /// Writes a gateway-made response and records it. Returns `Ok(true)` for `request_filter`.
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<bool> {
+        let (header, body) = problem::render(&err, &ctx.request_id);
+        self.note_problem(ctx, &err);
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    fn note_problem(&self, ctx: &mut Ctx, err: &GatewayError) {
+        ctx.problem_code = Some(err.problem.code());
+        self.app.metrics.gateway_error(ctx.route_name(), err.problem.code());
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.in_flight = Some(self.app.track());
+        ctx.runtime = Some(self.app.runtime());
+        ctx.request_id = match session.req_header().headers.get(problem::REQUEST_ID_HEADER) {
+            Some(v) if headers::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => headers::new_request_id(),
+        };
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(runtime) = ctx.runtime.clone() else {
+            return self.respond(session, ctx, GatewayError::new(Problem::Internal, "no config loaded")).await;
+        };
+        let req = session.req_header();
+        let path = match normalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));
+                session.set_keepalive(None);
+                return self.respond(session, ctx, err).await;
+            }
+        };
+        let route = runtime.routes.lookup(&req.method, request_host(req), &path).cloned();
+        if let Cow::Owned(p) = path {
+            ctx.rewritten_path = Some(p);
+        }
+        let Some(route) = route else {
+            let detail = format!("no route for {} {}", req.method, req.uri.path());
+            return self.respond(session, ctx, GatewayError::new(Problem::NoRoute, detail)).await;
+        };
+        self.app.metrics.request_started(&route.name);
+        let max_body = route.policy.max_body;
+        ctx.streaming = route.policy.streaming || session.is_upgrade_req();
+        ctx.route = Some(route);
+
+        let declared = session.req_header().headers.get(CONTENT_LENGTH).map(HeaderValue::as_bytes);
+        match limits::check_declared(declared, max_body) {
+            Declared::Fits | Declared::Unknown => Ok(false),
+            Declared::TooLarge => {
+                // The body is not read: close the connection after answering.
+                session.set_keepalive(None);
+                let detail = format!("request body is larger than this route's limit of {max_body} bytes");
+                self.respond(session, ctx, GatewayError::new(Problem::PayloadTooLarge, detail)).await
+            }
+            Declared::Invalid => {
+                session.set_keepalive(None);
+                self.respond(session, ctx, GatewayError::new(Problem::BadRequest, "invalid Content-Length")).await
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) else {
+            return Ok(());
+        };
+        let max = route.policy.max_body;
+        if limits::exceeds(&mut ctx.body_seen, chunk.len(), max) {
+            // Drop the chunk that crossed the cap: the backend never receives more than the cap.
+            *body = None;
+            let err = GatewayError::new(
+                Problem::PayloadTooLarge,
+                format!("request body is larger than this route's limit of {max} bytes"),
+            );
+            let e = err.to_pingora();
+            ctx.error = Some(err);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
+        };
+        let upstream = &route.upstream;
+        let Some(addr) = upstream.select() else {
+            let retry = upstream
+                .def
+                .health_check
+                .as_ref()
+                .map_or(1, |hc| hc.interval.as_secs().max(1));
+            let err = GatewayError::new(
+                Problem::NoHealthyUpstream,
+                format!("no healthy server in upstream `{}`", upstream.name),
+            )
+            .retry_after(retry);
+            let e = err.to_pingora();
+            ctx.error = Some(err);
+            return Err(e);
+        };
+        ctx.upstream_addr = Some(addr);
+        let t = &route.policy.timeouts;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.idle_timeout = Some(upstream.def.idle_timeout);
+        if ctx.streaming {
+            peer.options.read_timeout = Some(t.stream_idle);
+        } else {
+            let deadline = ctx.started + t.total;
+            ctx.deadline = Some(deadline);
+            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            peer.options.read_timeout = Some(t.read.min(remaining));
+            peer.options.write_timeout = Some(t.read.min(remaining));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let upgrade = session.is_upgrade_req();
+        for name in headers::hop_by_hop(&upstream.headers, upgrade) {
+            upstream.remove_header(&name);
+        }
+        upstream.insert_header(problem::REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+
+        let trusted = match (client_ip(session), ctx.runtime.as_deref()) {
+            (Some(ip), Some(rt)) => rt.is_trusted(ip),
+            _ => false,
+        };
+        if let Some(ip) = client_ip(session) {
+            let xff = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(chain) if trusted && !chain.trim().is_empty() => format!("{chain}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+        }
+        if !(trusted && upstream.headers.contains_key(X_FORWARDED_PROTO)) {
+            upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !(trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
+            if let Some(host) = upstream.headers.get(HOST).cloned() {
+                upstream.insert_header(X_FORWARDED_HOST, host)?;
+            } else {
+                upstream.remove_header(X_FORWARDED_HOST);
+            }
+        }
+
+        if let Some(path) = ctx.rewritten_path.take() {
+            let uri = match upstream.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri = http::Uri::try_from(uri)
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewriting normalized path", e))?;
+            upstream.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if !upgraded {
+            for name in headers::hop_by_hop(&resp.headers, false) {
+                resp.remove_header(&name);
+            }
+        }
+        let is_event_stream = resp
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if upgraded || is_event_stream {
+            ctx.streaming = true;
+        }
+        resp.insert_header(problem::REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        let _ = session;
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if !ctx.streaming && !end_of_stream && ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            // Headers are already out: the only honest signal left is closing the connection.
+            tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), "total timeout hit mid-response; closing");
+            return Err(Error::explain(ErrorType::ReadTimedout, "total upstream timeout exceeded mid-response"));
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = ctx.error.take().or_else(|| GatewayError::from_pingora(e));
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = err.problem.status();
+        if session.response_written().is_some() {
+            // Too late for a problem body; count it and let the connection close.
+            self.note_problem(ctx, &err);
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
+        if let Err(write_err) = self.respond(session, ctx, err).await {
+            tracing::debug!(error = %write_err, "could not send error response");
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let req = session.req_header();
+        if let Some(route) = ctx.route.as_deref() {
+            self.app
+                .metrics
+                .request_finished(&route.name, &req.method, status, elapsed.as_secs_f64());
+        }
+        let upstream = ctx.upstream_addr.map(|a| a.to_string());
+        tracing::info!(
+            target: "fastgate::access",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = req.uri.path(),
+            route = ctx.route_name(),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream = upstream.as_deref().unwrap_or("-"),
+            problem = ctx.problem_code.unwrap_or("-"),
+            error = e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Request routing: a compiled, immutable table from (method, host, normalized path) to a route.
+//!
+//! Precedence is by specificity, never by accident of file order:
+//! 1. a route with a `host` beats one without;
+//! 2. an exact `path` beats any `path_prefix`; a longer prefix beats a shorter one;
+//! 3. a route restricted to `methods` beats one that takes every method.
+//!
+//! Routes equal on all three keep file order; `fastgate check` reports such overlaps.
+//! Prefixes match whole segments: `/api/market` matches `/api/market` and `/api/market/x`,
+//! never `/api/marketing`.
+
+pub mod normalize;
+
+use crate::policy::RoutePolicy;
+use crate::upstream::Upstream;
+use http::Method;
+use std::cmp::Reverse;
+use std::fmt;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// Stored without a trailing slash; `"/"` is stored as `""` and matches everything.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matcher {
+    pub path: PathMatch,
+    /// `None`: every method.
+    pub methods: Option<Vec<Method>>,
+    /// Lower-case host name without port; `None`: every host.
+    pub host: Option<String>,
+}
+
+impl Matcher {
+    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+        };
+        path_ok
+            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|h| host.is_some_and(|req| req.eq_ignore_ascii_case(h)))
+    }
+
+    /// Higher sorts first.
+    fn rank(&self) -> (bool, u8, usize, bool) {
+        let (kind, len) = match &self.path {
+            PathMatch::Exact(p) => (2, p.len()),
+            PathMatch::Prefix(p) => (1, p.len()),
+        };
+        (self.host.is_some(), kind, len, self.methods.is_some())
+    }
+
+    /// Whether some request could match both (same rank, so precedence would be file order).
+    pub fn overlaps(&self, other: &Matcher) -> bool {
+        self.path == other.path
+            && self.host == other.host
+            && match (&self.methods, &other.methods) {
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                _ => self.methods.is_none() && other.methods.is_none(),
+            }
+    }
+}
+
+impl fmt::Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(methods) = &self.methods {
+            let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+            write!(f, "{} ", names.join(","))?;
+        } else {
+            f.write_str("* ")?;
+        }
+        if let Some(host) = &self.host {
+            f.write_str(host)?;
+        }
+        match &self.path {
+            PathMatch::Exact(p) => write!(f, "{p}"),
+            PathMatch::Prefix(p) => write!(f, "{p}/**"),
+        }
+    }
+}
+
+/// One compiled route: everything the request path needs, resolved.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: Matcher,
+    pub upstream: Arc<Upstream>,
+    pub policy: RoutePolicy,
+}
+
+/// Routes in precedence order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
+        // stable: equal ranks keep file order
+        routes.sort_by_key(|r| Reverse(r.matcher.rank()));
+        RouteTable { routes }
+    }
+
+    /// The route for a request. `path` must already be normalized.
+    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(method, host, path))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The host a request was sent to, lower-cased by the caller's comparison, without port.
+pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    let raw = req
+        .uri
+        .host()
+        .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())?;
+    Some(strip_port(raw))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep up to the closing bracket
+        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(path: PathMatch, methods: Option<&[&str]>, host: Option<&str>) -> Matcher {
+        Matcher {
+            path,
+            methods: methods.map(|ms| ms.iter().map(|s| s.parse().unwrap()).collect()),
+            host: host.map(str::to_string),
+        }
+    }
+
+    fn table(ms: Vec<(&str, Matcher)>) -> RouteTable {
+        let up = Arc::new(Upstream::for_tests());
+        RouteTable::new(
+            ms.into_iter()
+                .map(|(name, matcher)| {
+                    Arc::new(Route {
+                        name: name.into(),
+                        matcher,
+                        upstream: up.clone(),
+                        policy: RoutePolicy::default(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn hit(t: &RouteTable, method: &str, host: Option<&str>, path: &str) -> Option<String> {
+        t.lookup(&method.parse().unwrap(), host, path).map(|r| r.name.clone())
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let t = table(vec![("market", m(PathMatch::Prefix("/api/market".into()), None, None))]);
+        assert_eq!(hit(&t, "GET", None, "/api/market").as_deref(), Some("market"));
+        assert_eq!(hit(&t, "GET", None, "/api/market/").as_deref(), Some("market"));
+        assert_eq!(hit(&t, "GET", None, "/api/market/AAPL").as_deref(), Some("market"));
+        assert_eq!(hit(&t, "GET", None, "/api/marketing"), None);
+        assert_eq!(hit(&t, "GET", None, "/api"), None);
+    }
+
+    #[test]
+    fn most_specific_wins_regardless_of_file_order() {
+        let t = table(vec![
+            ("catch-all", m(PathMatch::Prefix(String::new()), None, None)),
+            ("api", m(PathMatch::Prefix("/api".into()), None, None)),
+            ("market-get", m(PathMatch::Prefix("/api/market".into()), Some(&["GET"]), None)),
+            ("market", m(PathMatch::Prefix("/api/market".into()), None, None)),
+            ("exact", m(PathMatch::Exact("/api/market/special".into()), None, None)),
+            ("host", m(PathMatch::Prefix(String::new()), None, Some("admin.example.com"))),
+        ]);
+        assert_eq!(hit(&t, "GET", None, "/other").as_deref(), Some("catch-all"));
+        assert_eq!(hit(&t, "GET", None, "/api/x").as_deref(), Some("api"));
+        assert_eq!(hit(&t, "GET", None, "/api/market/x").as_deref(), Some("market-get"));
+        assert_eq!(hit(&t, "POST", None, "/api/market/x").as_deref(), Some("market"));
+        assert_eq!(hit(&t, "POST", None, "/api/market/special").as_deref(), Some("exact"));
+        assert_eq!(hit(&t, "GET", Some("ADMIN.example.com"), "/api/market/special").as_deref(), Some("host"));
+    }
+
+    #[test]
+    fn overlap_detection() {
+        let a = m(PathMatch::Prefix("/a".into()), Some(&["GET", "POST"]), None);
+        let b = m(PathMatch::Prefix("/a".into()), Some(&["POST"]), None);
+        let c = m(PathMatch::Prefix("/a".into()), Some(&["PUT"]), None);
+        assert!(a.overlaps(&b));
+        assert!(!a.overlaps(&c));
+    }
+
+    #[test]
+    fn host_port_is_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

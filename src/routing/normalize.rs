@@ -1,0 +1,148 @@
+//! Path normalization, so that a request cannot dodge a route's policy by spelling its path
+//! differently: `/api/./market`, `/api//market`, `/api/%6Darket` and `/x/../api/market` all
+//! match (and are forwarded as) `/api/market`.
+//!
+//! Steps, in order: percent-decode unreserved characters (RFC 3986 2.3) and upper-case the hex
+//! of the escapes kept; fold runs of `/`; remove dot segments (RFC 3986 5.2.4). Reserved escapes
+//! such as `%2F` stay encoded: decoding them would change which segments the backend sees.
+
+use std::borrow::Cow;
+
+/// Why a path cannot be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not origin-form (`/...`): e.g. `*` or an absolute URI.
+    NotOriginForm,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+}
+
+/// The normalized form of `path` (without query). Borrows when nothing changes, which is the
+/// common case, so the hot path does not allocate.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+fn is_normal(path: &str) -> bool {
+    !path.contains('%')
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..")
+}
+
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+            let hi = (hex[0] as char).to_digit(16).ok_or(PathError::BadEscape)?;
+            let lo = (hex[1] as char).to_digit(16).ok_or(PathError::BadEscape)?;
+            let byte = (hi * 16 + lo) as u8;
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                out.push(byte as char);
+            } else {
+                out.push('%');
+                out.push(hex[0].to_ascii_uppercase() as char);
+                out.push(hex[1].to_ascii_uppercase() as char);
+            }
+            i += 3;
+        } else {
+            // path is &str, so copying whole UTF-8 sequences byte by byte stays valid
+            let ch_len = utf8_len(b[i]);
+            out.push_str(&path[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    Ok(out)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7F => 1,
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        _ => 4,
+    }
+}
+
+/// RFC 3986 5.2.4 over segments, with empty segments folded. A trailing slash is kept.
+fn remove_dot_segments(path: &str) -> String {
+    let mut stack: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "" => trailing_slash = last,
+            "." => trailing_slash = last,
+            ".." => {
+                stack.pop();
+                trailing_slash = last;
+            }
+            s => {
+                stack.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in &stack {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if trailing_slash || stack.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> String {
+        normalize(p).unwrap().into_owned()
+    }
+
+    #[test]
+    fn already_normal_paths_are_borrowed() {
+        for p in ["/", "/api/market", "/api/market/", "/a.b/c..d/.e"] {
+            assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_slashes() {
+        assert_eq!(n("/api/../admin"), "/admin");
+        assert_eq!(n("/api/./market"), "/api/market");
+        assert_eq!(n("/api//market"), "/api/market");
+        assert_eq!(n("//api///market//"), "/api/market/");
+        assert_eq!(n("/../../etc"), "/etc");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/a/."), "/a/");
+        assert_eq!(n("/.."), "/");
+    }
+
+    #[test]
+    fn percent_decoding_of_unreserved_only() {
+        assert_eq!(n("/api/%6darket"), "/api/market");
+        assert_eq!(n("/api/%2e%2e/admin"), "/admin");
+        assert_eq!(n("/a%2fb"), "/a%2Fb");
+        assert_eq!(n("/caf%C3%A9"), "/caf%C3%A9");
+        assert_eq!(n("/héllo//x"), "/héllo/x");
+        assert_eq!(normalize("/bad%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/bad%2"), Err(PathError::BadEscape));
+        assert_eq!(normalize("*"), Err(PathError::NotOriginForm));
+    }
+}

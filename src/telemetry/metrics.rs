@@ -1,0 +1,152 @@
+//! Prometheus metrics. Labels are bounded: route and upstream names from the config, methods
+//! folded to a known set, status classes; never raw paths or client addresses.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for API latencies, in seconds: 1 ms to 30 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    request_duration: HistogramVec,
+    gateway_errors: IntCounterVec,
+    in_flight: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    upstream_health: IntGaugeVec,
+    start_time: IntGauge,
+}
+
+/// Route label for requests that matched no route.
+pub const NO_ROUTE: &str = "<none>";
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_server_request_duration_seconds",
+                "Time from the first request byte to the last response byte, per route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method", "status_class"],
+        )?;
+        let gateway_errors = IntCounterVec::new(
+            Opts::new("fastgate_gateway_errors_total", "Responses the gateway produced itself, by problem code."),
+            &["route", "code"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new("http_server_active_requests", "Requests in flight, per route."),
+            &["route"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new("fastgate_config_reloads_total", "Config reloads, by result (ok, failed)."),
+            &["result"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new("fastgate_config_info", "The loaded config: 1 for its hash."),
+            &["hash"],
+        )?;
+        let upstream_health = IntGaugeVec::new(
+            Opts::new("fastgate_upstream_healthy", "1 when the upstream server passes its health check."),
+            &["upstream", "server"],
+        )?;
+        let start_time = IntGauge::new("process_start_time_seconds", "Start time of the process, Unix seconds.")?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(gateway_errors.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_info.clone()))?;
+        registry.register(Box::new(upstream_health.clone()))?;
+        registry.register(Box::new(start_time.clone()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        start_time.set(now);
+        Ok(Metrics {
+            registry,
+            request_duration,
+            gateway_errors,
+            in_flight,
+            config_reloads,
+            config_info,
+            upstream_health,
+            start_time,
+        })
+    }
+
+    pub fn request_started(&self, route: &str) {
+        self.in_flight.with_label_values(&[route]).inc();
+    }
+
+    pub fn request_finished(&self, route: &str, method: &http::Method, status: u16, seconds: f64) {
+        self.in_flight.with_label_values(&[route]).dec();
+        self.request_duration
+            .with_label_values(&[route, method_label(method), status_class(status)])
+            .observe(seconds);
+    }
+
+    pub fn gateway_error(&self, route: &str, code: &str) {
+        self.gateway_errors.with_label_values(&[route, code]).inc();
+    }
+
+    pub fn config_loaded(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    pub fn set_upstream_health(&self, upstream: &str, server: &str, healthy: bool) {
+        self.upstream_health.with_label_values(&[upstream, server]).set(i64::from(healthy));
+    }
+
+    /// Forgets per-server health series (before re-filling them from the current config).
+    pub fn reset_upstream_health(&self) {
+        self.upstream_health.reset();
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    pub fn start_time(&self) -> i64 {
+        self.start_time.get()
+    }
+}
+
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}

@@ -1,0 +1,7 @@
+//! Telemetry in one place: log set-up, metric names and labels, and the typed events the
+//! request path emits. Nothing else in the crate names a metric.
+
+pub mod logging;
+pub mod metrics;
+
+pub use metrics::Metrics;

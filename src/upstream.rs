@@ -1,0 +1,161 @@
+//! Upstreams: a named group of servers, picked round-robin among the healthy ones, with active
+//! HTTP health checks.
+//!
+//! Built on pingora's load balancer and health check. Server addresses are resolved when the
+//! config is compiled, never on the request path. An upstream whose definition is unchanged
+//! across a reload is carried over whole, so its health state survives the reload.
+
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: usize,
+    pub unhealthy_threshold: usize,
+}
+
+/// What an upstream is, as configured; two equal definitions share one runtime upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamDef {
+    pub servers: Vec<SocketAddr>,
+    /// How long an idle pooled connection to a server is kept.
+    pub idle_timeout: Duration,
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub def: UpstreamDef,
+    lb: LoadBalancer<RoundRobin>,
+    /// Set once the first round of health checks has finished (or at once without checks).
+    checked: AtomicBool,
+    /// Milliseconds since `epoch()` at which the next check is due.
+    next_check_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("def", &self.def).finish()
+    }
+}
+
+/// Why an upstream could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream has no servers")]
+    NoServers,
+    #[error("cannot build load balancer: {0}")]
+    Balancer(#[from] std::io::Error),
+    #[error("invalid health check request: {0}")]
+    HealthRequest(String),
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Upstream {
+    pub fn new(name: &str, def: UpstreamDef) -> Result<Self, UpstreamError> {
+        if def.servers.is_empty() {
+            return Err(UpstreamError::NoServers);
+        }
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(def.servers.iter().copied())?;
+        if let Some(hc) = &def.health_check {
+            let mut check = HttpHealthCheck::new("localhost", false);
+            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
+                .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
+            req.insert_header("Host", "localhost")
+                .and_then(|_| req.insert_header("User-Agent", "fastgate-health-check"))
+                .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
+            check.req = req;
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
+            check.consecutive_success = hc.healthy_threshold;
+            check.consecutive_failure = hc.unhealthy_threshold;
+            lb.set_health_check(Box::new(check));
+        }
+        let checked = AtomicBool::new(def.health_check.is_none());
+        Ok(Upstream {
+            name: name.to_string(),
+            def,
+            lb,
+            checked,
+            next_check_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The next healthy server, round-robin; `None` when every server is unhealthy.
+    pub fn select(&self) -> Option<SocketAddr> {
+        let n = self.def.servers.len();
+        self.lb
+            .select(b"", n)
+            .and_then(|b| b.addr.as_inet().copied())
+    }
+
+    /// Servers with their current health.
+    pub fn server_health(&self) -> Vec<(SocketAddr, bool)> {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter_map(|b| Some((*b.addr.as_inet()?, backends.ready(b))))
+            .collect()
+    }
+
+    /// At least one server is healthy, after the first round of checks.
+    pub fn is_ready(&self) -> bool {
+        self.checked.load(Ordering::Acquire) && self.server_health().iter().any(|(_, ok)| *ok)
+    }
+
+    /// Runs a health check round if one is due. Called from the health-check service.
+    pub async fn check_if_due(&self) {
+        let Some(hc) = &self.def.health_check else {
+            return;
+        };
+        let now = now_ms();
+        let due = self.next_check_ms.load(Ordering::Acquire);
+        if now < due {
+            return;
+        }
+        let next = now + hc.interval.as_millis() as u64;
+        if self
+            .next_check_ms
+            .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return; // another task took this round
+        }
+        self.lb.backends().run_health_check(true).await;
+        self.checked.store(true, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Upstream::new(
+            "test",
+            UpstreamDef {
+                servers: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+                idle_timeout: Duration::from_secs(60),
+                health_check: None,
+            },
+        )
+        .expect("valid test upstream")
+    }
+}
+
+/// Shared handle type used by routes.
+pub type UpstreamRef = Arc<Upstream>;
