@@ -80,7 +80,8 @@ mod tests {
         h.insert(CONNECTION, "Upgrade".parse().unwrap());
         h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
         assert!(hop_by_hop(&h, true).is_empty());
-        assert_eq!(hop_by_hop(&h, false).len(), 2);
+        let plain = hop_by_hop(&h, false);
+        assert!(plain.contains(&http::header::UPGRADE) && plain.contains(&CONNECTION));
     }
 
     #[test]

@@ -1,0 +1,278 @@
+//! Test harness: real processes on ephemeral ports, killed on drop.
+//!
+//! - `Backend`: the example FastAPI app under uvicorn (`examples/backend`).
+//! - `Gateway`: the `fastgate` binary built by cargo, with a config written to a temp dir.
+//!
+//! Readiness is polled, never slept for. `FASTGATE_TEST_PYTHON` picks the interpreter.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `url` until it answers with `want` or `timeout` passes.
+pub fn wait_for_status(url: &str, want: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(status) = blocking_status(url) {
+            if status == want {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A minimal blocking GET, for readiness polls outside any runtime.
+fn blocking_status(url: &str) -> std::io::Result<u16> {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf)?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))
+}
+
+pub struct Backend {
+    pub port: u16,
+    child: Child,
+}
+
+impl Backend {
+    pub fn start() -> Backend {
+        Self::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Backend {
+        let port = free_port();
+        let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--log-level", "warning"])
+            .current_dir(repo().join("examples/backend"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn uvicorn (is the example backend installed?)");
+        let b = Backend { port, child };
+        assert!(
+            wait_for_status(&format!("http://127.0.0.1:{port}/healthz"), 200, Duration::from_secs(30)),
+            "backend did not become healthy"
+        );
+        b
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many requests for `path` the backend has seen.
+    pub async fn hits(&self, path: &str) -> u64 {
+        let v: serde_json::Value = reqwest::get(self.url("/debug/stats")).await.unwrap().json().await.unwrap();
+        v["hits"][path].as_u64().unwrap_or(0)
+    }
+
+    pub async fn total_hits(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(self.url("/debug/stats")).await.unwrap().json().await.unwrap();
+        v["total"].as_u64().unwrap_or(0)
+    }
+
+    pub async fn set_healthy(&self, healthy: bool) {
+        let r = reqwest::Client::new()
+            .post(self.url("/debug/health"))
+            .json(&serde_json::json!({ "healthy": healthy }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Gateway {
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The `[server]` table every test config starts with.
+pub fn server_table(port: u16, admin_port: u16) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nshutdown_grace = \"10s\"\n"
+    )
+}
+
+/// A config with one upstream `api` at `backend` and the given routes etc. appended.
+pub fn config_for(backend: &str, rest: &str) -> String {
+    format!("[upstreams.api]\nservers = [\"{backend}\"]\n\n{rest}")
+}
+
+/// A catch-all route to `api`.
+pub const CATCH_ALL: &str = "[[routes]]\nname = \"all\"\nmatch = { path_prefix = \"/\" }\nupstream = \"api\"\n";
+
+impl Gateway {
+    /// Starts fastgate with `body` (everything but `[server]`) and waits until the admin
+    /// listener answers.
+    pub fn start(body: &str) -> Gateway {
+        Self::start_with(body, "", &[])
+    }
+
+    /// `server_extra` lines go into `[server]`.
+    pub fn start_with(body: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("fastgate.toml");
+        let text = format!("{}{server_extra}\n{body}", server_table(port, admin_port));
+        std::fs::write(&config_path, text).unwrap();
+        let log_path = dir.path().join("fastgate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastgate"));
+        cmd.args(["run", "-c"])
+            .arg(&config_path)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let g = Gateway {
+            port,
+            admin_port,
+            config_path,
+            log_path,
+            _dir: dir,
+            child: Some(child),
+        };
+        assert!(
+            wait_for_status(&g.admin_url("/healthz"), 200, Duration::from_secs(10)),
+            "gateway did not start; log:\n{}",
+            g.log()
+        );
+        g
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn wait_ready(&self) {
+        assert!(
+            wait_for_status(&self.admin_url("/readyz"), 200, Duration::from_secs(10)),
+            "gateway not ready; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Rewrites the config file with `body` under the same `[server]` table.
+    pub fn write_config(&self, body: &str) {
+        let text = format!("{}\n{body}", server_table(self.port, self.admin_port));
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of a sample line in Prometheus text, e.g. `metric{a="b"}`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn config_file(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
