@@ -283,12 +283,7 @@ async fn upstream_down_is_a_502_problem() {
     let gw = Gateway::start(&config_for(&dead, CATCH_ALL));
     let r = reqwest::get(gw.url("/api/market/AAPL")).await.unwrap();
     assert_problem(r, 502, "upstream_unreachable").await;
-    let m = gw.metrics().await;
-    assert_eq!(
-        common::metric_value(&m, "fastgate_gateway_errors_total{code=\"upstream_unreachable\",route=\"all\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    gw.wait_metric("fastgate_gateway_errors_total{code=\"upstream_unreachable\",route=\"all\"}", 1.0).await;
 }
 
 #[tokio::test]
@@ -414,11 +409,8 @@ async fn admin_endpoints() {
     assert_problem(r, 404, "not_found").await;
 
     c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
-    let m = gw.metrics().await;
-    assert_eq!(
-        common::metric_value(&m, "http_server_request_duration_seconds_count{method=\"GET\",route=\"all\",status_class=\"2xx\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    let m = gw
+        .wait_metric("http_server_request_duration_seconds_count{method=\"GET\",route=\"all\",status_class=\"2xx\"}", 1.0)
+        .await;
     assert!(m.contains("fastgate_upstream_healthy{server=\""), "{m}");
 }

@@ -276,3 +276,19 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 pub fn config_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
+
+impl Gateway {
+    /// Polls `/metrics` until `series` has `value`: request metrics are recorded in the logging
+    /// phase, just after the response has gone out. Returns the last scrape.
+    pub async fn wait_metric(&self, series: &str, value: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if metric_value(&m, series) == Some(value) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "{series} never reached {value}:\n{m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
