@@ -35,12 +35,18 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// GET an admin URL and exit 0 on a 2xx answer: a container HEALTHCHECK without curl.
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config.config),
+        Command::Probe { url } => probe(&url),
         Command::Run { config, log_format } => {
             bootstrap::guard_sighup();
             logging::init(log_format);
@@ -111,4 +117,44 @@ fn check(path: &std::path::Path) -> ExitCode {
         println!("warning: {w}");
     }
     ExitCode::SUCCESS
+}
+
+/// A bare HTTP/1.1 GET over a plain socket, so the runtime image needs no curl.
+fn probe(url: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("probe: only http:// URLs");
+        return ExitCode::FAILURE;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let result = (|| -> std::io::Result<u16> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 16];
+        let n = s.read(&mut head)?;
+        std::str::from_utf8(&head[..n])
+            .ok()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+    })();
+    match result {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("probe: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("probe: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
