@@ -101,6 +101,7 @@ impl Admin {
                     "name": r.name,
                     "match": r.matcher.to_string(),
                     "upstream": r.upstream.name,
+                    "policy": r.policy.to_string(),
                     "timeout_ms": t.total.as_millis() as u64,
                     "connect_timeout_ms": t.connect.as_millis() as u64,
                     "read_timeout_ms": t.read.as_millis() as u64,

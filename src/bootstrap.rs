@@ -51,6 +51,7 @@ pub fn run(app: Arc<App>) {
     server.add_service(admin);
     server.add_service(background_service("health checks", HealthChecks { app: app.clone() }));
     server.add_service(background_service("drain", Drain { app: app.clone() }));
+    server.add_service(background_service("maintenance", Maintenance { app: app.clone() }));
 
     tracing::info!(
         listen = %s.listen,
@@ -83,6 +84,37 @@ impl BackgroundService for HealthChecks {
                 let up = up.clone();
                 tokio::spawn(async move { up.check_if_due().await });
             }
+        }
+    }
+}
+
+/// Periodic upkeep: drops rate-limit keys that are back at full burst, so keyed state does not
+/// grow without bound.
+struct Maintenance {
+    app: Arc<App>,
+}
+
+const EVICT_EVERY: Duration = Duration::from_secs(30);
+
+#[async_trait]
+impl BackgroundService for Maintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(EVICT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let runtime = self.app.runtime();
+            let mut keys = 0;
+            for route in runtime.routes.iter() {
+                for limit in route.policy.rate_limits.iter().flat_map(|rl| rl.limits.iter()) {
+                    limit.evict_idle();
+                    keys += limit.tracked_keys();
+                }
+            }
+            self.app.metrics.set_rate_limit_keys(keys);
         }
     }
 }

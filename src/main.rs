@@ -98,20 +98,8 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     println!("routes, in precedence order:");
     for (i, r) in rt.routes.iter().enumerate() {
-        let p = &r.policy;
-        let t = &p.timeouts;
-        println!(
-            "  {:>2}. {:<16} {:<40} -> {:<10} timeout {:?} connect {:?} read {:?} max_body {}{}",
-            i + 1,
-            r.name,
-            r.matcher.to_string(),
-            r.upstream.name,
-            t.total,
-            t.connect,
-            t.read,
-            bytesize::ByteSize(p.max_body).display().iec(),
-            if p.streaming { " streaming" } else { "" },
-        );
+        println!("  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.upstream.name);
+        println!("      {}", r.policy);
     }
     for w in &compiled.warnings {
         println!("warning: {w}");

@@ -5,6 +5,7 @@
 //! config is compiled, never on the request path. An upstream whose definition is unchanged
 //! across a reload is carried over whole, so its health state survives the reload.
 
+use crate::policy::concurrency::{Concurrency, ConcurrencyDef};
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
@@ -30,12 +31,15 @@ pub struct UpstreamDef {
     /// How long an idle pooled connection to a server is kept.
     pub idle_timeout: Duration,
     pub health_check: Option<HealthCheckSpec>,
+    /// In-flight requests across every route that uses this upstream.
+    pub concurrency: Option<ConcurrencyDef>,
 }
 
 pub struct Upstream {
     pub name: String,
     pub def: UpstreamDef,
     lb: LoadBalancer<RoundRobin>,
+    pub concurrency: Option<Concurrency>,
     /// Set once the first round of health checks has finished (or at once without checks).
     checked: AtomicBool,
     /// Milliseconds since `epoch()` at which the next check is due.
@@ -91,6 +95,7 @@ impl Upstream {
         let checked = AtomicBool::new(def.health_check.is_none());
         Ok(Upstream {
             name: name.to_string(),
+            concurrency: def.concurrency.clone().map(Concurrency::new),
             def,
             lb,
             checked,
@@ -151,6 +156,7 @@ impl Upstream {
                 servers: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
                 idle_timeout: Duration::from_secs(60),
                 health_check: None,
+                concurrency: None,
             },
         )
         .expect("valid test upstream")

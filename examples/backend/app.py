@@ -20,6 +20,7 @@ Run: uvicorn app:app --host 127.0.0.1 --port 8000 (from this folder).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import random
@@ -101,7 +102,8 @@ async def user_positions(user_id: str, authorization: str | None = Header(defaul
 
 
 @app.get("/api/static/exchanges")
-async def exchanges():
+async def exchanges(response: Response):
+    response.headers["ETag"] = '"exchanges-v7"'
     return {"exchanges": ["NASDAQ", "NYSE", "LSE", "XETRA"], "version": 7}
 
 
@@ -120,6 +122,25 @@ class TradeIn(BaseModel):
     symbol: str = Field(min_length=1, max_length=16)
     side: str = Field(pattern="^(buy|sell)$")
     qty: float = Field(gt=0)
+
+
+@app.get("/api/export")
+async def export(rows: int = 10, delay: float = 0.1):
+    """A slow NDJSON export, streamed row by row (not an event stream)."""
+
+    async def lines():
+        for item in INSTRUMENTS[:rows]:
+            yield json.dumps(item) + "\n"
+            await asyncio.sleep(delay)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@app.get("/api/precompressed")
+async def precompressed():
+    """A body the backend gzips itself, so a gateway must not compress it again."""
+    body = gzip.compress(json.dumps({"items": INSTRUMENTS[:50]}).encode())
+    return Response(body, media_type="application/json", headers={"Content-Encoding": "gzip"})
 
 
 @app.post("/api/trades", status_code=201)

@@ -2,8 +2,15 @@
 //! position, before anything is returned; nothing here runs per request.
 
 use super::diag::{suggest, Diagnostic, Source};
-use super::raw::{PolicyKeys, RawConfig, RawHealthCheck, RawMatch, RawRoute, RawServer, RawUpstream};
-use crate::policy::{builtin, RoutePolicy, Timeouts};
+use super::raw::{
+    PolicyKeys, RawCompress, RawConfig, RawHealthCheck, RawMatch, RawQueue, RawRateLimit, RawRoute, RawServer,
+    RawUpstream, Toggle,
+};
+use super::units::{Dur, EnvString};
+use crate::policy::compress::{self, CompressPolicy};
+use crate::policy::concurrency::{Concurrency, ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
+use crate::policy::ratelimit::{KeySource, OnMissing, RateLimit, RateLimitDef, RateLimits};
+use crate::policy::{builtin, RoutePolicy, ServerLimits, Timeouts};
 use crate::routing::normalize::normalize;
 use crate::routing::{Matcher, PathMatch, Route, RouteTable};
 use crate::upstream::{HealthCheckSpec, Upstream, UpstreamDef};
@@ -30,6 +37,7 @@ pub struct Runtime {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub trusted_proxies: Vec<IpNet>,
     pub admin_token: Option<String>,
+    pub limits: ServerLimits,
     /// Hex digest of the file's text: tells which config is loaded.
     pub hash: String,
 }
@@ -92,13 +100,13 @@ pub fn compile(
         errors: Vec::new(),
     };
 
-    let (settings, trusted_proxies, admin_token) = compile_server(&mut cx, server);
+    let (settings, trusted_proxies, admin_token, limits) = compile_server(&mut cx, server);
     let upstreams = compile_upstreams(&mut cx, upstreams, previous);
     let defaults = defaults.policy_keys();
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &routes {
-        if let Some(r) = compile_route(&mut cx, route, &defaults, &upstreams, &mut seen_names) {
+        if let Some(r) = compile_route(&mut cx, route, &defaults, &upstreams, &mut seen_names, previous) {
             compiled_routes.push(r);
         }
     }
@@ -139,6 +147,7 @@ pub fn compile(
             upstreams,
             trusted_proxies,
             admin_token,
+            limits,
             hash: digest(src.text),
         },
         warnings,
@@ -158,7 +167,7 @@ fn digest(text: &str) -> String {
 fn compile_server(
     cx: &mut Ctx<'_>,
     server: RawServer,
-) -> (Option<Settings>, Vec<IpNet>, Option<String>) {
+) -> (Option<Settings>, Vec<IpNet>, Option<String>, ServerLimits) {
     let RawServer {
         listen,
         admin_listen,
@@ -166,7 +175,25 @@ fn compile_server(
         trusted_proxies,
         threads,
         shutdown_grace,
+        max_uri_length,
+        max_header_count,
+        max_header_bytes,
+        client_body_timeout,
+        keepalive_timeout,
     } = server;
+    let d = ServerLimits::default();
+    let positive = |cx: &mut Ctx<'_>, v: &Option<Spanned<Dur>>, key: &str, default: Duration| match v {
+        Some(t) if t.get_ref().0.is_zero() => cx.err(t.span(), format!("`{key}` must be above zero")).unwrap_or(default),
+        Some(t) => t.get_ref().0,
+        None => default,
+    };
+    let limits = ServerLimits {
+        max_uri_length: max_uri_length.map_or(d.max_uri_length, |s| s.0 as usize),
+        max_header_count: max_header_count.unwrap_or(d.max_header_count),
+        max_header_bytes: max_header_bytes.map_or(d.max_header_bytes, |s| s.0 as usize),
+        client_body_timeout: positive(cx, &client_body_timeout, "client_body_timeout", d.client_body_timeout),
+        keepalive_timeout: positive(cx, &keepalive_timeout, "keepalive_timeout", d.keepalive_timeout),
+    };
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
     let admin_listen = parse_addr(cx, admin_listen.as_ref(), DEFAULT_ADMIN_LISTEN, "admin_listen");
     let threads = match threads {
@@ -198,7 +225,7 @@ fn compile_server(
         }),
         _ => None,
     };
-    (settings, nets, admin_token)
+    (settings, nets, admin_token, limits)
 }
 
 fn parse_addr(
@@ -232,7 +259,10 @@ fn compile_upstreams(
             servers,
             idle_timeout,
             health_check,
+            max_concurrent,
+            queue,
         } = spanned.into_inner();
+        let concurrency = compile_concurrency(cx, max_concurrent.as_ref(), queue.as_ref());
         if servers.is_empty() {
             cx.err::<()>(span.clone(), format!("upstream `{name}` has no servers"));
             continue;
@@ -264,6 +294,7 @@ fn compile_upstreams(
             servers: addrs,
             idle_timeout: idle_timeout.map_or(DEFAULT_IDLE, |d| d.0),
             health_check,
+            concurrency: concurrency.flatten(),
         };
         let reused = previous
             .and_then(|p| p.upstreams.get(&name))
@@ -318,20 +349,17 @@ fn compile_route(
     defaults: &PolicyKeys<'_>,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     seen: &mut HashSet<String>,
+    previous: Option<&Runtime>,
 ) -> Option<(Route, std::ops::Range<usize>)> {
     let span = spanned.span();
     let route = spanned.get_ref();
+    // The policy keys are read through `policy_keys()`, which the macro in `raw` generates from
+    // the same list as the struct, so none can be missed.
     let RawRoute {
         name,
         r#match,
         upstream,
-        // policy keys are read through policy_keys() below
-        timeout: _,
-        connect_timeout: _,
-        read_timeout: _,
-        max_body: _,
-        streaming: _,
-        stream_idle_timeout: _,
+        ..
     } = route;
 
     let Some(name) = name else {
@@ -367,7 +395,8 @@ fn compile_route(
             }
         },
     };
-    let policy = compile_policy(cx, &route.policy_keys(), defaults);
+    let before = previous.and_then(|p| p.routes.iter().find(|r| r.name == name_str));
+    let policy = compile_policy(cx, &route.policy_keys(), defaults, before.map(|r| &r.policy));
     Some((
         Route {
             name: name_str,
@@ -438,15 +467,15 @@ fn compile_policy(
     cx: &mut Ctx<'_>,
     route: &PolicyKeys<'_>,
     defaults: &PolicyKeys<'_>,
+    before: Option<&RoutePolicy>,
 ) -> Option<RoutePolicy> {
-    fn pick<T: Clone>(r: &Option<Spanned<T>>, d: &Option<Spanned<T>>) -> Option<Spanned<T>> {
+    fn pick<T: Clone>(r: &Option<T>, d: &Option<T>) -> Option<T> {
         r.clone().or_else(|| d.clone())
     }
-    let mut ok = true;
-    let mut dur = |cx: &mut Ctx<'_>, v: Option<Spanned<super::units::Dur>>, key: &str| -> Option<Duration> {
+    let errors_before = cx.errors.len();
+    let dur = |cx: &mut Ctx<'_>, v: Option<Spanned<Dur>>, key: &str| -> Option<Duration> {
         let v = v?;
         if v.get_ref().0.is_zero() {
-            ok = false;
             return cx.err(v.span(), format!("`{key}` must be above zero"));
         }
         Some(v.get_ref().0)
@@ -459,8 +488,37 @@ fn compile_policy(
     let stream_idle = dur(cx, pick(route.stream_idle_timeout, defaults.stream_idle_timeout), "stream_idle_timeout")
         .unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
     let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
+    let max_response_body = pick(route.max_response_body, defaults.max_response_body).map(|s| s.get_ref().0);
     let streaming = route.streaming.or(*defaults.streaming).unwrap_or(false);
-    if !ok {
+
+    let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
+        let bypass = pick(route.rate_limit_bypass, defaults.rate_limit_bypass).unwrap_or_default();
+        compile_rate_limits(cx, &list, &bypass, before.and_then(|b| b.rate_limits.as_ref()))
+    });
+    let concurrency = compile_concurrency(
+        cx,
+        pick(route.max_concurrent, defaults.max_concurrent).as_ref(),
+        pick(route.queue, defaults.queue).as_ref(),
+    )
+    .flatten()
+    .map(|def| {
+        // An unchanged limit keeps its semaphore: requests in flight across a reload still count.
+        before
+            .and_then(|b| b.concurrency.as_ref())
+            .filter(|c| c.def == def)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Concurrency::new(def)))
+    });
+    let compress = match pick(route.compress, defaults.compress) {
+        None => None,
+        Some(c) => match c.get_ref() {
+            Toggle::Off => None,
+            Toggle::On(None) => Some(CompressPolicy::default()),
+            Toggle::On(Some(raw)) => compile_compress(cx, raw),
+        },
+    };
+
+    if cx.errors.len() > errors_before {
         return None;
     }
     Some(RoutePolicy {
@@ -471,6 +529,199 @@ fn compile_policy(
             stream_idle,
         },
         max_body,
+        max_response_body,
         streaming,
+        rate_limits,
+        concurrency,
+        compress,
+    })
+}
+
+fn compile_concurrency(
+    cx: &mut Ctx<'_>,
+    max: Option<&Spanned<usize>>,
+    queue: Option<&Spanned<RawQueue>>,
+) -> Option<Option<ConcurrencyDef>> {
+    let Some(max) = max else {
+        if let Some(q) = queue {
+            return cx.err(q.span(), "`queue` needs `max_concurrent`");
+        }
+        return Some(None);
+    };
+    if *max.get_ref() == 0 {
+        return cx.err(max.span(), "`max_concurrent` must be at least 1");
+    }
+    let (size, timeout) = queue.map_or((0, DEFAULT_QUEUE_TIMEOUT), |q| {
+        let RawQueue { size, timeout } = q.get_ref();
+        (*size, timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |t| t.0))
+    });
+    Some(Some(ConcurrencyDef {
+        max: *max.get_ref(),
+        queue: size,
+        queue_timeout: timeout,
+    }))
+}
+
+fn compile_rate_limits(
+    cx: &mut Ctx<'_>,
+    list: &Spanned<Vec<Spanned<RawRateLimit>>>,
+    bypass: &[Spanned<EnvString>],
+    before: Option<&RateLimits>,
+) -> Option<RateLimits> {
+    if list.get_ref().is_empty() {
+        return None;
+    }
+    let mut limits = Vec::new();
+    let mut names = HashSet::new();
+    for raw in list.get_ref() {
+        let RawRateLimit {
+            rate,
+            burst,
+            key,
+            on_missing_key,
+            missing_key_status,
+            name,
+        } = raw.get_ref();
+        let (count, per) = match RateLimitDef::parse_rate(rate.get_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                cx.err::<()>(rate.span(), e);
+                continue;
+            }
+        };
+        let key_source = match key.as_ref().map_or(Ok(KeySource::ClientIp), |k| KeySource::parse(k.get_ref())) {
+            Ok(k) => k,
+            Err(e) => {
+                cx.err::<()>(key.as_ref().map_or(raw.span(), Spanned::span), e);
+                continue;
+            }
+        };
+        let status = match missing_key_status {
+            None => 401,
+            Some(s) if matches!(s.get_ref(), 400 | 401) => *s.get_ref(),
+            Some(s) => {
+                cx.err::<()>(s.span(), "`missing_key_status` must be 400 or 401");
+                continue;
+            }
+        };
+        let on_missing = match on_missing_key.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("reject", _)) => OnMissing::Reject(status),
+            Some(("shared", _)) => OnMissing::Shared,
+            Some(("client_ip", _)) => OnMissing::ClientIp,
+            Some((other, span)) => {
+                cx.err_hint::<()>(
+                    span,
+                    format!("unknown `on_missing_key` {other:?}"),
+                    "use \"reject\", \"shared\" or \"client_ip\"",
+                );
+                continue;
+            }
+        };
+        let burst = burst.as_ref().map_or(count, |b| *b.get_ref());
+        if burst == 0 {
+            cx.err::<()>(burst_span(raw), "`burst` must be at least 1");
+            continue;
+        }
+        let label = name.as_ref().map_or_else(|| key_label(&key_source), |n| n.get_ref().clone());
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+            cx.err::<()>(name.as_ref().map_or(raw.span(), Spanned::span), format!("rate limit name {label:?} may only use letters, digits and -_.:"));
+            continue;
+        }
+        if !names.insert(label.clone()) {
+            cx.err_hint::<()>(raw.span(), format!("two rate limits on this route are named {label:?}"), "give one a `name`");
+            continue;
+        }
+        let def = RateLimitDef {
+            name: label,
+            count,
+            per,
+            burst,
+            key: key_source,
+            on_missing,
+        };
+        // An unchanged limit keeps its limiter, so a reload does not reset anyone's budget.
+        let reused = before.and_then(|b| b.limits.iter().find(|l| l.def == def).cloned());
+        match reused.or_else(|| RateLimit::new(def).map(Arc::new)) {
+            Some(limit) => limits.push(limit),
+            None => {
+                cx.err::<()>(rate.span(), "rate is too fine for the limiter");
+            }
+        }
+    }
+    let mut nets = Vec::new();
+    let mut keys = Vec::new();
+    for b in bypass {
+        let text = b.get_ref().trim();
+        if let Some(k) = text.strip_prefix("key:") {
+            keys.push(k.to_string());
+        } else if let Ok(net) = text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
+            nets.push(net);
+        } else {
+            cx.err_hint::<()>(b.span(), format!("invalid bypass entry {text:?}"), "write an address, a CIDR, or key:VALUE");
+        }
+    }
+    Some(RateLimits::new(limits, nets, keys))
+}
+
+fn burst_span(raw: &Spanned<RawRateLimit>) -> std::ops::Range<usize> {
+    raw.get_ref().burst.as_ref().map_or(raw.span(), Spanned::span)
+}
+
+fn key_label(k: &KeySource) -> String {
+    match k {
+        KeySource::ClientIp => "client_ip".into(),
+        KeySource::Route => "route".into(),
+        KeySource::Header(h) => format!("header:{h}"),
+        KeySource::Cookie(c) => format!("cookie:{c}"),
+        KeySource::Query(q) => format!("query:{q}"),
+    }
+}
+
+fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolicy> {
+    let RawCompress {
+        algorithms,
+        min_size,
+        types,
+        gzip_level,
+        brotli_level,
+        zstd_level,
+    } = raw;
+    let d = CompressPolicy::default();
+    let mut algs = Vec::new();
+    if let Some(list) = algorithms {
+        for a in list {
+            match compress::parse_algorithm(a.get_ref()) {
+                Some(alg) => algs.push(alg),
+                None => {
+                    cx.err_hint::<()>(a.span(), format!("unknown compression algorithm {:?}", a.get_ref()), "use \"zstd\", \"br\" or \"gzip\"");
+                }
+            }
+        }
+        if algs.is_empty() && !list.is_empty() {
+            return None;
+        }
+    } else {
+        algs = d.algorithms.clone();
+    }
+    let mut level = |v: &Option<Spanned<u32>>, max: u32, default: u32, name: &str| match v {
+        Some(l) if *l.get_ref() == 0 || *l.get_ref() > max => {
+            cx.err::<()>(l.span(), format!("`{name}` must be 1 to {max}"));
+            default
+        }
+        Some(l) => *l.get_ref(),
+        None => default,
+    };
+    let gzip_level = level(gzip_level, 9, d.gzip_level, "gzip_level");
+    let brotli_level = level(brotli_level, 11, d.brotli_level, "brotli_level");
+    let zstd_level = level(zstd_level, 19, d.zstd_level, "zstd_level");
+    Some(CompressPolicy {
+        algorithms: algs,
+        min_size: min_size.map_or(d.min_size, |s| s.0),
+        types: types
+            .as_ref()
+            .map_or(d.types, |t| t.iter().map(|s| s.trim().to_ascii_lowercase()).collect()),
+        gzip_level,
+        brotli_level,
+        zstd_level,
     })
 }

@@ -179,7 +179,7 @@ timeout = "250ms"
 max_body = "1MiB"
 "#;
         let c = load_str("t.toml", text, None).unwrap();
-        let get = |n: &str| c.runtime.routes.iter().find(|r| r.name == n).unwrap().policy.clone();
+        let get = |n: &str| &c.runtime.routes.iter().find(|r| r.name == n).unwrap().policy;
         assert_eq!(get("a").timeouts.total.as_millis(), 5000);
         assert_eq!(get("a").max_body, 64 * 1024);
         assert_eq!(get("b").timeouts.total.as_millis(), 250);

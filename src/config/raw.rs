@@ -32,6 +32,16 @@ pub struct RawServer {
     pub trusted_proxies: Vec<Spanned<EnvString>>,
     pub threads: Option<Spanned<usize>>,
     pub shutdown_grace: Option<Dur>,
+    /// Longer request targets get 414.
+    pub max_uri_length: Option<Size>,
+    /// More request headers get 431.
+    pub max_header_count: Option<usize>,
+    /// Larger request headers (names + values) get 431.
+    pub max_header_bytes: Option<Size>,
+    /// Longest wait between two reads of a request body from the client -> 408.
+    pub client_body_timeout: Option<Spanned<Dur>>,
+    /// How long an idle client keep-alive connection stays open.
+    pub keepalive_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +50,9 @@ pub struct RawUpstream {
     pub servers: Vec<Spanned<EnvString>>,
     pub idle_timeout: Option<Dur>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// In-flight requests to this upstream across all routes.
+    pub max_concurrent: Option<Spanned<usize>>,
+    pub queue: Option<Spanned<RawQueue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,67 +74,135 @@ pub struct RawMatch {
     pub host: Option<Spanned<EnvString>>,
 }
 
-/// Declares the policy keys once, for `[defaults]` (`RawPolicy`) and for each route
-/// (`RawRoute`, which adds its own identity keys), so the two cannot drift apart.
-macro_rules! with_policy_keys {
-    ($(#[$meta:meta])* pub struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
-        $(#[$meta])*
+/// Declares the policy keys once and generates from that one list: `RawPolicy` (`[defaults]`),
+/// `RawRoute` (a route's identity keys plus the same policy keys) and `PolicyKeys`, a borrowed
+/// view of either, so defaults and routes cannot drift apart and merging sees every key.
+macro_rules! policy_keys {
+    ( $( $(#[$fm:meta])* $key:ident : $ty:ty ),* $(,)? ) => {
+        /// `[defaults]`: the policy every route inherits.
         #[derive(Debug, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct $name {
-            $(pub $field: $ty,)*
-            /// Total time for the whole upstream exchange.
-            pub timeout: Option<Spanned<Dur>>,
-            pub connect_timeout: Option<Spanned<Dur>>,
-            /// Longest wait between two reads from the upstream.
-            pub read_timeout: Option<Spanned<Dur>>,
-            pub max_body: Option<Spanned<Size>>,
-            /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.
-            pub streaming: Option<bool>,
-            pub stream_idle_timeout: Option<Spanned<Dur>>,
+        pub struct RawPolicy {
+            $( $(#[$fm])* pub $key: Option<$ty>, )*
         }
-    };
-}
 
-with_policy_keys! {
-    /// `[defaults]`: the policy every route inherits.
-    pub struct RawPolicy {}
-}
+        /// `[[routes]]`: how to recognise a request, where to send it, and policy overrides.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawRoute {
+            pub name: Option<Spanned<String>>,
+            pub r#match: Option<Spanned<RawMatch>>,
+            pub upstream: Option<Spanned<String>>,
+            $( $(#[$fm])* pub $key: Option<$ty>, )*
+        }
 
-with_policy_keys! {
-    /// `[[routes]]`: how to recognise a request, where to send it, and policy overrides.
-    pub struct RawRoute {
-        name: Option<Spanned<String>>,
-        r#match: Option<Spanned<RawMatch>>,
-        upstream: Option<Spanned<String>>,
-    }
-}
+        /// The policy keys of a route or of `[defaults]`, borrowed, for merging.
+        pub struct PolicyKeys<'a> {
+            $( pub $key: &'a Option<$ty>, )*
+        }
 
-/// The policy keys of a route or of `[defaults]`, borrowed, for merging.
-pub struct PolicyKeys<'a> {
-    pub timeout: &'a Option<Spanned<Dur>>,
-    pub connect_timeout: &'a Option<Spanned<Dur>>,
-    pub read_timeout: &'a Option<Spanned<Dur>>,
-    pub max_body: &'a Option<Spanned<Size>>,
-    pub streaming: &'a Option<bool>,
-    pub stream_idle_timeout: &'a Option<Spanned<Dur>>,
-}
-
-macro_rules! policy_keys_of {
-    ($t:ty) => {
-        impl $t {
+        impl RawPolicy {
             pub fn policy_keys(&self) -> PolicyKeys<'_> {
-                PolicyKeys {
-                    timeout: &self.timeout,
-                    connect_timeout: &self.connect_timeout,
-                    read_timeout: &self.read_timeout,
-                    max_body: &self.max_body,
-                    streaming: &self.streaming,
-                    stream_idle_timeout: &self.stream_idle_timeout,
-                }
+                PolicyKeys { $( $key: &self.$key, )* }
+            }
+        }
+
+        impl RawRoute {
+            pub fn policy_keys(&self) -> PolicyKeys<'_> {
+                PolicyKeys { $( $key: &self.$key, )* }
             }
         }
     };
 }
-policy_keys_of!(RawPolicy);
-policy_keys_of!(RawRoute);
+
+policy_keys! {
+    /// Total time for the whole upstream exchange.
+    timeout: Spanned<Dur>,
+    connect_timeout: Spanned<Dur>,
+    /// Longest wait between two reads from the upstream.
+    read_timeout: Spanned<Dur>,
+    max_body: Spanned<Size>,
+    /// Cap on the response body the backend may send.
+    max_response_body: Spanned<Size>,
+    /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.
+    streaming: bool,
+    stream_idle_timeout: Spanned<Dur>,
+    /// Limits stacked on the route; all must allow a request.
+    rate_limit: Spanned<Vec<Spanned<RawRateLimit>>>,
+    /// Client addresses/CIDRs, or `key:VALUE` limit keys, that no limit applies to.
+    rate_limit_bypass: Vec<Spanned<EnvString>>,
+    /// In-flight requests on the route.
+    max_concurrent: Spanned<usize>,
+    /// Requests that may wait for a `max_concurrent` slot, and for how long.
+    queue: Spanned<RawQueue>,
+    compress: Spanned<Toggle<RawCompress>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// `"100/s"`, `"600/m"`, `"1000/h"`.
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<u32>>,
+    /// `client_ip` (default), `header:NAME`, `cookie:NAME`, `query:NAME`, `route`.
+    pub key: Option<Spanned<String>>,
+    /// Without the key: `shared` (one bucket), `client_ip`, or `reject`.
+    pub on_missing_key: Option<Spanned<String>>,
+    /// Status for `reject`: 400 or 401.
+    pub missing_key_status: Option<Spanned<u16>>,
+    /// Label in `RateLimit-Policy` and metrics; defaults to the key.
+    pub name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub size: usize,
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompress {
+    /// In order of preference on equal q-values.
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    pub min_size: Option<Size>,
+    /// Content-type prefixes that are compressed.
+    pub types: Option<Vec<String>>,
+    pub gzip_level: Option<Spanned<u32>>,
+    pub brotli_level: Option<Spanned<u32>>,
+    pub zstd_level: Option<Spanned<u32>>,
+}
+
+/// `"off"`, `"on"` (built-in settings), or a table of settings.
+#[derive(Debug, Clone)]
+pub enum Toggle<T> {
+    Off,
+    On(Option<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Toggle<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Toggle<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"off\", \"on\" or a table of settings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(Toggle::Off),
+                    "on" => Ok(Toggle::On(None)),
+                    other => Err(E::custom(format!("expected \"off\", \"on\" or a table, found {other:?}"))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(if v { Toggle::On(None) } else { Toggle::Off })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|t| Toggle::On(Some(t)))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}

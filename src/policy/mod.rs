@@ -3,7 +3,10 @@
 //! A route holds concrete values, not a list of boxed filters: each policy is plain data that
 //! the proxy phases consult in a fixed order.
 
+pub mod compress;
+pub mod concurrency;
 pub mod limits;
+pub mod ratelimit;
 
 use std::time::Duration;
 
@@ -38,13 +41,18 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct RoutePolicy {
     pub timeouts: Timeouts,
     /// Request body cap in bytes.
     pub max_body: u64,
+    /// Response body cap in bytes.
+    pub max_response_body: Option<u64>,
     /// The route streams: no total timeout, `stream_idle` between reads.
     pub streaming: bool,
+    pub rate_limits: Option<ratelimit::RateLimits>,
+    pub concurrency: Option<std::sync::Arc<concurrency::Concurrency>>,
+    pub compress: Option<compress::CompressPolicy>,
 }
 
 impl Default for RoutePolicy {
@@ -52,7 +60,69 @@ impl Default for RoutePolicy {
         RoutePolicy {
             timeouts: Timeouts::default(),
             max_body: builtin::MAX_BODY,
+            max_response_body: None,
             streaming: false,
+            rate_limits: None,
+            concurrency: None,
+            compress: None,
         }
+    }
+}
+
+/// Request limits of the `[server]` table, applied before routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub max_uri_length: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub client_body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_uri_length: 8 * 1024,
+            max_header_count: 100,
+            max_header_bytes: 32 * 1024,
+            client_body_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl std::fmt::Display for RoutePolicy {
+    /// The policy in words, for `fastgate check`, the admin API and the status page.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.timeouts;
+        if self.streaming {
+            write!(f, "streaming (idle {:?})", t.stream_idle)?;
+        } else {
+            write!(f, "timeout {:?} (connect {:?}, read {:?})", t.total, t.connect, t.read)?;
+        }
+        write!(f, ", max_body {}", bytesize::ByteSize(self.max_body).display().iec())?;
+        if let Some(cap) = self.max_response_body {
+            write!(f, ", max_response_body {}", bytesize::ByteSize(cap).display().iec())?;
+        }
+        if let Some(rl) = &self.rate_limits {
+            for l in &rl.limits {
+                let d = &l.def;
+                write!(f, ", rate {}/{:?} burst {} by {}", d.count, d.per, d.burst, d.name)?;
+            }
+            if !rl.bypass_nets.is_empty() || !rl.bypass_keys.is_empty() {
+                write!(f, " (bypass: {} nets, {} keys)", rl.bypass_nets.len(), rl.bypass_keys.len())?;
+            }
+        }
+        if let Some(c) = &self.concurrency {
+            write!(f, ", max {} in flight", c.def.max)?;
+            if c.def.queue > 0 {
+                write!(f, " (queue {}, {:?})", c.def.queue, c.def.queue_timeout)?;
+            }
+        }
+        if let Some(c) = &self.compress {
+            let algs: Vec<&str> = c.algorithms.iter().map(|a| compress::token(*a)).collect();
+            write!(f, ", compress {} from {}", algs.join("/"), bytesize::ByteSize(c.min_size).display().iec())?;
+        }
+        Ok(())
     }
 }

@@ -27,6 +27,13 @@ pub struct Ctx {
     /// The problem code of the response the gateway produced, if it produced one.
     pub problem_code: Option<&'static str>,
     pub in_flight: Option<InFlight>,
+    /// `RateLimit-Policy` / `RateLimit` for the response.
+    pub rate_limit_headers: Option<crate::policy::ratelimit::Headers>,
+    /// Concurrency slots (route, upstream), released when the request ends.
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// The encoding chosen for the response, if the route compresses.
+    pub compression: Option<pingora::protocols::http::compression::Algorithm>,
+    pub response_seen: u64,
 }
 
 impl Ctx {
@@ -44,6 +51,10 @@ impl Ctx {
             error: None,
             problem_code: None,
             in_flight: None,
+            rate_limit_headers: None,
+            permits: Vec::new(),
+            compression: None,
+            response_seen: 0,
         }
     }
 

@@ -13,13 +13,16 @@ pub mod ctx;
 pub mod headers;
 
 use crate::app::App;
+use crate::policy::concurrency::Shed;
 use crate::policy::limits::{self, Declared};
+use crate::policy::ratelimit::{self, Decision, RequestView};
 use crate::problem::{self, GatewayError, Problem};
 use crate::routing::{normalize::normalize, request_host};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora::modules::http::compression::ResponseCompression;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -44,7 +47,8 @@ impl Gateway {
 
     /// Writes a gateway-made response and records it. Returns `Ok(true)` for `request_filter`.
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<bool> {
-        let (header, body) = problem::render(&err, &ctx.request_id);
+        let (mut header, body) = problem::render(&err, &ctx.request_id);
+        add_rate_limit_headers(&mut header, ctx);
         self.note_problem(ctx, &err);
         let head_only = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(header), head_only).await?;
@@ -64,6 +68,38 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
+fn add_rate_limit_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
+    if let Some(h) = &ctx.rate_limit_headers {
+        let _ = resp.insert_header("ratelimit-policy", h.policy.clone());
+        let _ = resp.insert_header("ratelimit", h.state.clone());
+    }
+}
+
+/// 414/431 from the `[server]` limits, checked before anything else looks at the request.
+fn check_server_limits(req: &RequestHeader, limits: &crate::policy::ServerLimits) -> Option<GatewayError> {
+    let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_length {
+        return Some(GatewayError::new(
+            Problem::UriTooLong,
+            format!("request target is {target_len} bytes; the limit is {}", limits.max_uri_length),
+        ));
+    }
+    if req.headers.len() > limits.max_header_count {
+        return Some(GatewayError::new(
+            Problem::HeadersTooLarge,
+            format!("{} header fields; the limit is {}", req.headers.len(), limits.max_header_count),
+        ));
+    }
+    let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > limits.max_header_bytes {
+        return Some(GatewayError::new(
+            Problem::HeadersTooLarge,
+            format!("header fields total {bytes} bytes; the limit is {}", limits.max_header_bytes),
+        ));
+    }
+    None
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -74,56 +110,128 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.in_flight = Some(self.app.track());
-        ctx.runtime = Some(self.app.runtime());
+        let runtime = self.app.runtime();
         ctx.request_id = match session.req_header().headers.get(problem::REQUEST_ID_HEADER) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
             }
             _ => headers::new_request_id(),
         };
+        let limits = &runtime.limits;
+        session.set_read_timeout(Some(limits.client_body_timeout));
+        session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
+        if let Some(err) = check_server_limits(session.req_header(), limits) {
+            session.set_keepalive(None);
+            ctx.error = Some(err);
+            ctx.runtime = Some(runtime);
+            return Ok(());
+        }
+
+        // Routing happens here, before pingora's modules see the request, because the route
+        // decides whether the compression module is switched on.
+        let req = session.req_header();
+        match normalize(req.uri.path()) {
+            Err(e) => {
+                session.set_keepalive(None);
+                ctx.error = Some(GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}")));
+            }
+            Ok(path) => {
+                ctx.route = runtime.routes.lookup(&req.method, request_host(req), &path).cloned();
+                if let Cow::Owned(p) = path {
+                    ctx.rewritten_path = Some(p);
+                }
+            }
+        }
+        ctx.runtime = Some(runtime);
+
+        let chosen = ctx.route.as_ref().and_then(|r| {
+            let policy = r.policy.compress.as_ref()?;
+            let alg = policy.choose(session.req_header().headers.get(ACCEPT_ENCODING))?;
+            Some((alg, policy.level(alg)))
+        });
+        if let Some((alg, level)) = chosen {
+            if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+                c.adjust_algorithm_level(alg, level);
+                ctx.compression = Some(alg);
+                // pingora's module takes the first listed encoding: list only the one chosen.
+                session
+                    .req_header_mut()
+                    .insert_header(ACCEPT_ENCODING, crate::policy::compress::token(alg))?;
+            }
+        }
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(runtime) = ctx.runtime.clone() else {
-            return self.respond(session, ctx, GatewayError::new(Problem::Internal, "no config loaded")).await;
-        };
-        let req = session.req_header();
-        let path = match normalize(req.uri.path()) {
-            Ok(p) => p,
-            Err(e) => {
-                let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));
-                session.set_keepalive(None);
-                return self.respond(session, ctx, err).await;
-            }
-        };
-        let route = runtime.routes.lookup(&req.method, request_host(req), &path).cloned();
-        if let Cow::Owned(p) = path {
-            ctx.rewritten_path = Some(p);
+        if let Some(err) = ctx.error.take() {
+            return self.respond(session, ctx, err).await;
         }
-        let Some(route) = route else {
+        let Some(route) = ctx.route.clone() else {
+            let req = session.req_header();
             let detail = format!("no route for {} {}", req.method, req.uri.path());
             return self.respond(session, ctx, GatewayError::new(Problem::NoRoute, detail)).await;
         };
         self.app.metrics.request_started(&route.name);
-        let max_body = route.policy.max_body;
-        ctx.streaming = route.policy.streaming || session.is_upgrade_req();
-        ctx.route = Some(route);
+        let policy = &route.policy;
+        ctx.streaming = policy.streaming || session.is_upgrade_req();
 
+        // Size cap from the declared length: refused before a byte of body is read.
         let declared = session.req_header().headers.get(CONTENT_LENGTH).map(HeaderValue::as_bytes);
-        match limits::check_declared(declared, max_body) {
-            Declared::Fits | Declared::Unknown => Ok(false),
+        match limits::check_declared(declared, policy.max_body) {
+            Declared::Fits | Declared::Unknown => {}
             Declared::TooLarge => {
-                // The body is not read: close the connection after answering.
                 session.set_keepalive(None);
-                let detail = format!("request body is larger than this route's limit of {max_body} bytes");
-                self.respond(session, ctx, GatewayError::new(Problem::PayloadTooLarge, detail)).await
+                let detail = format!("request body is larger than this route's limit of {} bytes", policy.max_body);
+                return self.respond(session, ctx, GatewayError::new(Problem::PayloadTooLarge, detail)).await;
             }
             Declared::Invalid => {
                 session.set_keepalive(None);
-                self.respond(session, ctx, GatewayError::new(Problem::BadRequest, "invalid Content-Length")).await
+                return self.respond(session, ctx, GatewayError::new(Problem::BadRequest, "invalid Content-Length")).await;
             }
         }
+
+        if let Some(limits) = &policy.rate_limits {
+            let trusted = ctx.runtime.as_deref().map_or(&[][..], |rt| rt.trusted_proxies.as_slice());
+            let req = session.req_header();
+            let view = RequestView {
+                client_ip: ratelimit::real_client_ip(client_ip(session), req.headers.get(X_FORWARDED_FOR), trusted),
+                headers: &req.headers,
+                query: req.uri.query(),
+            };
+            match limits.check(&view) {
+                Decision::Allow(headers) => ctx.rate_limit_headers = headers,
+                Decision::Limited { retry_after, limit, headers } => {
+                    ctx.rate_limit_headers = Some(headers);
+                    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                    let err = GatewayError::new(Problem::RateLimited, format!("rate limit `{limit}` exceeded; retry in {secs}s"))
+                        .retry_after(secs);
+                    self.app.metrics.rate_limited(&route.name, &limit);
+                    return self.respond(session, ctx, err).await;
+                }
+                Decision::MissingKey { status, key } => {
+                    let problem = if status == 400 { Problem::KeyMissing } else { Problem::KeyRequired };
+                    let err = GatewayError::new(problem, format!("this route is rate limited by `{key}`, which the request lacks"));
+                    return self.respond(session, ctx, err).await;
+                }
+            }
+        }
+
+        for (scope, conc) in [("route", policy.concurrency.as_deref()), ("upstream", route.upstream.concurrency.as_ref())] {
+            let Some(conc) = conc else { continue };
+            match conc.acquire().await {
+                Ok(permit) => ctx.permits.push(permit),
+                Err(shed) => {
+                    let why = match shed {
+                        Shed::QueueFull => "queue full",
+                        Shed::QueueTimeout => "queue wait timed out",
+                    };
+                    let detail = format!("{scope} is at its limit of {} requests in flight ({why})", conc.def.max);
+                    self.app.metrics.shed(&route.name, scope);
+                    return self.respond(session, ctx, GatewayError::new(Problem::Overloaded, detail).retry_after(1)).await;
+                }
+            }
+        }
+        Ok(false)
     }
 
     async fn request_body_filter(
@@ -199,6 +307,10 @@ impl ProxyHttp for Gateway {
             upstream.remove_header(&name);
         }
         upstream.insert_header(problem::REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        if ctx.route.as_ref().is_some_and(|r| r.policy.compress.is_some()) {
+            // The gateway compresses: ask the backend for identity, one canonical form.
+            upstream.remove_header(&ACCEPT_ENCODING);
+        }
 
         let trusted = match (client_ip(session), ctx.runtime.as_deref()) {
             (Some(ip), Some(rt)) => rt.is_trusted(ip),
@@ -254,21 +366,56 @@ impl ProxyHttp for Gateway {
             ctx.streaming = true;
         }
         resp.insert_header(problem::REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        let _ = session;
+        add_rate_limit_headers(resp, ctx);
+
+        let Some(route) = ctx.route.clone() else { return Ok(()) };
+        if let Some(cap) = route.policy.max_response_body {
+            let declared = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > cap) {
+                let err = GatewayError::new(
+                    Problem::ResponseTooLarge,
+                    format!("upstream response is larger than this route's limit of {cap} bytes"),
+                );
+                let e = err.to_pingora();
+                ctx.error = Some(err);
+                return Err(e);
+            }
+        }
+        if ctx.compression.is_some() {
+            let eligible = route.policy.compress.as_ref().is_some_and(|p| p.eligible(resp));
+            if !eligible {
+                if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+                    c.adjust_level(0);
+                }
+                ctx.compression = None;
+            }
+        }
         Ok(())
     }
 
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if !ctx.streaming && !end_of_stream && ctx.deadline.is_some_and(|d| Instant::now() > d) {
             // Headers are already out: the only honest signal left is closing the connection.
             tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), "total timeout hit mid-response; closing");
+            self.app.metrics.gateway_error(ctx.route_name(), "upstream_timeout");
             return Err(Error::explain(ErrorType::ReadTimedout, "total upstream timeout exceeded mid-response"));
+        }
+        let cap = ctx.route.as_ref().and_then(|r| r.policy.max_response_body);
+        if let (Some(cap), Some(chunk)) = (cap, body.as_ref()) {
+            if limits::exceeds(&mut ctx.response_seen, chunk.len(), cap) {
+                // A streamed body crossed the cap after the headers went out: cut the connection
+                // rather than hand the client a silently truncated body.
+                *body = None;
+                tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), cap, "response body over max_response_body; closing");
+                self.app.metrics.gateway_error(ctx.route_name(), "response_too_large");
+                return Err(Error::explain(ErrorType::Custom("response_too_large"), "response body exceeds max_response_body"));
+            }
         }
         Ok(None)
     }

@@ -19,6 +19,9 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     upstream_health: IntGaugeVec,
     start_time: IntGauge,
+    rate_limited: IntCounterVec,
+    shed: IntCounterVec,
+    rate_limit_keys: IntGauge,
 }
 
 /// Route label for requests that matched no route.
@@ -55,6 +58,18 @@ impl Metrics {
             Opts::new("fastgate_upstream_healthy", "1 when the upstream server passes its health check."),
             &["upstream", "server"],
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new("fastgate_rate_limited_total", "Requests refused with 429, by route and limit."),
+            &["route", "limit"],
+        )?;
+        let shed = IntCounterVec::new(
+            Opts::new("fastgate_shed_total", "Requests shed with 503 by a concurrency limit, by route and scope."),
+            &["route", "scope"],
+        )?;
+        let rate_limit_keys = IntGauge::new("fastgate_rate_limit_keys", "Keys tracked by all rate limiters (after the last eviction).")?;
+        registry.register(Box::new(rate_limit_keys.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
         let start_time = IntGauge::new("process_start_time_seconds", "Start time of the process, Unix seconds.")?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(gateway_errors.clone()))?;
@@ -76,6 +91,9 @@ impl Metrics {
             config_info,
             upstream_health,
             start_time,
+            rate_limited,
+            shed,
+            rate_limit_keys,
         })
     }
 
@@ -92,6 +110,18 @@ impl Metrics {
 
     pub fn gateway_error(&self, route: &str, code: &str) {
         self.gateway_errors.with_label_values(&[route, code]).inc();
+    }
+
+    pub fn rate_limited(&self, route: &str, limit: &str) {
+        self.rate_limited.with_label_values(&[route, limit]).inc();
+    }
+
+    pub fn set_rate_limit_keys(&self, n: usize) {
+        self.rate_limit_keys.set(n as i64);
+    }
+
+    pub fn shed(&self, route: &str, scope: &str) {
+        self.shed.with_label_values(&[route, scope]).inc();
     }
 
     pub fn config_loaded(&self, hash: &str) {

@@ -1,0 +1,369 @@
+//! Rate limits: GCRA buckets (governor) keyed per client IP, header, cookie, query parameter, or
+//! one bucket per route; several may stack on a route and all must allow a request.
+//!
+//! State: one governor keyed limiter per limit, in memory. A tracked key costs about 100 bytes
+//! (the key string, 8 bytes of GCRA state, and hash-map overhead); keys idle long enough to be
+//! back at full burst are dropped by `evict_idle`, run on a timer. A limit whose definition is
+//! unchanged across a reload keeps its limiter, so counters survive SIGHUP.
+//!
+//! Response headers follow draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy` lists every
+//! limit (`"name";q=<burst>;w=<seconds to refill the burst>`), `RateLimit` reports the limit
+//! closest to refusing (`"name";r=<remaining>;t=<seconds until full>`).
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    ClientIp,
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    /// One bucket for the whole route.
+    Route,
+}
+
+impl KeySource {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(KeySource::ClientIp),
+            None if s == "route" => Ok(KeySource::Route),
+            Some(("header", name)) => HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+                .map(KeySource::Header)
+                .map_err(|_| format!("invalid header name {name:?}")),
+            Some(("cookie", name)) if !name.trim().is_empty() => Ok(KeySource::Cookie(name.trim().to_string())),
+            Some(("query", name)) if !name.trim().is_empty() => Ok(KeySource::Query(name.trim().to_string())),
+            _ => Err(format!(
+                "unknown rate limit key {s:?}; use client_ip, route, header:NAME, cookie:NAME or query:NAME"
+            )),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            KeySource::ClientIp => "client_ip".into(),
+            KeySource::Route => "route".into(),
+            KeySource::Header(h) => format!("header:{h}"),
+            KeySource::Cookie(c) => format!("cookie:{c}"),
+            KeySource::Query(q) => format!("query:{q}"),
+        }
+    }
+}
+
+/// What happens to a request that lacks the key a limit is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    /// All such requests share one bucket.
+    Shared,
+    /// Keyed by client IP instead.
+    ClientIp,
+    /// Refused with this status (400 or 401).
+    Reject(u16),
+}
+
+/// `count` requests per `per`, bursts up to `burst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitDef {
+    pub name: String,
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: KeySource,
+    pub on_missing: OnMissing,
+}
+
+impl RateLimitDef {
+    /// Parses `"100/s"`, `"600/m"`, `"1000/h"`, `"5/10s"`.
+    pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
+        let (n, unit) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid rate {s:?}; write e.g. \"100/s\", \"600/m\""))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("invalid request count {n:?} in rate {s:?}"))?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => humantime::parse_duration(other).map_err(|_| format!("invalid rate unit {other:?} in {s:?}"))?,
+        };
+        if per.is_zero() {
+            return Err(format!("rate {s:?} has a zero period"));
+        }
+        Ok((count, per))
+    }
+
+    fn quota(&self) -> Option<Quota> {
+        let replenish = self.per / self.count;
+        let burst = NonZeroU32::new(self.burst)?;
+        Quota::with_period(replenish).map(|q| q.allow_burst(burst))
+    }
+
+    /// Seconds to refill the whole burst: the `w` of `RateLimit-Policy`.
+    fn window_secs(&self) -> u64 {
+        (self.per.as_secs_f64() * f64::from(self.burst) / f64::from(self.count)).ceil().max(1.0) as u64
+    }
+}
+
+pub struct RateLimit {
+    pub def: RateLimitDef,
+    limiter: Keyed,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit").field("def", &self.def).finish()
+    }
+}
+
+impl RateLimit {
+    pub fn new(def: RateLimitDef) -> Option<Self> {
+        let quota = def.quota()?;
+        Some(RateLimit {
+            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            def,
+        })
+    }
+
+    /// Number of keys currently tracked.
+    pub fn tracked_keys(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Drops keys that are back at full burst and returns memory.
+    pub fn evict_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// Every limit of a route, with its bypass list and precomputed `RateLimit-Policy` value.
+#[derive(Debug)]
+pub struct RateLimits {
+    pub limits: Vec<Arc<RateLimit>>,
+    pub bypass_nets: Vec<IpNet>,
+    pub bypass_keys: Vec<String>,
+    policy_header: Option<HeaderValue>,
+}
+
+/// What a request looks like to the limiter.
+pub struct RequestView<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+}
+
+/// The outcome of checking every limit of a route.
+#[must_use]
+#[derive(Debug)]
+pub enum Decision {
+    Allow(Option<Headers>),
+    Limited { retry_after: Duration, limit: String, headers: Headers },
+    MissingKey { status: u16, key: String },
+}
+
+/// `RateLimit-Policy` and `RateLimit` header values for a response.
+#[derive(Debug, Clone)]
+pub struct Headers {
+    pub policy: HeaderValue,
+    pub state: HeaderValue,
+}
+
+impl RateLimits {
+    pub fn new(limits: Vec<Arc<RateLimit>>, bypass_nets: Vec<IpNet>, bypass_keys: Vec<String>) -> Self {
+        let policy = limits
+            .iter()
+            .map(|l| format!("\"{}\";q={};w={}", l.def.name, l.def.burst, l.def.window_secs()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        RateLimits {
+            limits,
+            bypass_nets,
+            bypass_keys,
+            policy_header: HeaderValue::from_str(&policy).ok(),
+        }
+    }
+
+    pub fn check(&self, req: &RequestView<'_>) -> Decision {
+        if req.client_ip.is_some_and(|ip| self.bypass_nets.iter().any(|n| n.contains(&ip))) {
+            return Decision::Allow(None);
+        }
+        let mut tightest: Option<(u32, u64, &str)> = None; // remaining, reset secs, name
+        for limit in &self.limits {
+            let def = &limit.def;
+            let key = match extract_key(&def.key, req) {
+                Some(k) => k,
+                None => match def.on_missing {
+                    OnMissing::Shared => String::from("\u{0}missing"),
+                    OnMissing::ClientIp => req.client_ip.map_or_else(String::new, |ip| ip.to_string()),
+                    OnMissing::Reject(status) => {
+                        return Decision::MissingKey { status, key: def.key.label() };
+                    }
+                },
+            };
+            if self.bypass_keys.iter().any(|b| *b == key) {
+                continue;
+            }
+            let period = def.per.as_secs_f64() / f64::from(def.count);
+            match limit.limiter.check_key(&key) {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    let reset = (f64::from(def.burst - remaining.min(def.burst)) * period).ceil() as u64;
+                    if tightest.is_none_or(|(r, _, _)| remaining < r) {
+                        tightest = Some((remaining, reset, &def.name));
+                    }
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    return Decision::Limited {
+                        retry_after: wait,
+                        limit: def.name.clone(),
+                        headers: self.headers(0, secs, &def.name),
+                    };
+                }
+            }
+        }
+        Decision::Allow(tightest.map(|(r, t, name)| self.headers(r, t, name)))
+    }
+
+    fn headers(&self, remaining: u32, reset: u64, name: &str) -> Headers {
+        let state = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={reset}"))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Headers {
+            policy: self.policy_header.clone().unwrap_or_else(|| HeaderValue::from_static("")),
+            state,
+        }
+    }
+}
+
+fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<String> {
+    match source {
+        KeySource::Route => Some(String::new()),
+        KeySource::ClientIp => req.client_ip.map(|ip| ip.to_string()),
+        KeySource::Header(name) => req
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .filter(|v| !v.is_empty()),
+        KeySource::Cookie(name) => req.headers.get_all(COOKIE).iter().find_map(|v| {
+            v.to_str().ok()?.split(';').find_map(|pair| {
+                let (k, val) = pair.trim().split_once('=')?;
+                (k == name && !val.is_empty()).then(|| val.to_string())
+            })
+        }),
+        KeySource::Query(name) => req.query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name && !v.is_empty()).then(|| v.to_string())
+        }),
+    }
+}
+
+/// The client address a limit keys on: the peer, or through trusted proxies the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn real_client_ip(peer: Option<IpAddr>, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let chain = xff.and_then(|v| v.to_str().ok()).unwrap_or("");
+    for hop in chain.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(rate: &str, burst: u32, key: &str) -> RateLimitDef {
+        let (count, per) = RateLimitDef::parse_rate(rate).unwrap();
+        RateLimitDef {
+            name: key.into(),
+            count,
+            per,
+            burst,
+            key: KeySource::parse(key).unwrap(),
+            on_missing: OnMissing::Reject(401),
+        }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(RateLimitDef::parse_rate("100/s").unwrap(), (100, Duration::from_secs(1)));
+        assert_eq!(RateLimitDef::parse_rate("600/m").unwrap(), (600, Duration::from_secs(60)));
+        assert_eq!(RateLimitDef::parse_rate("5/10s").unwrap(), (5, Duration::from_secs(10)));
+        assert!(RateLimitDef::parse_rate("0/s").is_err());
+        assert!(RateLimitDef::parse_rate("10").is_err());
+        assert!(RateLimitDef::parse_rate("10/fortnight").is_err());
+    }
+
+    #[test]
+    fn keyed_by_header_with_burst_then_refusal() {
+        let limits = RateLimits::new(vec![Arc::new(RateLimit::new(def("1/m", 2, "header:x-api-key")).unwrap())], vec![], vec![]);
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        let view = RequestView { client_ip: None, headers: &h, query: None };
+        assert!(matches!(limits.check(&view), Decision::Allow(Some(_))));
+        match limits.check(&view) {
+            Decision::Allow(Some(hd)) => {
+                assert_eq!(hd.state, "\"header:x-api-key\";r=0;t=120");
+                assert_eq!(hd.policy, "\"header:x-api-key\";q=2;w=120");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(limits.check(&view), Decision::Limited { .. }));
+        // another key has its own bucket
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-api-key", HeaderValue::from_static("k2"));
+        assert!(matches!(limits.check(&RequestView { client_ip: None, headers: &h2, query: None }), Decision::Allow(_)));
+        // no key: rejected as configured
+        let empty = HeaderMap::new();
+        assert!(matches!(
+            limits.check(&RequestView { client_ip: None, headers: &empty, query: None }),
+            Decision::MissingKey { status: 401, .. }
+        ));
+    }
+
+    #[test]
+    fn cookie_and_query_keys() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("a=1; session=abc; b=2"));
+        let view = RequestView { client_ip: None, headers: &h, query: Some("x=1&token=t9") };
+        assert_eq!(extract_key(&KeySource::Cookie("session".into()), &view).as_deref(), Some("abc"));
+        assert_eq!(extract_key(&KeySource::Query("token".into()), &view).as_deref(), Some("t9"));
+        assert_eq!(extract_key(&KeySource::Query("nope".into()), &view), None);
+    }
+
+    #[test]
+    fn real_client_ip_walks_trusted_hops() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = Some("10.0.0.1".parse().unwrap());
+        let xff = HeaderValue::from_static("203.0.113.9, 198.51.100.2, 10.0.0.7");
+        assert_eq!(real_client_ip(peer, Some(&xff), &trusted), Some("198.51.100.2".parse().unwrap()));
+        let untrusted = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(real_client_ip(untrusted, Some(&xff), &trusted), untrusted);
+    }
+}
