@@ -56,7 +56,8 @@ async def count_requests(request: Request, call_next):
     path = request.url.path
     if not path.startswith("/debug/"):
         _hits[path] += 1
-        _hits["__total__"] += 1
+        if path != "/healthz":
+            _hits["__total__"] += 1
     return await call_next(request)
 
 

@@ -198,6 +198,39 @@ max_body = "1MiB"
     }
 
     #[test]
+    fn brotli_is_refused_with_the_reason() {
+        let text = format!("{BASE}compress = {{ algorithms = [\"br\", \"gzip\"] }}\n");
+        let d = one_error(&text);
+        assert_eq!((d.line, d.column), (9, 28));
+        assert!(d.message.contains("pingora#1013"), "{}", d.message);
+    }
+
+    #[test]
+    fn policy_errors_point_at_their_values() {
+        let text = format!(
+            "{BASE}rate_limit = [{{ rate = \"10/fortnight\" }}, {{ rate = \"5/s\", key = \"ip\" }}]\nmax_concurrent = 0\n"
+        );
+        let errs = errors(&text);
+        let msgs: Vec<&str> = errs.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(errs.len(), 3, "{msgs:?}");
+        assert!(msgs[0].contains("invalid rate unit"), "{msgs:?}");
+        assert!(msgs[1].contains("unknown rate limit key \"ip\""), "{msgs:?}");
+        assert!(msgs[2].contains("`max_concurrent` must be at least 1"), "{msgs:?}");
+        assert_eq!(errs[2].line, 10);
+    }
+
+    #[test]
+    fn compress_toggle_forms() {
+        for (value, on) in [("\"off\"", false), ("\"on\"", true), ("true", true), ("{ min_size = 10 }", true)] {
+            let text = format!("{BASE}compress = {value}\n");
+            let c = load_str("t.toml", &text, None).unwrap();
+            assert_eq!(c.runtime.routes.iter().next().unwrap().policy.compress.is_some(), on, "{value}");
+        }
+        let d = one_error(&format!("{BASE}compress = \"sometimes\"\n"));
+        assert!(d.message.contains("expected \"off\", \"on\" or a table"), "{}", d.message);
+    }
+
+    #[test]
     fn shipped_examples_compile() {
         // SAFETY: no other test reads this variable
         unsafe { std::env::set_var("FASTGATE_ADMIN_TOKEN", "example") };

@@ -33,7 +33,9 @@ pub const DEFAULT_TYPES: &[&str] = &[
 impl Default for CompressPolicy {
     fn default() -> Self {
         CompressPolicy {
-            algorithms: vec![Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip],
+            // No brotli: pingora 0.9.1 never finishes a brotli stream (cloudflare/pingora#1013),
+            // and strict decoders (Node's fetch among them) reject every such body.
+            algorithms: vec![Algorithm::Zstd, Algorithm::Gzip],
             min_size: DEFAULT_MIN_SIZE,
             types: DEFAULT_TYPES.iter().map(|s| s.to_string()).collect(),
             gzip_level: 6,
@@ -142,9 +144,11 @@ mod tests {
     #[test]
     fn q_values_decide() {
         assert_eq!(choose("gzip"), Some("gzip"));
-        assert_eq!(choose("gzip, br"), Some("br"));
-        assert_eq!(choose("gzip;q=1.0, br;q=0.5"), Some("gzip"));
+        assert_eq!(choose("gzip, br"), Some("gzip"));
+        assert_eq!(choose("gzip, zstd"), Some("zstd"));
+        assert_eq!(choose("gzip;q=1.0, zstd;q=0.5"), Some("gzip"));
         assert_eq!(choose("zstd;q=0, br;q=0.1, gzip;q=0.2"), Some("gzip"));
+        assert_eq!(choose("br"), None);
         assert_eq!(choose("*"), Some("zstd"));
         assert_eq!(choose("*;q=0.5, gzip;q=0.8"), Some("gzip"));
         assert_eq!(choose("gzip;q=0, *;q=0"), None);

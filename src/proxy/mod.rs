@@ -437,6 +437,8 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
+        // The request may not have been read to its end: do not offer the connection for reuse.
+        session.set_keepalive(None);
         if let Err(write_err) = self.respond(session, ctx, err).await {
             tracing::debug!(error = %write_err, "could not send error response");
         }
