@@ -2,6 +2,7 @@
 //! behind an atomic pointer, metrics, and process counters.
 
 use crate::config::{self, Runtime, Settings};
+use crate::telemetry::otel::Tracing;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -22,19 +23,27 @@ pub struct App {
     /// Settings from start-up; they cannot change without a restart.
     pub settings: Settings,
     runtime: ArcSwap<Runtime>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// OTLP tracing, when configured.
+    pub tracing: Option<Tracing>,
     in_flight: AtomicI64,
     last_load: Mutex<LoadStatus>,
 }
 
 impl App {
-    pub fn new(config_path: PathBuf, compiled: config::Compiled, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        config_path: PathBuf,
+        compiled: config::Compiled,
+        metrics: Arc<Metrics>,
+        tracing: Option<Tracing>,
+    ) -> Arc<Self> {
         metrics.config_loaded(&compiled.runtime.hash);
         Arc::new(App {
             config_path,
             settings: compiled.settings,
             runtime: ArcSwap::from_pointee(compiled.runtime),
             metrics,
+            tracing,
             in_flight: AtomicI64::new(0),
             last_load: Mutex::new(LoadStatus {
                 at: SystemTime::now(),

@@ -145,6 +145,9 @@ impl BackgroundService for Drain {
         } else {
             tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained; exiting");
         }
+        if let Some(t) = &self.app.tracing {
+            t.flush();
+        }
         std::process::exit(0);
     }
 }

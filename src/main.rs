@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use fastgate::telemetry::logging::{self, LogFormat};
+use fastgate::telemetry::otel::Tracing;
 use fastgate::{app::App, bootstrap, config, telemetry::Metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,14 +67,27 @@ fn run(path: PathBuf) -> ExitCode {
     for w in &compiled.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
-    let metrics = match Metrics::new() {
-        Ok(m) => m,
+    let metrics = match Metrics::new(&compiled.settings.latency_buckets) {
+        Ok(m) => std::sync::Arc::new(m),
         Err(e) => {
             eprintln!("fastgate: cannot set up metrics: {e}");
             return ExitCode::FAILURE;
         }
     };
-    bootstrap::run(App::new(path, compiled, metrics));
+    let tracing = match &compiled.settings.traces {
+        None => None,
+        Some(t) => match Tracing::start(t, metrics.clone()) {
+            Ok(tr) => {
+                tracing::info!(protocol = ?t.protocol, endpoint = t.endpoint.as_deref().unwrap_or("(from OTEL_* environment)"), "OTLP tracing on");
+                Some(tr)
+            }
+            Err(e) => {
+                eprintln!("fastgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    bootstrap::run(App::new(path, compiled, metrics, tracing));
     ExitCode::SUCCESS
 }
 

@@ -11,6 +11,8 @@ use crate::policy::compress::{self, CompressPolicy};
 use crate::policy::concurrency::{Concurrency, ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
 use crate::policy::ratelimit::{KeySource, OnMissing, RateLimit, RateLimitDef, RateLimits};
 use crate::policy::{builtin, RoutePolicy, ServerLimits, Timeouts};
+use crate::telemetry::otel::{Protocol, SamplerSpec, TraceSettings};
+use super::raw::RawTelemetry;
 use crate::routing::normalize::normalize;
 use crate::routing::{Matcher, PathMatch, Route, RouteTable};
 use crate::upstream::{HealthCheckSpec, Upstream, UpstreamDef};
@@ -22,12 +24,15 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// Process-level settings: read at start-up; a reload that changes them is logged, not applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub shutdown_grace: Duration,
+    /// `None`: tracing off.
+    pub traces: Option<TraceSettings>,
+    pub latency_buckets: Vec<f64>,
 }
 
 /// Everything the request path reads, immutable once built, swapped whole on reload.
@@ -94,6 +99,7 @@ pub fn compile(
         upstreams,
         defaults,
         routes,
+        telemetry,
     } = raw;
     let mut cx = Ctx {
         src,
@@ -138,7 +144,13 @@ pub fn compile(
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
-    let settings = settings.ok_or_else(Vec::new)?;
+    let (traces, latency_buckets) = compile_telemetry(&mut cx, telemetry);
+    if !cx.errors.is_empty() {
+        return Err(cx.errors);
+    }
+    let mut settings = settings.ok_or_else(Vec::new)?;
+    settings.traces = traces;
+    settings.latency_buckets = latency_buckets;
     let routes = RouteTable::new(compiled_routes.into_iter().map(|(r, _)| Arc::new(r)).collect());
     Ok(Compiled {
         settings,
@@ -222,6 +234,8 @@ fn compile_server(
             admin_listen,
             threads,
             shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0),
+            traces: None,
+            latency_buckets: Vec::new(),
         }),
         _ => None,
     };
@@ -731,4 +745,77 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
         brotli_level,
         zstd_level,
     })
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `[telemetry]` over the standard `OTEL_*` environment: the file wins where it speaks.
+fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> (Option<TraceSettings>, Vec<f64>) {
+    let RawTelemetry {
+        traces,
+        endpoint,
+        protocol,
+        service_name,
+        sampler,
+        sampler_arg,
+        resource_attributes,
+        latency_buckets,
+    } = t;
+    let buckets = match latency_buckets {
+        None => crate::telemetry::metrics::LATENCY_BUCKETS.to_vec(),
+        Some(b) => {
+            let list = b.get_ref().clone();
+            let increasing = list.windows(2).all(|w| w[0] < w[1]);
+            if list.is_empty() || !increasing || list.iter().any(|v| !(*v > 0.0)) {
+                cx.err::<()>(b.span(), "`latency_buckets` must be positive and strictly increasing");
+            }
+            list
+        }
+    };
+    let env_endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let enabled = traces.unwrap_or(endpoint.is_some() || env_endpoint.is_some());
+    let protocol_text = protocol
+        .as_ref()
+        .map(|p| (p.get_ref().clone(), Some(p.span())))
+        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").map(|p| (p, None)))
+        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| (p, None)));
+    let protocol = match protocol_text {
+        None => Protocol::Grpc,
+        Some((p, span)) => match p.trim() {
+            "grpc" => Protocol::Grpc,
+            "http/protobuf" => Protocol::HttpProtobuf,
+            other => {
+                let msg = format!("unsupported OTLP protocol {other:?}");
+                match span {
+                    Some(span) => cx.err_hint::<()>(span, msg, "use \"grpc\" or \"http/protobuf\""),
+                    None => {
+                        tracing::warn!("{msg} in OTEL_EXPORTER_OTLP_PROTOCOL; using grpc");
+                        None
+                    }
+                };
+                Protocol::Grpc
+            }
+        },
+    };
+    let sampler = match sampler {
+        None => None,
+        Some(s) => match SamplerSpec::parse(s.get_ref().trim(), sampler_arg) {
+            Ok(spec) => Some(spec),
+            Err(e) => cx.err_hint(
+                s.span(),
+                e,
+                "use always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+            ),
+        },
+    };
+    let settings = enabled.then(|| TraceSettings {
+        endpoint: endpoint.map(|e| e.into_inner().0),
+        protocol,
+        service_name: service_name.map(|s| s.0),
+        sampler,
+        resource_attributes: resource_attributes.into_iter().map(|(k, v)| (k, v.0)).collect(),
+    });
+    (settings, buckets)
 }

@@ -20,6 +20,27 @@ pub struct RawConfig {
     pub defaults: RawPolicy,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// `[telemetry]`: OTLP traces (over the standard `OTEL_*` variables) and metric buckets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// `true`/`false`; unset: on when an OTLP endpoint variable is set.
+    pub traces: Option<bool>,
+    pub endpoint: Option<Spanned<EnvString>>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<Spanned<String>>,
+    pub service_name: Option<EnvString>,
+    /// An `OTEL_TRACES_SAMPLER` name, e.g. `parentbased_traceidratio`.
+    pub sampler: Option<Spanned<String>>,
+    pub sampler_arg: Option<f64>,
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, EnvString>,
+    /// Upper bounds (seconds) of the request duration histogram.
+    pub latency_buckets: Option<Spanned<Vec<f64>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

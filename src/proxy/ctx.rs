@@ -34,6 +34,8 @@ pub struct Ctx {
     /// The encoding chosen for the response, if the route compresses.
     pub compression: Option<pingora::protocols::http::compression::Algorithm>,
     pub response_seen: u64,
+    /// The request's spans, when tracing is on.
+    pub trace: Option<crate::telemetry::otel::RequestTrace>,
 }
 
 impl Ctx {
@@ -55,6 +57,7 @@ impl Ctx {
             permits: Vec::new(),
             compression: None,
             response_seen: 0,
+            trace: None,
         }
     }
 

@@ -117,6 +117,9 @@ impl ProxyHttp for Gateway {
             }
             _ => headers::new_request_id(),
         };
+        if let Some(t) = &self.app.tracing {
+            ctx.trace = Some(t.start_request(session.req_header(), client_ip(session)));
+        }
         let limits = &runtime.limits;
         session.set_read_timeout(Some(limits.client_body_timeout));
         session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
@@ -137,6 +140,9 @@ impl ProxyHttp for Gateway {
             }
             Ok(path) => {
                 ctx.route = runtime.routes.lookup(&req.method, request_host(req), &path).cloned();
+                if let (Some(t), Some(r)) = (&ctx.trace, &ctx.route) {
+                    t.set_route(&r.name, &req.method);
+                }
                 if let Cow::Owned(p) = path {
                     ctx.rewritten_path = Some(p);
                 }
@@ -198,7 +204,16 @@ impl ProxyHttp for Gateway {
                 headers: &req.headers,
                 query: req.uri.query(),
             };
-            match limits.check(&view) {
+            let decision = limits.check(&view);
+            if let Some(t) = &ctx.trace {
+                let outcome = match &decision {
+                    Decision::Allow(_) => "allow",
+                    Decision::Limited { .. } => "limited",
+                    Decision::MissingKey { .. } => "missing_key",
+                };
+                t.event("rate_limit", vec![opentelemetry::KeyValue::new("fastgate.rate_limit.decision", outcome)]);
+            }
+            match decision {
                 Decision::Allow(headers) => ctx.rate_limit_headers = headers,
                 Decision::Limited { retry_after, limit, headers } => {
                     ctx.rate_limit_headers = Some(headers);
@@ -334,6 +349,11 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        if let (Some(tracing), Some(trace)) = (&self.app.tracing, ctx.trace.as_mut()) {
+            let server = ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default();
+            let route = ctx.route.as_ref().map_or("", |r| r.name.as_str());
+            tracing.start_upstream(trace, upstream, &server, route);
+        }
         if let Some(path) = ctx.rewritten_path.take() {
             let uri = match upstream.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -353,6 +373,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if let Some(t) = &ctx.trace {
+            t.upstream_status(resp.status.as_u16());
+        }
         if !upgraded {
             for name in headers::hop_by_hop(&resp.headers, false) {
                 resp.remove_header(&name);
@@ -381,13 +404,18 @@ impl ProxyHttp for Gateway {
                 return Err(e);
             }
         }
-        if ctx.compression.is_some() {
+        if let Some(alg) = ctx.compression {
             let eligible = route.policy.compress.as_ref().is_some_and(|p| p.eligible(resp));
             if !eligible {
                 if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
                     c.adjust_level(0);
                 }
                 ctx.compression = None;
+            } else if let Some(t) = &ctx.trace {
+                t.event(
+                    "compress",
+                    vec![opentelemetry::KeyValue::new("http.response.content_encoding", crate::policy::compress::token(alg))],
+                );
             }
         }
         Ok(())
@@ -456,6 +484,10 @@ impl ProxyHttp for Gateway {
             self.app
                 .metrics
                 .request_finished(&route.name, &req.method, status, elapsed.as_secs_f64());
+        }
+        if let Some(t) = ctx.trace.take() {
+            let error = ctx.problem_code.or(e.map(|_| "proxy_error"));
+            t.finish(status, error);
         }
         let upstream = ctx.upstream_addr.map(|a| a.to_string());
         tracing::info!(

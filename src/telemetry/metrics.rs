@@ -22,20 +22,21 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     shed: IntCounterVec,
     rate_limit_keys: IntGauge,
+    otlp_dropped: prometheus::IntCounter,
 }
 
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "<none>";
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new(latency_buckets: &[f64]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_server_request_duration_seconds",
                 "Time from the first request byte to the last response byte, per route.",
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            .buckets(latency_buckets.to_vec()),
             &["route", "method", "status_class"],
         )?;
         let gateway_errors = IntCounterVec::new(
@@ -68,6 +69,11 @@ impl Metrics {
         )?;
         let rate_limit_keys = IntGauge::new("fastgate_rate_limit_keys", "Keys tracked by all rate limiters (after the last eviction).")?;
         registry.register(Box::new(rate_limit_keys.clone()))?;
+        let otlp_dropped = prometheus::IntCounter::new(
+            "fastgate_otlp_spans_dropped_total",
+            "Spans whose OTLP export failed (collector unreachable or refusing).",
+        )?;
+        registry.register(Box::new(otlp_dropped.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         let start_time = IntGauge::new("process_start_time_seconds", "Start time of the process, Unix seconds.")?;
@@ -94,6 +100,7 @@ impl Metrics {
             rate_limited,
             shed,
             rate_limit_keys,
+            otlp_dropped,
         })
     }
 
@@ -114,6 +121,10 @@ impl Metrics {
 
     pub fn rate_limited(&self, route: &str, limit: &str) {
         self.rate_limited.with_label_values(&[route, limit]).inc();
+    }
+
+    pub fn otlp_export_failed(&self, spans: usize) {
+        self.otlp_dropped.inc_by(spans as u64);
     }
 
     pub fn set_rate_limit_keys(&self, n: usize) {

@@ -3,5 +3,6 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 
 pub use metrics::Metrics;

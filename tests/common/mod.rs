@@ -66,9 +66,21 @@ impl Backend {
     }
 
     pub fn start_with_env(env: &[(&str, &str)]) -> Backend {
-        let port = free_port();
         let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut cmd = Command::new(python);
+        Self::spawn(Command::new(python), env)
+    }
+
+    /// The same app under OpenTelemetry's zero-code instrumentation (`opentelemetry-instrument`),
+    /// configured by the `OTEL_*` variables in `env`. The app itself is unchanged.
+    pub fn start_instrumented(env: &[(&str, &str)]) -> Backend {
+        let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut cmd = Command::new("opentelemetry-instrument");
+        cmd.arg(python);
+        Self::spawn(cmd, env)
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Backend {
+        let port = free_port();
         cmd.args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--log-level", "warning"])
             .current_dir(repo().join("examples/backend"))

@@ -1,0 +1,320 @@
+//! OTLP traces: one server span per request, child spans for the upstream exchange, W3C trace
+//! context read from the client and injected into the upstream request.
+//!
+//! Off unless configured (`[telemetry]` or the standard `OTEL_*` variables). Spans are exported
+//! in batches from a dedicated one-thread tokio runtime, so export never runs on, or waits for,
+//! a proxy thread; when the collector is unreachable, spans are dropped and counted.
+
+use crate::telemetry::Metrics;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Trace settings after merging `[telemetry]` over the `OTEL_*` environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    pub endpoint: Option<String>,
+    pub protocol: Protocol,
+    pub service_name: Option<String>,
+    /// `None`: the SDK reads `OTEL_TRACES_SAMPLER` / `_ARG` (default parent-based, always on).
+    pub sampler: Option<SamplerSpec>,
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SamplerSpec {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
+}
+
+impl SamplerSpec {
+    pub fn parse(name: &str, arg: Option<f64>) -> Result<Self, String> {
+        let ratio = || arg.filter(|a| (0.0..=1.0).contains(a)).ok_or("needs `sampler_arg` between 0.0 and 1.0".to_string());
+        Ok(match name {
+            "always_on" => SamplerSpec::AlwaysOn,
+            "always_off" => SamplerSpec::AlwaysOff,
+            "traceidratio" => SamplerSpec::Ratio(ratio()?),
+            "parentbased_always_on" => SamplerSpec::ParentBasedAlwaysOn,
+            "parentbased_always_off" => SamplerSpec::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => SamplerSpec::ParentBasedRatio(ratio()?),
+            other => return Err(format!("unknown sampler {other:?}")),
+        })
+    }
+
+    fn build(&self) -> Sampler {
+        match *self {
+            SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
+            SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
+            SamplerSpec::Ratio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerSpec::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            SamplerSpec::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            SamplerSpec::ParentBasedRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
+        }
+    }
+}
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OtelError {
+    #[error("cannot start the span export runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+/// The tracer and what keeps its exporter alive.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+    // Owns the export runtime: dropped last, after the provider has flushed.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Counts failed exports, then hands the batch to the real exporter.
+struct CountingExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for CountingExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingExporter").field("inner", &self.inner).finish()
+    }
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.metrics.otlp_export_failed(n);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl Tracing {
+    pub fn start(s: &TraceSettings, metrics: Arc<Metrics>) -> Result<Self, OtelError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fastgate-otlp")
+            .enable_all()
+            .build()?;
+        let _guard = runtime.enter();
+        let exporter = match s.protocol {
+            Protocol::Grpc => {
+                let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                if let Some(e) = &s.endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                b.build()
+            }
+            Protocol::HttpProtobuf => {
+                let mut b = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                if let Some(e) = &s.endpoint {
+                    // A base URL, like OTEL_EXPORTER_OTLP_ENDPOINT: the signal path is ours to add.
+                    b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
+                }
+                b.with_timeout(Duration::from_secs(10)).build()
+            }
+        }
+        .map_err(|e| OtelError::Exporter(e.to_string()))?;
+        let exporter = CountingExporter { inner: exporter, metrics };
+        let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+
+        let mut resource = Resource::builder();
+        if let Some(name) = &s.service_name {
+            resource = resource.with_service_name(name.clone());
+        } else if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("fastgate");
+        }
+        resource = resource.with_attributes(
+            s.resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
+        let mut builder = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource.build());
+        if let Some(sampler) = &s.sampler {
+            builder = builder.with_sampler(sampler.build());
+        }
+        let provider = builder.build();
+        let tracer = provider.tracer("fastgate");
+        drop(_guard);
+        Ok(Tracing {
+            provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+            _runtime: runtime,
+        })
+    }
+
+    /// Starts the server span of a request, continuing the client's trace if it sent one.
+    pub fn start_request(&self, req: &RequestHeader, client: Option<IpAddr>) -> RequestTrace {
+        let parent = self.propagator.extract(&HeaderExtractor(req));
+        let method = req.method.as_str().to_string();
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("url.path", req.uri.path().to_string()),
+        ];
+        if let Some(q) = req.uri.query() {
+            attrs.push(KeyValue::new("url.query", q.to_string()));
+        }
+        if let Some(host) = crate::routing::request_host(req) {
+            attrs.push(KeyValue::new("server.address", host.to_string()));
+        }
+        if let Some(ip) = client {
+            attrs.push(KeyValue::new("client.address", ip.to_string()));
+        }
+        if let Some(ua) = req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+        }
+        let span = self
+            .tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attrs)
+            .start_with_context(&self.tracer, &parent);
+        RequestTrace {
+            cx: parent.with_span(span),
+            upstream: None,
+        }
+    }
+
+    /// A child span of the request's server span.
+    fn child(&self, rt: &RequestTrace, name: &'static str, kind: SpanKind, attrs: Vec<KeyValue>) -> Context {
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attrs)
+            .start_with_context(&self.tracer, &rt.cx);
+        rt.cx.with_span(span)
+    }
+
+    /// Starts the upstream (client) span and writes its trace context into the upstream request.
+    pub fn start_upstream(&self, rt: &mut RequestTrace, req: &mut RequestHeader, server: &str, route: &str) {
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", req.method.as_str().to_string()),
+            KeyValue::new("server.address", server.to_string()),
+            KeyValue::new("http.route", route.to_string()),
+        ];
+        if let Some((host, port)) = server.rsplit_once(':') {
+            attrs[1] = KeyValue::new("server.address", host.to_string());
+            if let Ok(p) = port.parse::<i64>() {
+                attrs.push(KeyValue::new("server.port", p));
+            }
+        }
+        let cx = self.child(rt, "upstream", SpanKind::Client, attrs);
+        self.propagator.inject_context(&cx, &mut HeaderInjector(req));
+        rt.upstream = Some(cx);
+    }
+
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+}
+
+/// The spans of one request.
+pub struct RequestTrace {
+    cx: Context,
+    upstream: Option<Context>,
+}
+
+impl RequestTrace {
+    pub fn set_route(&self, name: &str, method: &http::Method) {
+        let span = self.cx.span();
+        span.update_name(format!("{method} {name}"));
+        span.set_attribute(KeyValue::new("http.route", name.to_string()));
+    }
+
+    /// A decision the gateway took (rate limit, cache, compression), as a span event.
+    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+        self.cx.span().add_event(name, attrs);
+    }
+
+    /// Upstream response header received.
+    pub fn upstream_status(&self, status: u16) {
+        if let Some(cx) = &self.upstream {
+            cx.span().set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        }
+    }
+
+    pub fn finish(self, status: u16, error: Option<&str>) {
+        if let Some(cx) = &self.upstream {
+            let span = cx.span();
+            if let Some(e) = error {
+                span.set_status(Status::error(e.to_string()));
+            }
+            span.end();
+        }
+        let span = self.cx.span();
+        if status > 0 {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        }
+        if status >= 500 || (status == 0 && error.is_some()) {
+            span.set_status(Status::error(error.unwrap_or("server error").to_string()));
+            if let Some(e) = error {
+                span.set_attribute(KeyValue::new("error.type", e.to_string()));
+            }
+        }
+        span.end();
+    }
+}
+
+struct HeaderExtractor<'a>(&'a RequestHeader);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.headers.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.headers.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut RequestHeader);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // The W3C propagator writes an empty `tracestate` when there is none: skip it.
+        if value.is_empty() {
+            self.0.remove_header(key);
+            return;
+        }
+        if let Ok(name) = http::HeaderName::from_bytes(key.as_bytes()) {
+            let _ = self.0.insert_header(name, value);
+        }
+    }
+}
