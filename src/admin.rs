@@ -47,6 +47,41 @@ fn problem_response(err: GatewayError) -> Response<Vec<u8>> {
     resp
 }
 
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// The request body, up to `max` bytes; a problem response when it is larger or unreadable.
+async fn read_body(session: &mut ServerSession, max: usize) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return Err(problem_response(GatewayError::new(
+                        Problem::PayloadTooLarge,
+                        format!("admin request bodies are limited to {max} bytes"),
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(problem_response(GatewayError::new(Problem::BadRequest, format!("cannot read body: {e}")))),
+        }
+    }
+}
+
+/// `POST /admin/cache/purge` bodies: exactly one selector.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    tag: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    url: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -83,10 +118,12 @@ impl Admin {
                 .collect();
             upstreams.insert(up.name.clone(), json!({"ready": up_ready, "servers": servers}));
         }
+        let warmed = self.app.warm_done();
+        let ready = ready && warmed;
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         json_response(
             status,
-            json!({"ready": ready, "config_hash": runtime.hash, "upstreams": upstreams}),
+            json!({"ready": ready, "config_hash": runtime.hash, "cache_warmed": warmed, "upstreams": upstreams}),
         )
     }
 
@@ -121,7 +158,49 @@ impl Admin {
         )
     }
 
+    async fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+        use crate::cache::store::PurgeSelector;
+        let req: PurgeRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return problem_response(GatewayError::new(
+                    Problem::BadRequest,
+                    format!("purge body: {e}; send one of {{\"tag\"}}, {{\"tags\"}}, {{\"url\"}}, {{\"prefix\"}}, {{\"all\": true}}"),
+                ))
+            }
+        };
+        let mut selectors: Vec<PurgeSelector> = req.tags.into_iter().chain(req.tag).map(PurgeSelector::Tag).collect();
+        if let Some(url) = req.url {
+            let (path, query) = url.split_once('?').map_or((url.as_str(), None), |(p, q)| (p, Some(q)));
+            match crate::routing::normalize::normalize(path) {
+                Ok(p) => selectors.push(PurgeSelector::Url(crate::cache::url_identity(&p, query, &[]))),
+                Err(_) => return problem_response(GatewayError::new(Problem::BadRequest, "`url` must be a path starting with /")),
+            }
+        }
+        if let Some(prefix) = req.prefix {
+            selectors.push(PurgeSelector::PathPrefix(prefix));
+        }
+        if req.all {
+            selectors.push(PurgeSelector::All);
+        }
+        if selectors.is_empty() {
+            return problem_response(GatewayError::new(Problem::BadRequest, "name what to purge: tag, tags, url, prefix or all"));
+        }
+        let mut purged = 0;
+        for sel in &selectors {
+            match self.app.cache.purge(sel).await {
+                Ok(n) => purged += n,
+                Err(e) => return problem_response(GatewayError::new(Problem::Internal, format!("purge failed: {e}"))),
+            }
+        }
+        self.app.metrics.cache_purged("admin", purged);
+        tracing::info!(purged, "cache purge");
+        json_response(StatusCode::OK, json!({"purged": purged}))
+    }
+
     fn metrics(&self) -> Response<Vec<u8>> {
+        let st = self.app.cache.store.stats();
+        self.app.metrics.set_cache_stats(st.entries, st.bytes, st.evictions);
         let runtime = self.app.runtime();
         self.app.metrics.reset_upstream_health();
         for up in runtime.upstreams.values() {
@@ -143,10 +222,10 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        // Admin requests carry no meaningful body; drain it so the connection stays usable.
-        if let Err(e) = session.drain_request_body().await {
-            tracing::debug!(error = %e, "admin: could not drain request body");
-        }
+        let body = match read_body(session, MAX_ADMIN_BODY).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
         match (&method, path.as_str()) {
             (&Method::GET | &Method::HEAD, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readiness(),
@@ -156,6 +235,7 @@ impl ServeHttp for Admin {
                 "admin API needs `Authorization: Bearer <server.admin_token>`",
             )),
             (&Method::GET, "/admin/config") => self.config_table(),
+            (&Method::POST, "/admin/cache/purge") => self.purge(&body).await,
             (&Method::POST, "/admin/reload") => match reload::reload(&self.app) {
                 Ok(()) => json_response(StatusCode::OK, json!({"reloaded": true, "hash": self.app.runtime().hash})),
                 Err(e) => json_response(
@@ -163,7 +243,7 @@ impl ServeHttp for Admin {
                     json!({"reloaded": false, "errors": e.diagnostics().iter().map(ToString::to_string).collect::<Vec<_>>(), "error": e.to_string()}),
                 ),
             },
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload" | "/admin/cache/purge") => {
                 problem_response(GatewayError::new(Problem::MethodNotAllowed, format!("{method} not allowed on {path}")))
             }
             _ => problem_response(GatewayError::new(Problem::NotFound, format!("no admin endpoint {path}"))),

@@ -2,6 +2,7 @@
 //! behind an atomic pointer, metrics, and process counters.
 
 use crate::config::{self, Runtime, Settings};
+use crate::cache::Cache;
 use crate::telemetry::otel::Tracing;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -26,7 +27,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// OTLP tracing, when configured.
     pub tracing: Option<Tracing>,
+    pub cache: Cache,
     in_flight: AtomicI64,
+    started: std::time::Instant,
+    warmed: std::sync::atomic::AtomicBool,
     last_load: Mutex<LoadStatus>,
 }
 
@@ -36,6 +40,7 @@ impl App {
         compiled: config::Compiled,
         metrics: Arc<Metrics>,
         tracing: Option<Tracing>,
+        cache: Cache,
     ) -> Arc<Self> {
         metrics.config_loaded(&compiled.runtime.hash);
         Arc::new(App {
@@ -44,7 +49,10 @@ impl App {
             runtime: ArcSwap::from_pointee(compiled.runtime),
             metrics,
             tracing,
+            cache,
             in_flight: AtomicI64::new(0),
+            started: std::time::Instant::now(),
+            warmed: std::sync::atomic::AtomicBool::new(false),
             last_load: Mutex::new(LoadStatus {
                 at: SystemTime::now(),
                 ok: true,
@@ -82,6 +90,18 @@ impl App {
     pub fn track(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Readiness waits for the first cache-warming round, but never longer than
+    /// `[cache] warm_ready_timeout`.
+    pub fn warm_done(&self) -> bool {
+        self.cache.settings.warm.is_empty()
+            || self.warmed.load(Ordering::Acquire)
+            || self.started.elapsed() >= self.cache.settings.warm_ready_timeout
+    }
+
+    pub fn set_warmed(&self) {
+        self.warmed.store(true, Ordering::Release);
     }
 
     pub fn in_flight(&self) -> i64 {

@@ -52,6 +52,9 @@ pub fn run(app: Arc<App>) {
     server.add_service(background_service("health checks", HealthChecks { app: app.clone() }));
     server.add_service(background_service("drain", Drain { app: app.clone() }));
     server.add_service(background_service("maintenance", Maintenance { app: app.clone() }));
+    if !app.cache.settings.warm.is_empty() {
+        server.add_service(background_service("cache warming", Warming { app: app.clone() }));
+    }
 
     tracing::info!(
         listen = %s.listen,
@@ -115,6 +118,58 @@ impl BackgroundService for Maintenance {
                 }
             }
             self.app.metrics.set_rate_limit_keys(keys);
+            let st = self.app.cache.store.stats();
+            self.app.metrics.set_cache_stats(st.entries, st.bytes, st.evictions);
+        }
+    }
+}
+
+/// Fetches `[[cache.warm]]` paths through the gateway's own listener at start-up and on every
+/// `warm_interval`, so they take the normal cache path and the first users hit a warm cache.
+struct Warming {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for Warming {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let settings = &self.app.cache.settings;
+        let mut target = self.app.settings.listen;
+        if target.ip().is_unspecified() {
+            target.set_ip(if target.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
+        let client = match reqwest::Client::builder().timeout(Duration::from_secs(30)).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache warming disabled: cannot build HTTP client");
+                self.app.set_warmed();
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(settings.warm_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut ok = 0;
+            for w in &settings.warm {
+                let mut req = client.get(format!("http://{target}{}", w.path)).header("x-fastgate-warm", "1");
+                for (k, v) in &w.headers {
+                    req = req.header(k, v);
+                }
+                match req.send().await.and_then(|r| r.error_for_status()) {
+                    Ok(r) => {
+                        // read the body: the cache stores what the client side consumed
+                        if r.bytes().await.is_ok() {
+                            ok += 1;
+                        }
+                    }
+                    Err(e) => tracing::warn!(path = %w.path, error = %e, "cache warming request failed"),
+                }
+            }
+            tracing::info!(warmed = ok, of = settings.warm.len(), "cache warming round done");
+            self.app.set_warmed();
         }
     }
 }

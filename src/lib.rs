@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
+pub mod cache;
 pub mod config;
 pub mod policy;
 pub mod problem;

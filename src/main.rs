@@ -87,7 +87,10 @@ fn run(path: PathBuf) -> ExitCode {
             }
         },
     };
-    bootstrap::run(App::new(path, compiled, metrics, tracing));
+    let cache_settings = compiled.settings.cache.clone();
+    let store = std::sync::Arc::new(fastgate::cache::memory::MemoryStore::new(cache_settings.max_size));
+    let cache = fastgate::cache::Cache::new(cache_settings, store);
+    bootstrap::run(App::new(path, compiled, metrics, tracing, cache));
     ExitCode::SUCCESS
 }
 

@@ -48,13 +48,13 @@ INSTRUMENTS = [
 ]
 
 _hits: Counter[str] = Counter()
-_state = {"healthy": True, "trades": 0}
+_state = {"healthy": True, "trades": 0, "fail": None, "delay": 0.0, "conditional": 0, "version": 1}
 
 
 @app.middleware("http")
 async def count_requests(request: Request, call_next):
     path = request.url.path
-    if not path.startswith("/debug/"):
+    if not path.startswith("/debug/") or path.startswith("/debug/cacheable"):
         _hits[path] += 1
         if path != "/healthz":
             _hits["__total__"] += 1
@@ -208,9 +208,65 @@ async def echo(request: Request):
     }
 
 
+@app.get("/debug/cacheable/{name}")
+async def cacheable(
+    name: str,
+    request: Request,
+    cc: str | None = None,
+    etag: str | None = None,
+    tag: str | None = None,
+    vary: str | None = None,
+    cookie: str | None = None,
+    size: int = 0,
+):
+    """A response whose caching headers the caller chooses, for exercising a cache in front.
+
+    Query: cc (Cache-Control), etag, tag (Cache-Tag), vary, cookie (Set-Cookie), size (padding).
+    /debug/mode sets failures, delays and the data version for every call.
+    """
+    if _state["delay"]:
+        await asyncio.sleep(_state["delay"])
+    if _state["fail"]:
+        return JSONResponse({"error": "induced"}, status_code=_state["fail"])
+    headers = {}
+    if cc:
+        headers["Cache-Control"] = cc
+    if tag:
+        headers["Cache-Tag"] = tag
+    if vary:
+        headers["Vary"] = vary
+    if cookie:
+        headers["Set-Cookie"] = cookie
+    if etag:
+        tagged = f'"{etag}-v{_state["version"]}"'
+        headers["ETag"] = tagged
+        if request.headers.get("if-none-match") == tagged:
+            _state["conditional"] += 1
+            return Response(status_code=304, headers=headers)
+    body = {
+        "name": name,
+        "n": _hits[request.url.path],
+        "version": _state["version"],
+        "auth": request.headers.get("authorization"),
+        "lang": request.headers.get("x-lang"),
+        "query": request.url.query,
+        "pad": "x" * size,
+    }
+    return JSONResponse(body, headers=headers)
+
+
+@app.post("/debug/mode")
+async def set_mode(request: Request):
+    body = await request.json()
+    for key in ("fail", "delay", "version"):
+        if key in body:
+            _state[key] = body[key]
+    return {k: _state[k] for k in ("fail", "delay", "version", "conditional")}
+
+
 @app.get("/debug/stats")
 async def stats():
-    return {"hits": dict(_hits), "total": _hits["__total__"]}
+    return {"hits": dict(_hits), "total": _hits["__total__"], "conditional": _state["conditional"]}
 
 
 @app.post("/debug/health")

@@ -12,7 +12,8 @@ use crate::policy::concurrency::{Concurrency, ConcurrencyDef, DEFAULT_QUEUE_TIME
 use crate::policy::ratelimit::{KeySource, OnMissing, RateLimit, RateLimitDef, RateLimits};
 use crate::policy::{builtin, RoutePolicy, ServerLimits, Timeouts};
 use crate::telemetry::otel::{Protocol, SamplerSpec, TraceSettings};
-use super::raw::RawTelemetry;
+use super::raw::{RawCache, RawCachePolicy, RawCacheKey, RawTelemetry, RawWarm};
+use crate::cache::{CachePolicy, CacheSettings, TagTemplate, WarmRequest};
 use crate::routing::normalize::normalize;
 use crate::routing::{Matcher, PathMatch, Route, RouteTable};
 use crate::upstream::{HealthCheckSpec, Upstream, UpstreamDef};
@@ -33,6 +34,7 @@ pub struct Settings {
     /// `None`: tracing off.
     pub traces: Option<TraceSettings>,
     pub latency_buckets: Vec<f64>,
+    pub cache: CacheSettings,
 }
 
 /// Everything the request path reads, immutable once built, swapped whole on reload.
@@ -100,6 +102,7 @@ pub fn compile(
         defaults,
         routes,
         telemetry,
+        cache,
     } = raw;
     let mut cx = Ctx {
         src,
@@ -145,12 +148,14 @@ pub fn compile(
         return Err(cx.errors);
     }
     let (traces, latency_buckets) = compile_telemetry(&mut cx, telemetry);
+    let cache_settings = compile_cache_settings(&mut cx, cache);
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
     let mut settings = settings.ok_or_else(Vec::new)?;
     settings.traces = traces;
     settings.latency_buckets = latency_buckets;
+    settings.cache = cache_settings;
     let routes = RouteTable::new(compiled_routes.into_iter().map(|(r, _)| Arc::new(r)).collect());
     Ok(Compiled {
         settings,
@@ -236,6 +241,7 @@ fn compile_server(
             shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0),
             traces: None,
             latency_buckets: Vec::new(),
+            cache: CacheSettings::default(),
         }),
         _ => None,
     };
@@ -532,6 +538,24 @@ fn compile_policy(
         },
     };
 
+    let cache = match pick(route.cache, defaults.cache) {
+        None => None,
+        Some(c) => match c.get_ref() {
+            Toggle::Off => None,
+            Toggle::On(None) => compile_cache_policy(cx, None),
+            Toggle::On(Some(raw)) => compile_cache_policy(cx, Some(raw)),
+        },
+    };
+    let mut invalidate_tags = Vec::new();
+    for t in pick(route.invalidate_tags, defaults.invalidate_tags).unwrap_or_default() {
+        match TagTemplate::parse(t.get_ref()) {
+            Ok(tpl) => invalidate_tags.push(tpl),
+            Err(e) => {
+                cx.err::<()>(t.span(), e);
+            }
+        }
+    }
+
     if cx.errors.len() > errors_before {
         return None;
     }
@@ -548,7 +572,123 @@ fn compile_policy(
         rate_limits,
         concurrency,
         compress,
+        cache,
+        invalidate_tags,
     })
+}
+
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+
+fn compile_cache_policy(cx: &mut Ctx<'_>, raw: Option<&RawCachePolicy>) -> Option<CachePolicy> {
+    let Some(raw) = raw else {
+        return Some(CachePolicy {
+            ttl: DEFAULT_CACHE_TTL,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            key_headers: Vec::new(),
+            key_cookies: Vec::new(),
+            ignore_query: Vec::new(),
+            override_origin: false,
+            public: false,
+            strip_set_cookie: false,
+        });
+    };
+    let RawCachePolicy {
+        ttl,
+        stale_while_revalidate,
+        stale_if_error,
+        key,
+        override_origin,
+        public,
+        strip_set_cookie,
+    } = raw;
+    let ttl = match ttl {
+        Some(t) if t.get_ref().0.is_zero() => return cx.err(t.span(), "cache `ttl` must be above zero"),
+        Some(t) => t.get_ref().0,
+        None => DEFAULT_CACHE_TTL,
+    };
+    let (mut headers, mut cookies, mut ignore) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(RawCacheKey { headers: h, cookies: c, ignore_query }) = key {
+        for name in h {
+            match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+                Ok(n) => headers.push(n),
+                Err(_) => {
+                    cx.err::<()>(name.span(), format!("invalid header name {:?}", name.get_ref()));
+                }
+            }
+        }
+        cookies.clone_from(c);
+        ignore.clone_from(ignore_query);
+    }
+    Some(CachePolicy {
+        ttl,
+        stale_while_revalidate: stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
+        stale_if_error: stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        key_headers: headers,
+        key_cookies: cookies,
+        ignore_query: ignore,
+        override_origin: override_origin.unwrap_or(false),
+        public: public.unwrap_or(false),
+        strip_set_cookie: strip_set_cookie.unwrap_or(false),
+    })
+}
+
+fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
+    let RawCache {
+        max_size,
+        max_object_size,
+        lock_timeout,
+        tag_header,
+        warm,
+        warm_interval,
+        warm_ready_timeout,
+    } = raw;
+    let d = CacheSettings::default();
+    let tag_header = match tag_header {
+        None => d.tag_header.clone(),
+        Some(t) => match http::HeaderName::from_bytes(t.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                cx.err::<()>(t.span(), format!("invalid header name {:?}", t.get_ref()));
+                d.tag_header.clone()
+            }
+        },
+    };
+    let positive = |cx: &mut Ctx<'_>, v: Option<Spanned<Dur>>, key: &str, default: Duration| match v {
+        Some(t) if t.get_ref().0.is_zero() => cx.err(t.span(), format!("`{key}` must be above zero")).unwrap_or(default),
+        Some(t) => t.get_ref().0,
+        None => default,
+    };
+    let lock_timeout = positive(cx, lock_timeout, "lock_timeout", d.lock_timeout);
+    let warm_interval = positive(cx, warm_interval, "warm_interval", d.warm_interval);
+    let mut requests = Vec::new();
+    for w in warm {
+        let span = w.span();
+        let RawWarm { path, headers } = w.into_inner();
+        if !path.get_ref().starts_with('/') {
+            cx.err_hint::<()>(path.span(), format!("warm path {:?} must start with `/`", path.get_ref().0), "write a path on this gateway, e.g. \"/api/static/exchanges\"");
+            continue;
+        }
+        let mut hs = Vec::new();
+        for (k, v) in headers {
+            match (http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), http::HeaderValue::from_str(&v)) {
+                (Ok(k), Ok(v)) => hs.push((k, v)),
+                _ => {
+                    cx.err::<()>(span.clone(), format!("invalid warm header {k:?}"));
+                }
+            }
+        }
+        requests.push(WarmRequest { path: path.into_inner().0, headers: hs });
+    }
+    CacheSettings {
+        max_size: max_size.map_or(d.max_size, |s| s.0),
+        max_object_size: max_object_size.map_or(d.max_object_size, |s| s.0 as usize),
+        lock_timeout,
+        tag_header,
+        warm: requests,
+        warm_interval,
+        warm_ready_timeout: warm_ready_timeout.map_or(d.warm_ready_timeout, |t| t.0),
+    }
 }
 
 fn compile_concurrency(

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub cache: RawCache,
 }
 
 /// `[telemetry]`: OTLP traces (over the standard `OTEL_*` variables) and metric buckets.
@@ -157,6 +159,57 @@ policy_keys! {
     /// Requests that may wait for a `max_concurrent` slot, and for how long.
     queue: Spanned<RawQueue>,
     compress: Spanned<Toggle<RawCompress>>,
+    /// Response caching: `"off"`, `"on"`, or a table.
+    cache: Spanned<Toggle<RawCachePolicy>>,
+    /// Tags purged after a successful unsafe request (POST/PUT/PATCH/DELETE) on the route.
+    invalidate_tags: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCachePolicy {
+    pub ttl: Option<Spanned<Dur>>,
+    pub stale_while_revalidate: Option<Dur>,
+    pub stale_if_error: Option<Dur>,
+    pub key: Option<RawCacheKey>,
+    /// Use `ttl` whatever the backend's `Cache-Control` says.
+    pub override_origin: Option<bool>,
+    /// The data is the same for every client: credentials do not bypass the cache.
+    pub public: Option<bool>,
+    pub strip_set_cookie: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheKey {
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
+    #[serde(default)]
+    pub ignore_query: Vec<String>,
+}
+
+/// `[cache]`: the process's cache store (start-up only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_size: Option<Size>,
+    pub max_object_size: Option<Size>,
+    pub lock_timeout: Option<Spanned<Dur>>,
+    pub tag_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub warm: Vec<Spanned<RawWarm>>,
+    pub warm_interval: Option<Spanned<Dur>>,
+    pub warm_ready_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWarm {
+    pub path: Spanned<EnvString>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, EnvString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -53,6 +53,8 @@ pub struct RoutePolicy {
     pub rate_limits: Option<ratelimit::RateLimits>,
     pub concurrency: Option<std::sync::Arc<concurrency::Concurrency>>,
     pub compress: Option<compress::CompressPolicy>,
+    pub cache: Option<crate::cache::CachePolicy>,
+    pub invalidate_tags: Vec<crate::cache::TagTemplate>,
 }
 
 impl Default for RoutePolicy {
@@ -65,6 +67,8 @@ impl Default for RoutePolicy {
             rate_limits: None,
             concurrency: None,
             compress: None,
+            cache: None,
+            invalidate_tags: Vec::new(),
         }
     }
 }
@@ -118,6 +122,25 @@ impl std::fmt::Display for RoutePolicy {
             if c.def.queue > 0 {
                 write!(f, " (queue {}, {:?})", c.def.queue, c.def.queue_timeout)?;
             }
+        }
+        if let Some(c) = &self.cache {
+            write!(f, ", cache ttl {:?}", c.ttl)?;
+            if !c.stale_while_revalidate.is_zero() {
+                write!(f, " swr {:?}", c.stale_while_revalidate)?;
+            }
+            if !c.stale_if_error.is_zero() {
+                write!(f, " sie {:?}", c.stale_if_error)?;
+            }
+            if !c.key_headers.is_empty() {
+                let names: Vec<&str> = c.key_headers.iter().map(|h| h.as_str()).collect();
+                write!(f, " keyed by {}", names.join(","))?;
+            }
+            if c.public {
+                f.write_str(" public")?;
+            }
+        }
+        if !self.invalidate_tags.is_empty() {
+            write!(f, ", invalidates {} tag(s) on write", self.invalidate_tags.len())?;
         }
         if let Some(c) = &self.compress {
             let algs: Vec<&str> = c.algorithms.iter().map(|a| compress::token(*a)).collect();

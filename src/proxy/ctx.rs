@@ -36,6 +36,8 @@ pub struct Ctx {
     pub response_seen: u64,
     /// The request's spans, when tracing is on.
     pub trace: Option<crate::telemetry::otel::RequestTrace>,
+    /// The route caches, but this request may not use the cache.
+    pub cache_bypass: bool,
 }
 
 impl Ctx {
@@ -58,6 +60,7 @@ impl Ctx {
             compression: None,
             response_seen: 0,
             trace: None,
+            cache_bypass: false,
         }
     }
 

@@ -22,6 +22,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
 use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use crate::cache;
+use pingora::cache::key::{CacheKey, HashBinary};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -61,6 +64,47 @@ impl Gateway {
     fn note_problem(&self, ctx: &mut Ctx, err: &GatewayError) {
         ctx.problem_code = Some(err.problem.code());
         self.app.metrics.gateway_error(ctx.route_name(), err.problem.code());
+    }
+}
+
+impl Gateway {
+    /// RFC 9111 4.4: a successful unsafe request invalidates its own URI and its `Location` /
+    /// `Content-Location`, plus the route's `invalidate_tags`.
+    async fn invalidate_after_write(&self, session: &Session, route: &crate::routing::Route) {
+        use cache::store::PurgeSelector;
+        let req = session.req_header();
+        let mut selectors = Vec::new();
+        let path = normalize(req.uri.path()).map(|p| p.into_owned()).unwrap_or_default();
+        let url_of = |path: &str, query: Option<&str>| cache::url_identity(path, query, &[]);
+        selectors.push(PurgeSelector::Url(url_of(&path, req.uri.query())));
+        if let Some(resp) = session.response_written() {
+            for h in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+                let Some(loc) = resp.headers.get(&h).and_then(|v| v.to_str().ok()) else { continue };
+                // Only same-origin, path-absolute references name an entry here.
+                if let Ok(uri) = loc.parse::<http::Uri>() {
+                    if uri.authority().is_none() {
+                        if let Ok(p) = normalize(uri.path()) {
+                            selectors.push(PurgeSelector::Url(url_of(&p, uri.query())));
+                        }
+                    }
+                }
+            }
+        }
+        for t in &route.policy.invalidate_tags {
+            if let Some(tag) = t.render(&req.headers, req.uri.query()) {
+                selectors.push(PurgeSelector::Tag(tag));
+            }
+        }
+        let mut purged = 0;
+        for sel in &selectors {
+            match self.app.cache.purge(sel).await {
+                Ok(n) => purged += n,
+                Err(e) => tracing::warn!(error = %e, "cache invalidation failed"),
+            }
+        }
+        if purged > 0 {
+            self.app.metrics.cache_purged("write", purged);
+        }
     }
 }
 
@@ -231,7 +275,13 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        for (scope, conc) in [("route", policy.concurrency.as_deref()), ("upstream", route.upstream.concurrency.as_ref())] {
+        Ok(false)
+    }
+
+    /// Concurrency slots are taken only by requests that go upstream: cache hits never queue.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(route) = ctx.route.clone() else { return Ok(true) };
+        for (scope, conc) in [("route", route.policy.concurrency.as_deref()), ("upstream", route.upstream.concurrency.as_ref())] {
             let Some(conc) = conc else { continue };
             match conc.acquire().await {
                 Ok(permit) => ctx.permits.push(permit),
@@ -242,11 +292,75 @@ impl ProxyHttp for Gateway {
                     };
                     let detail = format!("{scope} is at its limit of {} requests in flight ({why})", conc.def.max);
                     self.app.metrics.shed(&route.name, scope);
-                    return self.respond(session, ctx, GatewayError::new(Problem::Overloaded, detail).retry_after(1)).await;
+                    self.respond(session, ctx, GatewayError::new(Problem::Overloaded, detail).retry_after(1)).await?;
+                    return Ok(false);
                 }
             }
         }
-        Ok(false)
+        Ok(true)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(route) = ctx.route.as_ref() else { return Ok(()) };
+        let Some(policy) = route.policy.cache.as_ref() else { return Ok(()) };
+        let req = session.req_header();
+        if policy.bypass(&req.method, &req.headers).is_some() {
+            ctx.cache_bypass = true;
+            return Ok(());
+        }
+        let cache = &self.app.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(cache.settings.lock_timeout);
+        session
+            .cache
+            .enable(cache.storage, None, None, Some(cache.lock), Some(overrides));
+        session.cache.set_max_file_size_bytes(cache.settings.max_object_size);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let policy = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.policy.cache.as_ref())
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key for a route without cache"))?;
+        let req = session.req_header();
+        let path = ctx.rewritten_path.as_deref().unwrap_or(req.uri.path());
+        let host = request_host(req).unwrap_or("");
+        let (primary, info) = policy.key(host, path, req.uri.query(), &req.headers);
+        let mut key = CacheKey::new(primary, "");
+        key.extensions.insert(info);
+        Ok(key)
+    }
+
+    fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
+        Ok(match ctx.route.as_ref().and_then(|r| r.policy.cache.as_ref()) {
+            Some(policy) => policy.cacheable(resp, std::time::SystemTime::now()),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
+        let mut variance = VarianceBuilder::new();
+        for value in meta.headers().get_all(http::header::VARY) {
+            let Ok(names) = value.to_str() else { continue };
+            for name in names.split(',').map(|n| n.trim().to_ascii_lowercase()) {
+                // Bodies are stored in one encoding (identity) and compressed per client on the
+                // way out, so Accept-Encoding never splits an entry.
+                if name.is_empty() || name == "accept-encoding" {
+                    continue;
+                }
+                let joined: Vec<&[u8]> = req.headers.get_all(name.as_str()).iter().map(|v| v.as_bytes()).collect();
+                variance.add_owned_name_value(name, joined.join(&b','));
+            }
+        }
+        variance.finalize()
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        // None: stale-while-revalidate (pingora has checked the entry's window); an upstream
+        // error or 5xx: stale-if-error. Never for the gateway's own refusals.
+        error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
     async fn request_body_filter(
@@ -322,8 +436,21 @@ impl ProxyHttp for Gateway {
             upstream.remove_header(&name);
         }
         upstream.insert_header(problem::REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        if ctx.route.as_ref().is_some_and(|r| r.policy.compress.is_some()) {
-            // The gateway compresses: ask the backend for identity, one canonical form.
+        if matches!(session.cache.phase(), CachePhase::Stale | CachePhase::StaleUpdating) {
+            // Revalidating a stored entry: ask with its validators, so an unchanged resource
+            // costs the backend a 304 instead of a body.
+            if let Some(meta) = session.cache.maybe_cache_meta() {
+                let h = meta.headers();
+                if let Some(etag) = h.get(http::header::ETAG).cloned() {
+                    upstream.insert_header(http::header::IF_NONE_MATCH, etag)?;
+                }
+                if let Some(lm) = h.get(http::header::LAST_MODIFIED).cloned() {
+                    upstream.insert_header(http::header::IF_MODIFIED_SINCE, lm)?;
+                }
+            }
+        }
+        if ctx.route.as_ref().is_some_and(|r| r.policy.compress.is_some() || r.policy.cache.is_some()) {
+            // The gateway compresses (and caches) one canonical form: ask the backend for identity.
             upstream.remove_header(&ACCEPT_ENCODING);
         }
 
@@ -392,6 +519,18 @@ impl ProxyHttp for Gateway {
         add_rate_limit_headers(resp, ctx);
 
         let Some(route) = ctx.route.clone() else { return Ok(()) };
+        if route.policy.cache.is_some() {
+            let status = if ctx.cache_bypass { "BYPASS" } else { cache::x_cache(session.cache.phase()) };
+            resp.insert_header("x-cache", status)?;
+            if !resp.headers.contains_key(http::header::AGE) {
+                resp.insert_header(http::header::AGE, "0")?;
+            }
+            resp.remove_header(&self.app.cache.settings.tag_header);
+            if let Some(t) = &ctx.trace {
+                t.event("cache", vec![opentelemetry::KeyValue::new("fastgate.cache.status", status)]);
+            }
+            self.app.metrics.cache_result(&route.name, status);
+        }
         if let Some(cap) = route.policy.max_response_body {
             let declared = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if declared.is_some_and(|len| len > cap) {
@@ -485,6 +624,12 @@ impl ProxyHttp for Gateway {
                 .metrics
                 .request_finished(&route.name, &req.method, status, elapsed.as_secs_f64());
         }
+        if (200..400).contains(&status) && !req.method.is_safe() {
+            if let Some(route) = ctx.route.as_deref() {
+                self.invalidate_after_write(session, route).await;
+            }
+        }
+        let req = session.req_header();
         if let Some(t) = ctx.trace.take() {
             let error = ctx.problem_code.or(e.map(|_| "proxy_error"));
             t.finish(status, error);

@@ -23,6 +23,11 @@ pub struct Metrics {
     shed: IntCounterVec,
     rate_limit_keys: IntGauge,
     otlp_dropped: prometheus::IntCounter,
+    cache_results: IntCounterVec,
+    cache_purged: IntCounterVec,
+    cache_bytes: IntGauge,
+    cache_entries: IntGauge,
+    cache_evictions: IntGauge,
 }
 
 /// Route label for requests that matched no route.
@@ -74,6 +79,22 @@ impl Metrics {
             "Spans whose OTLP export failed (collector unreachable or refusing).",
         )?;
         registry.register(Box::new(otlp_dropped.clone()))?;
+        let cache_results = IntCounterVec::new(
+            Opts::new("fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS)."),
+            &["route", "result"],
+        )?;
+        let cache_purged = IntCounterVec::new(
+            Opts::new("fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write)."),
+            &["cause"],
+        )?;
+        let cache_bytes = IntGauge::new("fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
+        let cache_entries = IntGauge::new("fastgate_cache_entries", "Objects held by the cache store.")?;
+        let cache_evictions = IntGauge::new("fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;
+        registry.register(Box::new(cache_results.clone()))?;
+        registry.register(Box::new(cache_purged.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         let start_time = IntGauge::new("process_start_time_seconds", "Start time of the process, Unix seconds.")?;
@@ -101,6 +122,11 @@ impl Metrics {
             shed,
             rate_limit_keys,
             otlp_dropped,
+            cache_results,
+            cache_purged,
+            cache_bytes,
+            cache_entries,
+            cache_evictions,
         })
     }
 
@@ -121,6 +147,20 @@ impl Metrics {
 
     pub fn rate_limited(&self, route: &str, limit: &str) {
         self.rate_limited.with_label_values(&[route, limit]).inc();
+    }
+
+    pub fn cache_result(&self, route: &str, result: &str) {
+        self.cache_results.with_label_values(&[route, result]).inc();
+    }
+
+    pub fn cache_purged(&self, cause: &str, n: usize) {
+        self.cache_purged.with_label_values(&[cause]).inc_by(n as u64);
+    }
+
+    pub fn set_cache_stats(&self, entries: u64, bytes: u64, evictions: u64) {
+        self.cache_entries.set(entries as i64);
+        self.cache_bytes.set(bytes as i64);
+        self.cache_evictions.set(evictions as i64);
     }
 
     pub fn otlp_export_failed(&self, spans: usize) {

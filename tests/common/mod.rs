@@ -304,3 +304,17 @@ impl Gateway {
         }
     }
 }
+
+impl Backend {
+    /// Sets the backend's failure/delay/version mode (see `/debug/mode`).
+    pub async fn mode(&self, mode: serde_json::Value) {
+        let r = reqwest::Client::new().post(self.url("/debug/mode")).json(&mode).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Conditional requests the backend answered with 304.
+    pub async fn conditionals(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(self.url("/debug/stats")).await.unwrap().json().await.unwrap();
+        v["conditional"].as_u64().unwrap_or(0)
+    }
+}

@@ -1,0 +1,196 @@
+//! The embedded store: moka (TinyLFU admission, LRU eviction), bounded in bytes, with per-object
+//! expiry, and indexes by URL and tag so purges and invalidate-on-write need no scan.
+
+use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreStats, StoredObject};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+struct Entry {
+    obj: Arc<StoredObject>,
+    ttl: Duration,
+}
+
+struct Expiry;
+
+impl moka::Expiry<String, Entry> for Expiry {
+    fn expire_after_create(&self, _k: &String, v: &Entry, _now: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+    fn expire_after_update(&self, _k: &String, v: &Entry, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+type Index = DashMap<String, HashSet<String>>;
+
+pub struct MemoryStore {
+    cache: Cache<String, Entry>,
+    by_url: Arc<Index>,
+    by_tag: Arc<Index>,
+    evictions: Arc<AtomicU64>,
+}
+
+fn unindex(index: &Index, name: &str, key: &str) {
+    if let Some(mut set) = index.get_mut(name) {
+        set.remove(key);
+        if set.is_empty() {
+            drop(set);
+            index.remove_if(name, |_, s| s.is_empty());
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64) -> Self {
+        let by_url: Arc<Index> = Arc::default();
+        let by_tag: Arc<Index> = Arc::default();
+        let evictions = Arc::new(AtomicU64::new(0));
+        let (u, t, e) = (by_url.clone(), by_tag.clone(), evictions.clone());
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_k: &String, v: &Entry| u32::try_from(v.obj.weight()).unwrap_or(u32::MAX))
+            .expire_after(Expiry)
+            .eviction_listener(move |key: Arc<String>, v: Entry, cause| {
+                if cause == RemovalCause::Size {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
+                // A replaced entry is re-indexed by `put`; everything else leaves the indexes.
+                if cause != RemovalCause::Replaced {
+                    unindex(&u, &v.obj.url, &key);
+                    for tag in &v.obj.tags {
+                        unindex(&t, tag, &key);
+                    }
+                }
+            })
+            .build();
+        MemoryStore {
+            cache,
+            by_url,
+            by_tag,
+            evictions,
+        }
+    }
+
+    fn remove_keys(&self, keys: Vec<String>) -> usize {
+        let mut n = 0;
+        for k in keys {
+            if self.cache.remove(&k).is_some() {
+                n += 1;
+            }
+        }
+        // run the eviction listener now, so the indexes are current when the purge returns
+        self.cache.run_pending_tasks();
+        n
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        Ok(self.cache.get(key).map(|e| (*e.obj).clone()))
+    }
+
+    async fn put(&self, key: String, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
+        self.by_url.entry(obj.url.clone()).or_default().insert(key.clone());
+        for tag in &obj.tags {
+            self.by_tag.entry(tag.clone()).or_default().insert(key.clone());
+        }
+        self.cache.insert(key, Entry { obj: Arc::new(obj), ttl });
+        Ok(())
+    }
+
+    async fn update_meta(&self, key: &str, meta: (Vec<u8>, Vec<u8>), ttl: Duration) -> Result<bool, StoreError> {
+        let Some(old) = self.cache.get(key) else { return Ok(false) };
+        let mut obj = (*old.obj).clone();
+        obj.meta = meta;
+        self.cache.insert(key.to_string(), Entry { obj: Arc::new(obj), ttl });
+        Ok(true)
+    }
+
+    async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.remove_keys(vec![key.to_string()]) == 1)
+    }
+
+    async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
+        let keys: Vec<String> = match selector {
+            PurgeSelector::All => {
+                self.cache.run_pending_tasks();
+                let n = self.cache.entry_count() as usize;
+                self.cache.invalidate_all();
+                self.cache.run_pending_tasks();
+                return Ok(n);
+            }
+            PurgeSelector::Tag(tag) => self.by_tag.get(tag).map(|s| s.iter().cloned().collect()).unwrap_or_default(),
+            PurgeSelector::Url(url) => self.by_url.get(url).map(|s| s.iter().cloned().collect()).unwrap_or_default(),
+            PurgeSelector::PathPrefix(prefix) => self
+                .cache
+                .iter()
+                .filter(|(_, e)| path_under(&e.obj.path, prefix))
+                .map(|(k, _)| (*k).clone())
+                .collect(),
+        };
+        Ok(self.remove_keys(keys))
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.cache.run_pending_tasks();
+        StoreStats {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(url: &str, tags: &[&str], size: usize) -> StoredObject {
+        StoredObject {
+            meta: (vec![], vec![]),
+            body: bytes::Bytes::from(vec![b'x'; size]),
+            url: url.into(),
+            path: url.split('?').next().unwrap_or("/").to_string(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn purge_by_tag_url_prefix_and_all() {
+        let s = MemoryStore::new(1 << 20);
+        let ttl = Duration::from_secs(60);
+        s.put("k1".into(), obj("/api/a", &["t1"], 10), ttl).await.unwrap();
+        s.put("k2".into(), obj("/api/a", &["t2"], 10), ttl).await.unwrap();
+        s.put("k3".into(), obj("/api/b/c", &["t1", "t3"], 10), ttl).await.unwrap();
+        s.put("k4".into(), obj("/other", &[], 10), ttl).await.unwrap();
+        assert_eq!(s.purge(&PurgeSelector::Tag("t1".into())).await.unwrap(), 2);
+        assert!(s.get("k1").await.unwrap().is_none());
+        assert_eq!(s.purge(&PurgeSelector::Tag("t1".into())).await.unwrap(), 0);
+        assert_eq!(s.purge(&PurgeSelector::Url("/api/a".into())).await.unwrap(), 1);
+        s.put("k5".into(), obj("/api/b/d", &[], 10), ttl).await.unwrap();
+        assert_eq!(s.purge(&PurgeSelector::PathPrefix("/api/b".into())).await.unwrap(), 1);
+        assert_eq!(s.purge(&PurgeSelector::All).await.unwrap(), 1);
+        assert_eq!(s.stats().entries, 0);
+        assert!(s.by_url.is_empty() && s.by_tag.is_empty());
+    }
+
+    #[tokio::test]
+    async fn size_bound_evicts() {
+        let s = MemoryStore::new(20_000);
+        for i in 0..50 {
+            s.put(format!("k{i}"), obj(&format!("/{i}"), &[], 1000), Duration::from_secs(60)).await.unwrap();
+        }
+        s.cache.run_pending_tasks();
+        let st = s.stats();
+        assert!(st.bytes <= 20_000, "{st:?}");
+        assert!(st.evictions > 0, "{st:?}");
+    }
+}

@@ -1,0 +1,437 @@
+//! Response caching per route, on pingora-cache's HTTP logic with our own stores.
+//!
+//! - `store`: the narrow trait a backend implements (memory now, shared stores later);
+//! - `memory`: the embedded, byte-bounded store;
+//! - `storage`: pingora's `Storage` over any `CacheStore`;
+//! - this module: per-route policy, the cache key, what may be stored, invalidation templates.
+//!
+//! **Key**: `GET` (HEAD shares it) + host + normalized path + query sorted by name (minus
+//! `ignore_query`) + the route's key headers and cookies, then pingora's variance hash over the
+//! request headers the stored response names in `Vary`. A header not in the key or in `Vary`
+//! never changes what is served.
+//!
+//! **Safety**: a request carrying `Authorization` is cached only when `Authorization` is in the
+//! key or the route says the data is `public`; a request carrying `Cookie` only when the key
+//! names cookies or the data is public. Otherwise it bypasses the cache both ways.
+
+pub mod memory;
+pub mod storage;
+pub mod store;
+
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, SET_COOKIE};
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations};
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::meta::{CacheMeta, CacheMetaDefaults};
+use pingora::cache::{CachePhase, NoCacheReason, RespCacheable};
+use pingora::http::ResponseHeader;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use store::{CacheStore, PurgeSelector};
+
+/// Per-route cache policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Freshness when the backend says nothing (no `Cache-Control` max-age, no `Expires`).
+    pub ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub key_headers: Vec<HeaderName>,
+    pub key_cookies: Vec<String>,
+    pub ignore_query: Vec<String>,
+    /// Use `ttl` even when the backend's `Cache-Control` says otherwise.
+    pub override_origin: bool,
+    /// Responses are the same for everyone: requests with credentials may use the cache.
+    pub public: bool,
+    /// Store responses carrying `Set-Cookie`, without it.
+    pub strip_set_cookie: bool,
+}
+
+/// What the cache key callback leaves for the store (purge indexes).
+#[derive(Debug, Clone, Default)]
+pub struct EntryInfo {
+    pub url: String,
+    pub path: String,
+}
+
+/// Why a request does not use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    Method,
+    Credentials,
+}
+
+impl CachePolicy {
+    /// `None` when the request may use the cache.
+    pub fn bypass(&self, method: &http::Method, headers: &HeaderMap) -> Option<Bypass> {
+        if !matches!(*method, http::Method::GET | http::Method::HEAD) {
+            return Some(Bypass::Method);
+        }
+        if self.public {
+            return None;
+        }
+        let auth_keyed = self.key_headers.contains(&AUTHORIZATION);
+        if headers.contains_key(AUTHORIZATION) && !auth_keyed {
+            return Some(Bypass::Credentials);
+        }
+        if headers.contains_key(COOKIE) && self.key_cookies.is_empty() && !self.key_headers.contains(&COOKIE) {
+            return Some(Bypass::Credentials);
+        }
+        None
+    }
+
+    /// The primary key and the URL identity (for purges).
+    pub fn key(&self, host: &str, path: &str, query: Option<&str>, headers: &HeaderMap) -> (Vec<u8>, EntryInfo) {
+        let url = url_identity(path, query, &self.ignore_query);
+        // Length-prefixed parts: no value can forge a boundary.
+        let mut primary = Vec::with_capacity(url.len() + host.len() + 32);
+        push_part(&mut primary, b"GET");
+        push_part(&mut primary, host.to_ascii_lowercase().as_bytes());
+        push_part(&mut primary, url.as_bytes());
+        for name in &self.key_headers {
+            push_part(&mut primary, name.as_str().as_bytes());
+            let values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+            push_part(&mut primary, &values.join(&b'\n'));
+        }
+        for cookie in &self.key_cookies {
+            push_part(&mut primary, cookie.as_bytes());
+            push_part(&mut primary, cookie_value(headers, cookie).unwrap_or("").as_bytes());
+        }
+        (primary, EntryInfo { url, path: path.to_string() })
+    }
+
+    /// RFC 9111 storage rules with the route's `ttl` as the heuristic freshness.
+    pub fn cacheable(&self, resp: &ResponseHeader, now: SystemTime) -> RespCacheable {
+        let status = resp.status.as_u16();
+        if !matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501) {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("status"));
+        }
+        if resp.headers.contains_key(SET_COOKIE) && !self.strip_set_cookie {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("set-cookie"));
+        }
+        if resp.headers.get_all(http::header::VARY).iter().any(|v| v.as_bytes().trim_ascii() == b"*") {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom("vary-star"));
+        }
+        let cc = CacheControl::from_resp_headers(resp);
+        let mut header = resp.clone();
+        header.remove_header(&SET_COOKIE);
+        let (fresh_until, swr, sie) = if self.override_origin {
+            (now + self.ttl, self.stale_while_revalidate, self.stale_if_error)
+        } else {
+            // `None` from this means: private/no-store (uncacheable) or no freshness information.
+            const NO_DEFAULT: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+            let explicit = calculate_fresh_until(now, cc.as_ref(), resp, false, &NO_DEFAULT);
+            let refused = cc.as_ref().is_some_and(|c| c.no_store() || c.private());
+            if refused {
+                return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+            }
+            let fresh_until = match explicit {
+                Some(t) => t,
+                None if cc.as_ref().is_some_and(|c| c.no_cache()) => now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+                None => now + self.ttl,
+            };
+            let defaults = CacheMetaDefaults::new(
+                |_| None,
+                u32::try_from(self.stale_while_revalidate.as_secs()).unwrap_or(u32::MAX),
+                u32::try_from(self.stale_if_error.as_secs()).unwrap_or(u32::MAX),
+            );
+            let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+            // must-revalidate and no-cache forbid serving a stale copy without revalidation
+            let strict = cc.as_ref().is_some_and(|c| c.must_revalidate() || c.no_cache());
+            let (swr, sie) = if strict { (0, 0) } else { (swr, sie) };
+            (fresh_until, Duration::from_secs(swr.into()), Duration::from_secs(sie.into()))
+        };
+        let as_u32 = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, as_u32(swr), as_u32(sie), header))
+    }
+}
+
+/// Path plus the query sorted by parameter (minus `ignore`): what "purge this URL" names.
+/// It leaves out the host, so a purge reaches the URL under every host name.
+pub fn url_identity(path: &str, query: Option<&str>, ignore: &[String]) -> String {
+    let mut url = String::with_capacity(path.len() + 16);
+    url.push_str(path);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let mut params: Vec<&str> = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let name = p.split_once('=').map_or(*p, |(n, _)| n);
+                !ignore.iter().any(|i| i == name)
+            })
+            .collect();
+        params.sort_unstable();
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
+        }
+    }
+    url
+}
+
+fn push_part(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        v.to_str().ok()?.split(';').find_map(|pair| {
+            let (k, val) = pair.trim().split_once('=')?;
+            (k == name).then_some(val)
+        })
+    })
+}
+
+/// `X-Cache` for a response, from pingora's cache phase.
+pub fn x_cache(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit | CachePhase::Revalidated => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired | CachePhase::RevalidatedNoCache(_) => "EXPIRED",
+        // Looked up, went upstream, and the response was not storable (no-store, too large...).
+        CachePhase::Disabled(reason) if reason != NoCacheReason::NeverEnabled => "MISS",
+        _ => "BYPASS",
+    }
+}
+
+/// A tag to purge after a successful write, with `{header:NAME}`, `{query:NAME}` and
+/// `{cookie:NAME}` filled from the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagTemplate {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Text(String),
+    Header(HeaderName),
+    Query(String),
+    Cookie(String),
+}
+
+impl TagTemplate {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(TemplatePart::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed `{{` in {s:?}"))? + open;
+            let inner = &rest[open + 1..close];
+            parts.push(match inner.split_once(':') {
+                Some(("header", n)) => TemplatePart::Header(
+                    HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name {n:?}"))?,
+                ),
+                Some(("query", n)) => TemplatePart::Query(n.trim().to_string()),
+                Some(("cookie", n)) => TemplatePart::Cookie(n.trim().to_string()),
+                _ => return Err(format!("unknown placeholder {{{inner}}}; use {{header:NAME}}, {{query:NAME}} or {{cookie:NAME}}")),
+            });
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Text(rest.to_string()));
+        }
+        Ok(TagTemplate { parts })
+    }
+
+    /// The tag for this request; `None` when a placeholder has no value.
+    pub fn render(&self, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Header(h) => out.push_str(headers.get(h)?.to_str().ok()?),
+                TemplatePart::Query(q) => out.push_str(query?.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (k == q).then_some(v)
+                })?),
+                TemplatePart::Cookie(c) => out.push_str(cookie_value(headers, c)?),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Process-level cache settings (`[cache]`): read at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub max_size: u64,
+    pub max_object_size: usize,
+    /// How long concurrent misses wait for the one fetching; then they go upstream themselves.
+    pub lock_timeout: Duration,
+    pub tag_header: HeaderName,
+    pub warm: Vec<WarmRequest>,
+    pub warm_interval: Duration,
+    /// Readiness waits at most this long for the first warming round.
+    pub warm_ready_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmRequest {
+    pub path: String,
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_size: 256 * 1024 * 1024,
+            max_object_size: 8 * 1024 * 1024,
+            lock_timeout: Duration::from_secs(5),
+            tag_header: HeaderName::from_static("cache-tag"),
+            warm: Vec::new(),
+            warm_interval: Duration::from_secs(300),
+            warm_ready_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The cache of the process: one store, one lock table, both `'static` as pingora requires.
+pub struct Cache {
+    pub settings: CacheSettings,
+    pub store: Arc<dyn CacheStore>,
+    pub storage: &'static storage::PingoraStorage,
+    pub lock: &'static CacheKeyLockImpl,
+}
+
+impl Cache {
+    /// Built once per process; the leaked parts live as long as the process does.
+    pub fn new(settings: CacheSettings, store: Arc<dyn CacheStore>) -> Self {
+        let storage: &'static storage::PingoraStorage = Box::leak(Box::new(storage::PingoraStorage {
+            store: store.clone(),
+            tag_header: settings.tag_header.clone(),
+        }));
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(settings.lock_timeout));
+        Cache {
+            settings,
+            store,
+            storage,
+            lock,
+        }
+    }
+
+    pub async fn purge(&self, selector: &PurgeSelector) -> Result<usize, store::StoreError> {
+        self.store.purge(selector).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            ttl: Duration::from_secs(30),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(60),
+            key_headers: vec![],
+            key_cookies: vec![],
+            ignore_query: vec!["utm_source".into()],
+            override_origin: false,
+            public: false,
+            strip_set_cookie: false,
+        }
+    }
+
+    #[test]
+    fn key_sorts_query_and_drops_ignored_params() {
+        let p = policy();
+        let h = HeaderMap::new();
+        let (a, info) = p.key("API.example.com", "/x", Some("b=2&a=1&utm_source=mail"), &h);
+        let (b, _) = p.key("api.example.com", "/x", Some("a=1&b=2"), &h);
+        assert_eq!(a, b);
+        assert_eq!(info.url, "/x?a=1&b=2");
+        let (c, _) = p.key("api.example.com", "/x", Some("a=1&b=3"), &h);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn keyed_headers_separate_entries_and_unkeyed_do_not() {
+        let mut p = policy();
+        p.key_headers = vec![AUTHORIZATION];
+        let mut h1 = HeaderMap::new();
+        h1.insert(AUTHORIZATION, "Bearer a".parse().unwrap());
+        h1.insert("x-other", "1".parse().unwrap());
+        let mut h2 = HeaderMap::new();
+        h2.insert(AUTHORIZATION, "Bearer b".parse().unwrap());
+        let mut h3 = h1.clone();
+        h3.insert("x-other", "2".parse().unwrap());
+        assert_ne!(p.key("h", "/u", None, &h1).0, p.key("h", "/u", None, &h2).0);
+        assert_eq!(p.key("h", "/u", None, &h1).0, p.key("h", "/u", None, &h3).0);
+    }
+
+    #[test]
+    fn credentials_bypass_unless_keyed_or_public() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer a".parse().unwrap());
+        let mut p = policy();
+        assert_eq!(p.bypass(&http::Method::GET, &h), Some(Bypass::Credentials));
+        p.key_headers = vec![AUTHORIZATION];
+        assert_eq!(p.bypass(&http::Method::GET, &h), None);
+        assert_eq!(p.bypass(&http::Method::POST, &HeaderMap::new()), Some(Bypass::Method));
+        let mut c = HeaderMap::new();
+        c.insert(COOKIE, "session=1".parse().unwrap());
+        assert_eq!(policy().bypass(&http::Method::GET, &c), Some(Bypass::Credentials));
+        let mut p = policy();
+        p.public = true;
+        assert_eq!(p.bypass(&http::Method::GET, &c), None);
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn fresh_secs(c: RespCacheable, now: SystemTime) -> Option<i64> {
+        match c {
+            RespCacheable::Cacheable(m) => Some(match m.fresh_until().duration_since(now) {
+                Ok(d) => d.as_secs() as i64,
+                Err(_) => -1,
+            }),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn freshness_follows_the_backend_then_the_route() {
+        let p = policy();
+        let now = SystemTime::now();
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[]), now), now), Some(30));
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "max-age=5")]), now), now), Some(5));
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "s-maxage=7, max-age=5")]), now), now), Some(7));
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "no-store")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "private")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "no-cache")]), now), now), Some(-1));
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("set-cookie", "a=1")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable(&resp(500, &[]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable(&resp(206, &[]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("vary", "*")]), now), now), None);
+        let mut o = policy();
+        o.override_origin = true;
+        assert_eq!(fresh_secs(o.cacheable(&resp(200, &[("cache-control", "max-age=5")]), now), now), Some(30));
+        let mut s = policy();
+        s.strip_set_cookie = true;
+        match s.cacheable(&resp(200, &[("set-cookie", "a=1")]), now) {
+            RespCacheable::Cacheable(m) => assert!(m.headers().get("set-cookie").is_none()),
+            _ => panic!("cacheable without its cookie"),
+        }
+    }
+
+    #[test]
+    fn tag_templates() {
+        let t = TagTemplate::parse("positions:{header:X-User}").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-user", "42".parse().unwrap());
+        assert_eq!(t.render(&h, None).as_deref(), Some("positions:42"));
+        assert_eq!(t.render(&HeaderMap::new(), None), None);
+        let q = TagTemplate::parse("sym:{query:symbol}").unwrap();
+        assert_eq!(q.render(&h, Some("a=1&symbol=AAPL")).as_deref(), Some("sym:AAPL"));
+        assert!(TagTemplate::parse("x:{bogus}").is_err());
+    }
+}

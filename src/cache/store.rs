@@ -1,0 +1,73 @@
+//! The narrow interface every cache backend implements: objects by key, purges by selector.
+//!
+//! The embedded memory store implements it; a shared store (Redis) plugs in behind the same
+//! trait without touching the cache policy or the pingora glue. Objects are stored exactly as
+//! the upstream sent them (identity encoding): compression happens per client on the way out.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// A stored response: pingora's serialized `CacheMeta` (internal, header) and the body, plus
+/// what purges select on.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub meta: (Vec<u8>, Vec<u8>),
+    pub body: Bytes,
+    /// Normalized path + sorted query (`url_identity`): purge by URL removes every variant.
+    pub url: String,
+    /// Normalized path, for purge by prefix.
+    pub path: String,
+    /// From the response's tag header (`Cache-Tag` by default).
+    pub tags: Vec<String>,
+}
+
+impl StoredObject {
+    /// Bytes this object costs, for size-bounded stores.
+    pub fn weight(&self) -> usize {
+        self.body.len() + self.meta.0.len() + self.meta.1.len() + self.url.len() * 2 + 128
+    }
+}
+
+/// What a purge removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeSelector {
+    All,
+    Tag(String),
+    /// `url_identity` of a path and query: every variant, under every host.
+    Url(String),
+    /// Every object whose path starts with this, on whole segments.
+    PathPrefix(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
+    /// Stores `obj` for at most `ttl` (its freshness plus every stale window).
+    async fn put(&self, key: String, obj: StoredObject, ttl: Duration) -> Result<(), StoreError>;
+    /// Replaces the metadata of a stored object (after a 304 revalidation).
+    async fn update_meta(&self, key: &str, meta: (Vec<u8>, Vec<u8>), ttl: Duration) -> Result<bool, StoreError>;
+    async fn remove(&self, key: &str) -> Result<bool, StoreError>;
+    /// Removes what `selector` selects; returns how many objects went.
+    async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError>;
+    fn stats(&self) -> StoreStats;
+}
+
+/// Whether `path` is `prefix` or below it, on whole segments.
+pub fn path_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}

@@ -1,0 +1,394 @@
+//! Response caching through the real binary and backend. The backend counts what reaches it,
+//! which is how hits, coalescing and purges are proven.
+
+mod common;
+
+use common::{config_for, Backend, Gateway};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn cached_route(name: &str, prefix: &str, cache: &str) -> String {
+    format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"api\"\ncache = {cache}\n")
+}
+
+const PATH: &str = "/debug/cacheable";
+
+async fn get(c: &reqwest::Client, url: String) -> (u16, HeaderMap, Value) {
+    let r = c.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    let v = r.json().await.unwrap_or(Value::Null);
+    (status, h, v)
+}
+
+fn xc(h: &HeaderMap) -> &str {
+    h.get("x-cache").map_or("-", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn hit_after_miss_with_age_and_backend_freshness() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"30s\" }")));
+    let c = reqwest::Client::new();
+    let url = gw.url(&format!("{PATH}/a"));
+    let (s, h, first) = get(&c, url.clone()).await;
+    assert_eq!((s, xc(&h)), (200, "MISS"));
+    assert!(h.contains_key("age"));
+    for _ in 0..5 {
+        let (s, h, v) = get(&c, url.clone()).await;
+        assert_eq!((s, xc(&h)), (200, "HIT"));
+        assert_eq!(v, first, "the cached body");
+        assert!(h["age"].to_str().unwrap().parse::<u64>().is_ok());
+    }
+    assert_eq!(backend.hits(&format!("{PATH}/a")).await, 1);
+
+    // the backend's max-age beats the route's ttl
+    let short = gw.url(&format!("{PATH}/short?cc=max-age%3D1"));
+    assert_eq!(xc(&get(&c, short.clone()).await.1), "MISS");
+    assert_eq!(xc(&get(&c, short.clone()).await.1), "HIT");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, h, _) = get(&c, short.clone()).await;
+    assert_eq!(xc(&h), "EXPIRED", "{h:?}");
+    assert_eq!(backend.hits(&format!("{PATH}/short")).await, 2);
+    gw.wait_metric("fastgate_cache_requests_total{result=\"HIT\",route=\"c\"}", 6.0).await;
+}
+
+#[tokio::test]
+async fn what_must_not_be_stored_is_not() {
+    let backend = Backend::start();
+    let routes = cached_route("c", PATH, "{ ttl = \"30s\" }");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    for (name, q) in [
+        ("nostore", "cc=no-store"),
+        ("private", "cc=private"),
+        ("cookie", "cookie=session%3D1"),
+    ] {
+        let url = gw.url(&format!("{PATH}/{name}?{q}"));
+        for _ in 0..3 {
+            let (s, h, _) = get(&c, url.clone()).await;
+            assert_eq!((s, xc(&h)), (200, "MISS"), "{name}");
+        }
+        assert_eq!(backend.hits(&format!("{PATH}/{name}")).await, 3, "{name} reached the backend each time");
+    }
+    // credentials not in the key: never stored, never served from the cache
+    let url = gw.url(&format!("{PATH}/auth"));
+    for user in ["a", "b", "a"] {
+        let r = c.get(url.clone()).bearer_auth(user).send().await.unwrap();
+        assert_eq!(xc(r.headers()), "BYPASS");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["auth"], format!("Bearer {user}"));
+    }
+    // non-GET
+    let r = c.post(gw.url(&format!("{PATH}/post"))).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(xc(r.headers()), "BYPASS");
+    // a 5xx is not stored
+    backend.mode(json!({"fail": 500})).await;
+    assert_eq!(get(&c, gw.url(&format!("{PATH}/err"))).await.0, 500);
+    backend.mode(json!({"fail": null})).await;
+    assert_eq!(xc(&get(&c, gw.url(&format!("{PATH}/err"))).await.1), "MISS");
+}
+
+#[tokio::test]
+async fn keys_per_user_sorted_queries_vary_and_no_poisoning() {
+    let backend = Backend::start();
+    let routes = cached_route("user", "/debug/cacheable/user", "{ ttl = \"30s\", key = { headers = [\"Authorization\"] } }")
+        + &cached_route("c", PATH, "{ ttl = \"30s\", key = { ignore_query = [\"utm_source\"] } }");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+
+    let user_url = gw.url(&format!("{PATH}/user"));
+    for (user, expect) in [("alice", "MISS"), ("bob", "MISS"), ("alice", "HIT"), ("bob", "HIT")] {
+        let r = c.get(user_url.clone()).bearer_auth(user).send().await.unwrap();
+        assert_eq!(xc(r.headers()), expect, "{user}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["auth"], format!("Bearer {user}"), "never another user's data");
+    }
+    // no credentials: its own entry, not alice's
+    let (_, h, v) = get(&c, user_url.clone()).await;
+    assert_eq!((xc(&h), v["auth"].clone()), ("MISS", Value::Null));
+
+    // query order and ignored tracking parameters do not split entries
+    assert_eq!(xc(&get(&c, gw.url(&format!("{PATH}/q?b=1&a=2"))).await.1), "MISS");
+    assert_eq!(xc(&get(&c, gw.url(&format!("{PATH}/q?a=2&b=1&utm_source=mail"))).await.1), "HIT");
+    assert_eq!(xc(&get(&c, gw.url(&format!("{PATH}/q?a=2&b=3"))).await.1), "MISS");
+
+    // Vary: the backend varies on X-Lang
+    let vary_url = gw.url(&format!("{PATH}/vary?vary=X-Lang"));
+    for (lang, expect) in [("en", "MISS"), ("de", "MISS"), ("en", "HIT"), ("de", "HIT")] {
+        let r = c.get(vary_url.clone()).header("X-Lang", lang).send().await.unwrap();
+        assert_eq!(xc(r.headers()), expect, "{lang}");
+        assert_eq!(r.json::<Value>().await.unwrap()["lang"], lang);
+    }
+
+    // An unkeyed header cannot change what others are served (cache poisoning).
+    let r = c
+        .get(gw.url(&format!("{PATH}/poison")))
+        .header("X-Lang", "evil")
+        .header("X-Forwarded-Host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xc(r.headers()), "MISS");
+    let (_, h, v) = get(&c, gw.url(&format!("{PATH}/poison"))).await;
+    assert_eq!(xc(&h), "HIT");
+    assert_eq!(v["lang"], "evil", "the body for an unkeyed header is shared as the backend made it");
+    // ...which is why a header that changes the body must be in the key or in Vary:
+    // X-Lang on /vary above got separate entries.
+}
+
+#[tokio::test]
+async fn conditional_requests_and_revalidation() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"30s\" }")));
+    let c = reqwest::Client::new();
+    let url = gw.url(&format!("{PATH}/etag?etag=e1&cc=max-age%3D1"));
+    let (_, h, body) = get(&c, url.clone()).await;
+    let etag = h["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, "\"e1-v1\"");
+
+    // a client's matching If-None-Match gets 304 from the cache
+    let r = c.get(url.clone()).header("If-None-Match", etag.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(backend.hits(&format!("{PATH}/etag")).await, 1);
+
+    // once stale, the gateway revalidates with If-None-Match; the backend's 304 refreshes it
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, h, v) = get(&c, url.clone()).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, body, "served the stored body");
+    assert_eq!(backend.conditionals().await, 1, "revalidated with a conditional request");
+    assert!(matches!(xc(&h), "HIT" | "EXPIRED"), "{h:?}");
+    assert_eq!(xc(&get(&c, url.clone()).await.1), "HIT", "fresh again after the 304");
+}
+
+#[tokio::test]
+async fn one_hundred_concurrent_misses_make_one_upstream_request() {
+    let backend = Backend::start();
+    backend.mode(json!({"delay": 0.5})).await;
+    let gw = Gateway::start_with(&config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"30s\" }")), "threads = 2", &[]);
+    let c = reqwest::Client::builder().pool_max_idle_per_host(200).build().unwrap();
+    let url = gw.url(&format!("{PATH}/cold"));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, url).await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let (s, _, v) = t.await.unwrap();
+        assert_eq!(s, 200);
+        bodies.push(v);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(backend.hits(&format!("{PATH}/cold")).await, 1, "coalesced into one upstream request");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(
+        &backend.addr(),
+        &cached_route("c", PATH, "{ ttl = \"1s\", stale_while_revalidate = \"30s\" }"),
+    ));
+    let c = reqwest::Client::new();
+    let url = gw.url(&format!("{PATH}/swr"));
+    let (_, _, v1) = get(&c, url.clone()).await;
+    assert_eq!(v1["version"], 1);
+    backend.mode(json!({"version": 2, "delay": 1.0})).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let t = Instant::now();
+    let (s, h, v) = get(&c, url.clone()).await;
+    assert!(t.elapsed() < Duration::from_millis(700), "served without waiting for the slow backend: {:?}", t.elapsed());
+    assert_eq!((s, xc(&h)), (200, "STALE"));
+    assert_eq!(v["version"], 1);
+    for _ in 0..5 {
+        get(&c, url.clone()).await; // more stale reads during the refresh
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, h, v) = get(&c, url.clone()).await;
+    assert_eq!((xc(&h), v["version"].clone()), ("HIT", json!(2)), "the background refresh landed");
+    assert_eq!(backend.hits(&format!("{PATH}/swr")).await, 2, "one refresh for all stale reads");
+}
+
+#[tokio::test]
+async fn stale_if_error_when_the_backend_fails_or_is_gone() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(
+        &backend.addr(),
+        &cached_route("c", PATH, "{ ttl = \"1s\", stale_if_error = \"60s\" }"),
+    ));
+    let c = reqwest::Client::new();
+    let url = gw.url(&format!("{PATH}/sie"));
+    let (_, _, v1) = get(&c, url.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    backend.mode(json!({"fail": 503})).await;
+    let (s, h, v) = get(&c, url.clone()).await;
+    assert_eq!((s, xc(&h)), (200, "STALE"));
+    assert_eq!(v, v1);
+    // a route without stale-if-error passes the failure on
+    let (s, _, _) = get(&c, gw.url(&format!("{PATH}/fresh-fail"))).await;
+    assert_eq!(s, 503);
+    drop(backend); // the backend process is gone entirely
+    let (s, h, v) = get(&c, url.clone()).await;
+    assert_eq!((s, xc(&h)), (200, "STALE"));
+    assert_eq!(v, v1);
+}
+
+#[tokio::test]
+async fn memory_bound_and_object_cap() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&format!(
+        "[cache]\nmax_size = \"200KiB\"\nmax_object_size = \"16KiB\"\n\n{}",
+        config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"60s\" }"))
+    ));
+    let c = reqwest::Client::new();
+    // an object over max_object_size streams through, uncached, intact
+    let big = gw.url(&format!("{PATH}/big?size=40000"));
+    for _ in 0..2 {
+        let (s, h, v) = get(&c, big.clone()).await;
+        assert_eq!((s, xc(&h)), (200, "MISS"));
+        assert_eq!(v["pad"].as_str().unwrap().len(), 40000);
+    }
+    // many 8 KiB objects: the store stays within 200 KiB
+    for i in 0..60 {
+        get(&c, gw.url(&format!("{PATH}/o{i}?size=8000"))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = gw.metrics().await;
+        let bytes = common::metric_value(&m, "fastgate_cache_size_bytes").unwrap();
+        let evictions = common::metric_value(&m, "fastgate_cache_evictions_total").unwrap();
+        if evictions > 0.0 {
+            assert!(bytes <= 200.0 * 1024.0, "{bytes}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn tags_are_stripped_and_purges_work() {
+    let backend = Backend::start();
+    let gw = Gateway::start_with(
+        &config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"60s\" }")),
+        "admin_token = \"tok\"",
+        &[],
+    );
+    let c = reqwest::Client::new();
+    let tagged = |name: &str, tag: &str| gw.url(&format!("{PATH}/{name}?tag={}", tag.replace(' ', "%20")));
+    let (_, h, _) = get(&c, tagged("t1", "market sym:AAPL")).await;
+    assert!(h.get("cache-tag").is_none(), "tag header stripped from the client response");
+    get(&c, tagged("t2", "market, sym:MSFT")).await;
+    get(&c, tagged("t3", "static")).await;
+    get(&c, gw.url(&format!("{PATH}/p/one"))).await;
+    get(&c, gw.url(&format!("{PATH}/p/two"))).await;
+    get(&c, gw.url(&format!("{PATH}/u?x=1"))).await;
+
+    let purge = |body: Value| {
+        let c = c.clone();
+        let url = gw.admin_url("/admin/cache/purge");
+        async move {
+            let r = c.post(url).bearer_auth("tok").json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let r = c.post(gw.admin_url("/admin/cache/purge")).json(&json!({"all": true})).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the admin API needs the token");
+
+    assert_eq!(purge(json!({"tag": "market"})).await, (200, json!({"purged": 2})));
+    assert_eq!(xc(&get(&c, tagged("t1", "market sym:AAPL")).await.1), "MISS");
+    assert_eq!(xc(&get(&c, tagged("t3", "static")).await.1), "HIT");
+    assert_eq!(purge(json!({"url": format!("{PATH}/u?x=1")})).await.1, json!({"purged": 1}));
+    assert_eq!(purge(json!({"prefix": format!("{PATH}/p")})).await.1, json!({"purged": 2}));
+    assert_eq!(xc(&get(&c, gw.url(&format!("{PATH}/p/one"))).await.1), "MISS");
+    let (s, v) = purge(json!({"all": true})).await;
+    assert_eq!(s, 200);
+    assert!(v["purged"].as_u64().unwrap() >= 3, "{v}");
+    assert_eq!(xc(&get(&c, tagged("t3", "static")).await.1), "MISS");
+    let (s, _) = purge(json!({"nothing": 1})).await;
+    assert_eq!(s, 400);
+    gw.wait_metric("fastgate_cache_purged_total{cause=\"admin\"}", 2.0 + 1.0 + 2.0 + v["purged"].as_f64().unwrap()).await;
+}
+
+#[tokio::test]
+async fn successful_writes_invalidate_related_entries() {
+    let backend = Backend::start();
+    let routes = cached_route("c", PATH, "{ ttl = \"60s\" }")
+        + "[[routes]]\nname = \"trades\"\nmatch = { path_prefix = \"/api/trades\" }\nupstream = \"api\"\ninvalidate_tags = [\"positions:{header:X-User}\"]\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let pos42 = gw.url(&format!("{PATH}/positions-42?tag=positions:42"));
+    let pos7 = gw.url(&format!("{PATH}/positions-7?tag=positions:7"));
+    get(&c, pos42.clone()).await;
+    get(&c, pos7.clone()).await;
+    assert_eq!(xc(&get(&c, pos42.clone()).await.1), "HIT");
+
+    let trade = json!({"symbol": "AAPL", "side": "buy", "qty": 1});
+    let r = c.post(gw.url("/api/trades")).header("X-User", "42").json(&trade).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while xc(&get(&c, pos42.clone()).await.1) != "MISS" {
+        assert!(Instant::now() < deadline, "positions:42 not invalidated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(xc(&get(&c, pos7.clone()).await.1), "HIT", "another user's entry stays");
+
+    // RFC 9111 4.4: a successful unsafe request invalidates its own URI
+    let own = gw.url(&format!("{PATH}/own"));
+    get(&c, own.clone()).await;
+    assert_eq!(xc(&get(&c, own.clone()).await.1), "HIT");
+    let r = c.delete(own.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 405, "the backend refuses DELETE: not a success");
+    assert_eq!(xc(&get(&c, own.clone()).await.1), "HIT", "a failed write invalidates nothing");
+}
+
+#[tokio::test]
+async fn warming_fills_the_cache_before_readiness() {
+    let backend = Backend::start();
+    let body = format!(
+        "[cache]\nwarm_interval = \"1h\"\n[[cache.warm]]\npath = \"{PATH}/warm\"\n[[cache.warm]]\npath = \"{PATH}/warm-user\"\nheaders = {{ Authorization = \"Bearer robot\" }}\n\n{}",
+        config_for(
+            &backend.addr(),
+            &(cached_route("wu", "/debug/cacheable/warm-user", "{ ttl = \"60s\", key = { headers = [\"Authorization\"] } }")
+                + &cached_route("c", PATH, "{ ttl = \"60s\" }"))
+        )
+    );
+    let gw = Gateway::start(&body);
+    gw.wait_ready();
+    assert_eq!(backend.hits(&format!("{PATH}/warm")).await, 1);
+    let c = reqwest::Client::new();
+    let (_, h, _) = get(&c, gw.url(&format!("{PATH}/warm"))).await;
+    assert_eq!(xc(&h), "HIT", "the first user after start hits a warm cache");
+    let r = c.get(gw.url(&format!("{PATH}/warm-user"))).bearer_auth("robot").send().await.unwrap();
+    assert_eq!(xc(r.headers()), "HIT");
+}
+
+#[tokio::test]
+async fn one_entry_serves_every_encoding() {
+    use std::io::Read;
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(
+        &backend.addr(),
+        &(cached_route("c", PATH, "{ ttl = \"60s\" }") + "compress = { min_size = 100 }\n"),
+    ));
+    let c = reqwest::Client::new();
+    let url = gw.url(&format!("{PATH}/enc?size=5000"));
+    let plain = c.get(url.clone()).send().await.unwrap().bytes().await.unwrap();
+    let r = c.get(url.clone()).header("Accept-Encoding", "gzip").send().await.unwrap();
+    assert_eq!(xc(r.headers()), "HIT");
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let gz = r.bytes().await.unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
+    assert_eq!(out, plain.to_vec());
+    let r = c.get(url.clone()).header("Accept-Encoding", "zstd").send().await.unwrap();
+    assert_eq!((xc(r.headers()), r.headers()["content-encoding"].to_str().unwrap()), ("HIT", "zstd"));
+    assert_eq!(zstd::decode_all(&r.bytes().await.unwrap()[..]).unwrap(), plain.to_vec());
+    assert_eq!(backend.hits(&format!("{PATH}/enc")).await, 1);
+}
