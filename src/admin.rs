@@ -49,6 +49,9 @@ fn problem_response(err: GatewayError) -> Response<Vec<u8>> {
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
+/// The status page: self-contained HTML that polls `/status.json`.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 /// The request body, up to `max` bytes; a problem response when it is larger or unreadable.
 async fn read_body(session: &mut ServerSession, max: usize) -> Result<Vec<u8>, Response<Vec<u8>>> {
     let mut body = Vec::new();
@@ -124,6 +127,61 @@ impl Admin {
         json_response(
             status,
             json!({"ready": ready, "config_hash": runtime.hash, "cache_warmed": warmed, "upstreams": upstreams}),
+        )
+    }
+
+    fn status_json(&self) -> Response<Vec<u8>> {
+        let runtime = self.app.runtime();
+        let (window_s, per_route) = self.app.status.window(&self.app.metrics);
+        let routes: Vec<_> = runtime
+            .routes
+            .iter()
+            .map(|r| {
+                let w = per_route.get(&r.name);
+                json!({
+                    "name": r.name,
+                    "match": r.matcher.to_string(),
+                    "upstream": r.upstream.name,
+                    "policy": r.policy.to_string(),
+                    "requests_total": w.map_or(0.0, |w| w.requests_total),
+                    "rps": w.map_or(0.0, |w| w.rps),
+                    "error_rate": w.and_then(|w| w.error_rate),
+                    "p50_ms": w.and_then(|w| w.p50_ms),
+                    "p95_ms": w.and_then(|w| w.p95_ms),
+                    "p99_ms": w.and_then(|w| w.p99_ms),
+                    "cache_hit_ratio": w.and_then(|w| w.cache_hit_ratio),
+                    "rate_limited_share": w.and_then(|w| w.rate_limited_share),
+                })
+            })
+            .collect();
+        let upstreams: Vec<_> = runtime
+            .upstreams
+            .values()
+            .map(|up| {
+                let servers: Vec<_> = up
+                    .server_health()
+                    .into_iter()
+                    .map(|(addr, healthy)| json!({"address": addr.to_string(), "healthy": healthy}))
+                    .collect();
+                json!({"name": up.name, "ready": up.is_ready(), "servers": servers})
+            })
+            .collect();
+        let last = self.app.last_load();
+        let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        json_response(
+            StatusCode::OK,
+            json!({
+                "config": {
+                    "hash": runtime.hash,
+                    "loaded_at_ms": self.app.loaded_at().map_or(0, ms),
+                    "last_load": last.map(|l| json!({"ok": l.ok, "message": l.message, "at_ms": ms(l.at)})),
+                },
+                "uptime_s": self.app.uptime().as_secs_f64(),
+                "in_flight": self.app.in_flight(),
+                "window_s": window_s,
+                "routes": routes,
+                "upstreams": upstreams,
+            }),
         )
     }
 
@@ -227,6 +285,13 @@ impl ServeHttp for Admin {
             Err(resp) => return resp,
         };
         match (&method, path.as_str()) {
+            (&Method::GET, "/") => {
+                let mut resp = Response::new(STATUS_PAGE.as_bytes().to_vec());
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+                resp
+            }
+            (&Method::GET, "/status.json") => self.status_json(),
             (&Method::GET | &Method::HEAD, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => self.metrics(),

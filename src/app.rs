@@ -28,10 +28,15 @@ pub struct App {
     /// OTLP tracing, when configured.
     pub tracing: Option<Tracing>,
     pub cache: Cache,
+    pub errors: crate::telemetry::errorlog::ErrorLog,
+    /// Sliding window behind the status page (one minute, a snapshot every 10 s).
+    pub status: crate::telemetry::status::StatusWindow,
     in_flight: AtomicI64,
     started: std::time::Instant,
     warmed: std::sync::atomic::AtomicBool,
     last_load: Mutex<LoadStatus>,
+    /// When the config in force was loaded.
+    loaded_at: Mutex<SystemTime>,
 }
 
 impl App {
@@ -50,6 +55,8 @@ impl App {
             metrics,
             tracing,
             cache,
+            errors: Default::default(),
+            status: crate::telemetry::status::StatusWindow::new(7),
             in_flight: AtomicI64::new(0),
             started: std::time::Instant::now(),
             warmed: std::sync::atomic::AtomicBool::new(false),
@@ -58,6 +65,7 @@ impl App {
                 ok: true,
                 message: "loaded at start-up".into(),
             }),
+            loaded_at: Mutex::new(SystemTime::now()),
         })
     }
 
@@ -69,6 +77,9 @@ impl App {
     pub(crate) fn swap_runtime(&self, runtime: Runtime) {
         self.metrics.config_loaded(&runtime.hash);
         self.runtime.store(Arc::new(runtime));
+        if let Ok(mut t) = self.loaded_at.lock() {
+            *t = SystemTime::now();
+        }
     }
 
     pub(crate) fn record_load(&self, ok: bool, message: String) {
@@ -80,6 +91,10 @@ impl App {
                 message,
             };
         }
+    }
+
+    pub fn loaded_at(&self) -> Option<SystemTime> {
+        self.loaded_at.lock().ok().map(|t| *t)
     }
 
     pub fn last_load(&self) -> Option<LoadStatus> {
@@ -102,6 +117,10 @@ impl App {
 
     pub fn set_warmed(&self) {
         self.warmed.store(true, Ordering::Release);
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     pub fn in_flight(&self) -> i64 {

@@ -97,17 +97,26 @@ struct Maintenance {
     app: Arc<App>,
 }
 
-const EVICT_EVERY: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_secs(10);
+/// Rate-limit key eviction runs every this many ticks.
+const EVICT_TICKS: u64 = 3;
 
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(EVICT_EVERY);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut n: u64 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            n += 1;
+            self.app.errors.flush(TICK.as_secs());
+            self.app.status.snapshot(&self.app.metrics);
+            if n % EVICT_TICKS != 0 {
+                continue;
             }
             let runtime = self.app.runtime();
             let mut keys = 0;

@@ -507,6 +507,8 @@ fn compile_policy(
     let read = dur(cx, pick(route.read_timeout, defaults.read_timeout), "read_timeout").unwrap_or(total);
     let stream_idle = dur(cx, pick(route.stream_idle_timeout, defaults.stream_idle_timeout), "stream_idle_timeout")
         .unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
+    let slow_threshold = dur(cx, pick(route.slow_threshold, defaults.slow_threshold), "slow_threshold")
+        .unwrap_or(builtin::SLOW_THRESHOLD);
     let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
     let max_response_body = pick(route.max_response_body, defaults.max_response_body).map(|s| s.get_ref().0);
     let streaming = route.streaming.or(*defaults.streaming).unwrap_or(false);
@@ -574,6 +576,7 @@ fn compile_policy(
         compress,
         cache,
         invalidate_tags,
+        slow_threshold,
     })
 }
 

@@ -163,6 +163,8 @@ policy_keys! {
     cache: Spanned<Toggle<RawCachePolicy>>,
     /// Tags purged after a successful unsafe request (POST/PUT/PATCH/DELETE) on the route.
     invalidate_tags: Vec<Spanned<String>>,
+    /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
+    slow_threshold: Spanned<Dur>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,7 @@ pub mod builtin {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+    pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub struct RoutePolicy {
     pub compress: Option<compress::CompressPolicy>,
     pub cache: Option<crate::cache::CachePolicy>,
     pub invalidate_tags: Vec<crate::cache::TagTemplate>,
+    pub slow_threshold: Duration,
 }
 
 impl Default for RoutePolicy {
@@ -69,6 +71,7 @@ impl Default for RoutePolicy {
             compress: None,
             cache: None,
             invalidate_tags: Vec::new(),
+            slow_threshold: builtin::SLOW_THRESHOLD,
         }
     }
 }

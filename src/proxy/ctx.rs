@@ -38,6 +38,10 @@ pub struct Ctx {
     pub trace: Option<crate::telemetry::otel::RequestTrace>,
     /// The route caches, but this request may not use the cache.
     pub cache_bypass: bool,
+    /// When `upstream_peer` chose a server; connect time and time to the response header.
+    pub upstream_started: Option<std::time::Instant>,
+    pub connect_time: Option<std::time::Duration>,
+    pub ttfb: Option<std::time::Duration>,
 }
 
 impl Ctx {
@@ -61,6 +65,9 @@ impl Ctx {
             response_seen: 0,
             trace: None,
             cache_bypass: false,
+            upstream_started: None,
+            connect_time: None,
+            ttfb: None,
         }
     }
 

@@ -409,6 +409,8 @@ impl ProxyHttp for Gateway {
             return Err(e);
         };
         ctx.upstream_addr = Some(addr);
+        ctx.upstream_started = Some(Instant::now());
+        self.app.metrics.upstream_started(&upstream.name);
         let t = &route.policy.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
@@ -423,6 +425,24 @@ impl ProxyHttp for Gateway {
             peer.options.write_timeout = Some(t.read.min(remaining));
         }
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.connect_time = Some(if reused { Duration::ZERO } else { ctx.upstream_started.map_or(Duration::ZERO, |t| t.elapsed()) });
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.ttfb = ctx.upstream_started.map(|t| t.elapsed());
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -587,6 +607,11 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // Gateway errors are logged by `ErrorLog`, aggregated; pingora's line per error is noise.
+        true
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let err = ctx.error.take().or_else(|| GatewayError::from_pingora(e));
         let Some(err) = err else {
@@ -596,6 +621,21 @@ impl ProxyHttp for Gateway {
             };
         };
         let status = err.problem.status();
+        let kind = match err.problem {
+            Problem::UpstreamUnreachable => Some("connect"),
+            Problem::UpstreamTimeout => Some("timeout"),
+            Problem::UpstreamFailed => Some("failed"),
+            _ => None,
+        };
+        if let (Some(kind), Some(route)) = (kind, ctx.route.as_ref()) {
+            self.app.metrics.upstream_error(&route.upstream.name, kind);
+        }
+        if status >= 500 {
+            let upstream = ctx.upstream_addr.map(|a| a.to_string());
+            self.app
+                .errors
+                .record(ctx.route_name(), err.problem.code(), upstream.as_deref(), &ctx.request_id, &err.detail);
+        }
         if session.response_written().is_some() {
             // Too late for a problem body; count it and let the connection close.
             self.note_problem(ctx, &err);
@@ -635,6 +675,35 @@ impl ProxyHttp for Gateway {
             t.finish(status, error);
         }
         let upstream = ctx.upstream_addr.map(|a| a.to_string());
+        if let Some(route) = ctx.route.as_deref() {
+            let metrics = &self.app.metrics;
+            metrics.body_sizes(&route.name, session.body_bytes_read(), session.body_bytes_sent());
+            if ctx.upstream_started.is_some() {
+                metrics.upstream_finished(&route.upstream.name, ctx.ttfb.map(|t| t.as_secs_f64()));
+            }
+            if let Some((name, bytes_in, bytes_out, _)) = session
+                .downstream_modules_ctx
+                .get::<ResponseCompression>()
+                .and_then(|c| c.get_info())
+            {
+                metrics.compression(name, bytes_in, bytes_out);
+            }
+            if !ctx.streaming && elapsed > route.policy.slow_threshold {
+                metrics.slow_request(&route.name);
+                let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    route = %route.name,
+                    status,
+                    total_ms = elapsed.as_secs_f64() * 1000.0,
+                    upstream_connect_ms = ms(ctx.connect_time),
+                    upstream_ttfb_ms = ms(ctx.ttfb),
+                    threshold_ms = route.policy.slow_threshold.as_secs_f64() * 1000.0,
+                    upstream = upstream.as_deref().unwrap_or("-"),
+                    "slow request"
+                );
+            }
+        }
         tracing::info!(
             target: "fastgate::access",
             request_id = %ctx.request_id,

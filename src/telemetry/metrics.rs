@@ -18,7 +18,6 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
     upstream_health: IntGaugeVec,
-    start_time: IntGauge,
     rate_limited: IntCounterVec,
     shed: IntCounterVec,
     rate_limit_keys: IntGauge,
@@ -28,7 +27,17 @@ pub struct Metrics {
     cache_bytes: IntGauge,
     cache_entries: IntGauge,
     cache_evictions: IntGauge,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    upstream_ttfb: HistogramVec,
+    upstream_errors: IntCounterVec,
+    upstream_active: IntGaugeVec,
+    compression_bytes: IntCounterVec,
+    slow: IntCounterVec,
 }
+
+/// Body sizes: 64 B to 16 MiB, by powers of four.
+const SIZE_BUCKETS: &[f64] = &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
 
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "<none>";
@@ -90,6 +99,46 @@ impl Metrics {
         let cache_bytes = IntGauge::new("fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
         let cache_entries = IntGauge::new("fastgate_cache_entries", "Objects held by the cache store.")?;
         let cache_evictions = IntGauge::new("fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;
+        let request_bytes = HistogramVec::new(
+            HistogramOpts::new("http_server_request_body_size_bytes", "Request body sizes, per route.").buckets(SIZE_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let response_bytes = HistogramVec::new(
+            HistogramOpts::new("http_server_response_body_size_bytes", "Response body sizes sent to clients, per route.")
+                .buckets(SIZE_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "fastgate_upstream_response_time_seconds",
+                "From choosing an upstream server to its response header (connect + time to first byte).",
+            )
+            .buckets(latency_buckets.to_vec()),
+            &["upstream"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("fastgate_upstream_errors_total", "Upstream failures by kind (connect, timeout, failed)."),
+            &["upstream", "kind"],
+        )?;
+        let upstream_active = IntGaugeVec::new(
+            Opts::new("fastgate_upstream_active_requests", "Requests in flight to each upstream."),
+            &["upstream"],
+        )?;
+        let compression_bytes = IntCounterVec::new(
+            Opts::new("fastgate_compression_bytes_total", "Bytes into and out of response compression, by algorithm."),
+            &["algorithm", "direction"],
+        )?;
+        let slow = IntCounterVec::new(
+            Opts::new("fastgate_slow_requests_total", "Requests slower than their route's slow_threshold."),
+            &["route"],
+        )?;
+        for c in [&request_bytes, &response_bytes, &upstream_ttfb] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for c in [&upstream_errors, &compression_bytes, &slow] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(upstream_active.clone()))?;
         registry.register(Box::new(cache_results.clone()))?;
         registry.register(Box::new(cache_purged.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
@@ -97,18 +146,18 @@ impl Metrics {
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(shed.clone()))?;
-        let start_time = IntGauge::new("process_start_time_seconds", "Start time of the process, Unix seconds.")?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(gateway_errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
+        // Series that alerts use with increase() must exist from the start at 0.
+        for result in ["ok", "failed"] {
+            config_reloads.with_label_values(&[result]);
+        }
         registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(upstream_health.clone()))?;
-        registry.register(Box::new(start_time.clone()))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        start_time.set(now);
+        // resident memory, CPU seconds, open fds, start time
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
             registry,
             request_duration,
@@ -117,7 +166,6 @@ impl Metrics {
             config_reloads,
             config_info,
             upstream_health,
-            start_time,
             rate_limited,
             shed,
             rate_limit_keys,
@@ -127,6 +175,13 @@ impl Metrics {
             cache_bytes,
             cache_entries,
             cache_evictions,
+            request_bytes,
+            response_bytes,
+            upstream_ttfb,
+            upstream_errors,
+            upstream_active,
+            compression_bytes,
+            slow,
         })
     }
 
@@ -147,6 +202,40 @@ impl Metrics {
 
     pub fn rate_limited(&self, route: &str, limit: &str) {
         self.rate_limited.with_label_values(&[route, limit]).inc();
+    }
+
+    pub fn body_sizes(&self, route: &str, request: usize, response: usize) {
+        self.request_bytes.with_label_values(&[route]).observe(request as f64);
+        self.response_bytes.with_label_values(&[route]).observe(response as f64);
+    }
+
+    pub fn upstream_started(&self, upstream: &str) {
+        self.upstream_active.with_label_values(&[upstream]).inc();
+    }
+
+    pub fn upstream_finished(&self, upstream: &str, ttfb: Option<f64>) {
+        self.upstream_active.with_label_values(&[upstream]).dec();
+        if let Some(t) = ttfb {
+            self.upstream_ttfb.with_label_values(&[upstream]).observe(t);
+        }
+    }
+
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[upstream, kind]).inc();
+    }
+
+    pub fn compression(&self, algorithm: &str, bytes_in: usize, bytes_out: usize) {
+        self.compression_bytes.with_label_values(&[algorithm, "in"]).inc_by(bytes_in as u64);
+        self.compression_bytes.with_label_values(&[algorithm, "out"]).inc_by(bytes_out as u64);
+    }
+
+    pub fn slow_request(&self, route: &str) {
+        self.slow.with_label_values(&[route]).inc();
+    }
+
+    /// Every metric family, for the status page.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     pub fn cache_result(&self, route: &str, result: &str) {
@@ -203,9 +292,6 @@ impl Metrics {
         out
     }
 
-    pub fn start_time(&self) -> i64 {
-        self.start_time.get()
-    }
 }
 
 fn method_label(m: &http::Method) -> &'static str {

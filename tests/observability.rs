@@ -1,0 +1,255 @@
+//! Metrics with exact counts after known traffic, slow-request and aggregated error logs, the
+//! status page in a real headless Chromium, and the dashboard and alert rules checked against
+//! what the gateway really exports.
+
+mod common;
+
+use common::{config_for, metric_value, Backend, Gateway};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn routes() -> String {
+    r#"
+[[routes]]
+name = "market"
+match = { path_prefix = "/api/market" }
+upstream = "api"
+cache = { ttl = "60s" }
+compress = { min_size = 10 }
+rate_limit = [{ rate = "1/m", burst = 4, key = "header:X-Key", on_missing_key = "shared" }]
+
+[[routes]]
+name = "trades"
+match = { path_prefix = "/api/trades" }
+upstream = "api"
+
+[[routes]]
+name = "slow"
+match = { path = "/api/slow" }
+upstream = "api"
+slow_threshold = "50ms"
+"#
+    .to_string()
+}
+
+async fn traffic(gw: &Gateway) {
+    let c = reqwest::Client::new();
+    for _ in 0..4 {
+        let r = c.get(gw.url("/api/market/AAPL")).header("Accept-Encoding", "gzip").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 429);
+    for _ in 0..2 {
+        let r = c
+            .post(gw.url("/api/trades"))
+            .json(&serde_json::json!({"symbol": "AAPL", "side": "buy", "qty": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(c.get(gw.url("/nowhere")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(gw.url("/api/slow?seconds=0.2")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes()));
+    traffic(&gw).await;
+    let count = |route: &str, method: &str, class: &str| {
+        format!("http_server_request_duration_seconds_count{{method=\"{method}\",route=\"{route}\",status_class=\"{class}\"}}")
+    };
+    let m = gw.wait_metric(&count("slow", "GET", "2xx"), 1.0).await;
+    let v = |s: &str| metric_value(&m, s);
+    assert_eq!(v(&count("market", "GET", "2xx")), Some(4.0), "{m}");
+    assert_eq!(v(&count("market", "GET", "4xx")), Some(1.0));
+    assert_eq!(v(&count("trades", "POST", "2xx")), Some(2.0));
+    assert_eq!(v("fastgate_gateway_errors_total{code=\"no_route\",route=\"<none>\"}"), Some(1.0));
+    assert_eq!(v("fastgate_gateway_errors_total{code=\"rate_limited\",route=\"market\"}"), Some(1.0));
+    assert_eq!(v("fastgate_rate_limited_total{limit=\"header:x-key\",route=\"market\"}"), Some(1.0));
+    assert_eq!(v("fastgate_cache_requests_total{result=\"MISS\",route=\"market\"}"), Some(1.0));
+    assert_eq!(v("fastgate_cache_requests_total{result=\"HIT\",route=\"market\"}"), Some(3.0));
+    assert_eq!(v("http_server_request_body_size_bytes_count{route=\"trades\"}"), Some(2.0));
+    // three upstream exchanges: one cache miss, two trades, one slow
+    assert_eq!(v("fastgate_upstream_response_time_seconds_count{upstream=\"api\"}"), Some(4.0));
+    assert_eq!(v("fastgate_upstream_active_requests{upstream=\"api\"}"), Some(0.0));
+    assert_eq!(v("http_server_active_requests{route=\"market\"}"), Some(0.0));
+    assert_eq!(v("fastgate_slow_requests_total{route=\"slow\"}"), Some(1.0));
+    assert!(v("fastgate_compression_bytes_total{algorithm=\"gzip\",direction=\"in\"}").unwrap() > 0.0);
+    assert!(v("process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(v("process_open_fds").unwrap() > 0.0);
+    assert!(m.contains("fastgate_config_info{hash=\""), "{m}");
+    assert_eq!(v("fastgate_cache_entries"), Some(1.0));
+    // the buckets add up: the +Inf bucket equals the count
+    assert_eq!(
+        v("http_server_request_duration_seconds_bucket{method=\"GET\",route=\"market\",status_class=\"2xx\",le=\"+Inf\"}"),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn slow_requests_log_their_timings() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes()));
+    traffic(&gw).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(l) = gw.log().lines().find(|l| l.contains("\"slow request\"")).map(str::to_string) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no slow-request line:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["route"], "slow");
+    assert_eq!(v["level"], "WARN");
+    assert!(v["total_ms"].as_f64().unwrap() >= 200.0, "{v}");
+    assert!(v["upstream_ttfb_ms"].as_f64().unwrap() >= 190.0, "{v}");
+    assert!(v["upstream_connect_ms"].as_f64().unwrap() >= 0.0, "{v}");
+    assert!(v["request_id"].as_str().unwrap().len() >= 8);
+    assert_eq!(gw.log().matches("\"slow request\"").count(), 1, "only the slow route's request");
+}
+
+#[tokio::test]
+async fn repeated_errors_are_aggregated() {
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let gw = Gateway::start(&config_for(&dead, common::CATCH_ALL));
+    let c = reqwest::Client::new();
+    for _ in 0..10 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 502);
+    }
+    gw.wait_metric("fastgate_gateway_errors_total{code=\"upstream_unreachable\",route=\"all\"}", 10.0).await;
+    assert_eq!(gw.log().matches("\"gateway error\"").count(), 1, "first occurrence only:\n{}", gw.log());
+    // the summary comes at the next flush (every 10 s)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = gw.log();
+        if let Some(l) = log.lines().find(|l| l.contains("\"gateway error repeated\"")) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["repeats"], 9);
+            assert_eq!(v["code"], "upstream_unreachable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no summary line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn chromium() -> String {
+    std::env::var("FASTGATE_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into())
+}
+
+/// The page's DOM after its scripts ran, from headless Chromium.
+fn render(url: &str, extra: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("headless chromium (Debian package `chromium`; scripts/setup installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cell<'a>(dom: &'a str, route: &str, class: &str) -> &'a str {
+    let row = &dom[dom.find(&format!("data-route=\"{route}\"")).unwrap_or_else(|| panic!("row {route} in {dom}"))..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let start = row.find(&format!("class=\"num {class}\">")).unwrap_or_else(|| panic!("{class} in {row}")) + class.len() + 13;
+    &row[start..start + row[start..].find('<').unwrap()]
+}
+
+#[tokio::test]
+async fn status_page_shows_live_numbers_in_a_real_browser() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes()));
+    gw.wait_ready();
+    traffic(&gw).await;
+    gw.wait_metric("http_server_request_duration_seconds_count{method=\"GET\",route=\"slow\",status_class=\"2xx\"}", 1.0).await;
+
+    let json: serde_json::Value = reqwest::get(gw.admin_url("/status.json")).await.unwrap().json().await.unwrap();
+    let market = json["routes"].as_array().unwrap().iter().find(|r| r["name"] == "market").unwrap().clone();
+    assert_eq!(market["requests_total"], 5.0);
+    assert_eq!(market["cache_hit_ratio"], 0.75);
+    assert_eq!(market["rate_limited_share"], 0.2);
+
+    let dom = render(&gw.admin_url("/"), &["--dump-dom"]);
+    assert!(dom.contains("data-loaded=\"1\""), "the page's script ran: {dom}");
+    assert_eq!(cell(&dom, "market", "total"), "5");
+    assert_eq!(cell(&dom, "market", "cache"), "75.0%");
+    assert_eq!(cell(&dom, "market", "limited"), "20.0%");
+    assert_eq!(cell(&dom, "trades", "errors"), "0.0%");
+    assert!(cell(&dom, "slow", "p50").ends_with(" ms"));
+    assert!(dom.contains("healthy") || dom.contains("down"));
+    assert!(dom.contains(&json["config"]["hash"].as_str().unwrap().to_string()));
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [vec!["check", "rules", "alerts.yml"], vec!["test", "rules", "alerts.test.yml"]] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool (Debian package `prometheus`; scripts/setup installs it)");
+        assert!(out.status.success(), "promtool {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Every metric the dashboard and the alert rules query is one the gateway exports.
+#[tokio::test]
+async fn dashboard_and_alerts_query_real_metrics() {
+    let backend = Backend::start();
+    let shed = "[[routes]]\nname = \"one\"\nmatch = { path = \"/api/export\" }\nupstream = \"api\"\nmax_concurrent = 1\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), &(routes() + shed)));
+    traffic(&gw).await;
+    // one request shed, so the shedding series exists too
+    let c = reqwest::Client::new();
+    let (a, b) = tokio::join!(c.get(gw.url("/api/export?rows=3&delay=0.3")).send(), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.get(gw.url("/api/export?rows=1")).send().await
+    });
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 503);
+    let m = gw.metrics().await;
+    let exported: std::collections::HashSet<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let dash = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/fastgate-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml")).unwrap();
+    exprs.push(rules);
+    let mut checked = 0;
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !(word.starts_with("fastgate_") || word.starts_with("http_server_") || word.starts_with("process_")) {
+                continue;
+            }
+            let base = word.trim_end_matches("_bucket").trim_end_matches("_count").trim_end_matches("_sum");
+            assert!(exported.contains(base), "`{word}` is queried but not exported");
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked}");
+}
