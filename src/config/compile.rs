@@ -197,6 +197,7 @@ fn compile_server(
         max_header_bytes,
         client_body_timeout,
         keepalive_timeout,
+        access_log,
     } = server;
     let d = ServerLimits::default();
     let positive = |cx: &mut Ctx<'_>, v: &Option<Spanned<Dur>>, key: &str, default: Duration| match v {
@@ -210,6 +211,7 @@ fn compile_server(
         max_header_bytes: max_header_bytes.map_or(d.max_header_bytes, |s| s.0 as usize),
         client_body_timeout: positive(cx, &client_body_timeout, "client_body_timeout", d.client_body_timeout),
         keepalive_timeout: positive(cx, &keepalive_timeout, "keepalive_timeout", d.keepalive_timeout),
+        access_log: access_log.unwrap_or(true),
     };
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
     let admin_listen = parse_addr(cx, admin_listen.as_ref(), DEFAULT_ADMIN_LISTEN, "admin_listen");

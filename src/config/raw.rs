@@ -65,6 +65,8 @@ pub struct RawServer {
     pub client_body_timeout: Option<Spanned<Dur>>,
     /// How long an idle client keep-alive connection stays open.
     pub keepalive_timeout: Option<Spanned<Dur>>,
+    /// One log line per request (target `fastgate::access`).
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,6 +84,7 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     pub client_body_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub access_log: bool,
 }
 
 impl Default for ServerLimits {
@@ -94,6 +95,7 @@ impl Default for ServerLimits {
             max_header_bytes: 32 * 1024,
             client_body_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
+            access_log: true,
         }
     }
 }

@@ -669,12 +669,10 @@ impl ProxyHttp for Gateway {
                 self.invalidate_after_write(session, route).await;
             }
         }
-        let req = session.req_header();
         if let Some(t) = ctx.trace.take() {
             let error = ctx.problem_code.or(e.map(|_| "proxy_error"));
             t.finish(status, error);
         }
-        let upstream = ctx.upstream_addr.map(|a| a.to_string());
         if let Some(route) = ctx.route.as_deref() {
             let metrics = &self.app.metrics;
             metrics.body_sizes(&route.name, session.body_bytes_read(), session.body_bytes_sent());
@@ -699,11 +697,15 @@ impl ProxyHttp for Gateway {
                     upstream_connect_ms = ms(ctx.connect_time),
                     upstream_ttfb_ms = ms(ctx.ttfb),
                     threshold_ms = route.policy.slow_threshold.as_secs_f64() * 1000.0,
-                    upstream = upstream.as_deref().unwrap_or("-"),
+                    upstream = ctx.upstream_addr.map(|a| a.to_string()).as_deref().unwrap_or("-"),
                     "slow request"
                 );
             }
         }
+        if !ctx.runtime.as_ref().is_some_and(|r| r.limits.access_log) {
+            return;
+        }
+        let upstream = ctx.upstream_addr.map(|a| a.to_string());
         tracing::info!(
             target: "fastgate::access",
             request_id = %ctx.request_id,

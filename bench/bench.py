@@ -1,0 +1,531 @@
+#!/usr/bin/env python3
+"""fastgate vs nginx, side by side, on one machine, in one run.
+
+Every system under test runs pinned to one core (PROXY_CPU); the load generator (wrk) and the
+upstream share the other (LOAD_CPU). For each scenario and system: requests/s, P50 and P99
+latency, CPU time per request of the proxy process (utime+stime from /proc/PID/stat over the
+run, divided by the requests served), and RSS. Results go to bench/results/<date>.csv and a
+Markdown table printed at the end (paste into bench/README.md).
+
+Environment: QUICK=1 (short smoke run), DURATION (s per measurement), REPEATS (median of),
+CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers).
+"""
+
+import csv
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = os.environ.get("QUICK") == "1"
+DURATION = int(os.environ.get("DURATION", "3" if QUICK else "8"))
+REPEATS = int(os.environ.get("REPEATS", "1" if QUICK else "3"))
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
+NCPU = os.cpu_count() or 1
+PROXY_CPU = os.environ.get("PROXY_CPU", "1" if NCPU > 1 else "0")
+LOAD_CPU = os.environ.get("LOAD_CPU", "0")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+FASTGATE = os.path.join(ROOT, "target", "release", "fastgate")
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+WORK = tempfile.mkdtemp(prefix="fastgate-bench-")
+# nginx workers drop root privileges: they must be able to read the bodies and write the cache
+os.chmod(WORK, 0o755)
+procs = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=20, want=200):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == want:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered {want}")
+
+
+def spawn(cmd, cpu, env=None, cwd=None):
+    p = subprocess.Popen(["taskset", "-c", cpu] + cmd, env=env, cwd=cwd,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def cleanup():
+    for p in procs:
+        try:
+            stop(p)
+        except Exception:
+            pass
+
+
+def proc_cpu(pids):
+    """utime+stime in seconds, summed over the processes and their threads."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def proc_rss(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE
+    return total
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+    except Exception:
+        return []
+
+
+def server_pids(p):
+    """The pids doing the work: nginx's master and workers, or the single fastgate process."""
+    # taskset execs the command, so p.pid is the server itself
+    return [p.pid] + children(p.pid)
+
+
+def parse_time(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n if u == "ms" else n * 1000
+
+
+def wrk(url, headers=(), script=None, duration=DURATION, conns=CONNECTIONS):
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = parse_time(re.search(r"50%\s+([\d.]+\w+)", out).group(1))
+    p99 = parse_time(re.search(r"99%\s+([\d.]+\w+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockerr = re.search(r"Socket errors: (.*)", out)
+    return {"requests": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99,
+            "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sockerr.group(1) if sockerr else ""}
+
+
+def measure(name, url, pids, **kw):
+    """Median of REPEATS wrk runs, with the proxy's CPU per request over each run."""
+    runs = []
+    for _ in range(REPEATS):
+        cpu0 = proc_cpu(pids) if pids else 0
+        r = wrk(url, **kw)
+        cpu1 = proc_cpu(pids) if pids else 0
+        r["cpu_us_per_req"] = (cpu1 - cpu0) / max(r["requests"], 1) * 1e6 if pids else None
+        r["rss_mib"] = proc_rss(pids) / 2**20 if pids else None
+        runs.append(r)
+    med = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs]
+        med[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) and vals[0] is not None else vals[-1]
+    med["runs"] = len(runs)
+    print(f"  {name:<28} {med['rps']:>9.0f} req/s  p50 {med['p50_ms']:.3f} ms  p99 {med['p99_ms']:.3f} ms"
+          + (f"  cpu {med['cpu_us_per_req']:.1f} us/req  rss {med['rss_mib']:.1f} MiB" if pids else ""), flush=True)
+    return med
+
+
+# ------------------------------------------------------------------------------------------ systems
+
+SMALL = json.dumps({"symbol": "AAPL", "bids": [[i, 100 + i] for i in range(60)], "pad": "x" * 140})[:1024].ljust(1024)
+SMALL = json.dumps({"data": SMALL[:990]})
+BIG_ITEMS = [{"id": i, "symbol": f"SYM{i:05d}", "name": f"Instrument {i}", "exchange": "NASDAQ", "price": 100 + i / 7}
+             for i in range(220)]
+BIG = json.dumps({"items": BIG_ITEMS})[:20480]
+BIG = json.dumps({"items": json.loads(json.dumps(BIG_ITEMS))})
+while len(BIG) > 20480:
+    BIG_ITEMS.pop()
+    BIG = json.dumps({"items": BIG_ITEMS})
+
+
+def start_upstream():
+    """nginx with fixed bodies: the fast upstream for scenarios 1-5."""
+    d = os.path.join(WORK, "upstream")
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    os.chmod(d, 0o755)
+    os.chmod(os.path.join(d, "www"), 0o755)
+    open(os.path.join(d, "www", "small.json"), "w").write(SMALL)
+    open(os.path.join(d, "www", "big.json"), "w").write(BIG)
+    port = free_port()
+    conf = textwrap.dedent(f"""
+        worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+          access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+          types {{ application/json json; }} default_type application/json;
+          server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {d}/www;
+                    location = /small {{ try_files /small.json =404; }}
+                    location = /big {{ try_files /big.json =404; }}
+                    location = /healthz {{ return 200 "ok"; }} }}
+        }}""")
+    open(os.path.join(d, "nginx.conf"), "w").write(conf)
+    p = spawn([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")], LOAD_CPU)
+    wait_http(f"http://127.0.0.1:{port}/small")
+    return p, port
+
+
+def start_nginx(up_port, mode):
+    d = os.path.join(WORK, f"nginx-{mode}")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o777)
+    port = free_port()
+    extra = ""
+    if mode == "gzip":
+        extra = "gzip on; gzip_comp_level 1; gzip_types application/json; gzip_min_length 1024; gzip_proxied any;"
+    if mode == "cache":
+        extra = (f"proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=10m use_temp_path=off;")
+    loc_extra = "proxy_cache c; proxy_cache_valid 200 10m; add_header X-Cache $upstream_cache_status;" if mode == "cache" else ""
+    conf = textwrap.dedent(f"""
+        worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+        events {{ worker_connections 8192; }}
+        http {{
+          access_log off; keepalive_requests 1000000; keepalive_timeout 300s; {extra}
+          upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+          server {{ listen 127.0.0.1:{port} reuseport backlog=4096;
+            location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                         proxy_set_header X-Forwarded-For $remote_addr; {loc_extra} }} }}
+        }}""")
+    open(os.path.join(d, "nginx.conf"), "w").write(conf)
+    p = spawn([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")], PROXY_CPU)
+    wait_http(f"http://127.0.0.1:{port}/small")
+    time.sleep(0.2)
+    return p, port
+
+
+def start_fastgate(up, mode, extra_env=None):
+    d = os.path.join(WORK, f"fastgate-{mode}")
+    os.makedirs(d, exist_ok=True)
+    port, admin = free_port(), free_port()
+    route_extra = ""
+    top = ""
+    if mode == "gzip":
+        route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 1, min_size = 1024 }'
+    elif mode == "cache":
+        route_extra = 'cache = { ttl = "10m" }'
+    elif mode == "policies":
+        route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+        top = textwrap.dedent(f"""
+            [telemetry]
+            endpoint = "http://127.0.0.1:{extra_env['sink']}"
+            protocol = "http/protobuf"
+            sampler = "parentbased_traceidratio"
+            sampler_arg = 0.01
+            """)
+    conf = textwrap.dedent(f"""
+        [server]
+        listen = "127.0.0.1:{port}"
+        admin_listen = "127.0.0.1:{admin}"
+        threads = 1
+        access_log = false
+        shutdown_grace = "2s"
+        {top}
+        [upstreams.up]
+        servers = ["{up}"]
+        [defaults]
+        slow_threshold = "10s"
+        [[routes]]
+        name = "all"
+        match = {{ path_prefix = "/" }}
+        upstream = "up"
+        """) + route_extra + "\n"
+    path = os.path.join(d, "fastgate.toml")
+    open(path, "w").write(conf)
+    env = dict(os.environ, RUST_LOG="warn")
+    p = spawn([FASTGATE, "run", "-c", path], PROXY_CPU, env=env)
+    wait_http(f"http://127.0.0.1:{admin}/healthz")
+    time.sleep(0.2)
+    return p, port, admin
+
+
+def start_sink():
+    """An OTLP/HTTP endpoint that accepts and drops spans (for the tracing-on scenario)."""
+    port = free_port()
+    code = textwrap.dedent(f"""
+        import http.server
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+            def log_message(self, *a): pass
+        http.server.ThreadingHTTPServer(("127.0.0.1", {port}), H).serve_forever()
+        """)
+    p = spawn([sys.executable, "-c", code], LOAD_CPU)
+    time.sleep(0.5)
+    return p, port
+
+
+def body_size(url, headers):
+    req = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
+    with urllib.request.urlopen(req) as r:
+        return len(r.read()), r.headers.get("content-encoding") or "identity"
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+
+def proxied_scenarios(rows):
+    up, up_port = start_upstream()
+    upstream = f"127.0.0.1:{up_port}"
+    plan = [
+        (1, "pass-through 1 KiB", "plain", "/small", [], None),
+        (2, "20 KiB JSON, gzip", "gzip", "/big", ["Accept-Encoding: gzip"], None),
+        (3, "cache hit 1 KiB", "cache", "/small", [], None),
+        (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
+    ]
+    wanted = os.environ.get("SCENARIOS")
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5}
+    for num, title, mode, path, headers, _ in plan:
+        if num not in wanted:
+            continue
+        print(f"scenario {num}: {title}", flush=True)
+        conns = 8 if num == 4 else CONNECTIONS
+        direct = measure("direct (no proxy)", f"http://{upstream}{path}", [], headers=headers, conns=conns)
+        rows.append(row(num, title, "direct", direct))
+        ng, ng_port = start_nginx(up_port, mode)
+        if mode == "cache":
+            wrk(f"http://127.0.0.1:{ng_port}{path}", duration=1)
+        r = measure("nginx 1 worker", f"http://127.0.0.1:{ng_port}{path}", server_pids(ng), headers=headers, conns=conns)
+        if mode == "gzip":
+            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{ng_port}{path}", headers)
+        rows.append(row(num, title, "nginx", r))
+        stop(ng)
+        fg, fg_port, _ = start_fastgate(upstream, mode)
+        if mode == "cache":
+            wrk(f"http://127.0.0.1:{fg_port}{path}", duration=1)
+        r = measure("fastgate 1 thread", f"http://127.0.0.1:{fg_port}{path}", server_pids(fg), headers=headers, conns=conns)
+        if mode == "gzip":
+            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{fg_port}{path}", headers)
+        rows.append(row(num, title, "fastgate", r))
+        stop(fg)
+    if 5 in wanted:
+        print("scenario 5: all policies on vs pass-through", flush=True)
+        sink, sink_port = start_sink()
+        fg, fg_port, _ = start_fastgate(upstream, "plain")
+        rows.append(row(5, "policies off (pass-through)", "fastgate", measure("fastgate pass-through", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
+        stop(fg)
+        fg, fg_port, _ = start_fastgate(upstream, "policies", {"sink": sink_port})
+        rows.append(row(5, "policies on (rate limit, metrics, 1% traces, request id)", "fastgate",
+                        measure("fastgate all policies", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
+        stop(fg)
+        stop(sink)
+    stop(up)
+
+
+MIX_LUA = r"""
+local paths = {}
+for i = 1, 70 do paths[#paths+1] = {"GET", "/api/market/" .. ({"AAPL","MSFT","GOOG","AMZN","TSLA"})[i % 5 + 1], nil} end
+for i = 1, 15 do paths[#paths+1] = {"GET", "/api/users/" .. (i % 5) .. "/positions", "Bearer user" .. (i % 5)} end
+for i = 1, 10 do paths[#paths+1] = {"GET", "/api/instruments?limit=100&offset=" .. ((i % 3) * 100), nil} end
+for i = 1, 5 do paths[#paths+1] = {"POST", "/api/trades", nil} end
+local n = 0
+request = function()
+  n = n + 1
+  local p = paths[(n % #paths) + 1]
+  local headers = {["Accept-Encoding"] = "gzip"}
+  if p[3] then headers["Authorization"] = p[3] end
+  if p[1] == "POST" then
+    headers["Content-Type"] = "application/json"
+    return wrk.format("POST", p[2], headers, '{"symbol":"AAPL","side":"buy","qty":1}')
+  end
+  return wrk.format("GET", p[2], headers)
+end
+"""
+
+
+def backend_scenario(rows):
+    print("scenario 6: the example FastAPI backend, realistic mix", flush=True)
+    script = os.path.join(WORK, "mix.lua")
+    open(script, "w").write(MIX_LUA)
+    port = free_port()
+    be = spawn([sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning"], LOAD_CPU, cwd=os.path.join(ROOT, "examples", "backend"))
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    upstream = f"127.0.0.1:{port}"
+
+    def stats():
+        with urllib.request.urlopen(f"http://{upstream}/debug/stats") as r:
+            return json.load(r)["total"]
+
+    def run(label, url, pids, conf_note):
+        before = stats()
+        r = wrk(url, script=script, conns=16)
+        r["backend_requests"] = stats() - before
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c1", "-d1s", "-s", script, url],
+                             capture_output=True, text=True).stdout
+        transfer = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(\w+) read", out)
+        scale = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+        if transfer:
+            r["bytes_per_req"] = float(transfer.group(2)) * scale.get(transfer.group(3), 1) / int(transfer.group(1))
+        r["cpu_us_per_req"] = None
+        r["rss_mib"] = proc_rss(pids) / 2**20 if pids else None
+        print(f"  {label:<28} {r['rps']:>9.0f} req/s  backend saw {r['backend_requests']} of {r['requests']}"
+              f" ({100 * r['backend_requests'] / max(r['requests'], 1):.0f}%)  {r.get('bytes_per_req', 0):.0f} B/resp", flush=True)
+        rows.append(row(6, conf_note, label, r))
+
+    run("direct", f"http://{upstream}", [], "mix: direct to uvicorn")
+    cfg_plain = ""
+    cfg_full = None
+    d = os.path.join(WORK, "fastgate-mix")
+    os.makedirs(d, exist_ok=True)
+    for label, with_policies in [("fastgate plain", False), ("fastgate cache+gzip", True)]:
+        fp, ap = free_port(), free_port()
+        pol = lambda s: s if with_policies else ""
+        conf = textwrap.dedent(f"""
+            [server]
+            listen = "127.0.0.1:{fp}"
+            admin_listen = "127.0.0.1:{ap}"
+            access_log = false
+            [upstreams.api]
+            servers = ["{upstream}"]
+            [defaults]
+            slow_threshold = "10s"
+            {pol('compress = { algorithms = ["gzip"], gzip_level = 1 }')}
+            [[routes]]
+            name = "market"
+            match = {{ path_prefix = "/api/market" }}
+            upstream = "api"
+            {pol('cache = { ttl = "30s", stale_while_revalidate = "30s" }')}
+            [[routes]]
+            name = "users"
+            match = {{ path_prefix = "/api/users" }}
+            upstream = "api"
+            {pol('cache = { ttl = "5m", key = { headers = ["Authorization"] } }')}
+            [[routes]]
+            name = "instruments"
+            match = {{ path = "/api/instruments" }}
+            upstream = "api"
+            {pol('cache = { ttl = "1h" }')}
+            [[routes]]
+            name = "trades"
+            match = {{ path_prefix = "/api/trades" }}
+            upstream = "api"
+            """)
+        path = os.path.join(d, f"{label.replace(' ', '-')}.toml")
+        open(path, "w").write(conf)
+        fg = spawn([FASTGATE, "run", "-c", path], PROXY_CPU, env=dict(os.environ, RUST_LOG="warn"))
+        wait_http(f"http://127.0.0.1:{ap}/healthz")
+        run(label, f"http://127.0.0.1:{fp}", server_pids(fg),
+            "mix: fastgate, no cache/compression" if not with_policies else "mix: fastgate with cache + gzip")
+        stop(fg)
+    stop(be)
+
+
+def row(num, title, system, r):
+    return {"scenario": num, "title": title, "system": system, **r}
+
+
+def idle_and_startup(rows):
+    up, up_port = start_upstream()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fg, port, admin = start_fastgate(f"127.0.0.1:{up_port}", "plain")
+        # start_fastgate polls /healthz; measure to first answer separately
+        times.append((time.perf_counter() - t0 - 0.2) * 1000)
+        rss = proc_rss(server_pids(fg)) / 2**20
+        stop(fg)
+    stop(up)
+    r = {"startup_ms": statistics.median(times), "rss_mib": rss}
+    print(f"  start to ready (median of 5): {r['startup_ms']:.1f} ms, idle RSS {rss:.1f} MiB", flush=True)
+    rows.append({"scenario": 0, "title": "start to ready (ms), idle RSS", "system": "fastgate", **r})
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "–"
+
+
+def markdown(rows):
+    out = ["| # | scenario | system | req/s | P50 ms | P99 ms | CPU µs/req | RSS MiB | vs nginx (req/s, CPU) | vs direct |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["scenario"], {})[r["system"]] = r
+    for r in rows:
+        if r["scenario"] in (0,):
+            continue
+        ng = by[r["scenario"]].get("nginx")
+        di = by[r["scenario"]].get("direct")
+        vs_ng = f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}" if ng and r["system"] == "fastgate" else ""
+        vs_di = ratio(r["rps"], di["rps"]) if di and r["system"] != "direct" else ""
+        cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") is not None else "–"
+        rss = f"{r['rss_mib']:.1f}" if r.get("rss_mib") is not None else "–"
+        title = r["title"]
+        if "body_bytes" in r:
+            title += f" ({r['body_bytes']} B {r['encoding']})"
+        if "backend_requests" in r:
+            title += f" (backend saw {100 * r['backend_requests'] / max(r['requests'], 1):.0f}%, {r.get('bytes_per_req', 0):.0f} B/resp)"
+        out.append(f"| {r['scenario']} | {title} | {r['system']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} | {rss} | {vs_ng} | {vs_di} |")
+    return "\n".join(out)
+
+
+def main():
+    started = time.time()
+    rows = []
+    try:
+        print(f"fastgate bench: {platform.node() and 'this machine'}, {NCPU} cores, proxy on cpu {PROXY_CPU}, "
+              f"load+upstream on cpu {LOAD_CPU}, {DURATION}s x {REPEATS} per point, wrk -c{CONNECTIONS}", flush=True)
+        idle_and_startup(rows)
+        proxied_scenarios(rows)
+        wanted = os.environ.get("SCENARIOS")
+        if not wanted or "6" in wanted.split(","):
+            backend_scenario(rows)
+    finally:
+        cleanup()
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M")
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench", "results", f"{stamp}{'-quick' if QUICK else ''}.csv")
+    keys = sorted({k for r in rows for k in r})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    md = markdown(rows)
+    with open(path.replace(".csv", ".md"), "w") as f:
+        f.write(md + "\n")
+    print()
+    print(md)
+    print(f"\nresults: {os.path.relpath(path, ROOT)} (+ .md), {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
