@@ -239,7 +239,7 @@ def start_fastgate(up, mode, extra_env=None):
     route_extra = ""
     top = ""
     if mode == "gzip":
-        route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 1, min_size = 1024 }'
+        route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 2, min_size = 1024 }'
     elif mode == "cache":
         route_extra = 'cache = { ttl = "10m" }'
     elif mode == "policies":
@@ -419,7 +419,7 @@ def backend_scenario(rows):
             servers = ["{upstream}"]
             [defaults]
             slow_threshold = "10s"
-            {pol('compress = { algorithms = ["gzip"], gzip_level = 1 }')}
+            {pol('compress = { algorithms = ["gzip"], gzip_level = 2 }')}
             [[routes]]
             name = "market"
             match = {{ path_prefix = "/api/market" }}

@@ -95,6 +95,8 @@ fn run(path: PathBuf) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let compiled = match config::load(path, None) {
         Ok(c) => c,
         Err(e) => {
@@ -104,23 +106,30 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     let s = &compiled.settings;
     let rt = &compiled.runtime;
-    println!("{}: ok (hash {})", path.display(), rt.hash);
-    println!("listen {}  admin {}  threads {}  shutdown_grace {:?}", s.listen, s.admin_listen, s.threads, s.shutdown_grace);
+    // Built whole, written once: a closed pipe (`| head`) is not an error worth a panic.
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ok (hash {})", path.display(), rt.hash);
+    let _ = writeln!(
+        out,
+        "listen {}  admin {}  threads {}  shutdown_grace {:?}",
+        s.listen, s.admin_listen, s.threads, s.shutdown_grace
+    );
     for up in rt.upstreams.values() {
         let servers: Vec<String> = up.def.servers.iter().map(ToString::to_string).collect();
         let hc = up.def.health_check.as_ref().map_or("no health check".to_string(), |h| {
             format!("health check GET {} every {:?}", h.path, h.interval)
         });
-        println!("upstream {:<12} {}  ({hc})", up.name, servers.join(", "));
+        let _ = writeln!(out, "upstream {:<12} {}  ({hc})", up.name, servers.join(", "));
     }
-    println!("routes, in precedence order:");
+    let _ = writeln!(out, "routes, in precedence order:");
     for (i, r) in rt.routes.iter().enumerate() {
-        println!("  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.upstream.name);
-        println!("      {}", r.policy);
+        let _ = writeln!(out, "  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.upstream.name);
+        let _ = writeln!(out, "      {}", r.policy);
     }
     for w in &compiled.warnings {
-        println!("warning: {w}");
+        let _ = writeln!(out, "warning: {w}");
     }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
     ExitCode::SUCCESS
 }
 

@@ -116,7 +116,13 @@ impl std::fmt::Display for RoutePolicy {
         if let Some(rl) = &self.rate_limits {
             for l in &rl.limits {
                 let d = &l.def;
-                write!(f, ", rate {}/{:?} burst {} by {}", d.count, d.per, d.burst, d.name)?;
+                let per = match d.per.as_secs() {
+                    1 if d.per.subsec_nanos() == 0 => "s".to_string(),
+                    60 if d.per.subsec_nanos() == 0 => "m".to_string(),
+                    3600 if d.per.subsec_nanos() == 0 => "h".to_string(),
+                    _ => format!("{:?}", d.per),
+                };
+                write!(f, ", rate {}/{per} burst {} by {}", d.count, d.burst, d.name)?;
             }
             if !rl.bypass_nets.is_empty() || !rl.bypass_keys.is_empty() {
                 write!(f, " (bypass: {} nets, {} keys)", rl.bypass_nets.len(), rl.bypass_keys.len())?;

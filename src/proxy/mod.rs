@@ -283,6 +283,11 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else { return Ok(true) };
         for (scope, conc) in [("route", route.policy.concurrency.as_deref()), ("upstream", route.upstream.concurrency.as_ref())] {
             let Some(conc) = conc else { continue };
+            // A stream (WebSocket, SSE) would hold an upstream slot for its whole life: the
+            // upstream limit guards short calls to the database pool. A route limit still applies.
+            if ctx.streaming && scope == "upstream" {
+                continue;
+            }
             match conc.acquire().await {
                 Ok(permit) => ctx.permits.push(permit),
                 Err(shed) => {
