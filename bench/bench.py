@@ -242,14 +242,18 @@ def start_fastgate(up, mode, extra_env=None):
         route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 2, min_size = 1024 }'
     elif mode == "cache":
         route_extra = 'cache = { ttl = "10m" }'
-    elif mode == "policies":
+    elif mode == "ratelimit":
         route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+    elif mode in ("policies", "trace100", "trace1"):
+        if mode == "policies":
+            route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+        ratio = 1.0 if mode == "trace100" else 0.01
         top = textwrap.dedent(f"""
             [telemetry]
             endpoint = "http://127.0.0.1:{extra_env['sink']}"
             protocol = "http/protobuf"
             sampler = "parentbased_traceidratio"
-            sampler_arg = 0.01
+            sampler_arg = {ratio}
             """)
     conf = textwrap.dedent(f"""
         [server]
@@ -337,16 +341,24 @@ def proxied_scenarios(rows):
             r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{fg_port}{path}", headers)
         rows.append(row(num, title, "fastgate", r))
         stop(fg)
-    if 5 in wanted:
-        print("scenario 5: all policies on vs pass-through", flush=True)
-        sink, sink_port = start_sink()
+    if 2 in wanted:
         fg, fg_port, _ = start_fastgate(upstream, "plain")
-        rows.append(row(5, "policies off (pass-through)", "fastgate", measure("fastgate pass-through", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
+        r = measure("fastgate, compression off", f"http://127.0.0.1:{fg_port}/big", server_pids(fg), headers=["Accept-Encoding: gzip"])
+        rows.append(row(2, "20 KiB JSON, compression off (cost of gzip)", "fastgate no-gzip", r))
         stop(fg)
-        fg, fg_port, _ = start_fastgate(upstream, "policies", {"sink": sink_port})
-        rows.append(row(5, "policies on (rate limit, metrics, 1% traces, request id)", "fastgate",
-                        measure("fastgate all policies", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
-        stop(fg)
+    if 5 in wanted:
+        print("scenario 5: policies on vs pass-through", flush=True)
+        sink, sink_port = start_sink()
+        for mode, title in [
+            ("plain", "policies off (pass-through)"),
+            ("ratelimit", "rate limit only (high limit)"),
+            ("trace1", "tracing, 1% sampled"),
+            ("trace100", "tracing, 100% sampled"),
+            ("policies", "all on: rate limit, metrics, 1% traces, request id"),
+        ]:
+            fg, fg_port, _ = start_fastgate(upstream, mode, {"sink": sink_port})
+            rows.append(row(5, title, f"fastgate {mode}", measure(f"fastgate {mode}", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
+            stop(fg)
         stop(sink)
     stop(up)
 
@@ -455,15 +467,41 @@ def row(num, title, system, r):
 
 
 def idle_and_startup(rows):
+    """Exec to the admin listener answering /readyz 200, polled every millisecond."""
     up, up_port = start_upstream()
-    times = []
+    d = os.path.join(WORK, "fastgate-startup")
+    os.makedirs(d, exist_ok=True)
+    times, rss = [], 0.0
     for _ in range(5):
+        port, admin = free_port(), free_port()
+        path = os.path.join(d, "fastgate.toml")
+        open(path, "w").write(textwrap.dedent(f"""
+            [server]
+            listen = "127.0.0.1:{port}"
+            admin_listen = "127.0.0.1:{admin}"
+            [upstreams.up]
+            servers = ["127.0.0.1:{up_port}"]
+            health_check = {{ path = "/healthz", interval = "1s" }}
+            [[routes]]
+            name = "all"
+            match = {{ path_prefix = "/" }}
+            upstream = "up"
+            """))
         t0 = time.perf_counter()
-        fg, port, admin = start_fastgate(f"127.0.0.1:{up_port}", "plain")
-        # start_fastgate polls /healthz; measure to first answer separately
-        times.append((time.perf_counter() - t0 - 0.2) * 1000)
-        rss = proc_rss(server_pids(fg)) / 2**20
-        stop(fg)
+        p = spawn([FASTGATE, "run", "-c", path], PROXY_CPU, env=dict(os.environ, RUST_LOG="warn"))
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", admin), timeout=0.5) as s:
+                    s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(16).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            time.sleep(0.001)
+        times.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.3)
+        rss = proc_rss(server_pids(p)) / 2**20
+        stop(p)
     stop(up)
     r = {"startup_ms": statistics.median(times), "rss_mib": rss}
     print(f"  start to ready (median of 5): {r['startup_ms']:.1f} ms, idle RSS {rss:.1f} MiB", flush=True)
@@ -485,7 +523,7 @@ def markdown(rows):
             continue
         ng = by[r["scenario"]].get("nginx")
         di = by[r["scenario"]].get("direct")
-        vs_ng = f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}" if ng and r["system"] == "fastgate" else ""
+        vs_ng = f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}" if ng and r["system"].startswith("fastgate") else ""
         vs_di = ratio(r["rps"], di["rps"]) if di and r["system"] != "direct" else ""
         cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") is not None else "–"
         rss = f"{r['rss_mib']:.1f}" if r.get("rss_mib") is not None else "–"

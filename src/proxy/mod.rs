@@ -249,7 +249,7 @@ impl ProxyHttp for Gateway {
                 query: req.uri.query(),
             };
             let decision = limits.check(&view);
-            if let Some(t) = &ctx.trace {
+            if let Some(t) = ctx.trace.as_ref().filter(|t| t.is_recording()) {
                 let outcome = match &decision {
                     Decision::Allow(_) => "allow",
                     Decision::Limited { .. } => "limited",
@@ -551,7 +551,7 @@ impl ProxyHttp for Gateway {
                 resp.insert_header(http::header::AGE, "0")?;
             }
             resp.remove_header(&self.app.cache.settings.tag_header);
-            if let Some(t) = &ctx.trace {
+            if let Some(t) = ctx.trace.as_ref().filter(|t| t.is_recording()) {
                 t.event("cache", vec![opentelemetry::KeyValue::new("fastgate.cache.status", status)]);
             }
             self.app.metrics.cache_result(&route.name, status);
@@ -575,7 +575,7 @@ impl ProxyHttp for Gateway {
                     c.adjust_level(0);
                 }
                 ctx.compression = None;
-            } else if let Some(t) = &ctx.trace {
+            } else if let Some(t) = ctx.trace.as_ref().filter(|t| t.is_recording()) {
                 t.event(
                     "compress",
                     vec![opentelemetry::KeyValue::new("http.response.content_encoding", crate::policy::compress::token(alg))],

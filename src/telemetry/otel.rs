@@ -181,34 +181,38 @@ impl Tracing {
     }
 
     /// Starts the server span of a request, continuing the client's trace if it sent one.
+    /// Attributes are only built for spans the sampler records: an unsampled request costs a
+    /// context extraction and an id, not a dozen string copies.
     pub fn start_request(&self, req: &RequestHeader, client: Option<IpAddr>) -> RequestTrace {
         let parent = self.propagator.extract(&HeaderExtractor(req));
-        let method = req.method.as_str().to_string();
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("url.path", req.uri.path().to_string()),
-        ];
-        if let Some(q) = req.uri.query() {
-            attrs.push(KeyValue::new("url.query", q.to_string()));
-        }
-        if let Some(host) = crate::routing::request_host(req) {
-            attrs.push(KeyValue::new("server.address", host.to_string()));
-        }
-        if let Some(ip) = client {
-            attrs.push(KeyValue::new("client.address", ip.to_string()));
-        }
-        if let Some(ua) = req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-            attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
-        }
         let span = self
             .tracer
-            .span_builder(method)
+            .span_builder(req.method.as_str().to_string())
             .with_kind(SpanKind::Server)
-            .with_attributes(attrs)
             .start_with_context(&self.tracer, &parent);
+        let cx = parent.with_span(span);
+        let recording = cx.span().is_recording();
+        if recording {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new("http.request.method", req.method.as_str().to_string()));
+            span.set_attribute(KeyValue::new("url.path", req.uri.path().to_string()));
+            if let Some(q) = req.uri.query() {
+                span.set_attribute(KeyValue::new("url.query", q.to_string()));
+            }
+            if let Some(host) = crate::routing::request_host(req) {
+                span.set_attribute(KeyValue::new("server.address", host.to_string()));
+            }
+            if let Some(ip) = client {
+                span.set_attribute(KeyValue::new("client.address", ip.to_string()));
+            }
+            if let Some(ua) = req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+                span.set_attribute(KeyValue::new("user_agent.original", ua.to_string()));
+            }
+        }
         RequestTrace {
-            cx: parent.with_span(span),
+            cx,
             upstream: None,
+            recording,
         }
     }
 
@@ -225,6 +229,11 @@ impl Tracing {
 
     /// Starts the upstream (client) span and writes its trace context into the upstream request.
     pub fn start_upstream(&self, rt: &mut RequestTrace, req: &mut RequestHeader, server: &str, route: &str) {
+        if !rt.recording {
+            // Unsampled: no child span, but the backend still learns the trace and the flag.
+            self.propagator.inject_context(&rt.cx, &mut HeaderInjector(req));
+            return;
+        }
         let mut attrs = vec![
             KeyValue::new("http.request.method", req.method.as_str().to_string()),
             KeyValue::new("server.address", server.to_string()),
@@ -250,10 +259,15 @@ impl Tracing {
 pub struct RequestTrace {
     cx: Context,
     upstream: Option<Context>,
+    /// The sampler records this trace: worth building names and attributes for.
+    recording: bool,
 }
 
 impl RequestTrace {
     pub fn set_route(&self, name: &str, method: &http::Method) {
+        if !self.recording {
+            return;
+        }
         let span = self.cx.span();
         span.update_name(format!("{method} {name}"));
         span.set_attribute(KeyValue::new("http.route", name.to_string()));
@@ -261,7 +275,13 @@ impl RequestTrace {
 
     /// A decision the gateway took (rate limit, cache, compression), as a span event.
     pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
-        self.cx.span().add_event(name, attrs);
+        if self.recording {
+            self.cx.span().add_event(name, attrs);
+        }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
     }
 
     /// Upstream response header received.
@@ -272,6 +292,9 @@ impl RequestTrace {
     }
 
     pub fn finish(self, status: u16, error: Option<&str>) {
+        if !self.recording {
+            return;
+        }
         if let Some(cx) = &self.upstream {
             let span = cx.span();
             if let Some(e) = error {
