@@ -200,17 +200,12 @@ fn compile_server(
         access_log,
     } = server;
     let d = ServerLimits::default();
-    let positive = |cx: &mut Ctx<'_>, v: &Option<Spanned<Dur>>, key: &str, default: Duration| match v {
-        Some(t) if t.get_ref().0.is_zero() => cx.err(t.span(), format!("`{key}` must be above zero")).unwrap_or(default),
-        Some(t) => t.get_ref().0,
-        None => default,
-    };
     let limits = ServerLimits {
         max_uri_length: max_uri_length.map_or(d.max_uri_length, |s| s.0 as usize),
         max_header_count: max_header_count.unwrap_or(d.max_header_count),
         max_header_bytes: max_header_bytes.map_or(d.max_header_bytes, |s| s.0 as usize),
-        client_body_timeout: positive(cx, &client_body_timeout, "client_body_timeout", d.client_body_timeout),
-        keepalive_timeout: positive(cx, &keepalive_timeout, "keepalive_timeout", d.keepalive_timeout),
+        client_body_timeout: positive(cx, client_body_timeout.as_ref(), "client_body_timeout", d.client_body_timeout),
+        keepalive_timeout: positive(cx, keepalive_timeout.as_ref(), "keepalive_timeout", d.keepalive_timeout),
         access_log: access_log.unwrap_or(true),
     };
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
@@ -266,6 +261,15 @@ fn parse_addr(
             format!("`{key}` is not an IP address and port: {:?}", v.get_ref().0),
             "write e.g. \"0.0.0.0:8080\" or \"127.0.0.1:9090\"",
         ),
+    }
+}
+
+/// A duration that must be above zero, or `default` when unset (an error is recorded for zero).
+fn positive(cx: &mut Ctx<'_>, v: Option<&Spanned<Dur>>, key: &str, default: Duration) -> Duration {
+    match v {
+        Some(t) if t.get_ref().0.is_zero() => cx.err(t.span(), format!("`{key}` must be above zero")).unwrap_or(default),
+        Some(t) => t.get_ref().0,
+        None => default,
     }
 }
 
@@ -659,13 +663,8 @@ fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
             }
         },
     };
-    let positive = |cx: &mut Ctx<'_>, v: Option<Spanned<Dur>>, key: &str, default: Duration| match v {
-        Some(t) if t.get_ref().0.is_zero() => cx.err(t.span(), format!("`{key}` must be above zero")).unwrap_or(default),
-        Some(t) => t.get_ref().0,
-        None => default,
-    };
-    let lock_timeout = positive(cx, lock_timeout, "lock_timeout", d.lock_timeout);
-    let warm_interval = positive(cx, warm_interval, "warm_interval", d.warm_interval);
+    let lock_timeout = positive(cx, lock_timeout.as_ref(), "lock_timeout", d.lock_timeout);
+    let warm_interval = positive(cx, warm_interval.as_ref(), "warm_interval", d.warm_interval);
     let mut requests = Vec::new();
     for w in warm {
         let span = w.span();
@@ -781,7 +780,7 @@ fn compile_rate_limits(
             cx.err::<()>(burst_span(raw), "`burst` must be at least 1");
             continue;
         }
-        let label = name.as_ref().map_or_else(|| key_label(&key_source), |n| n.get_ref().clone());
+        let label = name.as_ref().map_or_else(|| key_source.label(), |n| n.get_ref().clone());
         if !label.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
             cx.err::<()>(name.as_ref().map_or(raw.span(), Spanned::span), format!("rate limit name {label:?} may only use letters, digits and -_.:"));
             continue;
@@ -824,16 +823,6 @@ fn compile_rate_limits(
 
 fn burst_span(raw: &Spanned<RawRateLimit>) -> std::ops::Range<usize> {
     raw.get_ref().burst.as_ref().map_or(raw.span(), Spanned::span)
-}
-
-fn key_label(k: &KeySource) -> String {
-    match k {
-        KeySource::ClientIp => "client_ip".into(),
-        KeySource::Route => "route".into(),
-        KeySource::Header(h) => format!("header:{h}"),
-        KeySource::Cookie(c) => format!("cookie:{c}"),
-        KeySource::Query(q) => format!("query:{q}"),
-    }
 }
 
 fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolicy> {

@@ -52,7 +52,8 @@ impl KeySource {
         }
     }
 
-    fn label(&self) -> String {
+    /// How the key is written in config: the default name of a limit and its metric label.
+    pub fn label(&self) -> String {
         match self {
             KeySource::ClientIp => "client_ip".into(),
             KeySource::Route => "route".into(),
