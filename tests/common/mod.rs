@@ -70,12 +70,14 @@ impl Backend {
         Self::spawn(Command::new(python), env)
     }
 
-    /// The same app under OpenTelemetry's zero-code instrumentation (`opentelemetry-instrument`),
-    /// configured by the `OTEL_*` variables in `env`. The app itself is unchanged.
+    /// The same app under OpenTelemetry's zero-code instrumentation (what the
+    /// `opentelemetry-instrument` command runs, called through the interpreter so no console
+    /// script needs to be on PATH), configured by the `OTEL_*` variables in `env`. The app
+    /// itself is unchanged.
     pub fn start_instrumented(env: &[(&str, &str)]) -> Backend {
         let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut cmd = Command::new("opentelemetry-instrument");
-        cmd.arg(python);
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", "from opentelemetry.instrumentation.auto_instrumentation import run; run()", &python]);
         Self::spawn(cmd, env)
     }
 
