@@ -12,7 +12,7 @@ pub enum LogFormat {
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn,pingora_cache=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
