@@ -118,7 +118,7 @@ impl BackgroundService for Maintenance {
             n += 1;
             self.app.errors.flush(TICK.as_secs());
             self.app.status.snapshot(&self.app.metrics);
-            if n % EVICT_TICKS != 0 {
+            if !n.is_multiple_of(EVICT_TICKS) {
                 continue;
             }
             let runtime = self.app.runtime();

@@ -206,6 +206,7 @@ pub fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, Bytes) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -170,11 +170,10 @@ async fn serve_http(mut conn: tokio::net::TcpStream, store: Store) {
             }
         }
         let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
-        if head.starts_with("post /v1/traces") {
-            if let Ok(req) = ExportTraceServiceRequest::decode(body.as_slice()) {
+        if head.starts_with("post /v1/traces")
+            && let Ok(req) = ExportTraceServiceRequest::decode(body.as_slice()) {
                 collect(&store, req);
             }
-        }
         let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
         if conn.write_all(resp).await.is_err() {
             return;

@@ -902,7 +902,7 @@ fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> (Option<TraceSettings
         Some(b) => {
             let list = b.get_ref().clone();
             let increasing = list.windows(2).all(|w| w[0] < w[1]);
-            if list.is_empty() || !increasing || list.iter().any(|v| !(*v > 0.0)) {
+            if list.is_empty() || !increasing || list.iter().any(|v| v.is_nan() || *v <= 0.0) {
                 cx.err::<()>(b.span(), "`latency_buckets` must be positive and strictly increasing");
             }
             list

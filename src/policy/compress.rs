@@ -105,11 +105,10 @@ impl CompressPolicy {
         };
         let mut best: Option<(Algorithm, f32)> = None;
         for a in &self.algorithms {
-            if let Some(q) = q_of(*a) {
-                if best.is_none_or(|(_, bq)| q > bq) {
+            if let Some(q) = q_of(*a)
+                && best.is_none_or(|(_, bq)| q > bq) {
                     best = Some((*a, q));
                 }
-            }
         }
         best.map(|(a, _)| a)
     }
@@ -134,6 +133,7 @@ impl CompressPolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -32,6 +32,7 @@ pub fn exceeds(seen: &mut u64, chunk: usize, max: u64) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -218,7 +218,7 @@ impl RateLimits {
                     }
                 },
             };
-            if self.bypass_keys.iter().any(|b| *b == key) {
+            if self.bypass_keys.contains(&key) {
                 continue;
             }
             let period = def.per.as_secs_f64() / f64::from(def.count);
@@ -296,6 +296,7 @@ pub fn real_client_ip(peer: Option<IpAddr>, xff: Option<&HeaderValue>, trusted: 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

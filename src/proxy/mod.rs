@@ -81,13 +81,11 @@ impl Gateway {
             for h in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
                 let Some(loc) = resp.headers.get(&h).and_then(|v| v.to_str().ok()) else { continue };
                 // Only same-origin, path-absolute references name an entry here.
-                if let Ok(uri) = loc.parse::<http::Uri>() {
-                    if uri.authority().is_none() {
-                        if let Ok(p) = normalize(uri.path()) {
+                if let Ok(uri) = loc.parse::<http::Uri>()
+                    && uri.authority().is_none()
+                        && let Ok(p) = normalize(uri.path()) {
                             selectors.push(PurgeSelector::Url(url_of(&p, uri.query())));
                         }
-                    }
-                }
             }
         }
         for t in &route.policy.invalidate_tags {
@@ -199,8 +197,8 @@ impl ProxyHttp for Gateway {
             let alg = policy.choose(session.req_header().headers.get(ACCEPT_ENCODING))?;
             Some((alg, policy.level(alg)))
         });
-        if let Some((alg, level)) = chosen {
-            if let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
+        if let Some((alg, level)) = chosen
+            && let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>() {
                 c.adjust_algorithm_level(alg, level);
                 ctx.compression = Some(alg);
                 // pingora's module takes the first listed encoding: list only the one chosen.
@@ -208,7 +206,6 @@ impl ProxyHttp for Gateway {
                     .req_header_mut()
                     .insert_header(ACCEPT_ENCODING, crate::policy::compress::token(alg))?;
             }
-        }
         Ok(())
     }
 
@@ -599,8 +596,8 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(ErrorType::ReadTimedout, "total upstream timeout exceeded mid-response"));
         }
         let cap = ctx.route.as_ref().and_then(|r| r.policy.max_response_body);
-        if let (Some(cap), Some(chunk)) = (cap, body.as_ref()) {
-            if limits::exceeds(&mut ctx.response_seen, chunk.len(), cap) {
+        if let (Some(cap), Some(chunk)) = (cap, body.as_ref())
+            && limits::exceeds(&mut ctx.response_seen, chunk.len(), cap) {
                 // A streamed body crossed the cap after the headers went out: cut the connection
                 // rather than hand the client a silently truncated body.
                 *body = None;
@@ -608,7 +605,6 @@ impl ProxyHttp for Gateway {
                 self.app.metrics.gateway_error(ctx.route_name(), "response_too_large");
                 return Err(Error::explain(ErrorType::Custom("response_too_large"), "response body exceeds max_response_body"));
             }
-        }
         Ok(None)
     }
 
@@ -669,11 +665,10 @@ impl ProxyHttp for Gateway {
                 .metrics
                 .request_finished(&route.name, &req.method, status, elapsed.as_secs_f64());
         }
-        if (200..400).contains(&status) && !req.method.is_safe() {
-            if let Some(route) = ctx.route.as_deref() {
+        if (200..400).contains(&status) && !req.method.is_safe()
+            && let Some(route) = ctx.route.as_deref() {
                 self.invalidate_after_write(session, route).await;
             }
-        }
         if let Some(t) = ctx.trace.take() {
             let error = ctx.problem_code.or(e.map(|_| "proxy_error"));
             t.finish(status, error);

@@ -28,11 +28,10 @@ fn repo() -> PathBuf {
 pub fn wait_for_status(url: &str, want: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Ok(status) = blocking_status(url) {
-            if status == want {
+        if let Ok(status) = blocking_status(url)
+            && status == want {
                 return true;
             }
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
     false
