@@ -380,3 +380,41 @@ async fn compression_skips_encoded_small_and_binary_and_weakens_etags() {
     let r = c.get(gw.url("/api/stream/prices?count=2&interval=0.05")).header("Accept-Encoding", "gzip").send().await.unwrap();
     assert!(r.headers().get("content-encoding").is_none());
 }
+
+/// A listener whose accept queue is full drops new SYNs, so connecting to it hangs: the
+/// gateway's connect timeout must answer 504 long before the total timeout.
+#[tokio::test]
+async fn connect_timeout_gives_504() {
+    let script = r#"
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+port = s.getsockname()[1]
+held = []
+for _ in range(8):
+    c = socket.socket(); c.setblocking(False)
+    try: c.connect(("127.0.0.1", port))
+    except BlockingIOError: pass
+    held.append(c)
+time.sleep(0.2)
+print(port, flush=True)
+time.sleep(60)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let routes = route("all", "{ path_prefix = \"/\" }", "connect_timeout = \"300ms\"\ntimeout = \"10s\"");
+    let gw = Gateway::start(&config_for(&format!("127.0.0.1:{port}"), &routes));
+    let t = Instant::now();
+    let r = reqwest::get(gw.url("/x")).await.unwrap();
+    let elapsed = t.elapsed();
+    let _ = child.kill();
+    let (_, body) = problem(r, 504, "upstream_timeout").await;
+    assert!(body["detail"].as_str().unwrap().contains("connect"), "{body}");
+    assert!(elapsed < Duration::from_secs(3), "answered by the connect timeout: {elapsed:?}");
+    gw.wait_metric("fastgate_upstream_errors_total{kind=\"timeout\",upstream=\"api\"}", 1.0).await;
+}
