@@ -12,7 +12,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,5 +163,3 @@ impl Upstream {
     }
 }
 
-/// Shared handle type used by routes.
-pub type UpstreamRef = Arc<Upstream>;

@@ -413,6 +413,7 @@ time.sleep(60)
     let r = reqwest::get(gw.url("/x")).await.unwrap();
     let elapsed = t.elapsed();
     let _ = child.kill();
+    let _ = child.wait();
     let (_, body) = problem(r, 504, "upstream_timeout").await;
     assert!(body["detail"].as_str().unwrap().contains("connect"), "{body}");
     assert!(elapsed < Duration::from_secs(3), "answered by the connect timeout: {elapsed:?}");

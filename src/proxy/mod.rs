@@ -106,6 +106,13 @@ impl Gateway {
     }
 }
 
+/// Keeps `err` for `fail_to_proxy` to render and returns the pingora error that stops the phase.
+fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
+    let e = err.to_pingora();
+    ctx.error = Some(err);
+    e
+}
+
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
@@ -383,9 +390,7 @@ impl ProxyHttp for Gateway {
                 Problem::PayloadTooLarge,
                 format!("request body is larger than this route's limit of {max} bytes"),
             );
-            let e = err.to_pingora();
-            ctx.error = Some(err);
-            return Err(e);
+            return Err(fail(ctx, err));
         }
         Ok(())
     }
@@ -406,9 +411,7 @@ impl ProxyHttp for Gateway {
                 format!("no healthy server in upstream `{}`", upstream.name),
             )
             .retry_after(retry);
-            let e = err.to_pingora();
-            ctx.error = Some(err);
-            return Err(e);
+            return Err(fail(ctx, err));
         };
         ctx.upstream_addr = Some(addr);
         ctx.upstream_started = Some(Instant::now());
@@ -560,9 +563,7 @@ impl ProxyHttp for Gateway {
                     Problem::ResponseTooLarge,
                     format!("upstream response is larger than this route's limit of {cap} bytes"),
                 );
-                let e = err.to_pingora();
-                ctx.error = Some(err);
-                return Err(e);
+                return Err(fail(ctx, err));
             }
         }
         if let Some(alg) = ctx.compression {
