@@ -11,7 +11,7 @@ pub fn reload(app: &App) -> Result<(), config::ConfigError> {
         Ok(compiled) => {
             if compiled.settings != app.settings {
                 tracing::warn!(
-                    "[server] listen, admin_listen, threads and shutdown_grace changed; they take effect on restart"
+                    "start-up settings changed ([server] listen, admin_listen, threads, shutdown_grace; [telemetry]; [cache]); they take effect on restart"
                 );
             }
             for w in &compiled.warnings {
