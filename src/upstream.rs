@@ -40,6 +40,8 @@ pub struct Upstream {
     pub def: UpstreamDef,
     lb: LoadBalancer<RoundRobin>,
     pub concurrency: Option<Concurrency>,
+    /// Metric series of this upstream, resolved on first use.
+    pub metrics: crate::telemetry::metrics::UpstreamHandles,
     /// Set once the first round of health checks has finished (or at once without checks).
     checked: AtomicBool,
     /// Milliseconds since `epoch()` at which the next check is due.
@@ -96,6 +98,7 @@ impl Upstream {
         Ok(Upstream {
             name: name.to_string(),
             concurrency: def.concurrency.clone().map(Concurrency::new),
+            metrics: Default::default(),
             def,
             lb,
             checked,

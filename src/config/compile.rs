@@ -429,6 +429,7 @@ fn compile_route(
             matcher: matcher?,
             upstream: upstream?,
             policy: policy?,
+            metrics: Default::default(),
         },
         span,
     ))

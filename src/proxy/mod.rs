@@ -225,7 +225,7 @@ impl ProxyHttp for Gateway {
             let detail = format!("no route for {} {}", req.method, req.uri.path());
             return self.respond(session, ctx, GatewayError::new(Problem::NoRoute, detail)).await;
         };
-        self.app.metrics.request_started(&route.name);
+        self.app.metrics.request_started(&route.name, &route.metrics);
         let policy = &route.policy;
         ctx.streaming = policy.streaming || session.is_upgrade_req();
 
@@ -415,7 +415,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.upstream_addr = Some(addr);
         ctx.upstream_started = Some(Instant::now());
-        self.app.metrics.upstream_started(&upstream.name);
+        self.app.metrics.upstream_started(&upstream.name, &upstream.metrics);
         let t = &route.policy.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
@@ -664,7 +664,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route.as_deref() {
             self.app
                 .metrics
-                .request_finished(&route.name, &req.method, status, elapsed.as_secs_f64());
+                .request_finished(&route.name, &route.metrics, &req.method, status, elapsed.as_secs_f64());
         }
         if (200..400).contains(&status) && !req.method.is_safe()
             && let Some(route) = ctx.route.as_deref() {
@@ -676,9 +676,10 @@ impl ProxyHttp for Gateway {
         }
         if let Some(route) = ctx.route.as_deref() {
             let metrics = &self.app.metrics;
-            metrics.body_sizes(&route.name, session.body_bytes_read(), session.body_bytes_sent());
+            metrics.body_sizes(&route.name, &route.metrics, session.body_bytes_read(), session.body_bytes_sent());
             if ctx.upstream_started.is_some() {
-                metrics.upstream_finished(&route.upstream.name, ctx.ttfb.map(|t| t.as_secs_f64()));
+                let up = &route.upstream;
+                metrics.upstream_finished(&up.name, &up.metrics, ctx.ttfb.map(|t| t.as_secs_f64()));
             }
             if let Some((name, bytes_in, bytes_out, _)) = session
                 .downstream_modules_ctx

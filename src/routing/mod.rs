@@ -96,6 +96,8 @@ pub struct Route {
     pub matcher: Matcher,
     pub upstream: Arc<Upstream>,
     pub policy: RoutePolicy,
+    /// Metric series of this route, resolved on first use.
+    pub metrics: crate::telemetry::metrics::RouteHandles,
 }
 
 /// Routes in precedence order.
@@ -172,6 +174,7 @@ mod tests {
                         matcher,
                         upstream: up.clone(),
                         policy: RoutePolicy::default(),
+                        metrics: Default::default(),
                     })
                 })
                 .collect(),

@@ -2,8 +2,32 @@
 //! folded to a known set, status classes; never raw paths or client addresses.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+use std::sync::OnceLock;
+
+const METHODS: usize = 8;
+const CLASSES: usize = 6;
+
+/// A route's series, resolved on its first request and kept with the compiled route, so the
+/// request path does no label hashing. A reload builds new routes, which resolve again (to the
+/// same series).
+#[derive(Debug, Default)]
+pub struct RouteHandles(OnceLock<RouteSeries>);
+
+#[derive(Debug)]
+struct RouteSeries {
+    in_flight: IntGauge,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+    /// By method and status class, each resolved on first use.
+    duration: Vec<OnceLock<Histogram>>,
+}
+
+/// An upstream's series, like `RouteHandles`.
+#[derive(Debug, Default)]
+pub struct UpstreamHandles(OnceLock<(IntGauge, Histogram)>);
 
 /// Buckets for API latencies, in seconds: 1 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -185,15 +209,28 @@ impl Metrics {
         })
     }
 
-    pub fn request_started(&self, route: &str) {
-        self.in_flight.with_label_values(&[route]).inc();
+    fn route_series<'a>(&self, route: &str, h: &'a RouteHandles) -> &'a RouteSeries {
+        h.0.get_or_init(|| RouteSeries {
+            in_flight: self.in_flight.with_label_values(&[route]),
+            request_bytes: self.request_bytes.with_label_values(&[route]),
+            response_bytes: self.response_bytes.with_label_values(&[route]),
+            duration: (0..METHODS * CLASSES).map(|_| OnceLock::new()).collect(),
+        })
     }
 
-    pub fn request_finished(&self, route: &str, method: &http::Method, status: u16, seconds: f64) {
-        self.in_flight.with_label_values(&[route]).dec();
-        self.request_duration
-            .with_label_values(&[route, method_label(method), status_class(status)])
-            .observe(seconds);
+    pub fn request_started(&self, route: &str, h: &RouteHandles) {
+        self.route_series(route, h).in_flight.inc();
+    }
+
+    pub fn request_finished(&self, route: &str, h: &RouteHandles, method: &http::Method, status: u16, seconds: f64) {
+        let s = self.route_series(route, h);
+        s.in_flight.dec();
+        let (m, mi) = method_label(method);
+        let (c, ci) = status_class(status);
+        if let Some(cell) = s.duration.get(mi * CLASSES + ci) {
+            cell.get_or_init(|| self.request_duration.with_label_values(&[route, m, c]))
+                .observe(seconds);
+        }
     }
 
     pub fn gateway_error(&self, route: &str, code: &str) {
@@ -204,19 +241,30 @@ impl Metrics {
         self.rate_limited.with_label_values(&[route, limit]).inc();
     }
 
-    pub fn body_sizes(&self, route: &str, request: usize, response: usize) {
-        self.request_bytes.with_label_values(&[route]).observe(request as f64);
-        self.response_bytes.with_label_values(&[route]).observe(response as f64);
+    pub fn body_sizes(&self, route: &str, h: &RouteHandles, request: usize, response: usize) {
+        let s = self.route_series(route, h);
+        s.request_bytes.observe(request as f64);
+        s.response_bytes.observe(response as f64);
     }
 
-    pub fn upstream_started(&self, upstream: &str) {
-        self.upstream_active.with_label_values(&[upstream]).inc();
+    fn upstream_series<'a>(&self, upstream: &str, h: &'a UpstreamHandles) -> &'a (IntGauge, Histogram) {
+        h.0.get_or_init(|| {
+            (
+                self.upstream_active.with_label_values(&[upstream]),
+                self.upstream_ttfb.with_label_values(&[upstream]),
+            )
+        })
     }
 
-    pub fn upstream_finished(&self, upstream: &str, ttfb: Option<f64>) {
-        self.upstream_active.with_label_values(&[upstream]).dec();
+    pub fn upstream_started(&self, upstream: &str, h: &UpstreamHandles) {
+        self.upstream_series(upstream, h).0.inc();
+    }
+
+    pub fn upstream_finished(&self, upstream: &str, h: &UpstreamHandles, ttfb: Option<f64>) {
+        let (active, hist) = self.upstream_series(upstream, h);
+        active.dec();
         if let Some(t) = ttfb {
-            self.upstream_ttfb.with_label_values(&[upstream]).observe(t);
+            hist.observe(t);
         }
     }
 
@@ -294,26 +342,28 @@ impl Metrics {
 
 }
 
-fn method_label(m: &http::Method) -> &'static str {
+/// The method label and its index among `METHODS`.
+fn method_label(m: &http::Method) -> (&'static str, usize) {
     match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "_OTHER",
+        http::Method::GET => ("GET", 0),
+        http::Method::HEAD => ("HEAD", 1),
+        http::Method::POST => ("POST", 2),
+        http::Method::PUT => ("PUT", 3),
+        http::Method::PATCH => ("PATCH", 4),
+        http::Method::DELETE => ("DELETE", 5),
+        http::Method::OPTIONS => ("OPTIONS", 6),
+        _ => ("_OTHER", 7),
     }
 }
 
-fn status_class(status: u16) -> &'static str {
+/// The status class label and its index among `CLASSES`.
+fn status_class(status: u16) -> (&'static str, usize) {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=199 => ("1xx", 0),
+        200..=299 => ("2xx", 1),
+        300..=399 => ("3xx", 2),
+        400..=499 => ("4xx", 3),
+        500..=599 => ("5xx", 4),
+        _ => ("none", 5),
     }
 }
