@@ -414,8 +414,12 @@ impl ProxyHttp for Gateway {
             return Err(fail(ctx, err));
         };
         ctx.upstream_addr = Some(addr);
+        // pingora calls this again when it retries (a reused connection that failed): count the
+        // request in flight once.
+        if ctx.upstream_started.is_none() {
+            self.app.metrics.upstream_started(&upstream.name, &upstream.metrics);
+        }
         ctx.upstream_started = Some(Instant::now());
-        self.app.metrics.upstream_started(&upstream.name, &upstream.metrics);
         let t = &route.policy.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
