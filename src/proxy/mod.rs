@@ -189,6 +189,10 @@ impl ProxyHttp for Gateway {
             }
             Ok(path) => {
                 ctx.route = runtime.routes.lookup(&req.method, request_host(req), &path).cloned();
+                if let Some(r) = &ctx.route {
+                    // paired with `request_finished` in `logging`, which runs for every request
+                    self.app.metrics.request_started(&r.name, &r.metrics);
+                }
                 if let (Some(t), Some(r)) = (&ctx.trace, &ctx.route) {
                     t.set_route(&r.name, &req.method);
                 }
@@ -225,7 +229,6 @@ impl ProxyHttp for Gateway {
             let detail = format!("no route for {} {}", req.method, req.uri.path());
             return self.respond(session, ctx, GatewayError::new(Problem::NoRoute, detail)).await;
         };
-        self.app.metrics.request_started(&route.name, &route.metrics);
         let policy = &route.policy;
         ctx.streaming = policy.streaming || session.is_upgrade_req();
 
