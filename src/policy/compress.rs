@@ -46,10 +46,23 @@ impl Default for CompressPolicy {
 }
 
 pub fn parse_algorithm(token: &str) -> Option<Algorithm> {
-    match token.trim().to_ascii_lowercase().as_str() {
-        "gzip" => Some(Algorithm::Gzip),
-        "br" | "brotli" => Some(Algorithm::Brotli),
-        "zstd" => Some(Algorithm::Zstd),
+    let t = token.trim();
+    if t.eq_ignore_ascii_case("gzip") {
+        Some(Algorithm::Gzip)
+    } else if t.eq_ignore_ascii_case("br") || t.eq_ignore_ascii_case("brotli") {
+        Some(Algorithm::Brotli)
+    } else if t.eq_ignore_ascii_case("zstd") {
+        Some(Algorithm::Zstd)
+    } else {
+        None
+    }
+}
+
+fn slot(a: Algorithm) -> Option<usize> {
+    match a {
+        Algorithm::Gzip => Some(0),
+        Algorithm::Brotli => Some(1),
+        Algorithm::Zstd => Some(2),
         _ => None,
     }
 }
@@ -77,9 +90,9 @@ impl CompressPolicy {
     /// `*` covers encodings not named; ties go to the route's order.
     pub fn choose(&self, accept_encoding: Option<&HeaderValue>) -> Option<Algorithm> {
         let header = accept_encoding?.to_str().ok()?;
+        // q per known coding (gzip, br, zstd), and for `*`; no allocation on the request path
+        let mut named: [Option<f32>; 3] = [None; 3];
         let mut star: Option<f32> = None;
-        let mut named: Vec<(Algorithm, f32)> = Vec::new();
-        let mut refused: Vec<Algorithm> = Vec::new();
         for item in header.split(',') {
             let mut parts = item.split(';');
             let coding = parts.next().unwrap_or("").trim();
@@ -89,26 +102,18 @@ impl CompressPolicy {
                 .unwrap_or(0.0);
             if coding == "*" {
                 star = Some(q);
-            } else if let Some(a) = parse_algorithm(coding) {
-                if q > 0.0 {
-                    named.push((a, q));
-                } else {
-                    refused.push(a);
-                }
+            } else if let Some(i) = parse_algorithm(coding).and_then(slot) {
+                named[i] = Some(q);
             }
         }
-        let q_of = |a: Algorithm| -> Option<f32> {
-            if refused.contains(&a) {
-                return None;
-            }
-            named.iter().find(|(n, _)| *n == a).map(|(_, q)| *q).or(star).filter(|q| *q > 0.0)
-        };
         let mut best: Option<(Algorithm, f32)> = None;
         for a in &self.algorithms {
-            if let Some(q) = q_of(*a)
-                && best.is_none_or(|(_, bq)| q > bq) {
-                    best = Some((*a, q));
-                }
+            let q = slot(*a).and_then(|i| named[i]).or(star).filter(|q| *q > 0.0);
+            if let Some(q) = q
+                && best.is_none_or(|(_, bq)| q > bq)
+            {
+                best = Some((*a, q));
+            }
         }
         best.map(|(a, _)| a)
     }
