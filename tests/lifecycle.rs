@@ -206,3 +206,42 @@ fn version_and_help() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("run") && text.contains("check"));
 }
+
+#[tokio::test]
+async fn probe_exits_by_the_admin_answer() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || fastgate(&["probe", &url]).status.code())
+    };
+    assert_eq!(probe(gw.admin_url("/healthz")).await.unwrap(), Some(0));
+    assert_eq!(probe(gw.admin_url("/nope")).await.unwrap(), Some(1), "404 is a failed probe");
+    let closed = format!("http://127.0.0.1:{}/healthz", common::free_port());
+    assert_eq!(probe(closed).await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn admin_reload_applies_a_good_file_and_reports_a_bad_one() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &route_with_cap("100")));
+    let c = reqwest::Client::new();
+    let before = config_hash(&gw).await;
+
+    gw.write_config(&config_for(&backend.addr(), &route_with_cap("200")));
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["reloaded"], true);
+    assert_ne!(v["hash"], before.as_str());
+    assert_eq!(c.post(gw.url("/debug/echo")).body(vec![b'x'; 150]).send().await.unwrap().status(), 200);
+
+    gw.write_config(&config_for(&backend.addr(), &route_with_cap("lots")));
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["reloaded"], false);
+    let err = v["errors"][0].as_str().unwrap();
+    assert!(err.contains("fastgate.toml:") && err.contains("invalid size"), "{err}");
+    // the good config stays in force
+    assert_eq!(c.post(gw.url("/debug/echo")).body(vec![b'x'; 150]).send().await.unwrap().status(), 200);
+}

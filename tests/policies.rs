@@ -419,3 +419,21 @@ time.sleep(60)
     assert!(elapsed < Duration::from_secs(3), "answered by the connect timeout: {elapsed:?}");
     gw.wait_metric("fastgate_upstream_errors_total{kind=\"timeout\",upstream=\"api\"}", 1.0).await;
 }
+
+#[tokio::test]
+async fn cookie_and_query_keyed_limits() {
+    let backend = Backend::start();
+    let routes = route("c", "{ path_prefix = \"/api/market\" }", "rate_limit = [{ rate = \"1/m\", burst = 1, key = \"cookie:session\" }]")
+        + &route("q", "{ path_prefix = \"/api/static\" }", "rate_limit = [{ rate = \"1/m\", burst = 1, key = \"query:token\", missing_key_status = 400 }]");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let with_cookie = |v: &str| c.get(gw.url("/api/market/AAPL")).header("Cookie", format!("theme=dark; session={v}")).send();
+    assert_eq!(with_cookie("s1").await.unwrap().status(), 200);
+    problem(with_cookie("s1").await.unwrap(), 429, "rate_limited").await;
+    assert_eq!(with_cookie("s2").await.unwrap().status(), 200, "another session, another bucket");
+
+    assert_eq!(c.get(gw.url("/api/static/exchanges?token=t1")).send().await.unwrap().status(), 200);
+    problem(c.get(gw.url("/api/static/exchanges?token=t1")).send().await.unwrap(), 429, "rate_limited").await;
+    assert_eq!(c.get(gw.url("/api/static/exchanges?x=1&token=t2")).send().await.unwrap().status(), 200);
+    problem(c.get(gw.url("/api/static/exchanges")).send().await.unwrap(), 400, "rate_limit_key_missing").await;
+}

@@ -414,3 +414,22 @@ async fn admin_endpoints() {
         .await;
     assert!(m.contains("fastgate_upstream_healthy{server=\""), "{m}");
 }
+
+#[tokio::test]
+async fn host_routes_win_over_host_agnostic_ones() {
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"admin-host\"\nmatch = { path_prefix = \"/\", host = \"admin.example.com\" }\nupstream = \"api\"\nmax_body = 10\n\n"
+        .to_string()
+        + CATCH_ALL;
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let send = |host: &str| {
+        c.post(gw.url("/debug/echo"))
+            .header("Host", host.to_string())
+            .body(vec![b'x'; 20])
+            .send()
+    };
+    // the host route (body cap 10) applies, port and case aside
+    assert_problem(send("ADMIN.example.com:8080").await.unwrap(), 413, "payload_too_large").await;
+    assert_eq!(send("other.example.com").await.unwrap().status(), 200);
+}

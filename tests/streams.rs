@@ -92,3 +92,25 @@ async fn ordinary_requests_still_time_out_on_the_same_gateway() {
     let r = reqwest::get(gw.url("/api/slow?seconds=2")).await.unwrap();
     assert_eq!(r.status(), 504);
 }
+
+#[tokio::test]
+async fn an_idle_stream_is_closed_after_stream_idle_timeout() {
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"ws\"\nmatch = { path = \"/ws/prices\" }\nupstream = \"api\"\nstreaming = true\nstream_idle_timeout = \"500ms\"\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), routes));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/prices", gw.addr())).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "echo:hi");
+    // nothing flows for longer than the idle limit: the gateway ends the tunnel
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "an idle WebSocket outlived stream_idle_timeout");
+}
