@@ -392,3 +392,66 @@ async fn one_entry_serves_every_encoding() {
     assert_eq!(zstd::decode_all(&r.bytes().await.unwrap()[..]).unwrap(), plain.to_vec());
     assert_eq!(backend.hits(&format!("{PATH}/enc")).await, 1);
 }
+
+#[tokio::test]
+async fn public_strip_set_cookie_override_and_cookie_keys() {
+    let backend = Backend::start();
+    let routes = cached_route("pub", "/debug/cacheable/pub", "{ ttl = \"60s\", public = true }")
+        + &cached_route("strip", "/debug/cacheable/strip", "{ ttl = \"60s\", strip_set_cookie = true }")
+        + &cached_route("over", "/debug/cacheable/over", "{ ttl = \"60s\", override_origin = true }")
+        + &cached_route("ck", "/debug/cacheable/ck", "{ ttl = \"60s\", key = { cookies = [\"session\"] } }");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+
+    // public: credentials do not bypass, and everyone shares the entry
+    let r = c.get(gw.url(&format!("{PATH}/pub"))).bearer_auth("a").send().await.unwrap();
+    assert_eq!(xc(r.headers()), "MISS");
+    let r = c.get(gw.url(&format!("{PATH}/pub"))).bearer_auth("b").send().await.unwrap();
+    assert_eq!(xc(r.headers()), "HIT");
+
+    // strip_set_cookie: stored, but the cookie is never replayed to another client
+    let url = gw.url(&format!("{PATH}/strip?cookie=session%3Dsecret"));
+    let r = c.get(url.clone()).send().await.unwrap();
+    assert_eq!(xc(r.headers()), "MISS");
+    assert!(r.headers().contains_key("set-cookie"), "the first client gets its cookie");
+    let r = c.get(url.clone()).send().await.unwrap();
+    assert_eq!(xc(r.headers()), "HIT");
+    assert!(!r.headers().contains_key("set-cookie"), "a hit carries no one else's cookie");
+
+    // override_origin: the route's ttl beats the backend's no-store
+    let url = gw.url(&format!("{PATH}/over?cc=no-store"));
+    assert_eq!(xc(&get(&c, url.clone()).await.1), "MISS");
+    assert_eq!(xc(&get(&c, url.clone()).await.1), "HIT");
+
+    // cookie-keyed: one entry per session, other cookies ignored
+    let ck = |v: &str| c.get(gw.url(&format!("{PATH}/ck"))).header("Cookie", v.to_string()).send();
+    assert_eq!(xc(ck("session=1; theme=dark").await.unwrap().headers()), "MISS");
+    assert_eq!(xc(ck("theme=light; session=1").await.unwrap().headers()), "HIT");
+    assert_eq!(xc(ck("session=2").await.unwrap().headers()), "MISS");
+    assert_eq!(backend.hits(&format!("{PATH}/ck")).await, 2);
+}
+
+#[tokio::test]
+async fn a_write_invalidates_its_location() {
+    let backend = Backend::start();
+    // GET /api/trades/1 is a 404 from the backend, which is cacheable; creating trade 1
+    // (Location: /api/trades/1) must drop it.
+    let routes = cached_route("trades", "/api/trades", "{ ttl = \"60s\" }");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let one = gw.url("/api/trades/1");
+    assert_eq!(xc(c.get(one.clone()).send().await.unwrap().headers()), "MISS");
+    assert_eq!(xc(c.get(one.clone()).send().await.unwrap().headers()), "HIT");
+    let r = c
+        .post(gw.url("/api/trades"))
+        .json(&json!({"symbol": "AAPL", "side": "buy", "qty": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/api/trades/1");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while xc(c.get(one.clone()).send().await.unwrap().headers()) != "MISS" {
+        assert!(Instant::now() < deadline, "Location not invalidated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
