@@ -56,7 +56,8 @@ async fn traffic(gw: &Gateway) {
 #[tokio::test]
 async fn metrics_count_exactly_what_happened() {
     let backend = Backend::start();
-    let gw = Gateway::start(&config_for(&backend.addr(), &routes()));
+    let buckets = "[telemetry]\nlatency_buckets = [0.003, 0.03, 0.3, 3.0]\n\n";
+    let gw = Gateway::start(&format!("{buckets}{}", config_for(&backend.addr(), &routes())));
     traffic(&gw).await;
     let count = |route: &str, method: &str, class: &str| {
         format!("http_server_request_duration_seconds_count{{method=\"{method}\",route=\"{route}\",status_class=\"{class}\"}}")
@@ -88,6 +89,9 @@ async fn metrics_count_exactly_what_happened() {
     assert!(v("process_resident_memory_bytes").unwrap() > 1e6);
     assert!(v("process_open_fds").unwrap() > 0.0);
     assert!(m.contains("fastgate_config_info{hash=\""), "{m}");
+    // the configured buckets, not the defaults
+    assert!(m.contains("route=\"slow\",status_class=\"2xx\",le=\"0.3\"} 1"), "{m}");
+    assert!(!m.contains("le=\"0.0025\""), "{m}");
     // the buckets add up: the +Inf bucket equals the count
     assert_eq!(
         v("http_server_request_duration_seconds_bucket{method=\"GET\",route=\"market\",status_class=\"2xx\",le=\"+Inf\"}"),

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, Clone)]
 struct RecSpan {
     service: String,
+    resource: HashMap<String, String>,
     name: String,
     trace_id: String,
     span_id: String,
@@ -50,16 +51,17 @@ fn any_to_string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -
 fn collect(store: &Store, req: ExportTraceServiceRequest) {
     let mut out = store.lock().unwrap();
     for rs in req.resource_spans {
-        let service = rs
+        let resource: HashMap<String, String> = rs
             .resource
             .as_ref()
-            .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-            .map(|a| any_to_string(&a.value))
+            .map(|r| r.attributes.iter().map(|a| (a.key.clone(), any_to_string(&a.value))).collect())
             .unwrap_or_default();
+        let service = resource.get("service.name").cloned().unwrap_or_default();
         for ss in rs.scope_spans {
             for s in ss.spans {
                 out.push(RecSpan {
                     service: service.clone(),
+                    resource: resource.clone(),
                     name: s.name.clone(),
                     trace_id: hex(&s.trace_id),
                     span_id: hex(&s.span_id),
@@ -183,7 +185,7 @@ async fn serve_http(mut conn: tokio::net::TcpStream, store: Store) {
 
 fn telemetry(endpoint: &str, protocol: &str) -> String {
     format!(
-        "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nservice_name = \"fastgate-test\"\nsampler = \"parentbased_always_on\"\n\n"
+        "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nservice_name = \"fastgate-test\"\nsampler = \"parentbased_always_on\"\nresource_attributes = {{ \"deployment.environment\" = \"test\" }}\n\n"
     )
 }
 
@@ -229,6 +231,7 @@ async fn grpc_export_continues_the_client_trace_and_propagates_to_the_backend() 
     let server = spans.iter().find(|s| s.kind == KIND_SERVER).unwrap();
     let upstream = spans.iter().find(|s| s.kind == KIND_CLIENT).unwrap();
     assert_eq!(server.service, "fastgate-test");
+    assert_eq!(server.resource["deployment.environment"], "test");
     assert_eq!(server.name, "GET echo");
     assert_eq!(server.trace_id, trace_id);
     assert_eq!(server.parent_span_id, client_span);
