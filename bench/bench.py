@@ -232,7 +232,9 @@ def start_nginx(up_port, mode):
     return p, port
 
 
-def start_fastgate(up, mode, extra_env=None):
+def start_fastgate(up, mode, extra_env=None, wrap=()):
+    """fastgate with one route to `up` and the policy of `mode`; `wrap` prefixes the command
+    (callgrind in bench/callgrind)."""
     d = os.path.join(WORK, f"fastgate-{mode}")
     os.makedirs(d, exist_ok=True)
     port, admin = free_port(), free_port()
@@ -275,8 +277,8 @@ def start_fastgate(up, mode, extra_env=None):
     path = os.path.join(d, "fastgate.toml")
     open(path, "w").write(conf)
     env = dict(os.environ, RUST_LOG="warn")
-    p = spawn([FASTGATE, "run", "-c", path], PROXY_CPU, env=env)
-    wait_http(f"http://127.0.0.1:{admin}/healthz")
+    p = spawn(list(wrap) + [FASTGATE, "run", "-c", path], PROXY_CPU, env=env)
+    wait_http(f"http://127.0.0.1:{admin}/healthz", timeout=60)
     time.sleep(0.2)
     return p, port, admin
 
