@@ -1,48 +1,78 @@
 //! Header rules for forwarding: hop-by-hop removal (RFC 9110 7.6.1), `X-Forwarded-*`, and
 //! request ids.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use std::cell::RefCell;
+use std::net::IpAddr;
 
-/// Hop-by-hop headers that never cross the gateway (`Upgrade` is handled separately).
-const HOP_BY_HOP: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
+/// Hop-by-hop headers that never cross the gateway (`Connection` and `Upgrade` are handled
+/// separately, for upgrades).
+static HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
 ];
 
-/// Names listed in `Connection` plus the fixed hop-by-hop set, to remove before forwarding.
-/// On an upgrade, `Connection: upgrade` and `Upgrade` are kept so the handshake can pass.
+/// Names listed in `Connection` plus the fixed hop-by-hop set, to remove from a response before
+/// it is forwarded. On an upgrade, `Connection: upgrade` and `Upgrade` are kept so the handshake
+/// can pass. (Requests need none of this here: pingora's standard upstream request policy strips
+/// the same set, `Connection`-nominated fields included, before `upstream_request_filter`.)
+///
+/// One pass over the names present, comparing against prebuilt names: this runs for every
+/// response, and the usual answer is "only `Connection`".
 pub fn hop_by_hop(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        let Ok(v) = value.to_str() else { continue };
-        for token in v.split(',') {
-            let token = token.trim();
-            if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
-                continue;
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            if !upgrade {
+                names.push(CONNECTION);
             }
-            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                names.push(name);
+            for value in headers.get_all(CONNECTION) {
+                let Ok(v) = value.to_str() else { continue };
+                for token in v.split(',').map(str::trim) {
+                    if token.is_empty() || token.eq_ignore_ascii_case("upgrade") || token.eq_ignore_ascii_case("close") {
+                        continue;
+                    }
+                    // `from_bytes` lowercases; only names actually present need removing
+                    if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
+                        && headers.contains_key(&n)
+                        && !HOP_BY_HOP.contains(&n)
+                    {
+                        names.push(n);
+                    }
+                }
             }
-        }
-    }
-    for h in HOP_BY_HOP {
-        if headers.contains_key(*h) {
-            names.push(HeaderName::from_static(h));
-        }
-    }
-    if !upgrade {
-        if headers.contains_key(http::header::UPGRADE) {
-            names.push(http::header::UPGRADE);
-        }
-        if headers.contains_key(CONNECTION) {
-            names.push(CONNECTION);
+        } else if *name == UPGRADE {
+            if !upgrade {
+                names.push(UPGRADE);
+            }
+        } else if HOP_BY_HOP.contains(name) {
+            names.push(name.clone());
         }
     }
     names
+}
+
+thread_local! {
+    /// The last client address rendered for `X-Forwarded-For`: keep-alive connections send
+    /// many requests from one address, and rendering an address is most of the header's cost.
+    static LAST_CLIENT: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ip` as a header value, reusing the previous rendering when the address repeats.
+pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    LAST_CLIENT.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 /// An incoming request id is kept when it is short and made of safe characters; otherwise the
@@ -54,7 +84,8 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 }
 
 pub fn new_request_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 #[cfg(test)]
@@ -65,14 +96,24 @@ mod tests {
     #[test]
     fn connection_listed_headers_are_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, "keep-alive, X-Secret".parse().unwrap());
+        h.insert(CONNECTION, "keep-alive, X-Secret, X-Absent".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
-        let names = hop_by_hop(&h, false);
-        for n in ["x-secret", "keep-alive", "te", "connection"] {
-            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
-        }
+        h.insert("x-kept", "1".parse().unwrap());
+        let mut names: Vec<String> = hop_by_hop(&h, false).iter().map(|n| n.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["connection", "keep-alive", "te", "x-secret"]);
+    }
+
+    #[test]
+    fn client_ip_values_follow_the_address() {
+        let a: IpAddr = "10.1.2.3".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        assert_eq!(client_ip_value(a), "10.1.2.3");
+        assert_eq!(client_ip_value(a), "10.1.2.3");
+        assert_eq!(client_ip_value(b), "::1");
+        assert_eq!(client_ip_value(a), "10.1.2.3");
     }
 
     #[test]

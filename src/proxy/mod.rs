@@ -463,10 +463,8 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let upgrade = session.is_upgrade_req();
-        for name in headers::hop_by_hop(&upstream.headers, upgrade) {
-            upstream.remove_header(&name);
-        }
+        // Hop-by-hop fields are already gone: pingora's standard upstream request policy strips
+        // them (and `Connection`-nominated ones) before this filter runs.
         upstream.insert_header(problem::REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if matches!(session.cache.phase(), CachePhase::Stale | CachePhase::StaleUpdating) {
             // Revalidating a stored entry: ask with its validators, so an unchanged resource
@@ -486,19 +484,20 @@ impl ProxyHttp for Gateway {
             upstream.remove_header(&ACCEPT_ENCODING);
         }
 
-        let trusted = match (client_ip(session), ctx.runtime.as_deref()) {
-            (Some(ip), Some(rt)) => rt.is_trusted(ip),
-            _ => false,
-        };
-        if let Some(ip) = client_ip(session) {
-            let xff = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(chain) if trusted && !chain.trim().is_empty() => format!("{chain}, {ip}"),
-                _ => ip.to_string(),
+        let ip = client_ip(session);
+        let trusted = ip.zip(ctx.runtime.as_deref()).is_some_and(|(ip, rt)| rt.is_trusted(ip));
+        if let Some(ip) = ip {
+            let appended = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(chain) if trusted && !chain.trim().is_empty() => Some(format!("{chain}, {ip}")),
+                _ => None,
             };
-            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            match appended {
+                Some(xff) => upstream.insert_header(X_FORWARDED_FOR, xff)?,
+                None => upstream.insert_header(X_FORWARDED_FOR, headers::client_ip_value(ip))?,
+            }
         }
         if !(trusted && upstream.headers.contains_key(X_FORWARDED_PROTO)) {
-            upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+            upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
         }
         if !(trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
             if let Some(host) = upstream.headers.get(HOST).cloned() {
