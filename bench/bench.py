@@ -37,7 +37,7 @@ NCPU = os.cpu_count() or 1
 PROXY_CPU = os.environ.get("PROXY_CPU", "1" if NCPU > 1 else "0")
 LOAD_CPU = os.environ.get("LOAD_CPU", "0")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-FASTGATE = os.path.join(ROOT, "target", "release", "fastgate")
+FASTGATE = os.environ.get("FASTGATE_BIN") or os.path.join(ROOT, "target", "release", "fastgate")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WORK = tempfile.mkdtemp(prefix="fastgate-bench-")
