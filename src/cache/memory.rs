@@ -1,7 +1,7 @@
 //! The embedded store: moka (TinyLFU admission, LRU eviction), bounded in bytes, with per-object
 //! expiry, and indexes by URL and tag so purges and invalidate-on-write need no scan.
 
-use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreStats, StoredObject};
+use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreStats, StoredMeta, StoredObject};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
@@ -93,8 +93,8 @@ impl MemoryStore {
 
 #[async_trait]
 impl CacheStore for MemoryStore {
-    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        Ok(self.cache.get(key).map(|e| (*e.obj).clone()))
+    async fn get(&self, key: &str) -> Result<Option<Arc<StoredObject>>, StoreError> {
+        Ok(self.cache.get(key).map(|e| e.obj))
     }
 
     async fn put(&self, key: String, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
@@ -106,7 +106,7 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
-    async fn update_meta(&self, key: &str, meta: (Vec<u8>, Vec<u8>), ttl: Duration) -> Result<bool, StoreError> {
+    async fn update_meta(&self, key: &str, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
         let Some(old) = self.cache.get(key) else { return Ok(false) };
         let mut obj = (*old.obj).clone();
         obj.meta = meta;
@@ -155,7 +155,7 @@ mod tests {
 
     fn obj(url: &str, tags: &[&str], size: usize) -> StoredObject {
         StoredObject {
-            meta: (vec![], vec![]),
+            meta: StoredMeta { internal: vec![], header: vec![], decoded: None },
             body: bytes::Bytes::from(vec![b'x'; size]),
             url: url.into(),
             path: url.split('?').next().unwrap_or("/").to_string(),

@@ -4,7 +4,7 @@
 //! Bodies are buffered per object while a miss is written (objects over `max_object_size`
 //! are never admitted: pingora stops the write and streams them through).
 
-use super::store::{CacheStore, StoredObject};
+use super::store::{CacheStore, StoredMeta, StoredObject};
 use super::EntryInfo;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -40,6 +40,41 @@ pub fn retention(meta: &CacheMeta) -> Duration {
     fresh + Duration::from_secs(u64::from(stale))
 }
 
+/// The store key of a pingora cache key: its combined (primary + variance) hash in hex.
+fn store_key(key: &impl CacheHashKey) -> String {
+    hex::encode(key.combined_bin())
+}
+
+fn stored_meta(meta: &CacheMeta) -> Result<StoredMeta> {
+    let (internal, header) = meta.serialize()?;
+    Ok(StoredMeta { internal, header, decoded: Some(meta.response_header_copy()) })
+}
+
+/// The serialized header of an empty 200 response, made once: `CacheMeta` can only be built
+/// from serialized parts, so a hit with a decoded header deserializes the small internal part
+/// with this cheap stand-in and then puts the real header in place.
+fn placeholder_header() -> &'static [u8] {
+    static PLACEHOLDER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PLACEHOLDER.get_or_init(|| {
+        let header = pingora::http::ResponseHeader::build(200, Some(0)).ok();
+        header
+            .and_then(|h| CacheMeta::new(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH, 0, 0, h).serialize().ok())
+            .map(|(_, h)| h)
+            .unwrap_or_default()
+    })
+}
+
+fn decode_meta(meta: &StoredMeta) -> Result<CacheMeta> {
+    match &meta.decoded {
+        Some(header) => {
+            let mut m = CacheMeta::deserialize(&meta.internal, placeholder_header())?;
+            *m.response_header_mut() = header.clone();
+            Ok(m)
+        }
+        None => CacheMeta::deserialize(&meta.internal, &meta.header),
+    }
+}
+
 fn tags_of(meta: &CacheMeta, header: &http::HeaderName) -> Vec<String> {
     meta.headers()
         .get_all(header)
@@ -55,20 +90,20 @@ fn tags_of(meta: &CacheMeta, header: &http::HeaderName) -> Vec<String> {
 #[async_trait]
 impl Storage for PingoraStorage {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(obj) = self.store.get(&key.combined()).await.map_err(store_err)? else {
+        let Some(obj) = self.store.get(&store_key(key)).await.map_err(store_err)? else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let meta = decode_meta(&obj.meta)?;
         let end = obj.body.len();
-        Ok(Some((meta, Box::new(Hit { body: obj.body, start: 0, end, done: false }))))
+        Ok(Some((meta, Box::new(Hit { body: obj.body.clone(), start: 0, end, done: false }))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
         let info = key.extensions.get::<EntryInfo>().cloned().unwrap_or_default();
         Ok(Box::new(Miss {
             storage: self,
-            key: key.combined(),
-            meta: meta.serialize()?,
+            key: store_key(key),
+            meta: stored_meta(meta)?,
             ttl: retention(meta),
             tags: tags_of(meta, &self.tag_header),
             info,
@@ -77,13 +112,13 @@ impl Storage for PingoraStorage {
     }
 
     async fn purge(&'static self, target: PurgeTarget<'_>, _type: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
-        let removed = self.store.remove(&target.key().combined()).await.map_err(store_err)?;
+        let removed = self.store.remove(&store_key(target.key())).await.map_err(store_err)?;
         Ok(if removed { PurgeOutcome::Purged(None) } else { PurgeOutcome::NotFound })
     }
 
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
         self.store
-            .update_meta(&key.combined(), meta.serialize()?, retention(meta))
+            .update_meta(&store_key(key), stored_meta(meta)?, retention(meta))
             .await
             .map_err(store_err)
     }
@@ -146,7 +181,7 @@ impl HandleHit for Hit {
 struct Miss {
     storage: &'static PingoraStorage,
     key: String,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
     ttl: Duration,
     tags: Vec<String>,
     info: EntryInfo,
@@ -172,5 +207,36 @@ impl HandleMiss for Miss {
         };
         storage.store.put(key, obj, ttl).await.map_err(store_err)?;
         Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+
+    #[test]
+    fn decoded_and_serialized_headers_give_the_same_meta() {
+        let mut header = ResponseHeader::build(203, None).unwrap();
+        header.insert_header("content-type", "application/json").unwrap();
+        header.insert_header("etag", "\"v1\"").unwrap();
+        header.insert_header("x-custom", "yes").unwrap();
+        let now = SystemTime::now();
+        let mut meta = CacheMeta::new(now + Duration::from_secs(60), now - Duration::from_secs(5), 7, 9, header);
+        meta.set_variance_key(*b"0123456789abcdef");
+        let stored = stored_meta(&meta).unwrap();
+        let shared = StoredMeta { decoded: None, ..stored.clone() };
+        for m in [decode_meta(&stored).unwrap(), decode_meta(&shared).unwrap()] {
+            assert_eq!(m.response_header().status, 203);
+            assert_eq!(m.headers().get("etag").unwrap(), "\"v1\"");
+            assert_eq!(m.headers().get("x-custom").unwrap(), "yes");
+            assert_eq!(m.fresh_until(), meta.fresh_until());
+            assert_eq!(m.created(), meta.created());
+            assert_eq!(m.updated(), meta.updated());
+            assert_eq!(m.stale_while_revalidate_sec(), 7);
+            assert_eq!(m.stale_if_error_sec(), 9);
+            assert_eq!(m.variance(), meta.variance());
+        }
     }
 }

@@ -6,13 +6,35 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A stored response: pingora's serialized `CacheMeta` (internal, header) and the body, plus
-/// what purges select on.
+/// pingora's serialized `CacheMeta`: `internal` (freshness, variance: a few dozen bytes) and
+/// `header` (the response header, zstd-compressed by pingora).
+#[derive(Debug, Clone)]
+pub struct StoredMeta {
+    pub internal: Vec<u8>,
+    pub header: Vec<u8>,
+    /// The same response header, decoded, for stores in this process: decompressing `header`
+    /// was the largest single cost of a cache hit. A shared store keeps only the bytes.
+    pub decoded: Option<ResponseHeader>,
+}
+
+impl StoredMeta {
+    pub fn len(&self) -> usize {
+        self.internal.len() + self.header.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A stored response: its `StoredMeta` and body, plus what purges select on.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
-    pub meta: (Vec<u8>, Vec<u8>),
+    pub meta: StoredMeta,
     pub body: Bytes,
     /// Normalized path + sorted query (`url_identity`): purge by URL removes every variant.
     pub url: String,
@@ -25,7 +47,9 @@ pub struct StoredObject {
 impl StoredObject {
     /// Bytes this object costs, for size-bounded stores.
     pub fn weight(&self) -> usize {
-        self.body.len() + self.meta.0.len() + self.meta.1.len() + self.url.len() * 2 + 128
+        // a decoded header costs about what its serialized form does, uncompressed
+        let decoded = if self.meta.decoded.is_some() { self.meta.header.len() * 3 } else { 0 };
+        self.body.len() + self.meta.len() + decoded + self.url.len() * 2 + 128
     }
 }
 
@@ -55,11 +79,11 @@ pub struct StoreStats {
 
 #[async_trait]
 pub trait CacheStore: Send + Sync + 'static {
-    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Arc<StoredObject>>, StoreError>;
     /// Stores `obj` for at most `ttl` (its freshness plus every stale window).
     async fn put(&self, key: String, obj: StoredObject, ttl: Duration) -> Result<(), StoreError>;
     /// Replaces the metadata of a stored object (after a 304 revalidation).
-    async fn update_meta(&self, key: &str, meta: (Vec<u8>, Vec<u8>), ttl: Duration) -> Result<bool, StoreError>;
+    async fn update_meta(&self, key: &str, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError>;
     async fn remove(&self, key: &str) -> Result<bool, StoreError>;
     /// Removes what `selector` selects; returns how many objects went.
     async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError>;

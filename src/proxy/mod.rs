@@ -452,8 +452,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    /// Runs on the upstream's header before pingora caches it: hop-by-hop fields are removed
+    /// here, once, so a cache hit has nothing left to strip.
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.ttfb = ctx.upstream_started.map(|t| t.elapsed());
+        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            for name in headers::hop_by_hop(&resp.headers, false) {
+                resp.remove_header(&name);
+            }
+        }
         Ok(())
     }
 
@@ -533,11 +540,6 @@ impl ProxyHttp for Gateway {
         let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if let Some(t) = &ctx.trace {
             t.upstream_status(resp.status.as_u16());
-        }
-        if !upgraded {
-            for name in headers::hop_by_hop(&resp.headers, false) {
-                resp.remove_header(&name);
-            }
         }
         let is_event_stream = resp
             .headers
