@@ -2,7 +2,7 @@
 //! one bucket per route; several may stack on a route and all must allow a request.
 //!
 //! State: one governor keyed limiter per limit, in memory. A tracked key costs about 100 bytes
-//! (the key string, 8 bytes of GCRA state, and hash-map overhead); keys idle long enough to be
+//! (the key, 8 bytes of GCRA state, and hash-map overhead); keys idle long enough to be
 //! back at full burst are dropped by `evict_idle`, run on a timer. A limit whose definition is
 //! unchanged across a reload keeps its limiter, so counters survive SIGHUP.
 //!
@@ -23,7 +23,28 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<LimitKey, DefaultKeyedStateStore<LimitKey>, DefaultClock, StateInformationMiddleware>;
+
+/// What a limit counts by. Addresses stay binary: rendering one as text per request cost more
+/// than the limiter itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    Ip(IpAddr),
+    Text(Box<str>),
+    /// One bucket for the route, or for every request missing the key (`on_missing = "shared"`).
+    Shared,
+}
+
+impl LimitKey {
+    fn is_bypassed(&self, bypass_keys: &[String]) -> bool {
+        match self {
+            _ if bypass_keys.is_empty() => false,
+            LimitKey::Ip(ip) => bypass_keys.contains(&ip.to_string()),
+            LimitKey::Text(t) => bypass_keys.iter().any(|k| **k == **t),
+            LimitKey::Shared => false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -211,14 +232,14 @@ impl RateLimits {
             let key = match extract_key(&def.key, req) {
                 Some(k) => k,
                 None => match def.on_missing {
-                    OnMissing::Shared => String::from("\u{0}missing"),
-                    OnMissing::ClientIp => req.client_ip.map_or_else(String::new, |ip| ip.to_string()),
+                    OnMissing::Shared => LimitKey::Shared,
+                    OnMissing::ClientIp => req.client_ip.map_or(LimitKey::Shared, LimitKey::Ip),
                     OnMissing::Reject(status) => {
                         return Decision::MissingKey { status, key: def.key.label() };
                     }
                 },
             };
-            if self.bypass_keys.contains(&key) {
+            if key.is_bypassed(&self.bypass_keys) {
                 continue;
             }
             let period = def.per.as_secs_f64() / f64::from(def.count);
@@ -245,7 +266,14 @@ impl RateLimits {
     }
 
     fn headers(&self, remaining: u32, reset: u64, name: &str) -> Headers {
-        let state = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={reset}"))
+        // `"name";r=N;t=N`, without the formatting machinery: this runs for every request
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(remaining), t.format(reset));
+        let mut state = String::with_capacity(name.len() + r.len() + t.len() + 8);
+        for part in ["\"", name, "\";r=", r, ";t=", t] {
+            state.push_str(part);
+        }
+        let state = HeaderValue::from_maybe_shared(bytes::Bytes::from(state))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         Headers {
             policy: self.policy_header.clone().unwrap_or_else(|| HeaderValue::from_static("")),
@@ -254,24 +282,25 @@ impl RateLimits {
     }
 }
 
-fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<String> {
+fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<LimitKey> {
+    let text = |v: &str| LimitKey::Text(v.into());
     match source {
-        KeySource::Route => Some(String::new()),
-        KeySource::ClientIp => req.client_ip.map(|ip| ip.to_string()),
+        KeySource::Route => Some(LimitKey::Shared),
+        KeySource::ClientIp => req.client_ip.map(LimitKey::Ip),
         KeySource::Header(name) => req
             .headers
             .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .filter(|v| !v.is_empty()),
+            .filter(|v| !v.is_empty())
+            .map(|v| text(&String::from_utf8_lossy(v.as_bytes()))),
         KeySource::Cookie(name) => req.headers.get_all(COOKIE).iter().find_map(|v| {
             v.to_str().ok()?.split(';').find_map(|pair| {
                 let (k, val) = pair.trim().split_once('=')?;
-                (k == name && !val.is_empty()).then(|| val.to_string())
+                (k == name && !val.is_empty()).then(|| text(val))
             })
         }),
         KeySource::Query(name) => req.query?.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name && !v.is_empty()).then(|| v.to_string())
+            (k == name && !v.is_empty()).then(|| text(v))
         }),
     }
 }
@@ -354,8 +383,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_static("a=1; session=abc; b=2"));
         let view = RequestView { client_ip: None, headers: &h, query: Some("x=1&token=t9") };
-        assert_eq!(extract_key(&KeySource::Cookie("session".into()), &view).as_deref(), Some("abc"));
-        assert_eq!(extract_key(&KeySource::Query("token".into()), &view).as_deref(), Some("t9"));
+        assert_eq!(extract_key(&KeySource::Cookie("session".into()), &view), Some(LimitKey::Text("abc".into())));
+        assert_eq!(extract_key(&KeySource::Query("token".into()), &view), Some(LimitKey::Text("t9".into())));
         assert_eq!(extract_key(&KeySource::Query("nope".into()), &view), None);
     }
 

@@ -515,9 +515,8 @@ impl ProxyHttp for Gateway {
         }
 
         if let (Some(tracing), Some(trace)) = (&self.app.tracing, ctx.trace.as_mut()) {
-            let server = ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default();
             let route = ctx.route.as_ref().map_or("", |r| r.name.as_str());
-            tracing.start_upstream(trace, upstream, &server, route);
+            tracing.start_upstream(trace, upstream, ctx.upstream_addr, route);
         }
         if let Some(path) = ctx.rewritten_path.take() {
             let uri = match upstream.uri.query() {
