@@ -38,6 +38,7 @@ PROXY_CPU = os.environ.get("PROXY_CPU", "1" if NCPU > 1 else "0")
 LOAD_CPU = os.environ.get("LOAD_CPU", "0")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 FASTGATE = os.environ.get("FASTGATE_BIN") or os.path.join(ROOT, "target", "release", "fastgate")
+BARE = os.environ.get("BARE_BIN") or os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WORK = tempfile.mkdtemp(prefix="fastgate-bench-")
@@ -204,7 +205,9 @@ def start_upstream():
     return p, port
 
 
-def start_nginx(up_port, mode):
+def start_nginx(up_port, mode, wrap=()):
+    """nginx proxying to `up_port`; `wrap` prefixes the command (callgrind in bench/callgrind),
+    and then nginx runs as one process (no master), so the wrapper sees the worker."""
     d = os.path.join(WORK, f"nginx-{mode}")
     os.makedirs(d, exist_ok=True)
     os.chmod(d, 0o777)
@@ -215,8 +218,9 @@ def start_nginx(up_port, mode):
     if mode == "cache":
         extra = (f"proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=10m use_temp_path=off;")
     loc_extra = "proxy_cache c; proxy_cache_valid 200 10m; add_header X-Cache $upstream_cache_status;" if mode == "cache" else ""
+    single = "master_process off;" if wrap else ""
     conf = textwrap.dedent(f"""
-        worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+        worker_processes 1; daemon off; {single} pid {d}/nginx.pid; error_log {d}/error.log warn;
         events {{ worker_connections 8192; }}
         http {{
           access_log off; keepalive_requests 1000000; keepalive_timeout 300s; {extra}
@@ -226,8 +230,8 @@ def start_nginx(up_port, mode):
                          proxy_set_header X-Forwarded-For $remote_addr; {loc_extra} }} }}
         }}""")
     open(os.path.join(d, "nginx.conf"), "w").write(conf)
-    p = spawn([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")], PROXY_CPU)
-    wait_http(f"http://127.0.0.1:{port}/small")
+    p = spawn(list(wrap) + [NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")], PROXY_CPU)
+    wait_http(f"http://127.0.0.1:{port}/small", timeout=60)
     time.sleep(0.2)
     return p, port
 
@@ -281,6 +285,15 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
     wait_http(f"http://127.0.0.1:{admin}/healthz", timeout=60)
     time.sleep(0.2)
     return p, port, admin
+
+
+def start_bare(up, wrap=()):
+    """examples/bare_pingora: pingora with nothing but `upstream_peer`, the engine's floor."""
+    port = free_port()
+    p = spawn(list(wrap) + [BARE, f"127.0.0.1:{port}", up], PROXY_CPU)
+    wait_http(f"http://127.0.0.1:{port}/small", timeout=60)
+    time.sleep(0.2)
+    return p, port
 
 
 def start_sink():
@@ -343,6 +356,11 @@ def proxied_scenarios(rows):
             r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{fg_port}{path}", headers)
         rows.append(row(num, title, "fastgate", r))
         stop(fg)
+        if num in (1, 4) and os.path.exists(BARE):
+            bp, bp_port = start_bare(upstream)
+            r = measure("bare pingora 1 thread", f"http://127.0.0.1:{bp_port}{path}", server_pids(bp), headers=headers, conns=conns)
+            rows.append(row(num, title, "bare pingora", r))
+            stop(bp)
     if 2 in wanted:
         fg, fg_port, _ = start_fastgate(upstream, "plain")
         r = measure("fastgate, compression off", f"http://127.0.0.1:{fg_port}/big", server_pids(fg), headers=["Accept-Encoding: gzip"])
@@ -525,7 +543,8 @@ def markdown(rows):
             continue
         ng = by[r["scenario"]].get("nginx")
         di = by[r["scenario"]].get("direct")
-        vs_ng = f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}" if ng and r["system"].startswith("fastgate") else ""
+        vs_ng = (f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}"
+                 if ng and r["system"].startswith(("fastgate", "bare")) else "")
         vs_di = ratio(r["rps"], di["rps"]) if di and r["system"] != "direct" else ""
         cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") is not None else "–"
         rss = f"{r['rss_mib']:.1f}" if r.get("rss_mib") is not None else "–"

@@ -36,6 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// For lookups: a `&str` name is parsed on every lookup, a `HeaderName` is not.
+static X_FORWARDED_FOR_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR);
+static REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(problem::REQUEST_ID_HEADER);
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
@@ -160,7 +163,7 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.in_flight = Some(self.app.track());
         let runtime = self.app.runtime();
-        ctx.request_id = match session.req_header().headers.get(problem::REQUEST_ID_HEADER) {
+        ctx.request_id = match session.req_header().headers.get(&REQUEST_ID_NAME) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
             }
@@ -494,7 +497,7 @@ impl ProxyHttp for Gateway {
         let ip = client_ip(session);
         let trusted = ip.zip(ctx.runtime.as_deref()).is_some_and(|(ip, rt)| rt.is_trusted(ip));
         if let Some(ip) = ip {
-            let appended = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            let appended = match upstream.headers.get(&X_FORWARDED_FOR_NAME).and_then(|v| v.to_str().ok()) {
                 Some(chain) if trusted && !chain.trim().is_empty() => Some(format!("{chain}, {ip}")),
                 _ => None,
             };
