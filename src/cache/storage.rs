@@ -4,7 +4,7 @@
 //! Bodies are buffered per object while a miss is written (objects over `max_object_size`
 //! are never admitted: pingora stops the write and streams them through).
 
-use super::store::{CacheStore, StoredMeta, StoredObject};
+use super::store::{CacheStore, DecodedMeta, MetaTimes, StoredMeta, StoredObject};
 use super::EntryInfo;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -47,7 +47,18 @@ fn store_key(key: &impl CacheHashKey) -> String {
 
 fn stored_meta(meta: &CacheMeta) -> Result<StoredMeta> {
     let (internal, header) = meta.serialize()?;
-    Ok(StoredMeta { internal, header, decoded: Some(meta.response_header_copy()) })
+    // `CacheMeta::new` sets updated and provenance to created: only such a meta rebuilds exactly.
+    let rebuildable = meta.updated() == meta.created() && meta.provenance() == meta.created();
+    let times = rebuildable.then(|| MetaTimes {
+        fresh_until: meta.fresh_until(),
+        created: meta.created(),
+        stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+        stale_if_error_sec: meta.stale_if_error_sec(),
+        variance: meta.variance(),
+        epoch_override: meta.epoch_override(),
+    });
+    let decoded = DecodedMeta { header: meta.response_header_copy(), times };
+    Ok(StoredMeta { internal, header, decoded: Some(decoded) })
 }
 
 /// The serialized header of an empty 200 response, made once: `CacheMeta` can only be built
@@ -66,7 +77,17 @@ fn placeholder_header() -> &'static [u8] {
 
 fn decode_meta(meta: &StoredMeta) -> Result<CacheMeta> {
     match &meta.decoded {
-        Some(header) => {
+        Some(DecodedMeta { header, times: Some(t) }) => {
+            let mut m = CacheMeta::new(t.fresh_until, t.created, t.stale_while_revalidate_sec, t.stale_if_error_sec, header.clone());
+            if let Some(v) = t.variance {
+                m.set_variance_key(v);
+            }
+            if let Some(e) = t.epoch_override {
+                m.set_epoch_override(e);
+            }
+            Ok(m)
+        }
+        Some(DecodedMeta { header, times: None }) => {
             let mut m = CacheMeta::deserialize(&meta.internal, placeholder_header())?;
             *m.response_header_mut() = header.clone();
             Ok(m)
@@ -226,8 +247,11 @@ mod tests {
         let mut meta = CacheMeta::new(now + Duration::from_secs(60), now - Duration::from_secs(5), 7, 9, header);
         meta.set_variance_key(*b"0123456789abcdef");
         let stored = stored_meta(&meta).unwrap();
+        assert!(stored.decoded.as_ref().unwrap().times.is_some());
         let shared = StoredMeta { decoded: None, ..stored.clone() };
-        for m in [decode_meta(&stored).unwrap(), decode_meta(&shared).unwrap()] {
+        let mut header_only = stored.clone();
+        header_only.decoded.as_mut().unwrap().times = None;
+        for m in [decode_meta(&stored).unwrap(), decode_meta(&header_only).unwrap(), decode_meta(&shared).unwrap()] {
             assert_eq!(m.response_header().status, 203);
             assert_eq!(m.headers().get("etag").unwrap(), "\"v1\"");
             assert_eq!(m.headers().get("x-custom").unwrap(), "yes");
@@ -237,6 +261,22 @@ mod tests {
             assert_eq!(m.stale_while_revalidate_sec(), 7);
             assert_eq!(m.stale_if_error_sec(), 9);
             assert_eq!(m.variance(), meta.variance());
+            assert_eq!(m.provenance(), meta.provenance());
+            assert_eq!(m.epoch(), meta.epoch());
         }
+    }
+
+    #[test]
+    fn a_revalidated_meta_is_not_rebuilt_from_parts() {
+        let header = ResponseHeader::build(200, None).unwrap();
+        let created = SystemTime::now() - Duration::from_secs(100);
+        let mut meta = CacheMeta::new(created + Duration::from_secs(10), created, 0, 0, header);
+        meta.update_freshness(SystemTime::now() + Duration::from_secs(60), 0, 0);
+        let stored = stored_meta(&meta).unwrap();
+        assert!(stored.decoded.as_ref().unwrap().times.is_none());
+        let m = decode_meta(&stored).unwrap();
+        assert_eq!(m.updated(), meta.updated());
+        assert_eq!(m.created(), meta.created());
+        assert_eq!(m.fresh_until(), meta.fresh_until());
     }
 }

@@ -16,9 +16,28 @@ use std::time::Duration;
 pub struct StoredMeta {
     pub internal: Vec<u8>,
     pub header: Vec<u8>,
-    /// The same response header, decoded, for stores in this process: decompressing `header`
-    /// was the largest single cost of a cache hit. A shared store keeps only the bytes.
-    pub decoded: Option<ResponseHeader>,
+    /// The same metadata, decoded, for stores in this process: decompressing `header` was the
+    /// largest single cost of a cache hit. A shared store keeps only the bytes.
+    pub decoded: Option<DecodedMeta>,
+}
+
+/// `CacheMeta` in parts it can be rebuilt from without deserializing.
+#[derive(Debug, Clone)]
+pub struct DecodedMeta {
+    pub header: ResponseHeader,
+    /// Enough to rebuild the whole meta with `CacheMeta::new`, for an entry never revalidated
+    /// (`updated == created == provenance`); otherwise only the header is reused.
+    pub times: Option<MetaTimes>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MetaTimes {
+    pub fresh_until: std::time::SystemTime,
+    pub created: std::time::SystemTime,
+    pub stale_while_revalidate_sec: u32,
+    pub stale_if_error_sec: u32,
+    pub variance: Option<[u8; 16]>,
+    pub epoch_override: Option<std::time::SystemTime>,
 }
 
 impl StoredMeta {

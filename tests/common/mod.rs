@@ -13,11 +13,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port nothing listens on now and that no other test process of this run was given.
+///
+/// Test binaries run in parallel, each test in its own process. A port one test was handed and
+/// released (a backend still starting, a "dead" upstream, a gateway that exited while its
+/// client still polls) could otherwise be handed to another test, whose gateway then receives
+/// the first test's traffic. Each port is claimed with a file created exclusively in a shared
+/// directory; claims older than `CLAIM_TTL` belong to earlier runs and are taken over.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
+    let dir = std::env::temp_dir().join("fastgate-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let claim = dir.join(port.to_string());
+        let stale = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > CLAIM_TTL);
+        if stale {
+            let _ = std::fs::remove_file(&claim);
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&claim).is_ok() {
+            return port;
+        }
+    }
+    panic!("no unclaimed port after 1000 tries (see {})", dir.display());
 }
 
 fn repo() -> PathBuf {
