@@ -124,8 +124,8 @@ impl std::fmt::Display for RoutePolicy {
                 };
                 write!(f, ", rate {}/{per} burst {} by {}", d.count, d.burst, d.name)?;
             }
-            if !rl.bypass_nets.is_empty() || !rl.bypass_keys.is_empty() {
-                write!(f, " (bypass: {} nets, {} keys)", rl.bypass_nets.len(), rl.bypass_keys.len())?;
+            if !rl.bypass_nets.is_empty() || rl.bypass_key_count > 0 {
+                write!(f, " (bypass: {} nets, {} keys)", rl.bypass_nets.len(), rl.bypass_key_count)?;
             }
         }
         if let Some(c) = &self.concurrency {

@@ -35,15 +35,11 @@ pub enum LimitKey {
     Shared,
 }
 
-impl LimitKey {
-    fn is_bypassed(&self, bypass_keys: &[String]) -> bool {
-        match self {
-            _ if bypass_keys.is_empty() => false,
-            LimitKey::Ip(ip) => bypass_keys.contains(&ip.to_string()),
-            LimitKey::Text(t) => bypass_keys.iter().any(|k| **k == **t),
-            LimitKey::Shared => false,
-        }
-    }
+/// A configured `key:VALUE` bypass as the keys it matches: the text, and the address too when
+/// it is one (a client-IP limit keys by address).
+fn bypass_forms(value: &str) -> impl Iterator<Item = LimitKey> {
+    let ip = value.parse::<IpAddr>().ok().map(LimitKey::Ip);
+    std::iter::once(LimitKey::Text(value.into())).chain(ip)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +176,10 @@ impl RateLimit {
 pub struct RateLimits {
     pub limits: Vec<Arc<RateLimit>>,
     pub bypass_nets: Vec<IpNet>,
-    pub bypass_keys: Vec<String>,
+    /// The configured bypass keys, in every form a request's key can take (`bypass_forms`).
+    bypass_keys: Vec<LimitKey>,
+    /// How many `key:VALUE` bypasses were configured.
+    pub bypass_key_count: usize,
     policy_header: Option<HeaderValue>,
 }
 
@@ -217,7 +216,8 @@ impl RateLimits {
         RateLimits {
             limits,
             bypass_nets,
-            bypass_keys,
+            bypass_key_count: bypass_keys.len(),
+            bypass_keys: bypass_keys.iter().flat_map(|k| bypass_forms(k)).collect(),
             policy_header: HeaderValue::from_str(&policy).ok(),
         }
     }
@@ -239,7 +239,7 @@ impl RateLimits {
                     }
                 },
             };
-            if key.is_bypassed(&self.bypass_keys) {
+            if self.bypass_keys.contains(&key) {
                 continue;
             }
             let period = def.per.as_secs_f64() / f64::from(def.count);
@@ -376,6 +376,20 @@ mod tests {
             limits.check(&RequestView { client_ip: None, headers: &empty, query: None }),
             Decision::MissingKey { status: 401, .. }
         ));
+    }
+
+    #[test]
+    fn bypass_keys_match_text_and_address_keys() {
+        let by_ip = || Arc::new(RateLimit::new(def("1/m", 1, "client_ip")).unwrap());
+        let limits = RateLimits::new(vec![by_ip()], vec![], vec!["10.0.0.9".into()]);
+        let h = HeaderMap::new();
+        let from = |ip: &str| RequestView { client_ip: Some(ip.parse().unwrap()), headers: &h, query: None };
+        for _ in 0..3 {
+            assert!(matches!(limits.check(&from("10.0.0.9")), Decision::Allow(None)));
+        }
+        assert!(matches!(limits.check(&from("10.0.0.8")), Decision::Allow(Some(_))));
+        assert!(matches!(limits.check(&from("10.0.0.8")), Decision::Limited { .. }));
+        assert_eq!(limits.bypass_key_count, 1);
     }
 
     #[test]
