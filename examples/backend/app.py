@@ -218,10 +218,12 @@ async def cacheable(
     vary: str | None = None,
     cookie: str | None = None,
     size: int = 0,
+    hop: bool = False,
 ):
     """A response whose caching headers the caller chooses, for exercising a cache in front.
 
-    Query: cc (Cache-Control), etag, tag (Cache-Tag), vary, cookie (Set-Cookie), size (padding).
+    Query: cc (Cache-Control), etag, tag (Cache-Tag), vary, cookie (Set-Cookie), size (padding),
+    hop (adds hop-by-hop fields a proxy must not forward: a Connection-nominated one among them).
     /debug/mode sets failures, delays and the data version for every call.
     """
     if _state["delay"]:
@@ -237,6 +239,12 @@ async def cacheable(
         headers["Vary"] = vary
     if cookie:
         headers["Set-Cookie"] = cookie
+    if hop:
+        headers["Connection"] = "X-Backend-Internal"
+        headers["X-Backend-Internal"] = "secret"
+        headers["Keep-Alive"] = "timeout=5"
+        headers["Proxy-Authenticate"] = "Basic"
+        headers["X-Normal"] = "yes"
     if etag:
         tagged = f'"{etag}-v{_state["version"]}"'
         headers["ETag"] = tagged
