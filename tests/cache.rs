@@ -161,7 +161,14 @@ async fn conditional_requests_and_revalidation() {
     assert_eq!(v, body, "served the stored body");
     assert_eq!(backend.conditionals().await, 1, "revalidated with a conditional request");
     assert!(matches!(xc(&h), "HIT" | "EXPIRED"), "{h:?}");
-    assert_eq!(xc(&get(&c, url.clone()).await.1), "HIT", "fresh again after the 304");
+    // a hit on the revalidated entry: same body and validator, and its age counts from the
+    // revalidation (the entry itself was stored over two seconds ago)
+    let (s, h, v) = get(&c, url.clone()).await;
+    assert_eq!((s, xc(&h)), (200, "HIT"), "fresh again after the 304");
+    assert_eq!(v, body);
+    assert_eq!(h["etag"], etag.as_str());
+    let age: u64 = h["age"].to_str().unwrap().parse().unwrap();
+    assert!(age < 2, "age {age} counts from the revalidation");
 }
 
 #[tokio::test]
@@ -454,4 +461,32 @@ async fn a_write_invalidates_its_location() {
         assert!(Instant::now() < deadline, "Location not invalidated");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_fields_are_stripped_on_misses_hits_and_uncached_routes() {
+    let backend = Backend::start();
+    let routes = cached_route("c", &format!("{PATH}/hop"), "{ ttl = \"60s\" }") + common::CATCH_ALL;
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let check = |h: &HeaderMap| {
+        for name in ["x-backend-internal", "keep-alive", "proxy-authenticate"] {
+            assert!(h.get(name).is_none(), "{name} reached the client: {h:?}");
+        }
+        assert_eq!(h["x-normal"], "yes", "{h:?}");
+    };
+    let url = gw.url(&format!("{PATH}/hop?hop=true"));
+    let (s, h, miss) = get(&c, url.clone()).await;
+    assert_eq!((s, xc(&h)), (200, "MISS"));
+    check(&h);
+    let (s, h, hit) = get(&c, url).await;
+    assert_eq!((s, xc(&h)), (200, "HIT"));
+    check(&h);
+    assert_eq!(hit, miss);
+    assert_eq!(backend.hits(&format!("{PATH}/hop")).await, 1);
+    // the catch-all route does not cache: the same fields go there too
+    let r = c.get(gw.url(&format!("{PATH}/other?hop=true"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-cache").is_none());
+    check(r.headers());
 }
