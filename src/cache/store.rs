@@ -40,16 +40,6 @@ pub struct MetaTimes {
     pub epoch_override: Option<std::time::SystemTime>,
 }
 
-impl StoredMeta {
-    pub fn len(&self) -> usize {
-        self.internal.len() + self.header.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// A stored response: its `StoredMeta` and body, plus what purges select on.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
@@ -66,9 +56,12 @@ pub struct StoredObject {
 impl StoredObject {
     /// Bytes this object costs, for size-bounded stores.
     pub fn weight(&self) -> usize {
-        // a decoded header costs about what its serialized form does, uncompressed
-        let decoded = if self.meta.decoded.is_some() { self.meta.header.len() * 3 } else { 0 };
-        self.body.len() + self.meta.len() + decoded + self.url.len() * 2 + 128
+        // a decoded header: its fields twice (pingora keeps a case-preserving copy of the names)
+        // plus the maps' per-entry overhead
+        let decoded = self.meta.decoded.as_ref().map_or(0, |d| {
+            d.header.headers.iter().map(|(k, v)| 2 * k.as_str().len() + v.len() + 64).sum()
+        });
+        self.body.len() + self.meta.internal.len() + self.meta.header.len() + decoded + self.url.len() * 2 + 128
     }
 }
 
