@@ -6,6 +6,7 @@
 //!   `GET /admin/config` (the compiled route table), `POST /admin/reload` (same as SIGHUP).
 
 use crate::app::App;
+use crate::policy::forwarding::new_request_id;
 use crate::problem::{self, GatewayError, Problem};
 use crate::reload;
 use async_trait::async_trait;
@@ -37,14 +38,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
 }
 
 fn problem_response(err: GatewayError) -> Response<Vec<u8>> {
-    let id = crate::proxy::headers::new_request_id();
-    let (header, body) = problem::render(&err, &id);
-    let mut resp = Response::new(body.to_vec());
-    *resp.status_mut() = header.status;
-    for (k, v) in header.headers.iter() {
-        resp.headers_mut().insert(k.clone(), v.clone());
-    }
-    resp
+    problem::http_response(&err, &new_request_id(), None)
 }
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -142,7 +136,7 @@ impl Admin {
                     "name": r.name,
                     "match": r.matcher.to_string(),
                     "upstream": r.upstream.name,
-                    "policy": r.policy.to_string(),
+                    "policy": r.def.to_string(),
                     "requests_total": w.map_or(0.0, |w| w.requests_total),
                     "rps": w.map_or(0.0, |w| w.rps),
                     "error_rate": w.and_then(|w| w.error_rate),
@@ -191,17 +185,17 @@ impl Admin {
             .routes
             .iter()
             .map(|r| {
-                let t = &r.policy.timeouts;
+                let t = &r.def.timeouts;
                 json!({
                     "name": r.name,
                     "match": r.matcher.to_string(),
                     "upstream": r.upstream.name,
-                    "policy": r.policy.to_string(),
+                    "policy": r.def.to_string(),
                     "timeout_ms": t.total.as_millis() as u64,
                     "connect_timeout_ms": t.connect.as_millis() as u64,
                     "read_timeout_ms": t.read.as_millis() as u64,
-                    "max_body": r.policy.max_body,
-                    "streaming": r.policy.streaming,
+                    "max_body": r.def.max_body,
+                    "streaming": r.def.streaming,
                 })
             })
             .collect();
@@ -303,10 +297,17 @@ impl ServeHttp for Admin {
             (&Method::POST, "/admin/cache/purge") => self.purge(&body).await,
             (&Method::POST, "/admin/reload") => match reload::reload(&self.app) {
                 Ok(()) => json_response(StatusCode::OK, json!({"reloaded": true, "hash": self.app.runtime().hash})),
-                Err(e) => json_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    json!({"reloaded": false, "errors": e.diagnostics().iter().map(ToString::to_string).collect::<Vec<_>>(), "error": e.to_string()}),
-                ),
+                Err(e) => {
+                    let errors: Vec<String> = match &e {
+                        reload::ReloadError::Config(c) => c.diagnostics().iter().map(ToString::to_string).collect(),
+                        reload::ReloadError::State(s) => vec![s.to_string()],
+                    };
+                    let mut ext = serde_json::Map::new();
+                    ext.insert("reloaded".into(), json!(false));
+                    ext.insert("errors".into(), json!(errors));
+                    let err = GatewayError::new(Problem::ConfigInvalid, e.to_string());
+                    problem::http_response(&err, &new_request_id(), Some(&ext))
+                }
             },
             (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload" | "/admin/cache/purge") => {
                 problem_response(GatewayError::new(Problem::MethodNotAllowed, format!("{method} not allowed on {path}")))

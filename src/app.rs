@@ -1,7 +1,8 @@
 //! The state shared by the proxy, the admin listener and background tasks: the runtime config
 //! behind an atomic pointer, metrics, and process counters.
 
-use crate::config::{self, Runtime, Settings};
+use crate::config::Settings;
+use crate::state::{CacheParts, Runtime};
 use crate::cache::Cache;
 use crate::telemetry::otel::Tracing;
 use crate::telemetry::Metrics;
@@ -42,16 +43,17 @@ pub struct App {
 impl App {
     pub fn new(
         config_path: PathBuf,
-        compiled: config::Compiled,
+        settings: Settings,
+        runtime: Runtime,
         metrics: Arc<Metrics>,
         tracing: Option<Tracing>,
         cache: Cache,
     ) -> Arc<Self> {
-        metrics.config_loaded(&compiled.runtime.hash);
+        metrics.config_loaded(&runtime.hash);
         Arc::new(App {
             config_path,
-            settings: compiled.settings,
-            runtime: ArcSwap::from_pointee(compiled.runtime),
+            settings,
+            runtime: ArcSwap::from_pointee(runtime),
             metrics,
             tracing,
             cache,
@@ -67,6 +69,14 @@ impl App {
             }),
             loaded_at: Mutex::new(SystemTime::now()),
         })
+    }
+
+    /// What every route's cache policy shares, for materializing a plan.
+    pub fn cache_parts(&self) -> CacheParts {
+        CacheParts {
+            store: self.cache.store.clone(),
+            tag_header: self.cache.settings.tag_header.clone(),
+        }
     }
 
     /// The config in force; a request keeps the snapshot it started with.

@@ -124,7 +124,7 @@ impl BackgroundService for Maintenance {
             let runtime = self.app.runtime();
             let mut keys = 0;
             for route in runtime.routes.iter() {
-                for limit in route.policy.rate_limits.iter().flat_map(|rl| rl.limits.iter()) {
+                for limit in route.policies.rate_limit.iter().flat_map(|rl| rl.limits.iter()) {
                     limit.evict_idle();
                     keys += limit.tracked_keys();
                 }

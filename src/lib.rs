@@ -13,5 +13,6 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

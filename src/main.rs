@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use fastgate::telemetry::logging::{self, LogFormat};
-use fastgate::telemetry::otel::Tracing;
-use fastgate::{app::App, bootstrap, config, telemetry::Metrics};
+use fastgate::telemetry::otel::{TraceSettings, Tracing};
+use fastgate::{app::App, bootstrap, config, routing, state, telemetry::Metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,26 +62,28 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    let compiled = match config::load(&path, None) {
-        Ok(c) => c,
+    let plan = match config::load(&path) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("fastgate: {e}");
             return ExitCode::FAILURE;
         }
     };
-    for w in &compiled.warnings {
+    for w in &plan.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
-    let metrics = match Metrics::new(&compiled.settings.latency_buckets) {
+    let settings = plan.settings.clone();
+    let buckets = settings.telemetry.latency_buckets.as_deref().unwrap_or(fastgate::telemetry::metrics::LATENCY_BUCKETS);
+    let metrics = match Metrics::new(buckets) {
         Ok(m) => std::sync::Arc::new(m),
         Err(e) => {
             eprintln!("fastgate: cannot set up metrics: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let tracing = match &compiled.settings.traces {
+    let tracing = match TraceSettings::resolve(&settings.telemetry) {
         None => None,
-        Some(t) => match Tracing::start(t, metrics.clone()) {
+        Some(t) => match Tracing::start(&t, metrics.clone()) {
             Ok(tr) => {
                 tracing::info!(protocol = ?t.protocol, endpoint = t.endpoint.as_deref().unwrap_or("(from OTEL_* environment)"), "OTLP tracing on");
                 Some(tr)
@@ -92,46 +94,56 @@ fn run(path: PathBuf) -> ExitCode {
             }
         },
     };
-    let cache_settings = compiled.settings.cache.clone();
+    let cache_settings = settings.cache.clone();
     let store = std::sync::Arc::new(fastgate::cache::memory::MemoryStore::new(cache_settings.max_size));
-    let cache = fastgate::cache::Cache::new(cache_settings, store);
-    bootstrap::run(App::new(path, compiled, metrics, tracing, cache));
+    let cache = fastgate::cache::Cache::new(cache_settings, store.clone());
+    let parts = state::CacheParts {
+        store,
+        tag_header: cache.settings.tag_header.clone(),
+    };
+    let runtime = match state::materialize(plan, None, &parts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fastgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache));
     ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
     use std::fmt::Write as _;
     use std::io::Write as _;
-    let compiled = match config::load(path, None) {
-        Ok(c) => c,
+    let plan = match config::load(path) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let s = &compiled.settings;
-    let rt = &compiled.runtime;
+    let s = &plan.settings;
     // Built whole, written once: a closed pipe (`| head`) is not an error worth a panic.
     let mut out = String::new();
-    let _ = writeln!(out, "{}: ok (hash {})", path.display(), rt.hash);
+    let _ = writeln!(out, "{}: ok (hash {})", path.display(), plan.hash);
     let _ = writeln!(
         out,
         "listen {}  admin {}  threads {}  shutdown_grace {:?}",
         s.listen, s.admin_listen, s.threads, s.shutdown_grace
     );
-    for up in rt.upstreams.values() {
-        let servers: Vec<String> = up.def.servers.iter().map(ToString::to_string).collect();
-        let hc = up.def.health_check.as_ref().map_or("no health check".to_string(), |h| {
+    for (name, up) in &plan.upstreams {
+        let servers: Vec<String> = up.servers.iter().map(ToString::to_string).collect();
+        let hc = up.health_check.as_ref().map_or("no health check".to_string(), |h| {
             format!("health check GET {} every {:?}", h.path, h.interval)
         });
-        let _ = writeln!(out, "upstream {:<12} {}  ({hc})", up.name, servers.join(", "));
+        let _ = writeln!(out, "upstream {:<12} {}  ({hc})", name, servers.join(", "));
     }
     let _ = writeln!(out, "routes, in precedence order:");
-    for (i, r) in rt.routes.iter().enumerate() {
-        let _ = writeln!(out, "  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.upstream.name);
+    for (i, r) in routing::in_precedence_order(&plan.routes, |r| &r.matcher).into_iter().enumerate() {
+        let _ = writeln!(out, "  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.upstream);
         let _ = writeln!(out, "      {}", r.policy);
     }
-    for w in &compiled.warnings {
+    for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
     let _ = std::io::stdout().lock().write_all(out.as_bytes());

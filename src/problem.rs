@@ -33,6 +33,8 @@ pub enum Problem {
     NoHealthyUpstream,
     Overloaded,
     UpstreamTimeout,
+    /// An admin reload was refused: the file has errors; the config in force stays.
+    ConfigInvalid,
 }
 
 impl Problem {
@@ -43,6 +45,7 @@ impl Problem {
             Problem::NoRoute | Problem::NotFound => 404,
             Problem::MethodNotAllowed => 405,
             Problem::RequestTimeout => 408,
+            Problem::ConfigInvalid => 422,
             Problem::PayloadTooLarge => 413,
             Problem::UriTooLong => 414,
             Problem::RateLimited => 429,
@@ -75,6 +78,7 @@ impl Problem {
             Problem::UpstreamUnreachable => "upstream_unreachable",
             Problem::NoHealthyUpstream => "no_healthy_upstream",
             Problem::UpstreamTimeout => "upstream_timeout",
+            Problem::ConfigInvalid => "config_invalid",
         }
     }
 
@@ -98,6 +102,7 @@ impl Problem {
             Problem::UpstreamUnreachable => "Upstream unreachable",
             Problem::NoHealthyUpstream => "No healthy upstream",
             Problem::UpstreamTimeout => "Upstream timed out",
+            Problem::ConfigInvalid => "Config not loaded",
         }
     }
 }
@@ -173,6 +178,9 @@ struct Body<'a> {
     detail: &'a str,
     code: &'a str,
     request_id: &'a str,
+    /// RFC 9457 extension members (the errors of a refused reload).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extensions: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -180,6 +188,30 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The response header and body for `err`.
 pub fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, Bytes) {
+    render_with(err, request_id, None)
+}
+
+/// `render` for the admin listener, whose server wants an `http::Response`; `extensions` are
+/// extra members of the problem object.
+pub fn http_response(
+    err: &GatewayError,
+    request_id: &str,
+    extensions: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> http::Response<Vec<u8>> {
+    let (header, body) = render_with(err, request_id, extensions);
+    let mut resp = http::Response::new(body.to_vec());
+    *resp.status_mut() = header.status;
+    for (k, v) in header.headers.iter() {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+    resp
+}
+
+fn render_with(
+    err: &GatewayError,
+    request_id: &str,
+    extensions: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> (ResponseHeader, Bytes) {
     let p = err.problem;
     let body = Body {
         kind: format!("urn:fastgate:problem:{}", p.code()),
@@ -188,6 +220,7 @@ pub fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, Bytes) {
         detail: &err.detail,
         code: p.code(),
         request_id,
+        extensions,
     };
     // Serializing plain strings and integers cannot fail; fall back to an empty object anyway.
     let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()));

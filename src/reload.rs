@@ -1,25 +1,39 @@
-//! SIGHUP: re-read the file, validate, compile against the config in force (unchanged
-//! upstreams keep their health state), and swap atomically. A bad file changes nothing.
+//! SIGHUP: re-read the file, compile it to a plan, materialize it against the runtime in force
+//! (unchanged upstreams keep their health, unchanged limits their counters), and swap it in
+//! atomically. A bad file changes nothing.
 
 use crate::app::App;
 use crate::config;
+use crate::state;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot make the config live: {0}")]
+    State(#[from] state::StateError),
+}
 
 /// Reloads the config file; the old config stays in force on any error.
-pub fn reload(app: &App) -> Result<(), config::ConfigError> {
-    let current = app.runtime();
-    match config::load(&app.config_path, Some(&current)) {
-        Ok(compiled) => {
-            if compiled.settings != app.settings {
-                tracing::warn!(
-                    "start-up settings changed ([server] listen, admin_listen, threads, shutdown_grace; [telemetry]; [cache]); they take effect on restart"
-                );
-            }
-            for w in &compiled.warnings {
-                tracing::warn!(warning = %w, "config warning");
-            }
-            let hash = compiled.runtime.hash.clone();
-            let routes = compiled.runtime.routes.len();
-            app.swap_runtime(compiled.runtime);
+pub fn reload(app: &App) -> Result<(), ReloadError> {
+    let result = config::load(&app.config_path).map_err(ReloadError::from).and_then(|plan| {
+        if plan.settings != app.settings {
+            tracing::warn!(
+                "start-up settings changed ([server] listen, admin_listen, threads, shutdown_grace; [telemetry]; [cache]); they take effect on restart"
+            );
+        }
+        for w in &plan.warnings {
+            tracing::warn!(warning = %w, "config warning");
+        }
+        let current = app.runtime();
+        Ok(state::materialize(plan, Some(&current), &app.cache_parts())?)
+    });
+    match result {
+        Ok(runtime) => {
+            let hash = runtime.hash.clone();
+            let routes = runtime.routes.len();
+            app.swap_runtime(runtime);
             app.record_load(true, format!("reloaded config {hash}"));
             tracing::info!(hash = %hash, routes, "config reloaded");
             Ok(())

@@ -1,11 +1,13 @@
 //! Upstreams: a named group of servers, picked round-robin among the healthy ones, with active
-//! HTTP health checks.
+//! HTTP health checks: the live state `state` materializes from an `UpstreamDef`.
 //!
 //! Built on pingora's load balancer and health check. Server addresses are resolved when the
 //! config is compiled, never on the request path. An upstream whose definition is unchanged
 //! across a reload is carried over whole, so its health state survives the reload.
 
-use crate::policy::concurrency::{Concurrency, ConcurrencyDef};
+pub use crate::config::plan::{HealthCheckSpec, UpstreamDef};
+use crate::policy::concurrency::Concurrency;
+use std::sync::Arc;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
@@ -13,33 +15,13 @@ use pingora::lb::LoadBalancer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheckSpec {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: usize,
-    pub unhealthy_threshold: usize,
-}
-
-/// What an upstream is, as configured; two equal definitions share one runtime upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamDef {
-    pub servers: Vec<SocketAddr>,
-    /// How long an idle pooled connection to a server is kept.
-    pub idle_timeout: Duration,
-    pub health_check: Option<HealthCheckSpec>,
-    /// In-flight requests across every route that uses this upstream.
-    pub concurrency: Option<ConcurrencyDef>,
-}
+use std::time::Instant;
 
 pub struct Upstream {
     pub name: String,
     pub def: UpstreamDef,
     lb: LoadBalancer<RoundRobin>,
-    pub concurrency: Option<Concurrency>,
+    pub concurrency: Option<Arc<Concurrency>>,
     /// Metric series of this upstream, resolved on first use.
     pub metrics: crate::telemetry::metrics::UpstreamHandles,
     /// Set once the first round of health checks has finished (or at once without checks).
@@ -97,7 +79,7 @@ impl Upstream {
         let checked = AtomicBool::new(def.health_check.is_none());
         Ok(Upstream {
             name: name.to_string(),
-            concurrency: def.concurrency.clone().map(Concurrency::new),
+            concurrency: def.concurrency.clone().map(|c| Arc::new(Concurrency::new(c))),
             metrics: Default::default(),
             def,
             lb,
@@ -157,7 +139,7 @@ impl Upstream {
             "test",
             UpstreamDef {
                 servers: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
-                idle_timeout: Duration::from_secs(60),
+                idle_timeout: std::time::Duration::from_secs(60),
                 health_check: None,
                 concurrency: None,
             },

@@ -238,8 +238,10 @@ async fn admin_reload_applies_a_good_file_and_reports_a_bad_one() {
     gw.write_config(&config_for(&backend.addr(), &route_with_cap("lots")));
     let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
     assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["reloaded"], false);
+    assert_eq!(v["code"], "config_invalid");
     let err = v["errors"][0].as_str().unwrap();
     assert!(err.contains("fastgate.toml:") && err.contains("invalid size"), "{err}");
     // the good config stays in force

@@ -23,7 +23,8 @@ use pingora::cache::cache_control::CacheControl;
 use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::meta::{CacheMeta, CacheMetaDefaults};
-use pingora::cache::{CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CachePhase, NoCacheReason, RespCacheable, VarianceBuilder};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -181,6 +182,24 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
             (k == name).then_some(val)
         })
     })
+}
+
+/// The secondary key of a stored response's variant: the request's values of the fields its
+/// `Vary` names. Bodies are stored in one encoding (identity) and compressed per client on the
+/// way out, so `Accept-Encoding` never splits an entry.
+pub fn variance(meta: &CacheMeta, req: &pingora::http::RequestHeader) -> Option<HashBinary> {
+    let mut variance = VarianceBuilder::new();
+    for value in meta.headers().get_all(http::header::VARY) {
+        let Ok(names) = value.to_str() else { continue };
+        for name in names.split(',').map(|n| n.trim().to_ascii_lowercase()) {
+            if name.is_empty() || name == "accept-encoding" {
+                continue;
+            }
+            let joined: Vec<&[u8]> = req.headers.get_all(name.as_str()).iter().map(|v| v.as_bytes()).collect();
+            variance.add_owned_name_value(name, joined.join(&b','));
+        }
+    }
+    variance.finalize()
 }
 
 /// `X-Cache` for a response, from pingora's cache phase.

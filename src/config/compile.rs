@@ -2,66 +2,29 @@
 //! position, before anything is returned; nothing here runs per request.
 
 use super::diag::{suggest, Diagnostic, Source};
+use super::plan::{
+    HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, SamplerSpec, ServerDef, Settings,
+    TelemetryDef, UpstreamDef,
+};
 use super::raw::{
-    PolicyKeys, RawCompress, RawConfig, RawHealthCheck, RawMatch, RawQueue, RawRateLimit, RawRoute, RawServer,
-    RawUpstream, Toggle,
+    PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawHealthCheck, RawMatch, RawQueue,
+    RawRateLimit, RawRoute, RawServer, RawTelemetry, RawUpstream, RawWarm, Toggle,
 };
 use super::units::{Dur, EnvString};
-use crate::policy::compress::{self, CompressPolicy};
-use crate::policy::concurrency::{Concurrency, ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
-use crate::policy::ratelimit::{KeySource, OnMissing, RateLimit, RateLimitDef, RateLimits};
-use crate::policy::{builtin, RoutePolicy, ServerLimits, Timeouts};
-use crate::telemetry::otel::{Protocol, SamplerSpec, TraceSettings};
-use super::raw::{RawCache, RawCachePolicy, RawCacheKey, RawTelemetry, RawWarm};
 use crate::cache::{CachePolicy, CacheSettings, TagTemplate, WarmRequest};
+use crate::policy::builtin;
+use crate::policy::compress::{self, CompressPolicy};
+use crate::policy::concurrency::{ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
+use crate::policy::ratelimit::{KeySource, OnMissing, RateLimitDef};
+use crate::policy::server_limits::ServerLimits;
+use crate::policy::timeout::Timeouts;
 use crate::routing::normalize::normalize;
-use crate::routing::{Matcher, PathMatch, Route, RouteTable};
-use crate::upstream::{HealthCheckSpec, Upstream, UpstreamDef};
+use crate::routing::{Matcher, PathMatch};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
-
-/// Process-level settings: read at start-up; a reload that changes them is logged, not applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub threads: usize,
-    pub shutdown_grace: Duration,
-    /// `None`: tracing off.
-    pub traces: Option<TraceSettings>,
-    pub latency_buckets: Vec<f64>,
-    pub cache: CacheSettings,
-}
-
-/// Everything the request path reads, immutable once built, swapped whole on reload.
-#[derive(Debug)]
-pub struct Runtime {
-    pub routes: RouteTable,
-    pub upstreams: BTreeMap<String, Arc<Upstream>>,
-    pub trusted_proxies: Vec<IpNet>,
-    pub admin_token: Option<String>,
-    pub limits: ServerLimits,
-    /// Hex digest of the file's text: tells which config is loaded.
-    pub hash: String,
-}
-
-impl Runtime {
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
-    }
-}
-
-#[derive(Debug)]
-pub struct Compiled {
-    pub settings: Settings,
-    pub runtime: Runtime,
-    /// Not errors, but worth a look (overlapping routes).
-    pub warnings: Vec<Diagnostic>,
-}
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -90,12 +53,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Compiles a parsed file. `previous` lends unchanged upstreams (and their health state).
-pub fn compile(
-    raw: RawConfig,
-    src: &Source<'_>,
-    previous: Option<&Runtime>,
-) -> Result<Compiled, Vec<Diagnostic>> {
+/// Compiles a parsed file into a plan, or every problem found in it.
+pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>> {
     let RawConfig {
         server,
         upstreams,
@@ -110,12 +69,12 @@ pub fn compile(
     };
 
     let (settings, trusted_proxies, admin_token, limits) = compile_server(&mut cx, server);
-    let upstreams = compile_upstreams(&mut cx, upstreams, previous);
+    let upstreams = compile_upstreams(&mut cx, upstreams);
     let defaults = defaults.policy_keys();
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &routes {
-        if let Some(r) = compile_route(&mut cx, route, &defaults, &upstreams, &mut seen_names, previous) {
+        if let Some(r) = compile_route(&mut cx, route, &defaults, &upstreams, &mut seen_names) {
             compiled_routes.push(r);
         }
     }
@@ -123,7 +82,7 @@ pub fn compile(
     let mut warnings = Vec::new();
     for (i, (a, a_span)) in compiled_routes.iter().enumerate() {
         for (b, b_span) in compiled_routes.iter().skip(i + 1) {
-            let (a, b): (&Route, &Route) = (a, b);
+            let (a, b): (&RouteDef, &RouteDef) = (a, b);
             if a.matcher == b.matcher {
                 cx.err_hint::<()>(
                     b_span.clone(),
@@ -147,26 +106,24 @@ pub fn compile(
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
-    let (traces, latency_buckets) = compile_telemetry(&mut cx, telemetry);
+    let telemetry = compile_telemetry(&mut cx, telemetry);
     let cache_settings = compile_cache_settings(&mut cx, cache);
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
     let mut settings = settings.ok_or_else(Vec::new)?;
-    settings.traces = traces;
-    settings.latency_buckets = latency_buckets;
+    settings.telemetry = telemetry;
     settings.cache = cache_settings;
-    let routes = RouteTable::new(compiled_routes.into_iter().map(|(r, _)| Arc::new(r)).collect());
-    Ok(Compiled {
+    Ok(Plan {
         settings,
-        runtime: Runtime {
-            routes,
-            upstreams,
+        server: ServerDef {
             trusted_proxies,
             admin_token,
             limits,
-            hash: digest(src.text),
         },
+        upstreams,
+        routes: compiled_routes.into_iter().map(|(r, _)| r).collect(),
+        hash: digest(src.text),
         warnings,
     })
 }
@@ -236,8 +193,7 @@ fn compile_server(
             admin_listen,
             threads,
             shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0),
-            traces: None,
-            latency_buckets: Vec::new(),
+            telemetry: TelemetryDef::default(),
             cache: CacheSettings::default(),
         }),
         _ => None,
@@ -273,11 +229,7 @@ fn positive(cx: &mut Ctx<'_>, v: Option<&Spanned<Dur>>, key: &str, default: Dura
     }
 }
 
-fn compile_upstreams(
-    cx: &mut Ctx<'_>,
-    raw: BTreeMap<String, Spanned<RawUpstream>>,
-    previous: Option<&Runtime>,
-) -> BTreeMap<String, Arc<Upstream>> {
+fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> BTreeMap<String, UpstreamDef> {
     let mut out = BTreeMap::new();
     for (name, spanned) in raw {
         let span = spanned.span();
@@ -322,21 +274,7 @@ fn compile_upstreams(
             health_check,
             concurrency: concurrency.flatten(),
         };
-        let reused = previous
-            .and_then(|p| p.upstreams.get(&name))
-            .filter(|u| u.def == def)
-            .cloned();
-        let upstream = match reused {
-            Some(u) => u,
-            None => match Upstream::new(&name, def) {
-                Ok(u) => Arc::new(u),
-                Err(e) => {
-                    cx.err::<()>(span, format!("upstream `{name}`: {e}"));
-                    continue;
-                }
-            },
-        };
-        out.insert(name, upstream);
+        out.insert(name, def);
     }
     out
 }
@@ -373,10 +311,9 @@ fn compile_route(
     cx: &mut Ctx<'_>,
     spanned: &Spanned<RawRoute>,
     defaults: &PolicyKeys<'_>,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    upstreams: &BTreeMap<String, UpstreamDef>,
     seen: &mut HashSet<String>,
-    previous: Option<&Runtime>,
-) -> Option<(Route, std::ops::Range<usize>)> {
+) -> Option<(RouteDef, std::ops::Range<usize>)> {
     let span = spanned.span();
     let route = spanned.get_ref();
     // The policy keys are read through `policy_keys()`, which the macro in `raw` generates from
@@ -410,7 +347,7 @@ fn compile_route(
     let upstream = match upstream {
         None => cx.err(span.clone(), format!("route `{name_str}` has no `upstream`")),
         Some(u) => match upstreams.get(u.get_ref()) {
-            Some(up) => Some(up.clone()),
+            Some(_) => Some(u.get_ref().clone()),
             None => {
                 let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
                 let hint = match suggest(u.get_ref(), &names) {
@@ -421,15 +358,13 @@ fn compile_route(
             }
         },
     };
-    let before = previous.and_then(|p| p.routes.iter().find(|r| r.name == name_str));
-    let policy = compile_policy(cx, &route.policy_keys(), defaults, before.map(|r| &r.policy));
+    let policy = compile_policy(cx, &route.policy_keys(), defaults);
     Some((
-        Route {
+        RouteDef {
             name: name_str,
             matcher: matcher?,
             upstream: upstream?,
             policy: policy?,
-            metrics: Default::default(),
         },
         span,
     ))
@@ -494,8 +429,7 @@ fn compile_policy(
     cx: &mut Ctx<'_>,
     route: &PolicyKeys<'_>,
     defaults: &PolicyKeys<'_>,
-    before: Option<&RoutePolicy>,
-) -> Option<RoutePolicy> {
+) -> Option<PolicyDef> {
     fn pick<T: Clone>(r: &Option<T>, d: &Option<T>) -> Option<T> {
         r.clone().or_else(|| d.clone())
     }
@@ -522,22 +456,14 @@ fn compile_policy(
 
     let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
         let bypass = pick(route.rate_limit_bypass, defaults.rate_limit_bypass).unwrap_or_default();
-        compile_rate_limits(cx, &list, &bypass, before.and_then(|b| b.rate_limits.as_ref()))
+        compile_rate_limits(cx, &list, &bypass)
     });
     let concurrency = compile_concurrency(
         cx,
         pick(route.max_concurrent, defaults.max_concurrent).as_ref(),
         pick(route.queue, defaults.queue).as_ref(),
     )
-    .flatten()
-    .map(|def| {
-        // An unchanged limit keeps its semaphore: requests in flight across a reload still count.
-        before
-            .and_then(|b| b.concurrency.as_ref())
-            .filter(|c| c.def == def)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Concurrency::new(def)))
-    });
+    .flatten();
     let compress = match pick(route.compress, defaults.compress) {
         None => None,
         Some(c) => match c.get_ref() {
@@ -568,7 +494,7 @@ fn compile_policy(
     if cx.errors.len() > errors_before {
         return None;
     }
-    Some(RoutePolicy {
+    Some(PolicyDef {
         timeouts: Timeouts {
             total,
             connect,
@@ -725,8 +651,7 @@ fn compile_rate_limits(
     cx: &mut Ctx<'_>,
     list: &Spanned<Vec<Spanned<RawRateLimit>>>,
     bypass: &[Spanned<EnvString>],
-    before: Option<&RateLimits>,
-) -> Option<RateLimits> {
+) -> Option<RateLimitsDef> {
     if list.get_ref().is_empty() {
         return None;
     }
@@ -799,13 +724,11 @@ fn compile_rate_limits(
             on_missing,
         };
         // An unchanged limit keeps its limiter, so a reload does not reset anyone's budget.
-        let reused = before.and_then(|b| b.limits.iter().find(|l| l.def == def).cloned());
-        match reused.or_else(|| RateLimit::new(def).map(Arc::new)) {
-            Some(limit) => limits.push(limit),
-            None => {
-                cx.err::<()>(rate.span(), "rate is too fine for the limiter");
-            }
+        if def.quota().is_none() {
+            cx.err::<()>(rate.span(), "rate is too fine for the limiter");
+            continue;
         }
+        limits.push(def);
     }
     let mut nets = Vec::new();
     let mut keys = Vec::new();
@@ -819,7 +742,11 @@ fn compile_rate_limits(
             cx.err_hint::<()>(b.span(), format!("invalid bypass entry {text:?}"), "write an address, a CIDR, or key:VALUE");
         }
     }
-    Some(RateLimits::new(limits, nets, keys))
+    Some(RateLimitsDef {
+        limits,
+        bypass_nets: nets,
+        bypass_keys: keys,
+    })
 }
 
 fn burst_span(raw: &Spanned<RawRateLimit>) -> std::ops::Range<usize> {
@@ -882,12 +809,7 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
     })
 }
 
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// `[telemetry]` over the standard `OTEL_*` environment: the file wins where it speaks.
-fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> (Option<TraceSettings>, Vec<f64>) {
+fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> TelemetryDef {
     let RawTelemetry {
         traces,
         endpoint,
@@ -898,59 +820,33 @@ fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> (Option<TraceSettings
         resource_attributes,
         latency_buckets,
     } = t;
-    let buckets = match latency_buckets {
-        None => crate::telemetry::metrics::LATENCY_BUCKETS.to_vec(),
-        Some(b) => {
-            let list = b.get_ref().clone();
-            let increasing = list.windows(2).all(|w| w[0] < w[1]);
-            if list.is_empty() || !increasing || list.iter().any(|v| v.is_nan() || *v <= 0.0) {
-                cx.err::<()>(b.span(), "`latency_buckets` must be positive and strictly increasing");
-            }
-            list
+    let latency_buckets = latency_buckets.and_then(|b| {
+        let list = b.get_ref().clone();
+        let increasing = list.windows(2).all(|w| w[0] < w[1]);
+        if list.is_empty() || !increasing || list.iter().any(|v| v.is_nan() || *v <= 0.0) {
+            return cx.err(b.span(), "`latency_buckets` must be positive and strictly increasing");
         }
-    };
-    let env_endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    let enabled = traces.unwrap_or(endpoint.is_some() || env_endpoint.is_some());
-    let protocol_text = protocol
-        .as_ref()
-        .map(|p| (p.get_ref().clone(), Some(p.span())))
-        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").map(|p| (p, None)))
-        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| (p, None)));
-    let protocol = match protocol_text {
-        None => Protocol::Grpc,
-        Some((p, span)) => match p.trim() {
-            "grpc" => Protocol::Grpc,
-            "http/protobuf" => Protocol::HttpProtobuf,
-            other => {
-                let msg = format!("unsupported OTLP protocol {other:?}");
-                match span {
-                    Some(span) => cx.err_hint::<()>(span, msg, "use \"grpc\" or \"http/protobuf\""),
-                    None => {
-                        tracing::warn!("{msg} in OTEL_EXPORTER_OTLP_PROTOCOL; using grpc");
-                        None
-                    }
-                };
-                Protocol::Grpc
-            }
-        },
-    };
-    let sampler = match sampler {
-        None => None,
-        Some(s) => match SamplerSpec::parse(s.get_ref().trim(), sampler_arg) {
-            Ok(spec) => Some(spec),
-            Err(e) => cx.err_hint(
-                s.span(),
-                e,
-                "use always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
-            ),
-        },
-    };
-    let settings = enabled.then(|| TraceSettings {
+        Some(list)
+    });
+    let protocol = protocol.and_then(|p| match OtlpProtocol::parse(p.get_ref()) {
+        Some(proto) => Some(proto),
+        None => cx.err_hint(p.span(), format!("unsupported OTLP protocol {:?}", p.get_ref()), "use \"grpc\" or \"http/protobuf\""),
+    });
+    let sampler = sampler.and_then(|s| match SamplerSpec::parse(s.get_ref().trim(), sampler_arg) {
+        Ok(spec) => Some(spec),
+        Err(e) => cx.err_hint(
+            s.span(),
+            e,
+            "use always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+        ),
+    });
+    TelemetryDef {
+        traces,
         endpoint: endpoint.map(|e| e.into_inner().0),
         protocol,
         service_name: service_name.map(|s| s.0),
         sampler,
         resource_attributes: resource_attributes.into_iter().map(|(k, v)| (k, v.0)).collect(),
-    });
-    (settings, buckets)
+        latency_buckets,
+    }
 }

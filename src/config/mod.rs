@@ -1,34 +1,35 @@
-//! The routes file: read -> parse (`raw`) -> validate and compile (`compile`) -> `Compiled`.
+//! The routes file: read -> parse (`raw`) -> validate and compile (`compile`) -> `Plan`.
 //!
-//! Loading is the only place config text is looked at; the request path only ever sees the
-//! compiled `Runtime`.
+//! Loading is the only place config text is looked at. A plan is plain definitions; `state`
+//! makes it live. Nothing here builds a limiter, a pool or a metric, or reads telemetry
+//! variables.
 
 pub mod compile;
 pub mod diag;
+pub mod plan;
 pub mod raw;
 pub mod units;
 
-pub use compile::{Compiled, Runtime, Settings};
 pub use diag::{ConfigError, Diagnostic};
+pub use plan::{Plan, Settings};
 
 use diag::Source;
 use std::path::Path;
 
-/// Reads and compiles a routes file. `previous` is the config in force, whose unchanged parts
-/// (upstream health) carry over.
-pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Compiled, ConfigError> {
+/// Reads and compiles a routes file.
+pub fn load(path: &Path) -> Result<Plan, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    load_str(&path.display().to_string(), &text, previous)
+    load_str(&path.display().to_string(), &text)
 }
 
 /// Compiles config text; `file` names it in diagnostics.
-pub fn load_str(file: &str, text: &str, previous: Option<&Runtime>) -> Result<Compiled, ConfigError> {
+pub fn load_str(file: &str, text: &str) -> Result<Plan, ConfigError> {
     let src = Source { file, text };
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![src.from_toml(&e)]))?;
-    compile::compile(raw, &src, previous).map_err(ConfigError::Invalid)
+    compile::compile(raw, &src).map_err(ConfigError::Invalid)
 }
 
 #[cfg(test)]
@@ -46,7 +47,7 @@ upstream = "api"
 "#;
 
     fn errors(text: &str) -> Vec<Diagnostic> {
-        match load_str("t.toml", text, None) {
+        match load_str("t.toml", text) {
             Ok(_) => panic!("expected errors for:\n{text}"),
             Err(e) => e.diagnostics().to_vec(),
         }
@@ -60,12 +61,11 @@ upstream = "api"
 
     #[test]
     fn minimal_config_compiles_with_defaults() {
-        let c = load_str("t.toml", BASE, None).unwrap();
+        let c = load_str("t.toml", BASE).unwrap();
         assert_eq!(c.settings.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.settings.admin_listen.to_string(), "127.0.0.1:9090");
-        assert_eq!(c.runtime.routes.len(), 1);
-        let r = c.runtime.routes.iter().next().unwrap();
-        assert_eq!(r.policy.timeouts.total, std::time::Duration::from_secs(30));
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].policy.timeouts.total, std::time::Duration::from_secs(30));
     }
 
     #[test]
@@ -140,7 +140,7 @@ name = "w"
 match = { path_prefix = "/x", methods = ["POST"] }
 upstream = "api"
 "#;
-        let c = load_str("t.toml", text, None).unwrap();
+        let c = load_str("t.toml", text).unwrap();
         assert_eq!(c.warnings.len(), 1);
         assert_eq!(c.warnings[0].line, 8);
     }
@@ -150,8 +150,8 @@ upstream = "api"
         // SAFETY: tests in this module do not read this variable concurrently
         unsafe { std::env::set_var("FASTGATE_TEST_TOKEN", "tok") };
         let text = format!("[server]\nadmin_token = \"${{FASTGATE_TEST_TOKEN}}\"\nlisten = \"${{FASTGATE_TEST_UNSET:-127.0.0.1:1234}}\"\n{BASE}");
-        let c = load_str("t.toml", &text, None).unwrap();
-        assert_eq!(c.runtime.admin_token.as_deref(), Some("tok"));
+        let c = load_str("t.toml", &text).unwrap();
+        assert_eq!(c.server.admin_token.as_deref(), Some("tok"));
         assert_eq!(c.settings.listen.to_string(), "127.0.0.1:1234");
 
         let d = one_error("[server]\nadmin_token = \"${FASTGATE_TEST_UNSET_TOO}\"\n");
@@ -178,23 +178,13 @@ upstream = "api"
 timeout = "250ms"
 max_body = "1MiB"
 "#;
-        let c = load_str("t.toml", text, None).unwrap();
-        let get = |n: &str| &c.runtime.routes.iter().find(|r| r.name == n).unwrap().policy;
+        let c = load_str("t.toml", text).unwrap();
+        let get = |n: &str| &c.routes.iter().find(|r| r.name == n).unwrap().policy;
         assert_eq!(get("a").timeouts.total.as_millis(), 5000);
         assert_eq!(get("a").max_body, 64 * 1024);
         assert_eq!(get("b").timeouts.total.as_millis(), 250);
         assert_eq!(get("b").timeouts.read.as_millis(), 250);
         assert_eq!(get("b").max_body, 1024 * 1024);
-    }
-
-    #[test]
-    fn unchanged_upstreams_are_reused_across_reloads() {
-        let first = load_str("t.toml", BASE, None).unwrap();
-        let second = load_str("t.toml", BASE, Some(&first.runtime)).unwrap();
-        assert!(std::sync::Arc::ptr_eq(&first.runtime.upstreams["api"], &second.runtime.upstreams["api"]));
-        let changed = BASE.replace("8000", "8001");
-        let third = load_str("t.toml", &changed, Some(&first.runtime)).unwrap();
-        assert!(!std::sync::Arc::ptr_eq(&first.runtime.upstreams["api"], &third.runtime.upstreams["api"]));
     }
 
     #[test]
@@ -223,8 +213,8 @@ max_body = "1MiB"
     fn compress_toggle_forms() {
         for (value, on) in [("\"off\"", false), ("\"on\"", true), ("true", true), ("{ min_size = 10 }", true)] {
             let text = format!("{BASE}compress = {value}\n");
-            let c = load_str("t.toml", &text, None).unwrap();
-            assert_eq!(c.runtime.routes.iter().next().unwrap().policy.compress.is_some(), on, "{value}");
+            let c = load_str("t.toml", &text).unwrap();
+            assert_eq!(c.routes[0].policy.compress.is_some(), on, "{value}");
         }
         let d = one_error(&format!("{BASE}compress = \"sometimes\"\n"));
         assert!(d.message.contains("expected \"off\", \"on\" or a table"), "{}", d.message);
@@ -236,7 +226,7 @@ max_body = "1MiB"
         unsafe { std::env::set_var("FASTGATE_ADMIN_TOKEN", "example") };
         for f in ["config/fastgate.toml", "config/edge.toml", "config/sidecar.toml"] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-            if let Err(e) = load(&path, None) {
+            if let Err(e) = load(&path) {
                 panic!("{f}: {e}");
             }
         }

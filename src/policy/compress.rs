@@ -4,9 +4,12 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use super::{Directives, Exchange, Flow, Policy};
+use crate::problem::GatewayError;
+use crate::telemetry::outcome::Outcome;
+use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use pingora::protocols::http::compression::Algorithm;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompressPolicy {
@@ -134,6 +137,50 @@ impl CompressPolicy {
             None => true, // streamed: size unknown, compress
         };
         type_ok && size_ok
+    }
+}
+
+/// The encoding chosen for this request's response, if any.
+#[derive(Debug, Default)]
+pub struct CompressState {
+    chosen: Option<Algorithm>,
+}
+
+impl Policy for CompressPolicy {
+    type State = CompressState;
+
+    /// Chosen before pingora's modules see the request: the engine's compression module
+    /// must be switched on before its own request hook runs.
+    fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, d: &mut Directives) -> Flow {
+        if let Some(alg) = self.choose(x.req.headers.get(ACCEPT_ENCODING)) {
+            st.chosen = Some(alg);
+            d.compress = Some((alg, self.level(alg)));
+        }
+        Flow::Continue
+    }
+
+    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut CompressState) -> Result<(), GatewayError> {
+        // The gateway compresses one canonical form: ask the backend for identity.
+        up.remove_header(&ACCEPT_ENCODING);
+        Ok(())
+    }
+
+    async fn on_response(
+        &self,
+        _x: &Exchange<'_>,
+        resp: &mut ResponseHeader,
+        st: &mut CompressState,
+        d: &mut Directives,
+    ) -> Result<(), GatewayError> {
+        if st.chosen.is_some() && !self.eligible(resp) {
+            st.chosen = None;
+            d.compress_off = true;
+        }
+        Ok(())
+    }
+
+    fn on_done(&self, st: &CompressState, out: &mut Outcome) {
+        out.compression = st.chosen.map(token);
     }
 }
 

@@ -4,6 +4,9 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::{Exchange, Flow, Policy};
+use crate::problem::{GatewayError, Problem};
+use crate::telemetry::outcome::Outcome;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +64,57 @@ impl Concurrency {
 
     pub fn in_use(&self) -> usize {
         self.def.max - self.slots.available_permits()
+    }
+}
+
+/// The slots a route's requests take: the route's own limit and its upstream's, shared by
+/// every route of that upstream. Taken only by requests that go upstream (cache hits never
+/// queue), released when the request ends.
+#[derive(Debug, Default)]
+pub struct ConcurrencyPolicy {
+    pub route: Option<Arc<Concurrency>>,
+    pub upstream: Option<Arc<Concurrency>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ConcurrencyState {
+    route: Option<OwnedSemaphorePermit>,
+    upstream: Option<OwnedSemaphorePermit>,
+    shed: Option<&'static str>,
+}
+
+impl Policy for ConcurrencyPolicy {
+    type State = ConcurrencyState;
+
+    async fn admit(&self, x: &Exchange<'_>, st: &mut ConcurrencyState) -> Flow {
+        // A stream (WebSocket, SSE) would hold an upstream slot for its whole life: the
+        // upstream limit guards short calls to the database pool. A route limit still applies.
+        let upstream = if x.streaming { None } else { self.upstream.as_deref() };
+        for (scope, conc) in [("route", self.route.as_deref()), ("upstream", upstream)] {
+            let Some(conc) = conc else { continue };
+            // pingora may ask again after retrying a connection: a slot held is kept.
+            let held = if scope == "route" { &mut st.route } else { &mut st.upstream };
+            if held.is_some() {
+                continue;
+            }
+            match conc.acquire().await {
+                Ok(permit) => *held = Some(permit),
+                Err(shed) => {
+                    st.shed = Some(scope);
+                    let why = match shed {
+                        Shed::QueueFull => "queue full",
+                        Shed::QueueTimeout => "queue wait timed out",
+                    };
+                    let detail = format!("{scope} is at its limit of {} requests in flight ({why})", conc.def.max);
+                    return Flow::Respond(GatewayError::new(Problem::Overloaded, detail).retry_after(1));
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_done(&self, st: &ConcurrencyState, out: &mut Outcome) {
+        out.shed = st.shed;
     }
 }
 

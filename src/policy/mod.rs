@@ -1,14 +1,39 @@
-//! Per-route policies, compiled from `[defaults]` merged with the route's own keys.
+//! Policies: one module per concern, each a [`Policy`] with the phase hooks it needs and its
+//! own per-request state (the model is pingora-core's `HttpModule`).
 //!
-//! A route holds concrete values, not a list of boxed filters: each policy is plain data that
-//! the proxy phases consult in a fixed order.
+//! A policy sees a narrow view of the exchange ([`Exchange`], the request and response
+//! headers, body chunks), never a pingora `Session`, so each can be unit-tested alone. What a
+//! policy needs from the engine (close the connection, switch response compression on or off)
+//! it asks for through [`Directives`]; the proxy carries it out.
+//!
+//! The route's policies run in the fixed order of the [`chain!`] list below, in every phase.
+//! Adding a policy: its module, its config keys, one line in that list.
+//!
+//! Server-level policies (`server_limits` before routing, `forwarding` on the upstream
+//! request) are not per route and are called by the proxy directly.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![allow(async_fn_in_trait)] // static dispatch only: the futures' Send-ness is inferred
+
+pub mod body;
+pub mod cache;
 pub mod compress;
 pub mod concurrency;
-pub mod limits;
+pub mod forwarding;
 pub mod ratelimit;
+pub mod server_limits;
+pub mod timeout;
 
-use std::time::Duration;
+use crate::problem::GatewayError;
+use crate::telemetry::outcome::Outcome;
+use bytes::Bytes;
+use pingora::cache::CacheMeta;
+use pingora::cache::CachePhase;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::compression::Algorithm;
+use pingora::upstreams::peer::PeerOptions;
+use std::net::IpAddr;
+use std::time::Instant;
 
 /// Built-in defaults, used where neither the route nor `[defaults]` says otherwise.
 pub mod builtin {
@@ -20,143 +45,188 @@ pub mod builtin {
     pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Whole upstream exchange, from connect to the last body byte (not for streams).
-    pub total: Duration,
-    pub connect: Duration,
-    /// Longest wait between two reads from the upstream.
-    pub read: Duration,
-    /// Longest wait between two reads on a streaming exchange (SSE, WebSocket).
-    pub stream_idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            total: builtin::TIMEOUT,
-            connect: builtin::CONNECT_TIMEOUT,
-            read: builtin::TIMEOUT,
-            stream_idle: builtin::STREAM_IDLE_TIMEOUT,
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct RoutePolicy {
-    pub timeouts: Timeouts,
-    /// Request body cap in bytes.
-    pub max_body: u64,
-    /// Response body cap in bytes.
-    pub max_response_body: Option<u64>,
-    /// The route streams: no total timeout, `stream_idle` between reads.
+/// What a policy sees of one request, in every phase.
+pub struct Exchange<'a> {
+    /// The request as received (path not yet rewritten to its normalized form).
+    pub req: &'a RequestHeader,
+    /// The normalized path: what routed the request and what the backend receives.
+    pub path: &'a str,
+    pub request_id: &'a str,
+    /// The TCP peer.
+    pub peer_ip: Option<IpAddr>,
+    /// The client: the peer, or the address trusted proxies forwarded for it.
+    pub client_ip: Option<IpAddr>,
+    /// The peer is one of `[server] trusted_proxies`.
+    pub trusted_peer: bool,
+    pub started: Instant,
+    /// The request is an upgrade (WebSocket) or the route streams: no total deadline.
     pub streaming: bool,
-    pub rate_limits: Option<ratelimit::RateLimits>,
-    pub concurrency: Option<std::sync::Arc<concurrency::Concurrency>>,
-    pub compress: Option<compress::CompressPolicy>,
-    pub cache: Option<crate::cache::CachePolicy>,
-    pub invalidate_tags: Vec<crate::cache::TagTemplate>,
-    pub slow_threshold: Duration,
+    /// Where pingora's cache is for this request (`Uncacheable` when the route does not cache).
+    pub cache_phase: CachePhase,
+    /// The stored entry being revalidated or served, if any.
+    pub cache_meta: Option<&'a CacheMeta>,
 }
 
-impl Default for RoutePolicy {
-    fn default() -> Self {
-        RoutePolicy {
-            timeouts: Timeouts::default(),
-            max_body: builtin::MAX_BODY,
-            max_response_body: None,
-            streaming: false,
-            rate_limits: None,
-            concurrency: None,
-            compress: None,
-            cache: None,
-            invalidate_tags: Vec::new(),
-            slow_threshold: builtin::SLOW_THRESHOLD,
-        }
+/// A request-phase decision. `Respond` ends the request with a gateway-made response.
+#[must_use]
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    Respond(GatewayError),
+}
+
+/// What policies ask of the engine; the proxy applies it after each phase's chain.
+#[derive(Debug, Default)]
+pub struct Directives {
+    /// Do not offer the client connection for another request.
+    pub close: bool,
+    /// Switch pingora's response compression on with this algorithm and level.
+    pub compress: Option<(Algorithm, u32)>,
+    /// Switch response compression off again (the response is not eligible).
+    pub compress_off: bool,
+}
+
+/// A response body that went wrong after its header was sent: the connection is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub code: &'static str,
+    pub why: &'static str,
+}
+
+/// The phase hooks of one policy; every hook has a default that does nothing.
+pub trait Policy {
+    /// Per-request state, created empty with the request.
+    type State: Default + Send;
+
+    /// The request header arrived and the route is known.
+    fn on_request(&self, _x: &Exchange<'_>, _st: &mut Self::State, _d: &mut Directives) -> Flow {
+        Flow::Continue
     }
-}
-
-/// Request limits of the `[server]` table, applied before routing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerLimits {
-    pub max_uri_length: usize,
-    pub max_header_count: usize,
-    pub max_header_bytes: usize,
-    pub client_body_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub access_log: bool,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            max_uri_length: 8 * 1024,
-            max_header_count: 100,
-            max_header_bytes: 32 * 1024,
-            client_body_timeout: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(60),
-            access_log: true,
-        }
+    /// The request will go upstream (cache hits never get here): may wait for a slot.
+    async fn admit(&self, _x: &Exchange<'_>, _st: &mut Self::State) -> Flow {
+        Flow::Continue
     }
-}
-
-impl std::fmt::Display for RoutePolicy {
-    /// The policy in words, for `fastgate check`, the admin API and the status page.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = &self.timeouts;
-        if self.streaming {
-            write!(f, "streaming (idle {:?})", t.stream_idle)?;
-        } else {
-            write!(f, "timeout {:?} (connect {:?}, read {:?})", t.total, t.connect, t.read)?;
-        }
-        write!(f, ", max_body {}", bytesize::ByteSize(self.max_body).display().iec())?;
-        if let Some(cap) = self.max_response_body {
-            write!(f, ", max_response_body {}", bytesize::ByteSize(cap).display().iec())?;
-        }
-        if let Some(rl) = &self.rate_limits {
-            for l in &rl.limits {
-                let d = &l.def;
-                let per = match d.per.as_secs() {
-                    1 if d.per.subsec_nanos() == 0 => "s".to_string(),
-                    60 if d.per.subsec_nanos() == 0 => "m".to_string(),
-                    3600 if d.per.subsec_nanos() == 0 => "h".to_string(),
-                    _ => format!("{:?}", d.per),
-                };
-                write!(f, ", rate {}/{per} burst {} by {}", d.count, d.burst, d.name)?;
-            }
-            if !rl.bypass_nets.is_empty() || rl.bypass_key_count > 0 {
-                write!(f, " (bypass: {} nets, {} keys)", rl.bypass_nets.len(), rl.bypass_key_count)?;
-            }
-        }
-        if let Some(c) = &self.concurrency {
-            write!(f, ", max {} in flight", c.def.max)?;
-            if c.def.queue > 0 {
-                write!(f, " (queue {}, {:?})", c.def.queue, c.def.queue_timeout)?;
-            }
-        }
-        if let Some(c) = &self.cache {
-            write!(f, ", cache ttl {:?}", c.ttl)?;
-            if !c.stale_while_revalidate.is_zero() {
-                write!(f, " swr {:?}", c.stale_while_revalidate)?;
-            }
-            if !c.stale_if_error.is_zero() {
-                write!(f, " sie {:?}", c.stale_if_error)?;
-            }
-            if !c.key_headers.is_empty() {
-                let names: Vec<&str> = c.key_headers.iter().map(|h| h.as_str()).collect();
-                write!(f, " keyed by {}", names.join(","))?;
-            }
-            if c.public {
-                f.write_str(" public")?;
-            }
-        }
-        if !self.invalidate_tags.is_empty() {
-            write!(f, ", invalidates {} tag(s) on write", self.invalidate_tags.len())?;
-        }
-        if let Some(c) = &self.compress {
-            let algs: Vec<&str> = c.algorithms.iter().map(|a| compress::token(*a)).collect();
-            write!(f, ", compress {} from {}", algs.join("/"), bytesize::ByteSize(c.min_size).display().iec())?;
-        }
+    /// A chunk of the request body; set it to `None` to drop it.
+    fn on_request_body(&self, _chunk: &mut Option<Bytes>, _st: &mut Self::State) -> Result<(), GatewayError> {
         Ok(())
+    }
+    /// Connection options for the chosen upstream server.
+    fn on_peer(&self, _x: &Exchange<'_>, _st: &mut Self::State, _opts: &mut PeerOptions) {}
+    /// The request header about to be sent upstream.
+    fn on_upstream_request(&self, _x: &Exchange<'_>, _up: &mut RequestHeader, _st: &mut Self::State) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// The response header about to be sent to the client (from the upstream or the cache).
+    async fn on_response(
+        &self,
+        _x: &Exchange<'_>,
+        _resp: &mut ResponseHeader,
+        _st: &mut Self::State,
+        _d: &mut Directives,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// Fields every response of the route carries, the gateway's own problem responses too.
+    fn decorate(&self, _resp: &mut ResponseHeader, _st: &Self::State) {}
+    /// A chunk of the response body, after the header went out.
+    fn on_response_body(&self, _body: &mut Option<Bytes>, _eos: bool, _st: &mut Self::State) -> Result<(), Cut> {
+        Ok(())
+    }
+    /// The request is over: what the policy decided, for telemetry.
+    fn on_done(&self, _st: &Self::State, _out: &mut Outcome) {}
+}
+
+/// Declares the route's policies, in the order they run, and generates from that one list:
+/// `RoutePolicies` (each policy of a route, `None` when the route does not use it),
+/// `PolicyStates` (each policy's per-request state) and the dispatch of every hook.
+macro_rules! chain {
+    ( $( $(#[$doc:meta])* $field:ident : $ty:ty ),* $(,)? ) => {
+        /// A route's policies, materialized.
+        #[derive(Debug, Default)]
+        pub struct RoutePolicies {
+            $( $(#[$doc])* pub $field: Option<$ty>, )*
+        }
+
+        /// Each policy's per-request state.
+        #[derive(Default)]
+        pub struct PolicyStates {
+            $( pub $field: <$ty as Policy>::State, )*
+        }
+
+        impl RoutePolicies {
+            pub fn on_request(&self, x: &Exchange<'_>, st: &mut PolicyStates, d: &mut Directives) -> Flow {
+                $( if let Some(p) = &self.$field {
+                    if let Flow::Respond(e) = p.on_request(x, &mut st.$field, d) { return Flow::Respond(e); }
+                } )*
+                Flow::Continue
+            }
+            pub async fn admit(&self, x: &Exchange<'_>, st: &mut PolicyStates) -> Flow {
+                $( if let Some(p) = &self.$field {
+                    if let Flow::Respond(e) = p.admit(x, &mut st.$field).await { return Flow::Respond(e); }
+                } )*
+                Flow::Continue
+            }
+            pub fn on_request_body(&self, chunk: &mut Option<Bytes>, st: &mut PolicyStates) -> Result<(), GatewayError> {
+                $( if let Some(p) = &self.$field { p.on_request_body(chunk, &mut st.$field)?; } )*
+                Ok(())
+            }
+            pub fn on_peer(&self, x: &Exchange<'_>, st: &mut PolicyStates, opts: &mut PeerOptions) {
+                $( if let Some(p) = &self.$field { p.on_peer(x, &mut st.$field, opts); } )*
+            }
+            pub fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, st: &mut PolicyStates) -> Result<(), GatewayError> {
+                $( if let Some(p) = &self.$field { p.on_upstream_request(x, up, &mut st.$field)?; } )*
+                Ok(())
+            }
+            pub async fn on_response(&self, x: &Exchange<'_>, resp: &mut ResponseHeader, st: &mut PolicyStates, d: &mut Directives) -> Result<(), GatewayError> {
+                $( if let Some(p) = &self.$field { p.on_response(x, resp, &mut st.$field, d).await?; } )*
+                Ok(())
+            }
+            pub fn decorate(&self, resp: &mut ResponseHeader, st: &PolicyStates) {
+                $( if let Some(p) = &self.$field { p.decorate(resp, &st.$field); } )*
+            }
+            pub fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut PolicyStates) -> Result<(), Cut> {
+                $( if let Some(p) = &self.$field { p.on_response_body(body, eos, &mut st.$field)?; } )*
+                Ok(())
+            }
+            pub fn on_done(&self, st: &PolicyStates, out: &mut Outcome) {
+                $( if let Some(p) = &self.$field { p.on_done(&st.$field, out); } )*
+            }
+        }
+    };
+}
+
+chain! {
+    /// Request body cap (413 from `Content-Length`, then counted) and response body cap.
+    body: body::BodyLimits,
+    /// Stacked rate limits; their `RateLimit` fields go on every response.
+    rate_limit: ratelimit::RateLimits,
+    /// Timeouts: connect, read, the total deadline, and stream detection.
+    timeout: timeout::Timeouts,
+    /// Route and upstream concurrency slots, taken only by requests that go upstream.
+    concurrency: concurrency::ConcurrencyPolicy,
+    /// Response caching: bypass, validators, `X-Cache`, invalidation after writes.
+    cache: cache::CacheRoute,
+    /// Response compression, chosen per client and per response.
+    compress: compress::CompressPolicy,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plain exchange over `req`, for unit tests of single policies.
+    pub fn exchange(req: &RequestHeader) -> Exchange<'_> {
+        Exchange {
+            req,
+            path: req.uri.path(),
+            request_id: "test",
+            peer_ip: None,
+            client_ip: None,
+            trusted_peer: false,
+            started: Instant::now(),
+            streaming: false,
+            cache_phase: CachePhase::Uninit,
+            cache_meta: None,
+        }
     }
 }

@@ -12,12 +12,16 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::{Directives, Exchange, Flow, Policy};
+use crate::problem::{GatewayError, Problem};
+use crate::telemetry::outcome::Outcome;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
 use ipnet::IpNet;
+use pingora::http::ResponseHeader;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -127,7 +131,8 @@ impl RateLimitDef {
         Ok((count, per))
     }
 
-    fn quota(&self) -> Option<Quota> {
+    /// `None` when the rate is too fine for the limiter (checked when the config compiles).
+    pub fn quota(&self) -> Option<Quota> {
         let replenish = self.per / self.count;
         let burst = NonZeroU32::new(self.burst)?;
         Quota::with_period(replenish).map(|q| q.allow_burst(burst))
@@ -305,23 +310,56 @@ fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<LimitKey> {
     }
 }
 
-/// The client address a limit keys on: the peer, or through trusted proxies the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn real_client_ip(peer: Option<IpAddr>, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = peer?;
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return Some(peer);
-    }
-    let chain = xff.and_then(|v| v.to_str().ok()).unwrap_or("");
-    for hop in chain.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => continue,
-            Ok(ip) => return Some(ip),
-            Err(_) => break,
+#[derive(Debug, Default)]
+pub struct RateLimitState {
+    headers: Option<Headers>,
+    decision: Option<&'static str>,
+    limited_by: Option<String>,
+}
+
+impl Policy for RateLimits {
+    type State = RateLimitState;
+
+    fn on_request(&self, x: &Exchange<'_>, st: &mut RateLimitState, _d: &mut Directives) -> Flow {
+        let view = RequestView {
+            client_ip: x.client_ip,
+            headers: &x.req.headers,
+            query: x.req.uri.query(),
+        };
+        match self.check(&view) {
+            Decision::Allow(headers) => {
+                st.decision = Some("allow");
+                st.headers = headers;
+                Flow::Continue
+            }
+            Decision::Limited { retry_after, limit, headers } => {
+                st.decision = Some("limited");
+                st.headers = Some(headers);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let err = GatewayError::new(Problem::RateLimited, format!("rate limit `{limit}` exceeded; retry in {secs}s"))
+                    .retry_after(secs);
+                st.limited_by = Some(limit);
+                Flow::Respond(err)
+            }
+            Decision::MissingKey { status, key } => {
+                st.decision = Some("missing_key");
+                let problem = if status == 400 { Problem::KeyMissing } else { Problem::KeyRequired };
+                Flow::Respond(GatewayError::new(problem, format!("this route is rate limited by `{key}`, which the request lacks")))
+            }
         }
     }
-    Some(peer)
+
+    fn decorate(&self, resp: &mut ResponseHeader, st: &RateLimitState) {
+        if let Some(h) = &st.headers {
+            let _ = resp.insert_header("ratelimit-policy", h.policy.clone());
+            let _ = resp.insert_header("ratelimit", h.state.clone());
+        }
+    }
+
+    fn on_done(&self, st: &RateLimitState, out: &mut Outcome) {
+        out.rate_limit = st.decision;
+        out.limited_by.clone_from(&st.limited_by);
+    }
 }
 
 #[cfg(test)]
@@ -402,13 +440,4 @@ mod tests {
         assert_eq!(extract_key(&KeySource::Query("nope".into()), &view), None);
     }
 
-    #[test]
-    fn real_client_ip_walks_trusted_hops() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let peer = Some("10.0.0.1".parse().unwrap());
-        let xff = HeaderValue::from_static("203.0.113.9, 198.51.100.2, 10.0.0.7");
-        assert_eq!(real_client_ip(peer, Some(&xff), &trusted), Some("198.51.100.2".parse().unwrap()));
-        let untrusted = Some("192.0.2.1".parse().unwrap());
-        assert_eq!(real_client_ip(untrusted, Some(&xff), &trusted), untrusted);
-    }
 }

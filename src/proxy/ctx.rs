@@ -1,83 +1,88 @@
-//! Per-request state carried across pingora's phases.
+//! Per-request state: a small core (id, start, config snapshot, the routing decision, who the
+//! client is) plus each policy's own state and the outcome record telemetry gets at the end.
 
 use crate::app::InFlight;
-use crate::config::Runtime;
+use crate::policy::PolicyStates;
 use crate::problem::GatewayError;
 use crate::routing::Route;
-use std::net::SocketAddr;
+use crate::state::Runtime;
+use crate::telemetry::otel::RequestTrace;
+use crate::telemetry::outcome::Outcome;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub struct Ctx {
+/// What the first phase decided about a request; later phases act on it, never re-decide.
+#[must_use]
+pub enum Decision {
+    /// Not decided yet (the first phase has not run).
+    Pending,
+    /// No route matches: answered with 404 `no_route`.
+    NoRoute,
+    /// Refused before the route's upstream is involved (server limits, an unroutable path, a
+    /// route policy's refusal); `route` is set when the refusal came from a route's policy.
+    Rejected { err: GatewayError, route: Option<Arc<Route>> },
+    Routed(Arc<Route>),
+}
+
+/// What every phase knows of the request, apart from the policies' own state.
+pub struct Core {
     pub started: Instant,
-    /// The config snapshot this request runs on, start to finish.
-    pub runtime: Option<Arc<Runtime>>,
-    pub route: Option<Arc<Route>>,
     pub request_id: String,
-    /// Set when the normalized path differs from the one received; forwarded instead.
+    /// The config snapshot this request runs on, start to finish.
+    pub runtime: Arc<Runtime>,
+    /// The normalized path, when it differs from the one received: matched and forwarded.
     pub rewritten_path: Option<String>,
-    /// An upgrade, a streaming route or an event stream: no total deadline.
+    pub peer_ip: Option<IpAddr>,
+    /// The client behind trusted proxies (the peer otherwise).
+    pub client_ip: Option<IpAddr>,
+    pub trusted_peer: bool,
+    /// An upgrade, or a route that streams.
     pub streaming: bool,
-    /// End of the total upstream timeout, for non-streaming exchanges.
-    pub deadline: Option<Instant>,
-    pub upstream_addr: Option<SocketAddr>,
-    pub body_seen: u64,
-    /// What the gateway decided went wrong; rendered by `fail_to_proxy`.
-    pub error: Option<GatewayError>,
-    /// The problem code of the response the gateway produced, if it produced one.
-    pub problem_code: Option<&'static str>,
-    pub in_flight: Option<InFlight>,
-    /// `RateLimit-Policy` / `RateLimit` for the response.
-    pub rate_limit_headers: Option<crate::policy::ratelimit::Headers>,
-    /// Concurrency slots (route, upstream), released when the request ends.
-    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
-    /// The encoding chosen for the response, if the route compresses.
-    pub compression: Option<pingora::protocols::http::compression::Algorithm>,
-    pub response_seen: u64,
-    /// The request's spans, when tracing is on.
-    pub trace: Option<crate::telemetry::otel::RequestTrace>,
-    /// The route caches, but this request may not use the cache.
-    pub cache_bypass: bool,
-    /// When `upstream_peer` chose a server; connect time and time to the response header.
-    pub upstream_started: Option<std::time::Instant>,
-    pub connect_time: Option<std::time::Duration>,
-    pub ttfb: Option<std::time::Duration>,
+    /// When `upstream_peer` chose a server: connect time and time to the response header.
+    pub upstream_at: Option<Instant>,
+}
+
+pub struct Ctx {
+    pub core: Core,
+    pub decision: Decision,
+    pub states: PolicyStates,
+    pub outcome: Outcome,
+    /// A refusal from a phase after `request_filter`, answered by `fail_to_proxy`: pingora
+    /// ends such phases with an error, and this says which problem it was.
+    pub failure: Option<GatewayError>,
+    pub trace: Option<RequestTrace>,
+    pub _in_flight: InFlight,
 }
 
 impl Ctx {
-    pub fn new() -> Self {
+    pub fn new(runtime: Arc<Runtime>, in_flight: InFlight) -> Self {
         Ctx {
-            started: Instant::now(),
-            runtime: None,
-            route: None,
-            request_id: String::new(),
-            rewritten_path: None,
-            streaming: false,
-            deadline: None,
-            upstream_addr: None,
-            body_seen: 0,
-            error: None,
-            problem_code: None,
-            in_flight: None,
-            rate_limit_headers: None,
-            permits: Vec::new(),
-            compression: None,
-            response_seen: 0,
+            core: Core {
+                started: Instant::now(),
+                request_id: String::new(),
+                runtime,
+                rewritten_path: None,
+                peer_ip: None,
+                client_ip: None,
+                trusted_peer: false,
+                streaming: false,
+                upstream_at: None,
+            },
+            decision: Decision::Pending,
+            states: PolicyStates::default(),
+            outcome: Outcome::default(),
+            failure: None,
             trace: None,
-            cache_bypass: false,
-            upstream_started: None,
-            connect_time: None,
-            ttfb: None,
+            _in_flight: in_flight,
         }
     }
 
-    pub fn route_name(&self) -> &str {
-        self.route.as_deref().map_or(crate::telemetry::metrics::NO_ROUTE, |r| r.name.as_str())
-    }
-}
-
-impl Default for Ctx {
-    fn default() -> Self {
-        Self::new()
+    /// The route, for a routed request or a route policy's refusal.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        match &self.decision {
+            Decision::Routed(r) | Decision::Rejected { route: Some(r), .. } => Some(r),
+            _ => None,
+        }
     }
 }

@@ -11,7 +11,8 @@
 
 pub mod normalize;
 
-use crate::policy::RoutePolicy;
+use crate::config::plan::PolicyDef;
+use crate::policy::RoutePolicies;
 use crate::upstream::Upstream;
 use http::Method;
 use std::cmp::Reverse;
@@ -95,7 +96,13 @@ pub struct Route {
     pub name: String,
     pub matcher: Matcher,
     pub upstream: Arc<Upstream>,
-    pub policy: RoutePolicy,
+    /// The policy as configured, for `check`, the admin API and the status page.
+    pub def: PolicyDef,
+    /// The policies, materialized, in the order they run.
+    pub policies: RoutePolicies,
+    /// Requests of this route stream (no total deadline; not counted as slow).
+    pub streaming: bool,
+    pub slow_threshold: std::time::Duration,
     /// Metric series of this route, resolved on first use.
     pub metrics: crate::telemetry::metrics::RouteHandles,
 }
@@ -104,6 +111,13 @@ pub struct Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+}
+
+/// `items` sorted by their matchers' precedence; equal ranks keep file order (a stable sort).
+pub fn in_precedence_order<T>(items: &[T], matcher: impl Fn(&T) -> &Matcher) -> Vec<&T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by_key(|t| Reverse(matcher(t).rank()));
+    sorted
 }
 
 impl RouteTable {
@@ -173,7 +187,10 @@ mod tests {
                         name: name.into(),
                         matcher,
                         upstream: up.clone(),
-                        policy: RoutePolicy::default(),
+                        def: PolicyDef::default(),
+                        policies: Default::default(),
+                        streaming: false,
+                        slow_threshold: std::time::Duration::from_millis(100),
                         metrics: Default::default(),
                     })
                 })

@@ -5,6 +5,7 @@ pub mod errorlog;
 pub mod logging;
 pub mod metrics;
 pub mod otel;
+pub mod outcome;
 pub mod status;
 
 pub use metrics::Metrics;

@@ -5,6 +5,7 @@
 //! in batches from a dedicated one-thread tokio runtime, so export never runs on, or waits for,
 //! a proxy thread; when the collector is unreachable, spans are dropped and counted.
 
+use crate::config::plan::{OtlpProtocol, SamplerSpec, TelemetryDef};
 use crate::telemetry::Metrics;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
@@ -23,52 +24,53 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceSettings {
     pub endpoint: Option<String>,
-    pub protocol: Protocol,
+    pub protocol: OtlpProtocol,
     pub service_name: Option<String>,
     /// `None`: the SDK reads `OTEL_TRACES_SAMPLER` / `_ARG` (default parent-based, always on).
     pub sampler: Option<SamplerSpec>,
     pub resource_attributes: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum SamplerSpec {
-    AlwaysOn,
-    AlwaysOff,
-    Ratio(f64),
-    ParentBasedAlwaysOn,
-    ParentBasedAlwaysOff,
-    ParentBasedRatio(f64),
-}
-
-impl SamplerSpec {
-    pub fn parse(name: &str, arg: Option<f64>) -> Result<Self, String> {
-        let ratio = || arg.filter(|a| (0.0..=1.0).contains(a)).ok_or("needs `sampler_arg` between 0.0 and 1.0".to_string());
-        Ok(match name {
-            "always_on" => SamplerSpec::AlwaysOn,
-            "always_off" => SamplerSpec::AlwaysOff,
-            "traceidratio" => SamplerSpec::Ratio(ratio()?),
-            "parentbased_always_on" => SamplerSpec::ParentBasedAlwaysOn,
-            "parentbased_always_off" => SamplerSpec::ParentBasedAlwaysOff,
-            "parentbased_traceidratio" => SamplerSpec::ParentBasedRatio(ratio()?),
-            other => return Err(format!("unknown sampler {other:?}")),
+impl TraceSettings {
+    /// `[telemetry]` over the standard variables; `None` when tracing is off. The file wins
+    /// where both say something.
+    pub fn resolve(def: &TelemetryDef) -> Option<Self> {
+        let env_endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if !def.traces.unwrap_or(def.endpoint.is_some() || env_endpoint.is_some()) {
+            return None;
+        }
+        let protocol = def.protocol.unwrap_or_else(|| {
+            let env = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_PROTOCOL"));
+            match env {
+                None => OtlpProtocol::Grpc,
+                Some(p) => OtlpProtocol::parse(&p).unwrap_or_else(|| {
+                    tracing::warn!(protocol = %p, "unsupported OTLP protocol in OTEL_EXPORTER_OTLP_PROTOCOL; using grpc");
+                    OtlpProtocol::Grpc
+                }),
+            }
+        });
+        Some(TraceSettings {
+            endpoint: def.endpoint.clone(),
+            protocol,
+            service_name: def.service_name.clone(),
+            sampler: def.sampler.clone(),
+            resource_attributes: def.resource_attributes.clone(),
         })
     }
+}
 
-    fn build(&self) -> Sampler {
-        match *self {
-            SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
-            SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
-            SamplerSpec::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            SamplerSpec::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-            SamplerSpec::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            SamplerSpec::ParentBasedRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
-        }
+fn build_sampler(spec: &SamplerSpec) -> Sampler {
+    match *spec {
+        SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
+        SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
+        SamplerSpec::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerSpec::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerSpec::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerSpec::ParentBasedRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
     }
 }
 
@@ -130,14 +132,14 @@ impl Tracing {
             .build()?;
         let _guard = runtime.enter();
         let exporter = match s.protocol {
-            Protocol::Grpc => {
+            OtlpProtocol::Grpc => {
                 let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
                 if let Some(e) = &s.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
                 b.build()
             }
-            Protocol::HttpProtobuf => {
+            OtlpProtocol::HttpProtobuf => {
                 let mut b = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
@@ -167,7 +169,7 @@ impl Tracing {
             .with_span_processor(processor)
             .with_resource(resource.build());
         if let Some(sampler) = &s.sampler {
-            builder = builder.with_sampler(sampler.build());
+            builder = builder.with_sampler(build_sampler(sampler));
         }
         let provider = builder.build();
         let tracer = provider.tracer("fastgate");
@@ -276,10 +278,16 @@ impl RequestTrace {
     }
 
     /// A decision the gateway took (rate limit, cache, compression), as a span event.
-    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+    pub fn event(&self, name: &'static str, key: &'static str, value: &'static str) {
         if self.recording {
-            self.cx.span().add_event(name, attrs);
+            self.cx.span().add_event(name, vec![KeyValue::new(key, value)]);
         }
+    }
+
+    /// The trace this request belongs to (the client's, or a new one), for the access line.
+    pub fn trace_id(&self) -> Option<String> {
+        let sc = self.cx.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
     }
 
     pub fn is_recording(&self) -> bool {

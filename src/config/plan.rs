@@ -1,0 +1,239 @@
+//! What a routes file compiles to: plain, comparable definitions. A plan holds no limiter,
+//! semaphore, load balancer, metric series or socket; `state::materialize` turns it into the
+//! live `Runtime`, reusing the live parts whose definition did not change.
+
+use crate::cache::{CachePolicy, CacheSettings, TagTemplate};
+use crate::policy::compress::CompressPolicy;
+use crate::policy::concurrency::ConcurrencyDef;
+use crate::policy::ratelimit::RateLimitDef;
+use crate::policy::server_limits::ServerLimits;
+use crate::policy::timeout::Timeouts;
+use crate::routing::Matcher;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::diag::Diagnostic;
+
+/// A compiled routes file.
+#[derive(Debug)]
+pub struct Plan {
+    pub settings: Settings,
+    pub server: ServerDef,
+    pub upstreams: BTreeMap<String, UpstreamDef>,
+    /// In file order; the route table sorts them by precedence.
+    pub routes: Vec<RouteDef>,
+    /// Hex digest of the file's text: tells which config is loaded.
+    pub hash: String,
+    /// Not errors, but worth a look (overlapping routes, values that were adjusted).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Process-level settings: read at start-up; a reload that changes them is logged, not applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub shutdown_grace: Duration,
+    pub telemetry: TelemetryDef,
+    pub cache: CacheSettings,
+}
+
+/// `[server]` values that may change on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerDef {
+    pub trusted_proxies: Vec<IpNet>,
+    pub admin_token: Option<String>,
+    pub limits: ServerLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: usize,
+    pub unhealthy_threshold: usize,
+}
+
+/// What an upstream is, as configured; two equal definitions share one live upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamDef {
+    pub servers: Vec<SocketAddr>,
+    /// How long an idle pooled connection to a server is kept.
+    pub idle_timeout: Duration,
+    pub health_check: Option<HealthCheckSpec>,
+    /// In-flight requests across every route that uses this upstream.
+    pub concurrency: Option<ConcurrencyDef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteDef {
+    pub name: String,
+    pub matcher: Matcher,
+    /// A key of `Plan::upstreams` (checked by the compiler).
+    pub upstream: String,
+    pub policy: PolicyDef,
+}
+
+/// Every policy of a route, `[defaults]` merged with the route's own keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDef {
+    pub timeouts: Timeouts,
+    /// Request body cap in bytes.
+    pub max_body: u64,
+    /// Response body cap in bytes.
+    pub max_response_body: Option<u64>,
+    /// The route streams: no total timeout, `stream_idle` between reads.
+    pub streaming: bool,
+    pub rate_limits: Option<RateLimitsDef>,
+    pub concurrency: Option<ConcurrencyDef>,
+    pub compress: Option<CompressPolicy>,
+    pub cache: Option<CachePolicy>,
+    pub invalidate_tags: Vec<TagTemplate>,
+    pub slow_threshold: Duration,
+}
+
+impl Default for PolicyDef {
+    /// The built-in policy: what a route gets when neither it nor `[defaults]` says more.
+    fn default() -> Self {
+        PolicyDef {
+            timeouts: Timeouts::default(),
+            max_body: crate::policy::builtin::MAX_BODY,
+            max_response_body: None,
+            streaming: false,
+            rate_limits: None,
+            concurrency: None,
+            compress: None,
+            cache: None,
+            invalidate_tags: Vec::new(),
+            slow_threshold: crate::policy::builtin::SLOW_THRESHOLD,
+        }
+    }
+}
+
+/// A route's stacked limits and what bypasses them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitsDef {
+    pub limits: Vec<RateLimitDef>,
+    pub bypass_nets: Vec<IpNet>,
+    pub bypass_keys: Vec<String>,
+}
+
+/// `[telemetry]` as written; `telemetry` merges it with the `OTEL_*` environment.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TelemetryDef {
+    /// `None`: on when an OTLP endpoint is configured or in the environment.
+    pub traces: Option<bool>,
+    pub endpoint: Option<String>,
+    pub protocol: Option<OtlpProtocol>,
+    pub service_name: Option<String>,
+    /// `None`: the SDK reads `OTEL_TRACES_SAMPLER` / `_ARG` (default parent-based, always on).
+    pub sampler: Option<SamplerSpec>,
+    pub resource_attributes: Vec<(String, String)>,
+    /// `None`: the built-in buckets.
+    pub latency_buckets: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SamplerSpec {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
+}
+
+impl SamplerSpec {
+    pub fn parse(name: &str, arg: Option<f64>) -> Result<Self, String> {
+        let ratio = || arg.filter(|a| (0.0..=1.0).contains(a)).ok_or("needs `sampler_arg` between 0.0 and 1.0".to_string());
+        Ok(match name {
+            "always_on" => SamplerSpec::AlwaysOn,
+            "always_off" => SamplerSpec::AlwaysOff,
+            "traceidratio" => SamplerSpec::Ratio(ratio()?),
+            "parentbased_always_on" => SamplerSpec::ParentBasedAlwaysOn,
+            "parentbased_always_off" => SamplerSpec::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => SamplerSpec::ParentBasedRatio(ratio()?),
+            other => return Err(format!("unknown sampler {other:?}")),
+        })
+    }
+}
+
+impl std::fmt::Display for PolicyDef {
+    /// The policy in words, for `fastgate check`, the admin API and the status page.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.timeouts;
+        if self.streaming {
+            write!(f, "streaming (idle {:?})", t.stream_idle)?;
+        } else {
+            write!(f, "timeout {:?} (connect {:?}, read {:?})", t.total, t.connect, t.read)?;
+        }
+        write!(f, ", max_body {}", bytesize::ByteSize(self.max_body).display().iec())?;
+        if let Some(cap) = self.max_response_body {
+            write!(f, ", max_response_body {}", bytesize::ByteSize(cap).display().iec())?;
+        }
+        if let Some(rl) = &self.rate_limits {
+            for d in &rl.limits {
+                let per = match d.per.as_secs() {
+                    1 if d.per.subsec_nanos() == 0 => "s".to_string(),
+                    60 if d.per.subsec_nanos() == 0 => "m".to_string(),
+                    3600 if d.per.subsec_nanos() == 0 => "h".to_string(),
+                    _ => format!("{:?}", d.per),
+                };
+                write!(f, ", rate {}/{per} burst {} by {}", d.count, d.burst, d.name)?;
+            }
+            if !rl.bypass_nets.is_empty() || !rl.bypass_keys.is_empty() {
+                write!(f, " (bypass: {} nets, {} keys)", rl.bypass_nets.len(), rl.bypass_keys.len())?;
+            }
+        }
+        if let Some(c) = &self.concurrency {
+            write!(f, ", max {} in flight", c.max)?;
+            if c.queue > 0 {
+                write!(f, " (queue {}, {:?})", c.queue, c.queue_timeout)?;
+            }
+        }
+        if let Some(c) = &self.cache {
+            write!(f, ", cache ttl {:?}", c.ttl)?;
+            if !c.stale_while_revalidate.is_zero() {
+                write!(f, " swr {:?}", c.stale_while_revalidate)?;
+            }
+            if !c.stale_if_error.is_zero() {
+                write!(f, " sie {:?}", c.stale_if_error)?;
+            }
+            if !c.key_headers.is_empty() {
+                let names: Vec<&str> = c.key_headers.iter().map(|h| h.as_str()).collect();
+                write!(f, " keyed by {}", names.join(","))?;
+            }
+            if c.public {
+                f.write_str(" public")?;
+            }
+        }
+        if !self.invalidate_tags.is_empty() {
+            write!(f, ", invalidates {} tag(s) on write", self.invalidate_tags.len())?;
+        }
+        if let Some(c) = &self.compress {
+            let algs: Vec<&str> = c.algorithms.iter().map(|a| crate::policy::compress::token(*a)).collect();
+            write!(f, ", compress {} from {}", algs.join("/"), bytesize::ByteSize(c.min_size).display().iec())?;
+        }
+        Ok(())
+    }
+}

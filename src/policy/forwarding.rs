@@ -1,0 +1,256 @@
+//! Request ids and forwarding headers (a server-level policy: every route): the request id
+//! (kept when safe, else a new UUIDv7), `X-Forwarded-For/-Proto/-Host` (a trusted proxy's
+//! values are extended, anyone else's replaced), the real client address behind trusted
+//! proxies, and hop-by-hop removal from responses (RFC 9110 7.6.1).
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use super::{Exchange, Policy};
+use crate::problem::{GatewayError, Problem, REQUEST_ID_HEADER};
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use std::cell::RefCell;
+use std::net::IpAddr;
+
+/// Hop-by-hop headers that never cross the gateway (`Connection` and `Upgrade` are handled
+/// separately, for upgrades).
+static HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+];
+
+/// Names listed in `Connection` plus the fixed hop-by-hop set, to remove from a response before
+/// it is forwarded. On an upgrade, `Connection: upgrade` and `Upgrade` are kept so the handshake
+/// can pass. (Requests need none of this here: pingora's standard upstream request policy strips
+/// the same set, `Connection`-nominated fields included, before `upstream_request_filter`.)
+///
+/// One pass over the names present, comparing against prebuilt names: this runs for every
+/// response, and the usual answer is "only `Connection`".
+pub fn hop_by_hop(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            if !upgrade {
+                names.push(CONNECTION);
+            }
+            for value in headers.get_all(CONNECTION) {
+                let Ok(v) = value.to_str() else { continue };
+                for token in v.split(',').map(str::trim) {
+                    if token.is_empty() || token.eq_ignore_ascii_case("upgrade") || token.eq_ignore_ascii_case("close") {
+                        continue;
+                    }
+                    // `from_bytes` lowercases; only names actually present need removing
+                    if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
+                        && headers.contains_key(&n)
+                        && !HOP_BY_HOP.contains(&n)
+                    {
+                        names.push(n);
+                    }
+                }
+            }
+        } else if *name == UPGRADE {
+            if !upgrade {
+                names.push(UPGRADE);
+            }
+        } else if HOP_BY_HOP.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+thread_local! {
+    /// The last client address rendered for `X-Forwarded-For`: keep-alive connections send
+    /// many requests from one address, and rendering an address is most of the header's cost.
+    static LAST_CLIENT: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ip` as a header value, reusing the previous rendering when the address repeats.
+pub fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    LAST_CLIENT.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
+}
+
+/// An incoming request id is kept when it is short and made of safe characters; otherwise the
+/// gateway makes its own (log injection and header smuggling stop here).
+pub fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
+}
+
+pub fn new_request_id() -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// `[server] trusted_proxies`: whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Forwarding {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client behind the peer: see [`real_client_ip`].
+    pub fn client_ip(&self, peer: Option<IpAddr>, req: &RequestHeader) -> Option<IpAddr> {
+        real_client_ip(peer, req.headers.get(&X_FORWARDED_FOR), &self.trusted_proxies)
+    }
+
+    /// The request id of a request: the client's when it is safe, else a new one.
+    pub fn request_id(req: &RequestHeader) -> String {
+        match req.headers.get(&REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => new_request_id(),
+        }
+    }
+}
+
+impl Policy for Forwarding {
+    type State = ();
+
+    fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut ()) -> Result<(), GatewayError> {
+        let fail = |e: pingora::BError| GatewayError::new(Problem::Internal, format!("forwarding headers: {e}"));
+        up.insert_header(REQUEST_ID.clone(), x.request_id).map_err(fail)?;
+        // Hop-by-hop fields are already gone: pingora's standard upstream request policy strips
+        // them (and `Connection`-nominated ones) before this runs.
+        let trusted = x.trusted_peer;
+        if let Some(ip) = x.peer_ip {
+            let appended = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(chain) if trusted && !chain.trim().is_empty() => Some(format!("{chain}, {ip}")),
+                _ => None,
+            };
+            match appended {
+                Some(xff) => up.insert_header(X_FORWARDED_FOR, xff).map_err(fail)?,
+                None => up.insert_header(X_FORWARDED_FOR, client_ip_value(ip)).map_err(fail)?,
+            }
+        }
+        if !(trusted && up.headers.contains_key(&X_FORWARDED_PROTO)) {
+            up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http")).map_err(fail)?;
+        }
+        if !(trusted && up.headers.contains_key(&X_FORWARDED_HOST)) {
+            match up.headers.get(http::header::HOST).cloned() {
+                Some(host) => up.insert_header(X_FORWARDED_HOST, host).map_err(fail)?,
+                None => {
+                    up.remove_header(&X_FORWARDED_HOST);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The client address: the peer, or through trusted proxies the right-most `X-Forwarded-For`
+/// entry that is not itself a trusted proxy.
+pub fn real_client_ip(peer: Option<IpAddr>, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let chain = xff.and_then(|v| v.to_str().ok()).unwrap_or("");
+    for hop in chain.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(peer)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_headers_are_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, X-Secret, X-Absent".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        let mut names: Vec<String> = hop_by_hop(&h, false).iter().map(|n| n.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["connection", "keep-alive", "te", "x-secret"]);
+    }
+
+    #[test]
+    fn client_ip_values_follow_the_address() {
+        let a: IpAddr = "10.1.2.3".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        assert_eq!(client_ip_value(a), "10.1.2.3");
+        assert_eq!(client_ip_value(a), "10.1.2.3");
+        assert_eq!(client_ip_value(b), "::1");
+        assert_eq!(client_ip_value(a), "10.1.2.3");
+    }
+
+    #[test]
+    fn upgrade_survives_on_upgrade_requests() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        assert!(hop_by_hop(&h, true).is_empty());
+        let plain = hop_by_hop(&h, false);
+        assert!(plain.contains(&http::header::UPGRADE) && plain.contains(&CONNECTION));
+    }
+
+    #[test]
+    fn real_client_ip_walks_trusted_hops() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = Some("10.0.0.1".parse().unwrap());
+        let xff = HeaderValue::from_static("203.0.113.9, 198.51.100.2, 10.0.0.7");
+        assert_eq!(real_client_ip(peer, Some(&xff), &trusted), Some("198.51.100.2".parse().unwrap()));
+        let untrusted = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(real_client_ip(untrusted, Some(&xff), &trusted), untrusted);
+    }
+
+    #[test]
+    fn untrusted_peers_get_their_forwarding_headers_replaced() {
+        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()] };
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
+        req.insert_header("x-forwarded-proto", "https").unwrap();
+        req.insert_header("host", "api.example").unwrap();
+        let mut x = crate::policy::tests::exchange(&req);
+        x.peer_ip = Some("192.0.2.7".parse().unwrap());
+        x.request_id = "rid";
+        let mut up = req.clone();
+        f.on_upstream_request(&x, &mut up, &mut ()).unwrap();
+        assert_eq!(up.headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(up.headers["x-forwarded-proto"], "http");
+        assert_eq!(up.headers["x-forwarded-host"], "api.example");
+        assert_eq!(up.headers["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert_eq!(new_request_id().len(), 36);
+    }
+}

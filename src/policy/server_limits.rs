@@ -1,0 +1,85 @@
+//! The `[server]` request limits, checked before anything else looks at a request: 414 for a
+//! long request target, 431 for too many or too large header fields. Also the client-side
+//! timeouts the proxy sets on the connection (body read, keep-alive).
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use super::{Directives, Exchange, Flow, Policy};
+use crate::problem::{GatewayError, Problem};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub max_uri_length: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub client_body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub access_log: bool,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_uri_length: 8 * 1024,
+            max_header_count: 100,
+            max_header_bytes: 32 * 1024,
+            client_body_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            access_log: true,
+        }
+    }
+}
+
+impl Policy for ServerLimits {
+    type State = ();
+
+    fn on_request(&self, x: &Exchange<'_>, _st: &mut (), d: &mut Directives) -> Flow {
+        let req = x.req;
+        let refuse = |d: &mut Directives, problem, detail: String| {
+            d.close = true;
+            Flow::Respond(GatewayError::new(problem, detail))
+        };
+        let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.max_uri_length {
+            let detail = format!("request target is {target_len} bytes; the limit is {}", self.max_uri_length);
+            return refuse(d, Problem::UriTooLong, detail);
+        }
+        if req.headers.len() > self.max_header_count {
+            let detail = format!("{} header fields; the limit is {}", req.headers.len(), self.max_header_count);
+            return refuse(d, Problem::HeadersTooLarge, detail);
+        }
+        let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+        if bytes > self.max_header_bytes {
+            let detail = format!("header fields total {bytes} bytes; the limit is {}", self.max_header_bytes);
+            return refuse(d, Problem::HeadersTooLarge, detail);
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::policy::tests::exchange;
+
+    #[test]
+    fn long_target_and_many_fields_are_refused() {
+        let limits = ServerLimits { max_uri_length: 8, max_header_count: 1, ..ServerLimits::default() };
+        let req = pingora::http::RequestHeader::build("GET", b"/123456789", None).unwrap();
+        let mut d = Directives::default();
+        match limits.on_request(&exchange(&req), &mut (), &mut d) {
+            Flow::Respond(e) => assert_eq!(e.problem.status(), 414),
+            Flow::Continue => panic!("not refused"),
+        }
+        assert!(d.close);
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("a", "1").unwrap();
+        req.insert_header("b", "2").unwrap();
+        match limits.on_request(&exchange(&req), &mut (), &mut Directives::default()) {
+            Flow::Respond(e) => assert_eq!(e.problem.status(), 431),
+            Flow::Continue => panic!("not refused"),
+        }
+    }
+}

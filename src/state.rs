@@ -1,0 +1,228 @@
+//! Materializes a compiled plan into the live `Runtime` the request path reads: load balancers
+//! and health state, rate limiters, concurrency semaphores, each route's policy chain.
+//!
+//! Live parts are reused by definition from the runtime in force, so a reload keeps what did
+//! not change: an upstream whose definition is equal keeps its health state and pool, a rate
+//! limit with an equal definition on a route of the same name keeps its counters, a
+//! concurrency limit keeps its slots (requests in flight on the old config still hold them).
+
+use crate::cache::store::CacheStore;
+use crate::config::plan::{Plan, PolicyDef, RouteDef, ServerDef};
+use crate::policy::body::BodyLimits;
+use crate::policy::cache::CacheRoute;
+use crate::policy::concurrency::{Concurrency, ConcurrencyPolicy};
+use crate::policy::forwarding::Forwarding;
+use crate::policy::ratelimit::{RateLimit, RateLimits};
+use crate::policy::server_limits::ServerLimits;
+use crate::policy::RoutePolicies;
+use crate::routing::{Route, RouteTable};
+use crate::upstream::{Upstream, UpstreamError};
+use http::HeaderName;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Everything the request path reads, immutable once built, swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub routes: RouteTable,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub forwarding: Forwarding,
+    pub limits: ServerLimits,
+    pub admin_token: Option<String>,
+    /// Hex digest of the file's text: tells which config is loaded.
+    pub hash: String,
+}
+
+/// Why a plan could not be made live.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("upstream `{name}`: {source}")]
+    Upstream {
+        name: String,
+        #[source]
+        source: UpstreamError,
+    },
+    #[error("route `{route}`: rate limit `{limit}` is too fine for the limiter")]
+    Rate { route: String, limit: String },
+    #[error("route `{route}` names upstream `{upstream}`, which the plan lacks")]
+    MissingUpstream { route: String, upstream: String },
+}
+
+/// What every route's cache policy shares: the process's store and its tag field.
+pub struct CacheParts {
+    pub store: Arc<dyn CacheStore>,
+    pub tag_header: HeaderName,
+}
+
+/// Builds the runtime for `plan`, reusing the live parts of `previous` whose definition is
+/// unchanged.
+pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -> Result<Runtime, StateError> {
+    let Plan {
+        settings: _,
+        server,
+        upstreams,
+        routes,
+        hash,
+        warnings: _,
+    } = plan;
+    let mut live = BTreeMap::new();
+    for (name, def) in upstreams {
+        let reused = previous.and_then(|p| p.upstreams.get(&name)).filter(|u| u.def == def).cloned();
+        let upstream = match reused {
+            Some(u) => u,
+            None => Arc::new(Upstream::new(&name, def).map_err(|source| StateError::Upstream { name: name.clone(), source })?),
+        };
+        live.insert(name, upstream);
+    }
+    let mut table = Vec::with_capacity(routes.len());
+    for def in routes {
+        let before = previous.and_then(|p| p.routes.iter().find(|r| r.name == def.name));
+        table.push(Arc::new(route(def, &live, before.map(|r| &**r), cache)?));
+    }
+    let ServerDef {
+        trusted_proxies,
+        admin_token,
+        limits,
+    } = server;
+    Ok(Runtime {
+        routes: RouteTable::new(table),
+        upstreams: live,
+        forwarding: Forwarding { trusted_proxies },
+        limits,
+        admin_token,
+        hash,
+    })
+}
+
+fn route(
+    def: RouteDef,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    before: Option<&Route>,
+    cache: &CacheParts,
+) -> Result<Route, StateError> {
+    let RouteDef {
+        name,
+        matcher,
+        upstream,
+        policy,
+    } = def;
+    let Some(upstream) = upstreams.get(&upstream).cloned() else {
+        return Err(StateError::MissingUpstream { route: name, upstream });
+    };
+    let PolicyDef {
+        timeouts,
+        max_body,
+        max_response_body,
+        streaming,
+        rate_limits,
+        concurrency,
+        compress,
+        cache: cache_policy,
+        invalidate_tags,
+        slow_threshold,
+    } = policy.clone();
+    let before = before.map(|r| &r.policies);
+
+    let rate_limit = match rate_limits {
+        None => None,
+        Some(rl) => {
+            let mut limits = Vec::with_capacity(rl.limits.len());
+            for d in rl.limits {
+                let reused = before
+                    .and_then(|b| b.rate_limit.as_ref())
+                    .and_then(|b| b.limits.iter().find(|l| l.def == d).cloned());
+                let limit = match reused {
+                    Some(l) => l,
+                    None => match RateLimit::new(d.clone()) {
+                        Some(l) => Arc::new(l),
+                        None => return Err(StateError::Rate { route: name, limit: d.name }),
+                    },
+                };
+                limits.push(limit);
+            }
+            Some(RateLimits::new(limits, rl.bypass_nets, rl.bypass_keys))
+        }
+    };
+    let route_slots = concurrency.map(|d| {
+        before
+            .and_then(|b| b.concurrency.as_ref())
+            .and_then(|c| c.route.clone())
+            .filter(|c| c.def == d)
+            .unwrap_or_else(|| Arc::new(Concurrency::new(d)))
+    });
+    let upstream_slots = upstream.concurrency.clone();
+    let concurrency = (route_slots.is_some() || upstream_slots.is_some()).then(|| ConcurrencyPolicy {
+        route: route_slots,
+        upstream: upstream_slots,
+    });
+    let policies = RoutePolicies {
+        body: Some(BodyLimits { max_body, max_response_body }),
+        rate_limit,
+        timeout: Some(timeouts),
+        concurrency,
+        cache: Some(CacheRoute {
+            policy: cache_policy,
+            invalidate_tags,
+            store: cache.store.clone(),
+            tag_header: cache.tag_header.clone(),
+        }),
+        compress,
+    };
+    Ok(Route {
+        name,
+        matcher,
+        upstream,
+        def: policy,
+        policies,
+        streaming,
+        slow_threshold,
+        metrics: Default::default(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[upstreams.api]
+servers = ["127.0.0.1:8000"]
+
+[[routes]]
+name = "market"
+match = { path_prefix = "/api/market" }
+upstream = "api"
+rate_limit = [{ rate = "5/s" }]
+max_concurrent = 2
+"#;
+
+    fn parts() -> CacheParts {
+        CacheParts {
+            store: Arc::new(crate::cache::memory::MemoryStore::new(1 << 20)),
+            tag_header: HeaderName::from_static("cache-tag"),
+        }
+    }
+
+    fn live(text: &str, previous: Option<&Runtime>) -> Runtime {
+        let plan = crate::config::load_str("t.toml", text).unwrap();
+        materialize(plan, previous, &parts()).unwrap()
+    }
+
+    #[test]
+    fn unchanged_parts_survive_a_reload() {
+        let first = live(BASE, None);
+        let second = live(BASE, Some(&first));
+        assert!(Arc::ptr_eq(&first.upstreams["api"], &second.upstreams["api"]));
+        let (a, b) = (first.routes.iter().next().unwrap(), second.routes.iter().next().unwrap());
+        let limit = |r: &Route| r.policies.rate_limit.as_ref().unwrap().limits[0].clone();
+        assert!(Arc::ptr_eq(&limit(a), &limit(b)));
+        let slots = |r: &Route| r.policies.concurrency.as_ref().unwrap().route.clone().unwrap();
+        assert!(Arc::ptr_eq(&slots(a), &slots(b)));
+
+        let changed = BASE.replace("8000", "8001").replace("5/s", "6/s");
+        let third = live(&changed, Some(&first));
+        assert!(!Arc::ptr_eq(&first.upstreams["api"], &third.upstreams["api"]));
+        assert!(!Arc::ptr_eq(&limit(a), &limit(third.routes.iter().next().unwrap())));
+    }
+}
