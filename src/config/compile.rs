@@ -10,7 +10,7 @@ use super::raw::{
     PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawHealthCheck, RawMatch, RawQueue,
     RawRateLimit, RawRoute, RawServer, RawTelemetry, RawUpstream, RawWarm, Toggle,
 };
-use super::units::{Dur, EnvString};
+use super::units::{Dur, EnvString, Size};
 use crate::cache::{CachePolicy, CacheSettings, TagTemplate, WarmRequest};
 use crate::policy::builtin;
 use crate::policy::compress::{self, CompressPolicy};
@@ -35,21 +35,28 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 struct Ctx<'a> {
     src: &'a Source<'a>,
     errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
+type Span = std::ops::Range<usize>;
+
 impl Ctx<'_> {
-    fn err<T>(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>) -> Option<T> {
-        self.errors.push(self.src.at(span, msg));
+    /// Records an error (once per position and message: a bad value in `[defaults]` is
+    /// merged into every route but reported once, at its own line) and returns `None`.
+    fn error<T>(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) -> Option<T> {
+        let d = self.src.at(span, msg, hint);
+        if !self.errors.contains(&d) {
+            self.errors.push(d);
+        }
         None
     }
-    fn err_hint<T>(
-        &mut self,
-        span: std::ops::Range<usize>,
-        msg: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Option<T> {
-        self.errors.push(self.src.at_hint(span, msg, hint));
-        None
+
+    /// Records a warning: the file is used, but a value was read differently than written.
+    fn warn(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
+        let d = self.src.at(span, msg, hint);
+        if !self.warnings.contains(&d) {
+            self.warnings.push(d);
+        }
     }
 }
 
@@ -66,11 +73,14 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     let mut cx = Ctx {
         src,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
 
     let (settings, trusted_proxies, admin_token, limits) = compile_server(&mut cx, server);
     let upstreams = compile_upstreams(&mut cx, upstreams);
     let defaults = defaults.policy_keys();
+    // `[defaults]` alone first: its errors are reported at its own lines, and once.
+    compile_policy(&mut cx, &defaults, &defaults);
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &routes {
@@ -79,33 +89,26 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         }
     }
 
-    let mut warnings = Vec::new();
     for (i, (a, a_span)) in compiled_routes.iter().enumerate() {
         for (b, b_span) in compiled_routes.iter().skip(i + 1) {
             let (a, b): (&RouteDef, &RouteDef) = (a, b);
             if a.matcher == b.matcher {
-                cx.err_hint::<()>(
+                cx.error::<()>(
                     b_span.clone(),
                     format!("route `{}` matches exactly what route `{}` matches", b.name, a.name),
                     "remove one, or make their `match` differ",
                 );
             } else if a.matcher.overlaps(&b.matcher) {
                 let (line, _) = super::diag::line_col(src.text, a_span.start);
-                warnings.push(src.at_hint(
+                cx.warn(
                     b_span.clone(),
-                    format!(
-                        "route `{}` overlaps route `{}` (line {line}); the one written first wins",
-                        b.name, a.name
-                    ),
+                    format!("route `{}` overlaps route `{}` (line {line}); the one written first wins", b.name, a.name),
                     "give them disjoint `methods`",
-                ));
+                );
             }
         }
     }
 
-    if !cx.errors.is_empty() {
-        return Err(cx.errors);
-    }
     let telemetry = compile_telemetry(&mut cx, telemetry);
     let cache_settings = compile_cache_settings(&mut cx, cache);
     if !cx.errors.is_empty() {
@@ -124,7 +127,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         upstreams,
         routes: compiled_routes.into_iter().map(|(r, _)| r).collect(),
         hash: digest(src.text),
-        warnings,
+        warnings: cx.warnings,
     })
 }
 
@@ -157,18 +160,26 @@ fn compile_server(
         access_log,
     } = server;
     let d = ServerLimits::default();
+    let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
+        Some(n) if *n.get_ref() == 0 => cx
+            .error(n.span(), format!("`{key}` must be at least 1"), format!("leave `{key}` out for the default, {default}"))
+            .unwrap_or(default),
+        Some(n) => *n.get_ref(),
+        None => default,
+    };
+    let size = |v: Option<Spanned<Size>>| v.map(|s| Spanned::new(s.span(), s.get_ref().0 as usize));
     let limits = ServerLimits {
-        max_uri_length: max_uri_length.map_or(d.max_uri_length, |s| s.0 as usize),
-        max_header_count: max_header_count.unwrap_or(d.max_header_count),
-        max_header_bytes: max_header_bytes.map_or(d.max_header_bytes, |s| s.0 as usize),
+        max_uri_length: at_least_one(cx, size(max_uri_length).as_ref(), "max_uri_length", d.max_uri_length),
+        max_header_count: at_least_one(cx, max_header_count.as_ref(), "max_header_count", d.max_header_count),
+        max_header_bytes: at_least_one(cx, size(max_header_bytes).as_ref(), "max_header_bytes", d.max_header_bytes),
         client_body_timeout: positive(cx, client_body_timeout.as_ref(), "client_body_timeout", d.client_body_timeout),
         keepalive_timeout: positive(cx, keepalive_timeout.as_ref(), "keepalive_timeout", d.keepalive_timeout),
-        access_log: access_log.unwrap_or(true),
+        access_log: access_log.is_none_or(Spanned::into_inner),
     };
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
     let admin_listen = parse_addr(cx, admin_listen.as_ref(), DEFAULT_ADMIN_LISTEN, "admin_listen");
     let threads = match threads {
-        Some(t) if *t.get_ref() == 0 => cx.err(t.span(), "`threads` must be at least 1"),
+        Some(t) if *t.get_ref() == 0 => cx.error(t.span(), "`threads` must be at least 1", "threads = 1 serves well on one core; use the number of cores at most"),
         Some(t) => Some(*t.get_ref()),
         None => Some(1),
     };
@@ -178,7 +189,7 @@ fn compile_server(
         match text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
             Ok(net) => nets.push(net),
             Err(_) => {
-                cx.err_hint::<()>(
+                cx.error::<()>(
                     p.span(),
                     format!("invalid trusted proxy {text:?}"),
                     "write an address or a CIDR, e.g. \"10.0.0.0/8\" or \"127.0.0.1\"",
@@ -186,13 +197,13 @@ fn compile_server(
             }
         }
     }
-    let admin_token = admin_token.map(|t| t.0).filter(|t| !t.is_empty());
+    let admin_token = admin_token.map(|t| t.into_inner().0).filter(|t| !t.is_empty());
     let settings = match (listen, admin_listen, threads) {
         (Some(listen), Some(admin_listen), Some(threads)) => Some(Settings {
             listen,
             admin_listen,
             threads,
-            shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.0),
+            shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.get_ref().0),
             telemetry: TelemetryDef::default(),
             cache: CacheSettings::default(),
         }),
@@ -212,7 +223,7 @@ fn parse_addr(
     };
     match v.get_ref().parse::<SocketAddr>() {
         Ok(a) => Some(a),
-        Err(_) => cx.err_hint(
+        Err(_) => cx.error(
             v.span(),
             format!("`{key}` is not an IP address and port: {:?}", v.get_ref().0),
             "write e.g. \"0.0.0.0:8080\" or \"127.0.0.1:9090\"",
@@ -223,7 +234,9 @@ fn parse_addr(
 /// A duration that must be above zero, or `default` when unset (an error is recorded for zero).
 fn positive(cx: &mut Ctx<'_>, v: Option<&Spanned<Dur>>, key: &str, default: Duration) -> Duration {
     match v {
-        Some(t) if t.get_ref().0.is_zero() => cx.err(t.span(), format!("`{key}` must be above zero")).unwrap_or(default),
+        Some(t) if t.get_ref().0.is_zero() => cx
+            .error(t.span(), format!("`{key}` must be above zero"), format!("leave `{key}` out for the default, {default:?}"))
+            .unwrap_or(default),
         Some(t) => t.get_ref().0,
         None => default,
     }
@@ -242,7 +255,7 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
         } = spanned.into_inner();
         let concurrency = compile_concurrency(cx, max_concurrent.as_ref(), queue.as_ref());
         if servers.is_empty() {
-            cx.err::<()>(span.clone(), format!("upstream `{name}` has no servers"));
+            cx.error::<()>(span.clone(), format!("upstream `{name}` has no servers"), "add servers = [\"127.0.0.1:8000\"]");
             continue;
         }
         let mut addrs = Vec::new();
@@ -252,11 +265,11 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
                 Ok(mut it) => match it.next() {
                     Some(a) => addrs.push(a),
                     None => {
-                        cx.err::<()>(s.span(), format!("server {:?} resolved to no address", s.get_ref().0));
+                        cx.error::<()>(s.span(), format!("server {:?} resolved to no address", s.get_ref().0), "use a name this machine resolves, or an IP address");
                     }
                 },
                 Err(e) => {
-                    cx.err_hint::<()>(
+                    cx.error::<()>(
                         s.span(),
                         format!("server {:?} of upstream `{name}`: {e}", s.get_ref().0),
                         "write host:port, e.g. \"127.0.0.1:8000\"",
@@ -270,7 +283,7 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
         }
         let def = UpstreamDef {
             servers: addrs,
-            idle_timeout: idle_timeout.map_or(DEFAULT_IDLE, |d| d.0),
+            idle_timeout: positive(cx, idle_timeout.as_ref(), "idle_timeout", DEFAULT_IDLE),
             health_check,
             concurrency: concurrency.flatten(),
         };
@@ -291,19 +304,36 @@ fn compile_health(cx: &mut Ctx<'_>, hc: Spanned<RawHealthCheck>) -> Option<Healt
     let path_str = path.as_ref().map_or("/healthz".to_string(), |p| p.get_ref().0.clone());
     if !path_str.starts_with('/') {
         let at = path.as_ref().map_or(span.clone(), Spanned::span);
-        return cx.err(at, format!("health check path {path_str:?} must start with `/`"));
+        return cx.error(at, format!("health check path {path_str:?} must start with `/`"), "write the backend's health path, e.g. \"/healthz\"");
     }
-    let interval = interval.map_or(Duration::from_secs(2), |d| d.0);
-    let timeout = timeout.map_or(Duration::from_secs(1), |d| d.0);
-    if interval.is_zero() || timeout.is_zero() {
-        return cx.err(span, "health check `interval` and `timeout` must be above zero");
+    let errors_before = cx.errors.len();
+    let interval = positive(cx, interval.as_ref(), "interval", Duration::from_secs(2));
+    let timeout = positive(cx, timeout.as_ref(), "timeout", Duration::from_secs(1));
+    let threshold = |cx: &mut Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize| match v {
+        Some(n) if *n.get_ref() == 0 => cx
+            .error(n.span(), format!("health check `{key}` must be at least 1"), format!("leave it out for the default, {default}"))
+            .unwrap_or(default),
+        Some(n) => n.into_inner(),
+        None => default,
+    };
+    let healthy_threshold = threshold(cx, healthy_threshold, "healthy_threshold", 1);
+    let unhealthy_threshold = threshold(cx, unhealthy_threshold, "unhealthy_threshold", 2);
+    if timeout > interval {
+        cx.warn(
+            span,
+            format!("health check `timeout` {timeout:?} is longer than its `interval` {interval:?}"),
+            "a check that has not answered within the interval overlaps the next one; make `timeout` shorter",
+        );
+    }
+    if cx.errors.len() > errors_before {
+        return None;
     }
     Some(HealthCheckSpec {
         path: path_str,
         interval,
         timeout,
-        healthy_threshold: healthy_threshold.unwrap_or(1).max(1),
-        unhealthy_threshold: unhealthy_threshold.unwrap_or(2).max(1),
+        healthy_threshold,
+        unhealthy_threshold,
     })
 }
 
@@ -326,26 +356,29 @@ fn compile_route(
     } = route;
 
     let Some(name) = name else {
-        return cx.err_hint(span, "route has no `name`", "add name = \"...\": it labels metrics, logs and errors");
+        return cx.error(span, "route has no `name`", "add name = \"...\": it labels metrics, logs and errors");
     };
     let name_str = name.get_ref().trim().to_string();
     if name_str.is_empty() {
-        return cx.err(name.span(), "route `name` is empty");
+        return cx.error(name.span(), "route `name` is empty", "name it: the name labels its metrics, logs and errors");
     }
     if !seen.insert(name_str.clone()) {
-        cx.err::<()>(name.span(), format!("route name `{name_str}` is used twice"));
+        cx.error::<()>(name.span(), format!("route name `{name_str}` is used twice"), "route names label metrics and must be unique: rename one");
     }
 
     let matcher = match r#match {
         Some(m) => compile_match(cx, m),
-        None => cx.err_hint(
+        None => cx.error(
             span.clone(),
             format!("route `{name_str}` has no `match`"),
             "add match = { path_prefix = \"/\" } for a catch-all",
         ),
     };
     let upstream = match upstream {
-        None => cx.err(span.clone(), format!("route `{name_str}` has no `upstream`")),
+        None => {
+            let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            cx.error(span.clone(), format!("route `{name_str}` has no `upstream`"), format!("add upstream = \"...\", one of: {}", names.join(", ")))
+        }
         Some(u) => match upstreams.get(u.get_ref()) {
             Some(_) => Some(u.get_ref().clone()),
             None => {
@@ -354,7 +387,7 @@ fn compile_route(
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("defined upstreams: {}", names.join(", ")),
                 };
-                cx.err_hint(u.span(), format!("unknown upstream `{}`", u.get_ref()), hint)
+                cx.error(u.span(), format!("unknown upstream `{}`", u.get_ref()), hint)
             }
         },
     };
@@ -379,10 +412,10 @@ fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
     } = m.get_ref();
     let path = match (path, path_prefix) {
         (Some(_), Some(p)) => {
-            return cx.err(p.span(), "`path` and `path_prefix` cannot both be set");
+            return cx.error(p.span(), "`path` and `path_prefix` cannot both be set", "keep `path` for one exact path, or `path_prefix` for a subtree");
         }
         (None, None) => {
-            return cx.err_hint(m.span(), "`match` needs `path` or `path_prefix`", "path_prefix = \"/\" matches everything");
+            return cx.error(m.span(), "`match` needs `path` or `path_prefix`", "path_prefix = \"/\" matches everything");
         }
         (Some(p), None) => PathMatch::Exact(route_path(cx, p)?),
         (None, Some(p)) => {
@@ -399,12 +432,12 @@ fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
                 match upper.parse::<http::Method>() {
                     Ok(method) if !upper.is_empty() => out.push(method),
                     _ => {
-                        cx.err::<()>(m.span(), format!("invalid HTTP method {:?}", m.get_ref()));
+                        cx.error::<()>(m.span(), format!("invalid HTTP method {:?}", m.get_ref()), "write a method name such as \"GET\", \"POST\" or \"DELETE\"");
                     }
                 }
             }
             if out.is_empty() {
-                return cx.err(m.span(), "`methods` is empty; leave it out to match every method");
+                return cx.error(m.span(), "`methods` is empty", "leave `methods` out to match every method");
             }
             Some(out)
         }
@@ -415,13 +448,13 @@ fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
 
 fn route_path(cx: &mut Ctx<'_>, p: &Spanned<super::units::EnvString>) -> Option<String> {
     match normalize(p.get_ref()) {
-        Ok(n) if n != p.get_ref().0 => cx.err_hint(
+        Ok(n) if n != p.get_ref().0 => cx.error(
             p.span(),
             format!("route path {:?} is not in normalized form", p.get_ref().0),
             format!("write {n:?}: requests are matched after normalization"),
         ),
         Ok(n) => Some(n.into_owned()),
-        Err(_) => cx.err(p.span(), format!("route path {:?} must start with `/`", p.get_ref().0)),
+        Err(_) => cx.error(p.span(), format!("route path {:?} must start with `/`", p.get_ref().0), format!("write \"/{}\"", p.get_ref().0.trim_start_matches('/'))),
     }
 }
 
@@ -437,7 +470,7 @@ fn compile_policy(
     let dur = |cx: &mut Ctx<'_>, v: Option<Spanned<Dur>>, key: &str| -> Option<Duration> {
         let v = v?;
         if v.get_ref().0.is_zero() {
-            return cx.err(v.span(), format!("`{key}` must be above zero"));
+            return cx.error(v.span(), format!("`{key}` must be above zero"), format!("leave `{key}` out for the built-in default"));
         }
         Some(v.get_ref().0)
     };
@@ -445,14 +478,23 @@ fn compile_policy(
     let connect = dur(cx, pick(route.connect_timeout, defaults.connect_timeout), "connect_timeout")
         .unwrap_or(builtin::CONNECT_TIMEOUT);
     // Without its own value, the read timeout is the total timeout: one slow read cannot outlast it.
-    let read = dur(cx, pick(route.read_timeout, defaults.read_timeout), "read_timeout").unwrap_or(total);
+    let read_raw = pick(route.read_timeout, defaults.read_timeout);
+    let mut read = dur(cx, read_raw.clone(), "read_timeout").unwrap_or(total);
+    if let Some(r) = read_raw.filter(|_| read > total) {
+        cx.warn(
+            r.span(),
+            format!("`read_timeout` {read:?} is longer than the route's `timeout` {total:?}; {total:?} is used"),
+            "no single read can outlast the whole exchange: lower `read_timeout` or raise `timeout`",
+        );
+        read = total;
+    }
     let stream_idle = dur(cx, pick(route.stream_idle_timeout, defaults.stream_idle_timeout), "stream_idle_timeout")
         .unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
     let slow_threshold = dur(cx, pick(route.slow_threshold, defaults.slow_threshold), "slow_threshold")
         .unwrap_or(builtin::SLOW_THRESHOLD);
     let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
     let max_response_body = pick(route.max_response_body, defaults.max_response_body).map(|s| s.get_ref().0);
-    let streaming = route.streaming.or(*defaults.streaming).unwrap_or(false);
+    let streaming = pick(route.streaming, defaults.streaming).is_some_and(Spanned::into_inner);
 
     let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
         let bypass = pick(route.rate_limit_bypass, defaults.rate_limit_bypass).unwrap_or_default();
@@ -486,7 +528,7 @@ fn compile_policy(
         match TagTemplate::parse(t.get_ref()) {
             Ok(tpl) => invalidate_tags.push(tpl),
             Err(e) => {
-                cx.err::<()>(t.span(), e);
+                cx.error::<()>(t.span(), e, "a tag is text with {header:NAME}, {query:NAME} or {cookie:NAME} placeholders, e.g. \"user:{header:x-user-id}\"");
             }
         }
     }
@@ -498,7 +540,7 @@ fn compile_policy(
         timeouts: Timeouts {
             total,
             connect,
-            read: read.min(total),
+            read,
             stream_idle,
         },
         max_body,
@@ -539,7 +581,9 @@ fn compile_cache_policy(cx: &mut Ctx<'_>, raw: Option<&RawCachePolicy>) -> Optio
         strip_set_cookie,
     } = raw;
     let ttl = match ttl {
-        Some(t) if t.get_ref().0.is_zero() => return cx.err(t.span(), "cache `ttl` must be above zero"),
+        Some(t) if t.get_ref().0.is_zero() => {
+            return cx.error(t.span(), "cache `ttl` must be above zero", "to turn caching off write cache = \"off\"; else e.g. ttl = \"30s\"");
+        }
         Some(t) => t.get_ref().0,
         None => DEFAULT_CACHE_TTL,
     };
@@ -549,23 +593,23 @@ fn compile_cache_policy(cx: &mut Ctx<'_>, raw: Option<&RawCachePolicy>) -> Optio
             match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
                 Ok(n) => headers.push(n),
                 Err(_) => {
-                    cx.err::<()>(name.span(), format!("invalid header name {:?}", name.get_ref()));
+                    cx.error::<()>(name.span(), format!("invalid header name {:?}", name.get_ref()), "write a field name such as \"authorization\" or \"x-tenant\"");
                 }
             }
         }
-        cookies.clone_from(c);
-        ignore.clone_from(ignore_query);
+        cookies = c.iter().map(|s| s.get_ref().clone()).collect();
+        ignore = ignore_query.iter().map(|s| s.get_ref().clone()).collect();
     }
     Some(CachePolicy {
         ttl,
-        stale_while_revalidate: stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
-        stale_if_error: stale_if_error.map_or(Duration::ZERO, |d| d.0),
+        stale_while_revalidate: stale_while_revalidate.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
+        stale_if_error: stale_if_error.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
         key_headers: headers,
         key_cookies: cookies,
         ignore_query: ignore,
-        override_origin: override_origin.unwrap_or(false),
-        public: public.unwrap_or(false),
-        strip_set_cookie: strip_set_cookie.unwrap_or(false),
+        override_origin: override_origin.as_ref().is_some_and(|b| *b.get_ref()),
+        public: public.as_ref().is_some_and(|b| *b.get_ref()),
+        strip_set_cookie: strip_set_cookie.as_ref().is_some_and(|b| *b.get_ref()),
     })
 }
 
@@ -585,7 +629,7 @@ fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
         Some(t) => match http::HeaderName::from_bytes(t.get_ref().trim().to_ascii_lowercase().as_bytes()) {
             Ok(h) => h,
             Err(_) => {
-                cx.err::<()>(t.span(), format!("invalid header name {:?}", t.get_ref()));
+                cx.error::<()>(t.span(), format!("invalid header name {:?}", t.get_ref()), "write a field name, e.g. \"cache-tag\" (the default) or \"surrogate-key\"");
                 d.tag_header.clone()
             }
         },
@@ -594,31 +638,30 @@ fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
     let warm_interval = positive(cx, warm_interval.as_ref(), "warm_interval", d.warm_interval);
     let mut requests = Vec::new();
     for w in warm {
-        let span = w.span();
         let RawWarm { path, headers } = w.into_inner();
         if !path.get_ref().starts_with('/') {
-            cx.err_hint::<()>(path.span(), format!("warm path {:?} must start with `/`", path.get_ref().0), "write a path on this gateway, e.g. \"/api/static/exchanges\"");
+            cx.error::<()>(path.span(), format!("warm path {:?} must start with `/`", path.get_ref().0), "write a path on this gateway, e.g. \"/api/static/exchanges\"");
             continue;
         }
         let mut hs = Vec::new();
         for (k, v) in headers {
-            match (http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), http::HeaderValue::from_str(&v)) {
+            match (http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), http::HeaderValue::from_str(&v.get_ref().0)) {
                 (Ok(k), Ok(v)) => hs.push((k, v)),
                 _ => {
-                    cx.err::<()>(span.clone(), format!("invalid warm header {k:?}"));
+                    cx.error::<()>(v.span(), format!("invalid warm header {k:?}"), "header names are tokens and values visible ASCII, e.g. authorization = \"Bearer ...\"");
                 }
             }
         }
         requests.push(WarmRequest { path: path.into_inner().0, headers: hs });
     }
     CacheSettings {
-        max_size: max_size.map_or(d.max_size, |s| s.0),
-        max_object_size: max_object_size.map_or(d.max_object_size, |s| s.0 as usize),
+        max_size: max_size.map_or(d.max_size, |s| s.get_ref().0),
+        max_object_size: max_object_size.map_or(d.max_object_size, |s| s.get_ref().0 as usize),
         lock_timeout,
         tag_header,
         warm: requests,
         warm_interval,
-        warm_ready_timeout: warm_ready_timeout.map_or(d.warm_ready_timeout, |t| t.0),
+        warm_ready_timeout: warm_ready_timeout.map_or(d.warm_ready_timeout, |t| t.get_ref().0),
     }
 }
 
@@ -629,17 +672,21 @@ fn compile_concurrency(
 ) -> Option<Option<ConcurrencyDef>> {
     let Some(max) = max else {
         if let Some(q) = queue {
-            return cx.err(q.span(), "`queue` needs `max_concurrent`");
+            return cx.error(q.span(), "`queue` needs `max_concurrent`", "add max_concurrent = N: the queue holds requests waiting for one of N slots");
         }
         return Some(None);
     };
     if *max.get_ref() == 0 {
-        return cx.err(max.span(), "`max_concurrent` must be at least 1");
+        return cx.error(max.span(), "`max_concurrent` must be at least 1", "leave `max_concurrent` out for no limit");
     }
-    let (size, timeout) = queue.map_or((0, DEFAULT_QUEUE_TIMEOUT), |q| {
-        let RawQueue { size, timeout } = q.get_ref();
-        (*size, timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |t| t.0))
-    });
+    let (size, timeout) = match queue {
+        None => (0, DEFAULT_QUEUE_TIMEOUT),
+        Some(q) => {
+            let RawQueue { size, timeout } = q.get_ref();
+            let timeout = positive(cx, timeout.as_ref(), "queue timeout", DEFAULT_QUEUE_TIMEOUT);
+            (*size.get_ref(), timeout)
+        }
+    };
     Some(Some(ConcurrencyDef {
         max: *max.get_ref(),
         queue: size,
@@ -669,14 +716,18 @@ fn compile_rate_limits(
         let (count, per) = match RateLimitDef::parse_rate(rate.get_ref()) {
             Ok(r) => r,
             Err(e) => {
-                cx.err::<()>(rate.span(), e);
+                cx.error::<()>(rate.span(), e, "write COUNT/UNIT with s, m or h, or COUNT/DURATION: \"100/s\", \"600/m\", \"10/5s\"");
                 continue;
             }
         };
         let key_source = match key.as_ref().map_or(Ok(KeySource::ClientIp), |k| KeySource::parse(k.get_ref())) {
             Ok(k) => k,
             Err(e) => {
-                cx.err::<()>(key.as_ref().map_or(raw.span(), Spanned::span), e);
+                cx.error::<()>(
+                    key.as_ref().map_or(raw.span(), Spanned::span),
+                    e,
+                    "use client_ip, route, header:NAME, cookie:NAME or query:NAME",
+                );
                 continue;
             }
         };
@@ -684,7 +735,7 @@ fn compile_rate_limits(
             None => 401,
             Some(s) if matches!(s.get_ref(), 400 | 401) => *s.get_ref(),
             Some(s) => {
-                cx.err::<()>(s.span(), "`missing_key_status` must be 400 or 401");
+                cx.error::<()>(s.span(), "`missing_key_status` must be 400 or 401", "401 says the client must identify itself; 400 that the request is malformed");
                 continue;
             }
         };
@@ -693,7 +744,7 @@ fn compile_rate_limits(
             Some(("shared", _)) => OnMissing::Shared,
             Some(("client_ip", _)) => OnMissing::ClientIp,
             Some((other, span)) => {
-                cx.err_hint::<()>(
+                cx.error::<()>(
                     span,
                     format!("unknown `on_missing_key` {other:?}"),
                     "use \"reject\", \"shared\" or \"client_ip\"",
@@ -703,16 +754,20 @@ fn compile_rate_limits(
         };
         let burst = burst.as_ref().map_or(count, |b| *b.get_ref());
         if burst == 0 {
-            cx.err::<()>(burst_span(raw), "`burst` must be at least 1");
+            cx.error::<()>(burst_span(raw), "`burst` must be at least 1", "leave `burst` out to allow the rate's count at once");
             continue;
         }
         let label = name.as_ref().map_or_else(|| key_source.label(), |n| n.get_ref().clone());
         if !label.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-            cx.err::<()>(name.as_ref().map_or(raw.span(), Spanned::span), format!("rate limit name {label:?} may only use letters, digits and -_.:"));
+            cx.error::<()>(
+                name.as_ref().map_or(raw.span(), Spanned::span),
+                format!("rate limit name {label:?} may only use letters, digits and -_.:"),
+                "it appears in RateLimit headers and metric labels, e.g. name = \"per-key\"",
+            );
             continue;
         }
         if !names.insert(label.clone()) {
-            cx.err_hint::<()>(raw.span(), format!("two rate limits on this route are named {label:?}"), "give one a `name`");
+            cx.error::<()>(raw.span(), format!("two rate limits on this route are named {label:?}"), "give one a `name`");
             continue;
         }
         let def = RateLimitDef {
@@ -723,9 +778,8 @@ fn compile_rate_limits(
             key: key_source,
             on_missing,
         };
-        // An unchanged limit keeps its limiter, so a reload does not reset anyone's budget.
         if def.quota().is_none() {
-            cx.err::<()>(rate.span(), "rate is too fine for the limiter");
+            cx.error::<()>(rate.span(), "rate is too fine for the limiter", "the interval between two requests must be at least 1ns: lower the count or lengthen the period");
             continue;
         }
         limits.push(def);
@@ -739,7 +793,7 @@ fn compile_rate_limits(
         } else if let Ok(net) = text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
             nets.push(net);
         } else {
-            cx.err_hint::<()>(b.span(), format!("invalid bypass entry {text:?}"), "write an address, a CIDR, or key:VALUE");
+            cx.error::<()>(b.span(), format!("invalid bypass entry {text:?}"), "write an address, a CIDR, or key:VALUE");
         }
     }
     Some(RateLimitsDef {
@@ -768,7 +822,7 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
         for a in list {
             match compress::parse_algorithm(a.get_ref()) {
                 Some(pingora::protocols::http::compression::Algorithm::Brotli) => {
-                    cx.err_hint::<()>(
+                    cx.error::<()>(
                         a.span(),
                         "brotli is not available: pingora 0.9.1 never finishes brotli streams (cloudflare/pingora#1013)",
                         "use \"zstd\" (smaller and faster than brotli at its default level) or \"gzip\"",
@@ -776,7 +830,7 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
                 }
                 Some(alg) => algs.push(alg),
                 None => {
-                    cx.err_hint::<()>(a.span(), format!("unknown compression algorithm {:?}", a.get_ref()), "use \"zstd\" or \"gzip\"");
+                    cx.error::<()>(a.span(), format!("unknown compression algorithm {:?}", a.get_ref()), "use \"zstd\" or \"gzip\"");
                 }
             }
         }
@@ -788,7 +842,7 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
     }
     let mut level = |v: &Option<Spanned<u32>>, max: u32, default: u32, name: &str| match v {
         Some(l) if *l.get_ref() == 0 || *l.get_ref() > max => {
-            cx.err::<()>(l.span(), format!("`{name}` must be 1 to {max}"));
+            cx.error::<()>(l.span(), format!("`{name}` must be 1 to {max}"), format!("leave it out for the default, {default}"));
             default
         }
         Some(l) => *l.get_ref(),
@@ -799,10 +853,10 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
     let zstd_level = level(zstd_level, 19, d.zstd_level, "zstd_level");
     Some(CompressPolicy {
         algorithms: algs,
-        min_size: min_size.map_or(d.min_size, |s| s.0),
+        min_size: min_size.as_ref().map_or(d.min_size, |s| s.get_ref().0),
         types: types
             .as_ref()
-            .map_or(d.types, |t| t.iter().map(|s| s.trim().to_ascii_lowercase()).collect()),
+            .map_or(d.types, |t| t.iter().map(|s| s.get_ref().trim().to_ascii_lowercase()).collect()),
         gzip_level,
         brotli_level,
         zstd_level,
@@ -824,29 +878,29 @@ fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> TelemetryDef {
         let list = b.get_ref().clone();
         let increasing = list.windows(2).all(|w| w[0] < w[1]);
         if list.is_empty() || !increasing || list.iter().any(|v| v.is_nan() || *v <= 0.0) {
-            return cx.err(b.span(), "`latency_buckets` must be positive and strictly increasing");
+            return cx.error(b.span(), "`latency_buckets` must be positive and strictly increasing", "upper bounds in seconds, e.g. [0.005, 0.05, 0.5, 5.0]");
         }
         Some(list)
     });
     let protocol = protocol.and_then(|p| match OtlpProtocol::parse(p.get_ref()) {
         Some(proto) => Some(proto),
-        None => cx.err_hint(p.span(), format!("unsupported OTLP protocol {:?}", p.get_ref()), "use \"grpc\" or \"http/protobuf\""),
+        None => cx.error(p.span(), format!("unsupported OTLP protocol {:?}", p.get_ref()), "use \"grpc\" or \"http/protobuf\""),
     });
-    let sampler = sampler.and_then(|s| match SamplerSpec::parse(s.get_ref().trim(), sampler_arg) {
+    let sampler = sampler.and_then(|s| match SamplerSpec::parse(s.get_ref().trim(), sampler_arg.as_ref().map(|a| *a.get_ref())) {
         Ok(spec) => Some(spec),
-        Err(e) => cx.err_hint(
+        Err(e) => cx.error(
             s.span(),
             e,
             "use always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
         ),
     });
     TelemetryDef {
-        traces,
+        traces: traces.map(Spanned::into_inner),
         endpoint: endpoint.map(|e| e.into_inner().0),
         protocol,
-        service_name: service_name.map(|s| s.0),
+        service_name: service_name.map(|s| s.into_inner().0),
         sampler,
-        resource_attributes: resource_attributes.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        resource_attributes: resource_attributes.into_iter().map(|(k, v)| (k, v.into_inner().0)).collect(),
         latency_buckets,
     }
 }

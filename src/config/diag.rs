@@ -13,12 +13,30 @@ pub struct Diagnostic {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// What to do about it; every diagnostic has one.
     pub hint: Option<String>,
+    /// The source line and the columns (in characters) the caret underlines.
+    pub snippet: Option<Snippet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snippet {
+    pub text: String,
+    pub start: usize,
+    pub len: usize,
 }
 
 impl fmt::Display for Diagnostic {
+    /// `file:line:column: message`, then the source line with a caret under the value, then
+    /// the hint.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        if let Some(s) = &self.snippet {
+            let gutter = self.line.to_string().len();
+            let pad = " ".repeat(gutter);
+            let under: String = s.text.chars().take(s.start).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+            write!(f, "\n {pad} |\n {} | {}\n {pad} | {under}{}", self.line, s.text, "^".repeat(s.len.max(1)))?;
+        }
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -29,7 +47,9 @@ impl fmt::Display for Diagnostic {
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error(
+        "cannot read config file {path}: {source}\n  hint: name the routes file with `-c FILE` or the FASTGATE_CONFIG variable (default config/fastgate.toml)"
+    )]
     Read {
         path: String,
         #[source]
@@ -58,44 +78,99 @@ fn render(diags: &[Diagnostic]) -> String {
     out
 }
 
-/// The text of a config file, for turning byte spans into lines and columns.
+/// The text of a config file, for turning byte spans into lines, columns and snippets.
 pub struct Source<'a> {
     pub file: &'a str,
     pub text: &'a str,
 }
 
 impl Source<'_> {
-    pub fn at(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+    /// The one constructor of a diagnostic: a position, what is wrong, and what to do.
+    pub fn at(&self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
         let (line, column) = line_col(self.text, span.start);
         Diagnostic {
             file: self.file.to_string(),
             line,
             column,
             message: message.into(),
-            hint: None,
+            hint: Some(hint.into()),
+            snippet: snippet(self.text, span),
         }
     }
 
-    pub fn at_hint(
-        &self,
-        span: Range<usize>,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Diagnostic {
-        let mut d = self.at(span, message);
-        d.hint = Some(hint.into());
-        d
-    }
-
-    /// Turns a TOML/serde error into a diagnostic, adding "did you mean" for unknown keys.
+    /// Turns a TOML/serde error into a diagnostic: "did you mean" for unknown keys, the
+    /// expected shape with an example for a value of the wrong type.
     pub fn from_toml(&self, err: &toml::de::Error) -> Diagnostic {
         let span = err.span().unwrap_or(0..0);
         let message = err.message().trim().to_string();
-        let hint = unknown_field_hint(&message);
-        let mut d = self.at(span, message);
-        d.hint = hint;
-        d
+        let key = key_before(self.text, span.start);
+        let hint = unknown_field_hint(&message)
+            .or_else(|| type_hint(&message, key.as_deref()))
+            .unwrap_or_else(|| "check the TOML syntax here: strings in double quotes, arrays as [a, b], inline tables as { key = value }".to_string());
+        // The keys serde lists are in the hint (as a suggestion, or all of them).
+        let message = match message.split_once(", expected") {
+            Some((head, _)) if head.starts_with("unknown field") => head.to_string(),
+            _ => message,
+        };
+        self.at(span, message, hint)
     }
+}
+
+/// The source line of `span` and where in it the span lies (clipped to the line).
+fn snippet(text: &str, span: Range<usize>) -> Option<Snippet> {
+    let start = span.start.min(text.len());
+    let line_start = text.get(..start)?.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text.get(start..)?.find('\n').map_or(text.len(), |i| start + i);
+    let line = text.get(line_start..line_end)?.trim_end_matches('\r');
+    let col = text.get(line_start..start)?.chars().count();
+    let end = span.end.clamp(start, line_start + line.len());
+    let len = text.get(start..end).map_or(1, |s| s.chars().count());
+    Some(Snippet {
+        text: line.to_string(),
+        start: col,
+        len,
+    })
+}
+
+/// The key whose value starts at `offset` (`key = <value>` on the same line), if any.
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset.min(text.len()))?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let lhs = line.trim_end().strip_suffix('=')?.trim_end();
+    let key: String = lhs.chars().rev().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+    (!key.is_empty()).then(|| key.chars().rev().collect())
+}
+
+/// An example of each key whose value has a shape to get wrong.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("rate_limit", "rate_limit = [{ rate = \"100/s\", key = \"header:x-api-key\" }] (a list of tables)"),
+    ("rate_limit_bypass", "rate_limit_bypass = [\"10.0.0.0/8\", \"key:internal\"]"),
+    ("cache", "cache = \"on\", or cache = { ttl = \"30s\", key = { headers = [\"authorization\"] } }"),
+    ("compress", "compress = \"on\", or compress = { algorithms = [\"zstd\", \"gzip\"], min_size = \"1KiB\" }"),
+    ("match", "match = { path_prefix = \"/api\", methods = [\"GET\"] }"),
+    ("methods", "methods = [\"GET\", \"POST\"]"),
+    ("servers", "servers = [\"127.0.0.1:8000\"]"),
+    ("health_check", "health_check = { path = \"/healthz\", interval = \"2s\" }"),
+    ("queue", "queue = { size = 10, timeout = \"1s\" }"),
+    ("invalidate_tags", "invalidate_tags = [\"orders\", \"user:{header:x-user-id}\"]"),
+    ("trusted_proxies", "trusted_proxies = [\"10.0.0.0/8\"]"),
+    ("key", "key = { headers = [\"authorization\"], cookies = [\"session\"], ignore_query = [\"utm_source\"] }"),
+    ("warm", "[[cache.warm]] with path = \"/api/static\""),
+    ("latency_buckets", "latency_buckets = [0.005, 0.05, 0.5, 5.0]"),
+    ("resource_attributes", "resource_attributes = { \"deployment.environment\" = \"prod\" }"),
+    ("routes", "[[routes]] tables, each with name, match and upstream"),
+    ("upstreams", "[upstreams.api] with servers = [\"127.0.0.1:8000\"]"),
+];
+
+/// For "invalid type: X, expected Y": the expected shape and an example of the key.
+fn type_hint(message: &str, key: Option<&str>) -> Option<String> {
+    let expected = message.strip_prefix("invalid type: ")?.split_once(", expected ")?.1;
+    let example = key.and_then(|k| EXAMPLES.iter().find(|(name, _)| *name == k)).map(|(_, e)| *e);
+    Some(match (key, example) {
+        (Some(k), Some(e)) => format!("`{k}` takes {expected}, e.g. {e}"),
+        (Some(k), None) => format!("`{k}` takes {expected}"),
+        (None, _) => format!("this value must be {expected}"),
+    })
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -108,12 +183,16 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// serde says "unknown field `x`, expected one of `a`, `b`"; suggest the nearest expected key.
+/// serde says "unknown field `x`, expected one of `a`, `b`"; suggest the nearest expected key,
+/// or say which keys exist. (serde's message is the only place the expected keys are listed.)
 fn unknown_field_hint(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, expected) = rest.split_once('`')?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    suggest(field, &candidates).map(|s| format!("did you mean `{s}`?"))
+    Some(match suggest(field, &candidates) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("remove it; this table takes {}", candidates.join(", ")),
+    })
 }
 
 /// The candidate closest to `input`, if one is close enough to be a likely typo.
@@ -142,6 +221,28 @@ mod tests {
     fn unknown_field_gets_a_suggestion() {
         let hint = unknown_field_hint("unknown field `upstraem`, expected one of `name`, `match`, `upstream`");
         assert_eq!(hint.as_deref(), Some("did you mean `upstream`?"));
-        assert_eq!(unknown_field_hint("unknown field `zzz`, expected `name`"), None);
+        assert_eq!(unknown_field_hint("unknown field `zzz`, expected `name`").as_deref(), Some("remove it; this table takes name"));
+    }
+
+    #[test]
+    fn wrong_types_get_the_expected_shape_and_an_example() {
+        let text = "[defaults]\nrate_limit = { rate = \"5/s\" }\n";
+        let src = Source { file: "t.toml", text };
+        let err = toml::from_str::<crate::config::raw::RawConfig>(text).unwrap_err();
+        let d = src.from_toml(&err);
+        assert_eq!((d.line, d.column), (2, 14));
+        let hint = d.hint.unwrap();
+        assert!(hint.contains("`rate_limit` takes a sequence") && hint.contains("rate = \"100/s\""), "{hint}");
+    }
+
+    #[test]
+    fn the_caret_underlines_the_value() {
+        let text = "a = 1\ntimeout = \"5 parsecs\"\n";
+        let d = Source { file: "t.toml", text }.at(16..27, "invalid duration", "write e.g. \"5s\"");
+        let shown = d.to_string();
+        assert_eq!(
+            shown,
+            "t.toml:2:11: invalid duration\n   |\n 2 | timeout = \"5 parsecs\"\n   |           ^^^^^^^^^^^\n  hint: write e.g. \"5s\""
+        );
     }
 }

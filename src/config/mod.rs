@@ -221,6 +221,79 @@ max_body = "1MiB"
     }
 
     #[test]
+    fn a_bad_default_is_reported_once_at_its_own_line() {
+        let text = format!("[defaults]\ntimeout = \"0s\"\n{BASE}\n[[routes]]\nname = \"b\"\nmatch = {{ path = \"/b\" }}\nupstream = \"api\"\n");
+        let d = one_error(&text);
+        assert_eq!((d.line, d.column), (2, 11), "{d}");
+        assert!(d.message.contains("`timeout` must be above zero"), "{d}");
+    }
+
+    #[test]
+    fn nothing_is_clamped_silently() {
+        let text = format!("[server]\nmax_header_count = 0\n{BASE}");
+        assert!(one_error(&text).message.contains("`max_header_count` must be at least 1"));
+        let text = BASE.replace("servers = [\"127.0.0.1:8000\"]", "servers = [\"127.0.0.1:8000\"]\nhealth_check = { healthy_threshold = 0 }");
+        assert!(one_error(&text).message.contains("`healthy_threshold` must be at least 1"));
+        // A read timeout longer than the total is used as the total, and said so.
+        let plan = load_str("t.toml", &format!("{BASE}timeout = \"1s\"\nread_timeout = \"5s\"\n")).unwrap();
+        assert_eq!(plan.routes[0].policy.timeouts.read, std::time::Duration::from_secs(1));
+        assert_eq!(plan.warnings.len(), 1);
+        assert_eq!(plan.warnings[0].line, 10);
+        assert!(plan.warnings[0].message.contains("`read_timeout` 5s is longer"), "{}", plan.warnings[0]);
+    }
+
+    #[test]
+    fn every_error_has_a_hint_and_a_caret() {
+        let text = r#"
+[server]
+listen = "nowhere"
+threads = 0
+trusted_proxies = ["10.0.0.0/33"]
+[upstreams.api]
+servers = []
+[upstreams.web]
+servers = ["127.0.0.1:8000"]
+health_check = { path = "healthz", interval = "0s" }
+[[routes]]
+name = ""
+match = { path = "/a" }
+upstream = "api"
+[[routes]]
+name = "b"
+match = { path = "/b", path_prefix = "/c", methods = [] }
+upstream = "nope"
+rate_limit = [{ rate = "1/fortnight" }, { rate = "5/s", key = "ip", missing_key_status = 500, on_missing_key = "x", burst = 0 }]
+invalidate_tags = ["{bogus}"]
+max_concurrent = 0
+compress = { algorithms = ["br", "lz4"], gzip_level = 11 }
+cache = { ttl = "0s", key = { headers = ["bad header"] } }
+[[routes]]
+name = "c"
+upstream = "web"
+queue = { size = 1 }
+[telemetry]
+protocol = "carrier-pigeon"
+sampler = "sometimes"
+latency_buckets = [2.0, 1.0]
+[cache]
+tag_header = "bad tag"
+"#;
+        let errs = errors(text);
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(errs.len() >= 20, "{}", all.join("\n"));
+        for d in &errs {
+            assert!(d.hint.as_deref().is_some_and(|h| !h.is_empty()), "no hint: {d}");
+            assert!(d.to_string().contains('^'), "no caret: {d}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_names_the_ways_to_give_one() {
+        let e = load(std::path::Path::new("/nonexistent/fastgate.toml")).unwrap_err().to_string();
+        assert!(e.contains("-c FILE") && e.contains("FASTGATE_CONFIG"), "{e}");
+    }
+
+    #[test]
     fn shipped_examples_compile() {
         // SAFETY: no other test reads this variable
         unsafe { std::env::set_var("FASTGATE_ADMIN_TOKEN", "example") };

@@ -1,7 +1,7 @@
 //! The routes file as written: serde structs that mirror the TOML, nothing more.
 //!
 //! Every table denies unknown keys (a typo is an error with a "did you mean", never a silently
-//! ignored setting). Values that later checks need to point at are `Spanned`. No `flatten` or
+//! ignored setting). Every leaf value is `Spanned`, so any later check can point at it. No `flatten` or
 //! `untagged`: both lose TOML positions.
 
 use super::units::{Dur, EnvString, Size};
@@ -31,16 +31,16 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
     /// `true`/`false`; unset: on when an OTLP endpoint variable is set.
-    pub traces: Option<bool>,
+    pub traces: Option<Spanned<bool>>,
     pub endpoint: Option<Spanned<EnvString>>,
     /// `grpc` or `http/protobuf`.
     pub protocol: Option<Spanned<String>>,
-    pub service_name: Option<EnvString>,
+    pub service_name: Option<Spanned<EnvString>>,
     /// An `OTEL_TRACES_SAMPLER` name, e.g. `parentbased_traceidratio`.
     pub sampler: Option<Spanned<String>>,
-    pub sampler_arg: Option<f64>,
+    pub sampler_arg: Option<Spanned<f64>>,
     #[serde(default)]
-    pub resource_attributes: BTreeMap<String, EnvString>,
+    pub resource_attributes: BTreeMap<String, Spanned<EnvString>>,
     /// Upper bounds (seconds) of the request duration histogram.
     pub latency_buckets: Option<Spanned<Vec<f64>>>,
 }
@@ -50,30 +50,30 @@ pub struct RawTelemetry {
 pub struct RawServer {
     pub listen: Option<Spanned<EnvString>>,
     pub admin_listen: Option<Spanned<EnvString>>,
-    pub admin_token: Option<EnvString>,
+    pub admin_token: Option<Spanned<EnvString>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<EnvString>>,
     pub threads: Option<Spanned<usize>>,
-    pub shutdown_grace: Option<Dur>,
+    pub shutdown_grace: Option<Spanned<Dur>>,
     /// Longer request targets get 414.
-    pub max_uri_length: Option<Size>,
+    pub max_uri_length: Option<Spanned<Size>>,
     /// More request headers get 431.
-    pub max_header_count: Option<usize>,
+    pub max_header_count: Option<Spanned<usize>>,
     /// Larger request headers (names + values) get 431.
-    pub max_header_bytes: Option<Size>,
+    pub max_header_bytes: Option<Spanned<Size>>,
     /// Longest wait between two reads of a request body from the client -> 408.
     pub client_body_timeout: Option<Spanned<Dur>>,
     /// How long an idle client keep-alive connection stays open.
     pub keepalive_timeout: Option<Spanned<Dur>>,
     /// One log line per request (target `fastgate::access`).
-    pub access_log: Option<bool>,
+    pub access_log: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub servers: Vec<Spanned<EnvString>>,
-    pub idle_timeout: Option<Dur>,
+    pub idle_timeout: Option<Spanned<Dur>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
     /// In-flight requests to this upstream across all routes.
     pub max_concurrent: Option<Spanned<usize>>,
@@ -84,10 +84,10 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub path: Option<Spanned<EnvString>>,
-    pub interval: Option<Dur>,
-    pub timeout: Option<Dur>,
-    pub healthy_threshold: Option<usize>,
-    pub unhealthy_threshold: Option<usize>,
+    pub interval: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub healthy_threshold: Option<Spanned<usize>>,
+    pub unhealthy_threshold: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,7 +150,7 @@ policy_keys! {
     /// Cap on the response body the backend may send.
     max_response_body: Spanned<Size>,
     /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.
-    streaming: bool,
+    streaming: Spanned<bool>,
     stream_idle_timeout: Spanned<Dur>,
     /// Limits stacked on the route; all must allow a request.
     rate_limit: Spanned<Vec<Spanned<RawRateLimit>>>,
@@ -173,14 +173,14 @@ policy_keys! {
 #[serde(deny_unknown_fields)]
 pub struct RawCachePolicy {
     pub ttl: Option<Spanned<Dur>>,
-    pub stale_while_revalidate: Option<Dur>,
-    pub stale_if_error: Option<Dur>,
+    pub stale_while_revalidate: Option<Spanned<Dur>>,
+    pub stale_if_error: Option<Spanned<Dur>>,
     pub key: Option<RawCacheKey>,
     /// Use `ttl` whatever the backend's `Cache-Control` says.
-    pub override_origin: Option<bool>,
+    pub override_origin: Option<Spanned<bool>>,
     /// The data is the same for every client: credentials do not bypass the cache.
-    pub public: Option<bool>,
-    pub strip_set_cookie: Option<bool>,
+    pub public: Option<Spanned<bool>>,
+    pub strip_set_cookie: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,23 +189,23 @@ pub struct RawCacheKey {
     #[serde(default)]
     pub headers: Vec<Spanned<String>>,
     #[serde(default)]
-    pub cookies: Vec<String>,
+    pub cookies: Vec<Spanned<String>>,
     #[serde(default)]
-    pub ignore_query: Vec<String>,
+    pub ignore_query: Vec<Spanned<String>>,
 }
 
 /// `[cache]`: the process's cache store (start-up only).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
-    pub max_size: Option<Size>,
-    pub max_object_size: Option<Size>,
+    pub max_size: Option<Spanned<Size>>,
+    pub max_object_size: Option<Spanned<Size>>,
     pub lock_timeout: Option<Spanned<Dur>>,
     pub tag_header: Option<Spanned<String>>,
     #[serde(default)]
     pub warm: Vec<Spanned<RawWarm>>,
     pub warm_interval: Option<Spanned<Dur>>,
-    pub warm_ready_timeout: Option<Dur>,
+    pub warm_ready_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +213,7 @@ pub struct RawCache {
 pub struct RawWarm {
     pub path: Spanned<EnvString>,
     #[serde(default)]
-    pub headers: BTreeMap<String, EnvString>,
+    pub headers: BTreeMap<String, Spanned<EnvString>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,8 +235,8 @@ pub struct RawRateLimit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
-    pub size: usize,
-    pub timeout: Option<Dur>,
+    pub size: Spanned<usize>,
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,9 +244,9 @@ pub struct RawQueue {
 pub struct RawCompress {
     /// In order of preference on equal q-values.
     pub algorithms: Option<Vec<Spanned<String>>>,
-    pub min_size: Option<Size>,
+    pub min_size: Option<Spanned<Size>>,
     /// Content-type prefixes that are compressed.
-    pub types: Option<Vec<String>>,
+    pub types: Option<Vec<Spanned<String>>>,
     pub gzip_level: Option<Spanned<u32>>,
     pub brotli_level: Option<Spanned<u32>>,
     pub zstd_level: Option<Spanned<u32>>,

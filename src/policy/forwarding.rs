@@ -96,9 +96,13 @@ pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+// Inserted by `&str`: pingora stores a `HeaderName` it is given with a title-cased copy of the
+// name (an allocation per insert); a static `&str` is kept as written. Looked up by
+// `HeaderName`: a `&str` would be parsed on every lookup.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// `[server] trusted_proxies`: whose forwarding headers are believed.
@@ -114,7 +118,10 @@ impl Forwarding {
 
     /// The client behind the peer: see [`real_client_ip`].
     pub fn client_ip(&self, peer: Option<IpAddr>, req: &RequestHeader) -> Option<IpAddr> {
-        real_client_ip(peer, req.headers.get(&X_FORWARDED_FOR), &self.trusted_proxies)
+        match peer {
+            Some(ip) if self.is_trusted(ip) => real_client_ip(peer, req.headers.get(&X_FORWARDED_FOR_NAME), &self.trusted_proxies),
+            _ => peer,
+        }
     }
 
     /// The request id of a request: the client's when it is safe, else a new one.
@@ -131,12 +138,12 @@ impl Policy for Forwarding {
 
     fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut ()) -> Result<(), GatewayError> {
         let fail = |e: pingora::BError| GatewayError::new(Problem::Internal, format!("forwarding headers: {e}"));
-        up.insert_header(REQUEST_ID.clone(), x.request_id).map_err(fail)?;
+        up.insert_header(REQUEST_ID_HEADER, x.request_id).map_err(fail)?;
         // Hop-by-hop fields are already gone: pingora's standard upstream request policy strips
         // them (and `Connection`-nominated ones) before this runs.
         let trusted = x.trusted_peer;
         if let Some(ip) = x.peer_ip {
-            let appended = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            let appended = match up.headers.get(&X_FORWARDED_FOR_NAME).and_then(|v| v.to_str().ok()) {
                 Some(chain) if trusted && !chain.trim().is_empty() => Some(format!("{chain}, {ip}")),
                 _ => None,
             };
@@ -145,14 +152,14 @@ impl Policy for Forwarding {
                 None => up.insert_header(X_FORWARDED_FOR, client_ip_value(ip)).map_err(fail)?,
             }
         }
-        if !(trusted && up.headers.contains_key(&X_FORWARDED_PROTO)) {
+        if !(trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
             up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http")).map_err(fail)?;
         }
-        if !(trusted && up.headers.contains_key(&X_FORWARDED_HOST)) {
+        if !(trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
             match up.headers.get(http::header::HOST).cloned() {
                 Some(host) => up.insert_header(X_FORWARDED_HOST, host).map_err(fail)?,
                 None => {
-                    up.remove_header(&X_FORWARDED_HOST);
+                    up.remove_header(X_FORWARDED_HOST);
                 }
             }
         }

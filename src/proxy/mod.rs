@@ -58,6 +58,7 @@ impl Gateway {
 }
 
 /// The policies' view of the exchange in this phase.
+#[inline]
 fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a> {
     let req = session.req_header();
     Exchange {
@@ -394,11 +395,15 @@ impl ProxyHttp for Gateway {
             ctx.outcome.compressed = Some((bytes_in, bytes_out));
         }
         let req = session.req_header();
+        let access_log = ctx.core.runtime.limits.access_log;
         let finished = Finished {
             request_id: &ctx.core.request_id,
             method: &req.method,
             path: req.uri.path(),
-            user_agent: req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()),
+            // looked up only for the line that prints it
+            user_agent: access_log
+                .then(|| req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()))
+                .flatten(),
             route: match &ctx.decision {
                 Decision::Routed(r) | Decision::Rejected { route: Some(r), .. } => Some(r),
                 _ => None,
@@ -408,7 +413,7 @@ impl ProxyHttp for Gateway {
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             error: e.map(|e| e.to_string()),
-            access_log: ctx.core.runtime.limits.access_log,
+            access_log,
         };
         let sinks = Sinks {
             metrics: &self.app.metrics,
