@@ -1,7 +1,7 @@
 //! The embedded store: moka (TinyLFU admission, LRU eviction), bounded in bytes, with per-object
 //! expiry, and indexes by URL and tag so purges and invalidate-on-write need no scan.
 
-use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreStats, StoredMeta, StoredObject};
+use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreKey, StoreStats, StoredMeta, StoredObject};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
@@ -19,25 +19,25 @@ struct Entry {
 
 struct Expiry;
 
-impl moka::Expiry<String, Entry> for Expiry {
-    fn expire_after_create(&self, _k: &String, v: &Entry, _now: Instant) -> Option<Duration> {
+impl moka::Expiry<StoreKey, Entry> for Expiry {
+    fn expire_after_create(&self, _k: &StoreKey, v: &Entry, _now: Instant) -> Option<Duration> {
         Some(v.ttl)
     }
-    fn expire_after_update(&self, _k: &String, v: &Entry, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(&self, _k: &StoreKey, v: &Entry, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
         Some(v.ttl)
     }
 }
 
-type Index = DashMap<String, HashSet<String>>;
+type Index = DashMap<String, HashSet<StoreKey>>;
 
 pub struct MemoryStore {
-    cache: Cache<String, Entry>,
+    cache: Cache<StoreKey, Entry>,
     by_url: Arc<Index>,
     by_tag: Arc<Index>,
     evictions: Arc<AtomicU64>,
 }
 
-fn unindex(index: &Index, name: &str, key: &str) {
+fn unindex(index: &Index, name: &str, key: &StoreKey) {
     if let Some(mut set) = index.get_mut(name) {
         set.remove(key);
         if set.is_empty() {
@@ -55,9 +55,9 @@ impl MemoryStore {
         let (u, t, e) = (by_url.clone(), by_tag.clone(), evictions.clone());
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_k: &String, v: &Entry| u32::try_from(v.obj.weight()).unwrap_or(u32::MAX))
+            .weigher(|_k: &StoreKey, v: &Entry| u32::try_from(v.obj.weight()).unwrap_or(u32::MAX))
             .expire_after(Expiry)
-            .eviction_listener(move |key: Arc<String>, v: Entry, cause| {
+            .eviction_listener(move |key: Arc<StoreKey>, v: Entry, cause| {
                 if cause == RemovalCause::Size {
                     e.fetch_add(1, Ordering::Relaxed);
                 }
@@ -78,7 +78,7 @@ impl MemoryStore {
         }
     }
 
-    fn remove_keys(&self, keys: Vec<String>) -> usize {
+    fn remove_keys(&self, keys: Vec<StoreKey>) -> usize {
         let mut n = 0;
         for k in keys {
             if self.cache.remove(&k).is_some() {
@@ -93,33 +93,33 @@ impl MemoryStore {
 
 #[async_trait]
 impl CacheStore for MemoryStore {
-    async fn get(&self, key: &str) -> Result<Option<Arc<StoredObject>>, StoreError> {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<StoredObject>>, StoreError> {
         Ok(self.cache.get(key).map(|e| e.obj))
     }
 
-    async fn put(&self, key: String, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
-        self.by_url.entry(obj.url.clone()).or_default().insert(key.clone());
+    async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
+        self.by_url.entry(obj.url.clone()).or_default().insert(key);
         for tag in &obj.tags {
-            self.by_tag.entry(tag.clone()).or_default().insert(key.clone());
+            self.by_tag.entry(tag.clone()).or_default().insert(key);
         }
         self.cache.insert(key, Entry { obj: Arc::new(obj), ttl });
         Ok(())
     }
 
-    async fn update_meta(&self, key: &str, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
+    async fn update_meta(&self, key: &StoreKey, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
         let Some(old) = self.cache.get(key) else { return Ok(false) };
         let mut obj = (*old.obj).clone();
         obj.meta = meta;
-        self.cache.insert(key.to_string(), Entry { obj: Arc::new(obj), ttl });
+        self.cache.insert(*key, Entry { obj: Arc::new(obj), ttl });
         Ok(true)
     }
 
-    async fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.remove_keys(vec![key.to_string()]) == 1)
+    async fn remove(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        Ok(self.remove_keys(vec![*key]) == 1)
     }
 
     async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
-        let keys: Vec<String> = match selector {
+        let keys: Vec<StoreKey> = match selector {
             PurgeSelector::All => {
                 self.cache.run_pending_tasks();
                 let n = self.cache.entry_count() as usize;
@@ -133,7 +133,7 @@ impl CacheStore for MemoryStore {
                 .cache
                 .iter()
                 .filter(|(_, e)| path_under(&e.obj.path, prefix))
-                .map(|(k, _)| (*k).clone())
+                .map(|(k, _)| *k)
                 .collect(),
         };
         Ok(self.remove_keys(keys))
@@ -153,6 +153,10 @@ impl CacheStore for MemoryStore {
 mod tests {
     use super::*;
 
+    fn k(n: u8) -> StoreKey {
+        [n; 16]
+    }
+
     fn obj(url: &str, tags: &[&str], size: usize) -> StoredObject {
         StoredObject {
             meta: StoredMeta { internal: vec![], header: vec![], decoded: None },
@@ -167,15 +171,15 @@ mod tests {
     async fn purge_by_tag_url_prefix_and_all() {
         let s = MemoryStore::new(1 << 20);
         let ttl = Duration::from_secs(60);
-        s.put("k1".into(), obj("/api/a", &["t1"], 10), ttl).await.unwrap();
-        s.put("k2".into(), obj("/api/a", &["t2"], 10), ttl).await.unwrap();
-        s.put("k3".into(), obj("/api/b/c", &["t1", "t3"], 10), ttl).await.unwrap();
-        s.put("k4".into(), obj("/other", &[], 10), ttl).await.unwrap();
+        s.put(k(1), obj("/api/a", &["t1"], 10), ttl).await.unwrap();
+        s.put(k(2), obj("/api/a", &["t2"], 10), ttl).await.unwrap();
+        s.put(k(3), obj("/api/b/c", &["t1", "t3"], 10), ttl).await.unwrap();
+        s.put(k(4), obj("/other", &[], 10), ttl).await.unwrap();
         assert_eq!(s.purge(&PurgeSelector::Tag("t1".into())).await.unwrap(), 2);
-        assert!(s.get("k1").await.unwrap().is_none());
+        assert!(s.get(&k(1)).await.unwrap().is_none());
         assert_eq!(s.purge(&PurgeSelector::Tag("t1".into())).await.unwrap(), 0);
         assert_eq!(s.purge(&PurgeSelector::Url("/api/a".into())).await.unwrap(), 1);
-        s.put("k5".into(), obj("/api/b/d", &[], 10), ttl).await.unwrap();
+        s.put(k(5), obj("/api/b/d", &[], 10), ttl).await.unwrap();
         assert_eq!(s.purge(&PurgeSelector::PathPrefix("/api/b".into())).await.unwrap(), 1);
         assert_eq!(s.purge(&PurgeSelector::All).await.unwrap(), 1);
         assert_eq!(s.stats().entries, 0);
@@ -186,7 +190,7 @@ mod tests {
     async fn size_bound_evicts() {
         let s = MemoryStore::new(20_000);
         for i in 0..50 {
-            s.put(format!("k{i}"), obj(&format!("/{i}"), &[], 1000), Duration::from_secs(60)).await.unwrap();
+            s.put(k(i), obj(&format!("/{i}"), &[], 1000), Duration::from_secs(60)).await.unwrap();
         }
         s.cache.run_pending_tasks();
         let st = s.stats();

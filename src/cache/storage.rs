@@ -4,7 +4,7 @@
 //! Bodies are buffered per object while a miss is written (objects over `max_object_size`
 //! are never admitted: pingora stops the write and streams them through).
 
-use super::store::{CacheStore, DecodedMeta, MetaTimes, StoredMeta, StoredObject};
+use super::store::{CacheStore, DecodedMeta, MetaTimes, StoreKey, StoredMeta, StoredObject};
 use super::EntryInfo;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -40,9 +40,9 @@ pub fn retention(meta: &CacheMeta) -> Duration {
     fresh + Duration::from_secs(u64::from(stale))
 }
 
-/// The store key of a pingora cache key: its combined (primary + variance) hash in hex.
-fn store_key(key: &impl CacheHashKey) -> String {
-    hex::encode(key.combined_bin())
+/// The store key of a pingora cache key: its combined (primary + variance) hash.
+fn store_key(key: &impl CacheHashKey) -> StoreKey {
+    key.combined_bin()
 }
 
 fn stored_meta(meta: &CacheMeta) -> Result<StoredMeta> {
@@ -201,7 +201,7 @@ impl HandleHit for Hit {
 
 struct Miss {
     storage: &'static PingoraStorage,
-    key: String,
+    key: StoreKey,
     meta: StoredMeta,
     ttl: Duration,
     tags: Vec<String>,

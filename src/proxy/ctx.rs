@@ -43,6 +43,17 @@ pub struct Core {
     pub upstream_at: Option<Instant>,
 }
 
+impl Decision {
+    /// The route, for a routed request or a route policy's refusal. Borrowing the decision
+    /// alone leaves the other fields of `Ctx` free for the policies' state.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        match self {
+            Decision::Routed(r) | Decision::Rejected { route: Some(r), .. } => Some(r),
+            _ => None,
+        }
+    }
+}
+
 pub struct Ctx {
     pub core: Core,
     pub decision: Decision,
@@ -80,9 +91,6 @@ impl Ctx {
 
     /// The route, for a routed request or a route policy's refusal.
     pub fn route(&self) -> Option<&Arc<Route>> {
-        match &self.decision {
-            Decision::Routed(r) | Decision::Rejected { route: Some(r), .. } => Some(r),
-            _ => None,
-        }
+        self.decision.route()
     }
 }

@@ -122,8 +122,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let rt = ctx.core.runtime.clone();
         let req = session.req_header();
+        let rt = &*ctx.core.runtime;
         ctx.core.request_id = forwarding::Forwarding::request_id(req);
         ctx.core.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.core.trusted_peer = ctx.core.peer_ip.is_some_and(|ip| rt.forwarding.is_trusted(ip));
@@ -131,13 +131,15 @@ impl ProxyHttp for Gateway {
         if let Some(t) = &self.app.tracing {
             ctx.trace = Some(t.start_request(req, ctx.core.peer_ip));
         }
-        session.set_read_timeout(Some(rt.limits.client_body_timeout));
+        let (body_timeout, keepalive) = (rt.limits.client_body_timeout, rt.limits.keepalive_timeout);
+        session.set_read_timeout(Some(body_timeout));
         // Only where pingora would keep the connection: it closes after an ambiguous message.
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(rt.limits.keepalive_timeout.as_secs()));
+            session.set_keepalive(Some(keepalive.as_secs()));
         }
 
         let mut d = Directives::default();
+        let rt = &*ctx.core.runtime;
         ctx.decision = match rt.limits.on_request(&exchange(session, &ctx.core), &mut (), &mut d) {
             Flow::Respond(err) => Decision::Rejected { err, route: None },
             Flow::Continue => {
@@ -148,28 +150,28 @@ impl ProxyHttp for Gateway {
                         let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));
                         Decision::Rejected { err, route: None }
                     }
-                    Ok(path) => match rt.routes.lookup(&req.method, request_host(req), &path).cloned() {
+                    Ok(path) => match rt.routes.lookup(&req.method, request_host(req), &path) {
                         None => Decision::NoRoute,
                         Some(route) => {
                             if let Cow::Owned(p) = path {
                                 ctx.core.rewritten_path = Some(p);
                             }
-                            Decision::Routed(route)
+                            Decision::Routed(route.clone())
                         }
                     },
                 }
             }
         };
         if let Decision::Routed(route) = &ctx.decision {
-            let route = route.clone();
             // paired with `request_finished` in `logging`, which runs for every request
             self.app.metrics.request_started(&route.name, &route.metrics);
             if let Some(t) = &ctx.trace {
                 t.set_route(&route.name, &session.req_header().method);
             }
             ctx.core.streaming = route.streaming || session.is_upgrade_req();
-            let flow = route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.states, &mut d);
-            if let Flow::Respond(err) = flow {
+            if let Flow::Respond(err) = route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.states, &mut d)
+                && let Decision::Routed(route) = std::mem::replace(&mut ctx.decision, Decision::Pending)
+            {
                 ctx.decision = Decision::Rejected { err, route: Some(route) };
             }
         }
@@ -216,7 +218,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(route) = ctx.route().cloned() else { return Ok(false) };
+        let Some(route) = ctx.decision.route() else { return Ok(false) };
         let flow = route.policies.admit(&exchange(session, &ctx.core), &mut ctx.states).await;
         match flow {
             Flow::Continue => Ok(true),
@@ -228,14 +230,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route().cloned() else {
+        let Some(route) = ctx.decision.route() else {
             return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
         };
         let upstream = &route.upstream;
         let Some(addr) = upstream.select() else {
             let retry = upstream.def.health_check.as_ref().map_or(1, |hc| hc.interval.as_secs().max(1));
             let detail = format!("no healthy server in upstream `{}`", upstream.name);
-            return Err(fail(ctx, GatewayError::new(Problem::NoHealthyUpstream, detail).retry_after(retry)));
+            let err = GatewayError::new(Problem::NoHealthyUpstream, detail).retry_after(retry);
+            let e = err.to_pingora();
+            ctx.failure = Some(err);
+            return Err(e);
         };
         ctx.outcome.upstream = Some(addr);
         // pingora calls this again when it retries a failed reused connection: count once.
@@ -265,7 +270,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        let Some(route) = ctx.route().cloned() else { return Ok(()) };
+        let Some(route) = ctx.decision.route() else { return Ok(()) };
         let x = exchange(session, &ctx.core);
         let done = ctx
             .core
@@ -274,7 +279,9 @@ impl ProxyHttp for Gateway {
             .on_upstream_request(&x, upstream, &mut ())
             .and_then(|()| route.policies.on_upstream_request(&x, upstream, &mut ctx.states));
         if let Err(err) = done {
-            return Err(fail(ctx, err));
+            let e = err.to_pingora();
+            ctx.failure = Some(err);
+            return Err(e);
         }
         if let (Some(tracing), Some(trace)) = (&self.app.tracing, ctx.trace.as_mut()) {
             tracing.start_upstream(trace, upstream, ctx.outcome.upstream, &route.name);
@@ -291,7 +298,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _eos: bool, ctx: &mut Ctx) -> Result<()> {
-        let Some(route) = ctx.route().cloned() else { return Ok(()) };
+        let Some(route) = ctx.decision.route() else { return Ok(()) };
         match route.policies.on_request_body(body, &mut ctx.states) {
             Ok(()) => Ok(()),
             Err(err) => Err(fail(ctx, err)),
@@ -332,7 +339,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         resp.insert_header(problem::REQUEST_ID_HEADER, ctx.core.request_id.as_str())?;
-        let Some(route) = ctx.route().cloned() else { return Ok(()) };
+        let Some(route) = ctx.decision.route() else { return Ok(()) };
         route.policies.decorate(resp, &ctx.states);
         let mut d = Directives::default();
         let x = exchange(session, &ctx.core);
@@ -343,7 +350,7 @@ impl ProxyHttp for Gateway {
     }
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
-        let Some(route) = ctx.route().cloned() else { return Ok(None) };
+        let Some(route) = ctx.decision.route() else { return Ok(None) };
         match route.policies.on_response_body(body, eos, &mut ctx.states) {
             Ok(()) => Ok(None),
             Err(c) => Err(cut(ctx, c)),
@@ -386,7 +393,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.outcome.client_ip = ctx.core.client_ip;
-        if let Some(route) = ctx.route().cloned() {
+        if let Some(route) = ctx.decision.route() {
             route.policies.on_done(&ctx.states, &mut ctx.outcome);
         }
         if let Some((_, bytes_in, bytes_out, _)) =
@@ -404,10 +411,7 @@ impl ProxyHttp for Gateway {
             user_agent: access_log
                 .then(|| req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()))
                 .flatten(),
-            route: match &ctx.decision {
-                Decision::Routed(r) | Decision::Rejected { route: Some(r), .. } => Some(r),
-                _ => None,
-            },
+            route: ctx.decision.route().map(|r| &**r),
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             elapsed: ctx.core.started.elapsed(),
             bytes_in: session.body_bytes_read(),
