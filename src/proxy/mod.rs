@@ -108,8 +108,8 @@ fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
 fn cut(ctx: &mut Ctx, c: Cut) -> Box<Error> {
     let route = ctx.route().map_or(outcome::NO_ROUTE, |r| r.name.as_str());
     tracing::warn!(request_id = %ctx.core.request_id, route, code = c.code, "{}; closing", c.why);
-    ctx.outcome.problem = Some(c.code);
-    ctx.outcome.problem_detail = Some(Cow::Borrowed(c.why));
+    ctx.record.outcome.problem = Some(c.code);
+    ctx.record.outcome.problem_detail = Some(Cow::Borrowed(c.why));
     Error::explain(ErrorType::Custom(c.code), c.why)
 }
 
@@ -169,7 +169,7 @@ impl ProxyHttp for Gateway {
                 t.set_route(&route.name, &session.req_header().method);
             }
             ctx.core.streaming = route.streaming || session.is_upgrade_req();
-            if let Flow::Respond(err) = route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.states, &mut d)
+            if let Flow::Respond(err) = route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d)
                 && let Decision::Routed(route) = std::mem::replace(&mut ctx.decision, Decision::Pending)
             {
                 ctx.decision = Decision::Rejected { err, route: Some(route) };
@@ -193,7 +193,7 @@ impl ProxyHttp for Gateway {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let Decision::Routed(route) = &ctx.decision else { return Ok(()) };
-        if !route.policies.cache.as_ref().is_some_and(|c| c.enabled(&ctx.states.cache)) {
+        if !route.policies.cache.as_ref().is_some_and(|c| c.enabled(&ctx.record.states.cache)) {
             return Ok(());
         }
         let cache = &self.app.cache;
@@ -219,7 +219,7 @@ impl ProxyHttp for Gateway {
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(route) = ctx.decision.route() else { return Ok(false) };
-        let flow = route.policies.admit(&exchange(session, &ctx.core), &mut ctx.states).await;
+        let flow = route.policies.admit(&exchange(session, &ctx.core), &mut ctx.record.states).await;
         match flow {
             Flow::Continue => Ok(true),
             Flow::Respond(err) => {
@@ -242,15 +242,15 @@ impl ProxyHttp for Gateway {
             ctx.failure = Some(err);
             return Err(e);
         };
-        ctx.outcome.upstream = Some(addr);
+        ctx.record.outcome.upstream = Some(addr);
         // pingora calls this again when it retries a failed reused connection: count once.
-        if !ctx.outcome.upstream_started {
-            ctx.outcome.upstream_started = true;
+        if !ctx.record.outcome.upstream_started {
+            ctx.record.outcome.upstream_started = true;
             self.app.metrics.upstream_started(&upstream.name, &upstream.metrics);
         }
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.idle_timeout = Some(upstream.def.idle_timeout);
-        route.policies.on_peer(&exchange(session, &ctx.core), &mut ctx.states, &mut peer.options);
+        route.policies.on_peer(&exchange(session, &ctx.core), &mut ctx.record.states, &mut peer.options);
         ctx.core.upstream_at = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -265,7 +265,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let since_chosen = ctx.core.upstream_at.map_or(Duration::ZERO, |t| t.elapsed());
-        ctx.outcome.connect = Some(if reused { Duration::ZERO } else { since_chosen });
+        ctx.record.outcome.connect = Some(if reused { Duration::ZERO } else { since_chosen });
         Ok(())
     }
 
@@ -277,14 +277,14 @@ impl ProxyHttp for Gateway {
             .runtime
             .forwarding
             .on_upstream_request(&x, upstream, &mut ())
-            .and_then(|()| route.policies.on_upstream_request(&x, upstream, &mut ctx.states));
+            .and_then(|()| route.policies.on_upstream_request(&x, upstream, &mut ctx.record.states));
         if let Err(err) = done {
             let e = err.to_pingora();
             ctx.failure = Some(err);
             return Err(e);
         }
         if let (Some(tracing), Some(trace)) = (&self.app.tracing, ctx.trace.as_mut()) {
-            tracing.start_upstream(trace, upstream, ctx.outcome.upstream, &route.name);
+            tracing.start_upstream(trace, upstream, ctx.record.outcome.upstream, &route.name);
         }
         if let Some(path) = &ctx.core.rewritten_path {
             let uri = match upstream.uri.query() {
@@ -299,7 +299,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _eos: bool, ctx: &mut Ctx) -> Result<()> {
         let Some(route) = ctx.decision.route() else { return Ok(()) };
-        match route.policies.on_request_body(body, &mut ctx.states) {
+        match route.policies.on_request_body(body, &mut ctx.record.states) {
             Ok(()) => Ok(()),
             Err(err) => Err(fail(ctx, err)),
         }
@@ -308,7 +308,7 @@ impl ProxyHttp for Gateway {
     /// Runs on the upstream's header before pingora caches it: hop-by-hop fields are removed
     /// here, once, so a cache hit has nothing left to strip.
     async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        ctx.outcome.ttfb = ctx.core.upstream_at.map(|t| t.elapsed());
+        ctx.record.outcome.ttfb = ctx.core.upstream_at.map(|t| t.elapsed());
         if let Some(t) = &ctx.trace {
             t.upstream_status(resp.status.as_u16());
         }
@@ -340,10 +340,10 @@ impl ProxyHttp for Gateway {
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         resp.insert_header(problem::REQUEST_ID_HEADER, ctx.core.request_id.as_str())?;
         let Some(route) = ctx.decision.route() else { return Ok(()) };
-        route.policies.decorate(resp, &ctx.states);
+        route.policies.decorate(resp, &ctx.record.states);
         let mut d = Directives::default();
         let x = exchange(session, &ctx.core);
-        if let Err(err) = route.policies.on_response(&x, resp, &mut ctx.states, &mut d).await {
+        if let Err(err) = route.policies.on_response(&x, resp, &mut ctx.record.states, &mut d).await {
             return Err(fail(ctx, err));
         }
         apply(session, d)
@@ -351,7 +351,7 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
         let Some(route) = ctx.decision.route() else { return Ok(None) };
-        match route.policies.on_response_body(body, eos, &mut ctx.states) {
+        match route.policies.on_response_body(body, eos, &mut ctx.record.states) {
             Ok(()) => Ok(None),
             Err(c) => Err(cut(ctx, c)),
         }
@@ -364,7 +364,7 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let closed = FailToProxy { error_code: 0, can_reuse_downstream: false };
-        if ctx.outcome.problem.is_some() && session.response_written().is_some() {
+        if ctx.record.outcome.problem.is_some() && session.response_written().is_some() {
             // A cut after the header went out, already noted.
             return closed;
         }
@@ -372,7 +372,7 @@ impl ProxyHttp for Gateway {
             return closed; // the client is gone: nothing can be sent
         };
         let status = err.problem.status();
-        ctx.outcome.upstream_error = match err.problem {
+        ctx.record.outcome.upstream_error = match err.problem {
             Problem::UpstreamUnreachable => Some("connect"),
             Problem::UpstreamTimeout => Some("timeout"),
             Problem::UpstreamFailed => Some("failed"),
@@ -392,14 +392,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        ctx.outcome.client_ip = ctx.core.client_ip;
+        ctx.record.outcome.client_ip = ctx.core.client_ip;
         if let Some(route) = ctx.decision.route() {
-            route.policies.on_done(&ctx.states, &mut ctx.outcome);
+            route.policies.on_done(&ctx.record.states, &mut ctx.record.outcome);
         }
         if let Some((_, bytes_in, bytes_out, _)) =
             session.downstream_modules_ctx.get::<ResponseCompression>().and_then(|c| c.get_info())
         {
-            ctx.outcome.compressed = Some((bytes_in, bytes_out));
+            ctx.record.outcome.compressed = Some((bytes_in, bytes_out));
         }
         let req = session.req_header();
         let access_log = ctx.core.runtime.limits.access_log;
@@ -423,6 +423,6 @@ impl ProxyHttp for Gateway {
             metrics: &self.app.metrics,
             errors: &self.app.errors,
         };
-        outcome::record(&ctx.outcome, &finished, &sinks, ctx.trace.take());
+        outcome::record(&ctx.record.outcome, &finished, &sinks, ctx.trace.take());
     }
 }

@@ -11,7 +11,7 @@ use pingora::Result;
 pub async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
     let (mut header, body) = problem::render(&err, &ctx.core.request_id);
     if let Some(route) = ctx.route() {
-        route.policies.decorate(&mut header, &ctx.states);
+        route.policies.decorate(&mut header, &ctx.record.states);
     }
     note(ctx, err);
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -24,6 +24,6 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) ->
 
 /// Records a problem the client sees (or that cut the response short) in the outcome.
 pub fn note(ctx: &mut Ctx, err: GatewayError) {
-    ctx.outcome.problem = Some(err.problem.code());
-    ctx.outcome.problem_detail = Some(err.detail);
+    ctx.record.outcome.problem = Some(err.problem.code());
+    ctx.record.outcome.problem_detail = Some(err.detail);
 }
