@@ -1,7 +1,9 @@
 //! fastgate: a reverse-proxy gateway for FastAPI backends, on pingora.
 //!
-//! Config flows raw -> compiled (`config`), requests flow through `proxy` over the compiled
-//! `routing` table and `policy`, every gateway-made response comes from `problem`.
+//! Config flows raw -> plan (`config`) -> live runtime (`state`); requests flow through the
+//! `proxy` dispatcher over the `routing` table and each route's chain of `policy` modules;
+//! every gateway-made response comes from `problem`; each request's `Outcome` is reported once
+//! by `telemetry`. `tests/architecture.rs` keeps these layers apart.
 
 pub mod admin;
 pub mod app;

@@ -3,7 +3,8 @@
 //! - `store`: the narrow trait a backend implements (memory now, shared stores later);
 //! - `memory`: the embedded, byte-bounded store;
 //! - `storage`: pingora's `Storage` over any `CacheStore`;
-//! - this module: per-route policy, the cache key, what may be stored, invalidation templates.
+//! - this module: the cache key, what may be stored, variance, invalidation templates; the
+//!   route's cache policy over pingora's phases is `policy::cache`.
 //!
 //! **Key**: `GET` (HEAD shares it) + host + normalized path + query sorted by name (minus
 //! `ignore_query`) + the route's key headers and cookies, then pingora's variance hash over the

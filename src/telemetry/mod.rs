@@ -1,5 +1,6 @@
-//! Telemetry in one place: log set-up, metric names and labels, and the typed events the
-//! request path emits. Nothing else in the crate names a metric.
+//! Telemetry in one place: log set-up, metric names and labels, OTLP traces (and the `OTEL_*`
+//! variables), and `outcome`: the one record per request that becomes the access line, the
+//! metrics and the span. Nothing else in the crate names a metric.
 
 pub mod errorlog;
 pub mod logging;
