@@ -184,10 +184,14 @@ fn cell<'a>(dom: &'a str, route: &str, class: &str) -> &'a str {
 #[tokio::test]
 async fn status_page_shows_live_numbers_in_a_real_browser() {
     let backend = Backend::start();
-    let gw = Gateway::start(&config_for(&backend.addr(), &routes()));
+    // A second upstream, not routed (readiness does not wait for it), whose server is down.
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let extra = format!("[upstreams.spare]\nservers = [\"{dead}\"]\nhealth_check = {{ interval = \"100ms\", timeout = \"100ms\" }}\n");
+    let gw = Gateway::start(&(extra + &config_for(&backend.addr(), &routes())));
     gw.wait_ready();
     traffic(&gw).await;
     gw.wait_metric("http_server_request_duration_seconds_count{method=\"GET\",route=\"slow\",status_class=\"2xx\"}", 1.0).await;
+    gw.wait_metric(&format!("fastgate_upstream_healthy{{server=\"{dead}\",upstream=\"spare\"}}"), 0.0).await;
 
     let json: serde_json::Value = reqwest::get(gw.admin_url("/status.json")).await.unwrap().json().await.unwrap();
     let market = json["routes"].as_array().unwrap().iter().find(|r| r["name"] == "market").unwrap().clone();
@@ -202,7 +206,10 @@ async fn status_page_shows_live_numbers_in_a_real_browser() {
     assert_eq!(cell(&dom, "market", "limited"), "20.0%");
     assert_eq!(cell(&dom, "trades", "errors"), "0.0%");
     assert!(cell(&dom, "slow", "p50").ends_with(" ms"));
-    assert!(dom.contains("healthy") || dom.contains("down"));
+    // Upstream health as rendered: the backend healthy, the spare's server down.
+    let row = |addr: &str, state: &str, class: &str| format!("<td>{addr}</td><td class=\"{class}\">{state}</td>");
+    assert!(dom.contains(&row(&backend.addr(), "healthy", "ok")), "{dom}");
+    assert!(dom.contains(&row(&dead, "down", "bad")), "{dom}");
     assert!(dom.contains(&json["config"]["hash"].as_str().unwrap().to_string()));
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config_for, Backend, Gateway, CATCH_ALL};
+use common::{metric_value, config_for, Backend, Gateway, CATCH_ALL};
 use serde_json::Value;
 
 fn header_values(echo: &Value, name: &str) -> Vec<String> {
@@ -53,9 +53,17 @@ async fn methods_bodies_queries_and_statuses_pass_through() {
         assert_eq!(echo["body_len"], body.len());
     }
 
-    // HEAD: headers, no body
-    let r = c.head(gw.url("/debug/echo")).send().await.unwrap();
+    // HEAD: the GET's header fields, no body
+    let get = c.get(gw.url("/api/static/exchanges")).send().await.unwrap();
+    let (get_headers, get_body) = (get.headers().clone(), get.bytes().await.unwrap());
+    let r = c.head(gw.url("/api/static/exchanges")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-length"], get_body.len().to_string().as_str(), "HEAD declares the GET body's length");
+    for name in ["content-type", "etag", "cache-control"] {
+        assert_eq!(h[name], get_headers[name], "{name}");
+    }
+    assert_ne!(h["x-request-id"], get_headers["x-request-id"]);
     assert!(r.bytes().await.unwrap().is_empty());
 
     // a large body arrives whole and intact
@@ -141,6 +149,7 @@ max_body = "30"
 
     let r = c.get(gw.url("/debug/echo/exact")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(backend.hits("/debug/echo/exact").await, 1, "the backend counts what reaches it");
     let r = c.get(gw.url("/debug/echo/exact/more")).send().await.unwrap();
     let body = assert_problem(r, 404, "no_route").await;
     assert!(body["detail"].as_str().unwrap().contains("/debug/echo/exact/more"));
@@ -171,10 +180,12 @@ upstream = "api"
         assert!(resp.contains("\"path\":\"/debug/echo/public/x\""), "{raw}: {resp}");
     }
     // A dot segment cannot climb out of the route into one that does not exist.
+    // (Reading the counter counts one request to /debug/stats itself.)
+    let before = backend.hits("/debug/stats").await;
     let resp = raw_get(&gw.addr(), "/debug/echo/public/../../stats").await;
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     assert!(resp.contains("no_route"), "{resp}");
-    assert_eq!(backend.hits("/debug/stats").await, 0);
+    assert_eq!(backend.hits("/debug/stats").await, before + 1, "the climbing request reached /debug/stats");
     // Reserved escapes stay escaped.
     let resp = raw_get(&gw.addr(), "/debug/echo/public/a%2Fb").await;
     assert!(resp.contains("\"raw_path\":\"/debug/echo/public/a%2Fb\""), "{resp}");
@@ -205,7 +216,12 @@ async fn request_id_is_kept_or_made_and_reaches_the_backend() {
     // malformed ids are replaced, never forwarded
     let r = c.get(gw.url("/debug/echo")).header("X-Request-ID", "bad id\"<script>").send().await.unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert_eq!(id.len(), 36, "a UUID: {id}");
+    // a UUIDv7: 8-4-4-4-12 lower-case hex, version 7, RFC 9562 variant
+    let groups: Vec<&str> = id.split('-').collect();
+    assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+    assert!(id.chars().all(|ch| ch == '-' || ch.is_ascii_digit() || ('a'..='f').contains(&ch)), "{id}");
+    assert_eq!(&id[14..15], "7", "version 7: {id}");
+    assert!("89ab".contains(&id[19..20]), "variant: {id}");
     let echo: Value = r.json().await.unwrap();
     assert_eq!(header_values(&echo, "x-request-id"), vec![id]);
 
@@ -290,7 +306,7 @@ async fn upstream_down_is_a_502_problem() {
 async fn no_healthy_server_is_a_503_problem_with_retry_after() {
     let backend = Backend::start();
     let body = format!(
-        "[upstreams.api]\nservers = [\"{}\"]\nhealth_check = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"500ms\", unhealthy_threshold = 1 }}\n\n{CATCH_ALL}",
+        "[upstreams.api]\nservers = [\"{}\"]\nhealth_check = {{ path = \"/healthz\", interval = \"2s\", timeout = \"500ms\", unhealthy_threshold = 1 }}\n\n{CATCH_ALL}",
         backend.addr()
     );
     let gw = Gateway::start(&body);
@@ -298,15 +314,15 @@ async fn no_healthy_server_is_a_503_problem_with_retry_after() {
     assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200);
 
     backend.set_healthy(false).await;
-    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 503, std::time::Duration::from_secs(5)));
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 503, std::time::Duration::from_secs(6)));
     let before = backend.hits("/api/market/AAPL").await;
     let r = reqwest::get(gw.url("/api/market/AAPL")).await.unwrap();
-    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["retry-after"], "2", "Retry-After is the health check interval");
     assert_problem(r, 503, "no_healthy_upstream").await;
     assert_eq!(backend.hits("/api/market/AAPL").await, before, "an unhealthy server gets no traffic");
 
     backend.set_healthy(true).await;
-    gw.wait_ready();
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 200, std::time::Duration::from_secs(6)));
     assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200);
 }
 
@@ -362,16 +378,24 @@ async fn body_caps_answer_413_and_the_backend_never_sees_the_excess() {
     assert_problem(r, 413, "payload_too_large").await;
     assert_eq!(backend.total_hits().await, before);
 
-    // chunked, no Content-Length: counted as it streams
+    // chunked, no Content-Length: counted as it streams; the backend, which records every
+    // byte it reads, gets no more than the cap
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
     let stream = futures_util::stream::iter(chunks);
     let r = c
-        .post(gw.url("/api/trades"))
+        .post(gw.url("/debug/sink"))
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await
         .unwrap();
     assert_problem(r, 413, "payload_too_large").await;
+    let stats: Value = reqwest::get(backend.url("/debug/stats")).await.unwrap().json().await.unwrap();
+    let received = stats["sink_bytes"].as_u64().unwrap();
+    assert!(received <= 1024, "the backend read {received} bytes past a 1 KiB cap");
+    // and a chunked body within the cap arrives whole
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..2).map(|_| Ok(vec![b'b'; 512])).collect();
+    let r = c.post(gw.url("/debug/sink")).body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["received"], 1024);
 }
 
 #[tokio::test]
@@ -412,7 +436,8 @@ async fn admin_endpoints() {
     let m = gw
         .wait_metric("http_server_request_duration_seconds_count{method=\"GET\",route=\"all\",status_class=\"2xx\"}", 1.0)
         .await;
-    assert!(m.contains("fastgate_upstream_healthy{server=\""), "{m}");
+    let series = format!("fastgate_upstream_healthy{{server=\"{}\",upstream=\"api\"}}", backend.addr());
+    assert_eq!(metric_value(&m, &series), Some(1.0), "{m}");
 }
 
 #[tokio::test]

@@ -1,18 +1,23 @@
-"""Example backend for fastgate: a small trading platform API.
+"""Example backend for fastgate: a small trading and catalog API, written the way FastAPI teams
+write theirs, and knowing nothing about the gateway in front of it.
 
-An ordinary FastAPI app that knows nothing about the gateway in front of it. It has the
-data classes fastgate's policies are written for:
+- routers included with prefixes (APIRouter); the catalog router is included twice, under
+  /api/v1 and /api (the duplicate-router case teams suspect in their own apps)
+- auth as a dependency (routers/auth.py): 401 with WWW-Authenticate, 403 for someone else's data
+- a lifespan with a configurable start-up delay, and a per-query database latency (state.py)
+- pydantic models and their 422s; list endpoints with validated limit/offset (le= bounds in the
+  OpenAPI schema); related resources that writes change (routers/catalog.py)
+- a 500 from an unhandled exception (/api/crash); CORS on one mounted sub-application (/public)
+- Cache-Control where a team would set it (reference data)
 
-- market data      /api/market/...   changes every few seconds
-- user data        /api/users/...    needs an Authorization header
-- reference data   /api/static/...   changes rarely
-- trading          /api/trades       POST with a JSON body, never cached
-- a large list     /api/instruments  limit/offset pagination
-- a slow endpoint  /api/slow
-- streams          /ws/prices (WebSocket), /api/stream/prices (server-sent events)
+Data classes for the policies: market data /api/market (changes every few seconds), user data
+/api/users (bearer token), reference data /api/static (rarely changes), trading /api/trades
+(POST, never cached), a large list /api/instruments, a slow endpoint /api/slow, streams
+/ws/prices (WebSocket) and /api/stream/prices (server-sent events).
 
-Two debugging endpoints let tests observe what reached the backend: /debug/echo reflects the
-request it received, /debug/stats counts requests per path. /debug/health flips /healthz.
+Test-only endpoints live under /debug and are counted like every other path: /debug/echo
+reflects the request it received, /debug/cacheable answers with caching headers the caller
+picks, /debug/stats reports the counters, /debug/mode, /debug/health and /debug/reset steer.
 
 Run: uvicorn app:app --host 127.0.0.1 --port 8000 (from this folder).
 """
@@ -25,13 +30,32 @@ import hashlib
 import json
 import random
 import time
-from collections import Counter
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Header, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-app = FastAPI(title="Example trading backend", version="1.0.0")
+import state
+from routers import catalog
+from routers.auth import Caller, same_user
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI):
+    # Such backends load models, warm pools and run migrations before serving.
+    if state.STARTUP_DELAY:
+        await asyncio.sleep(state.STARTUP_DELAY)
+    yield
+
+
+app = FastAPI(title="Example trading backend", version="2.0.0", lifespan=lifespan)
+market = APIRouter(prefix="/api/market", tags=["market"])
+users = APIRouter(prefix="/api/users", tags=["users"])
+reference = APIRouter(prefix="/api/static", tags=["reference"])
+trading = APIRouter(prefix="/api", tags=["trading"])
+debug = APIRouter(prefix="/debug", tags=["debug"])
 
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "BRK.B"]
 INSTRUMENTS = [
@@ -47,17 +71,17 @@ INSTRUMENTS = [
     for i in range(5000)
 ]
 
-_hits: Counter[str] = Counter()
-_state = {"healthy": True, "trades": 0, "fail": None, "delay": 0.0, "conditional": 0, "version": 1}
+_hits = state.hits
+_state = state.mode
 
 
 @app.middleware("http")
 async def count_requests(request: Request, call_next):
+    # Every path is counted, /debug ones too: "the backend never saw it" must be able to fail.
     path = request.url.path
-    if not path.startswith("/debug/") or path.startswith("/debug/cacheable"):
-        _hits[path] += 1
-        if path != "/healthz":
-            _hits["__total__"] += 1
+    _hits[path] += 1
+    if path not in state.CONTROL_PATHS:
+        _hits["__total__"] += 1
     return await call_next(request)
 
 
@@ -75,12 +99,12 @@ async def healthz():
     return {"status": "ok"}
 
 
-@app.get("/api/market")
+@market.get("")
 async def market_overview():
     return {"symbols": [{"symbol": s, "price": _price(s)} for s in SYMBOLS], "ts": time.time()}
 
 
-@app.get("/api/market/{symbol}")
+@market.get("/{symbol}")
 async def market_quote(symbol: str):
     symbol = symbol.upper()
     if symbol not in SYMBOLS:
@@ -88,32 +112,32 @@ async def market_quote(symbol: str):
     return {"symbol": symbol, "price": _price(symbol), "ts": time.time()}
 
 
-@app.get("/api/users/{user_id}")
-async def user_profile(user_id: str, authorization: str | None = Header(default=None)):
-    if not authorization:
-        raise HTTPException(status_code=401, detail="missing Authorization")
-    return {"id": user_id, "token_owner": authorization.removeprefix("Bearer "), "balance": 1000.0}
+@users.get("/{user_id}")
+async def user_profile(user_id: str, caller: Caller = Depends(same_user)):
+    await state.query()
+    return {"id": user_id, "token_owner": caller.user_id, "balance": 1000.0}
 
 
-@app.get("/api/users/{user_id}/positions")
-async def user_positions(user_id: str, authorization: str | None = Header(default=None)):
-    if not authorization:
-        raise HTTPException(status_code=401, detail="missing Authorization")
+@users.get("/{user_id}/positions")
+async def user_positions(user_id: str, caller: Caller = Depends(same_user)):
+    await state.query()
     return {"id": user_id, "positions": [{"symbol": s, "qty": 10} for s in SYMBOLS[:3]]}
 
 
-@app.get("/api/static/exchanges")
+@reference.api_route("/exchanges", methods=["GET", "HEAD"])
 async def exchanges(response: Response):
     response.headers["ETag"] = '"exchanges-v7"'
+    response.headers["Cache-Control"] = "public, max-age=3600"
     return {"exchanges": ["NASDAQ", "NYSE", "LSE", "XETRA"], "version": 7}
 
 
-@app.get("/api/static/currencies")
-async def currencies():
+@reference.api_route("/currencies", methods=["GET", "HEAD"])
+async def currencies(response: Response):
+    response.headers["Cache-Control"] = "public, max-age=3600"
     return {"currencies": ["USD", "EUR", "GBP", "JPY", "CHF"], "version": 3}
 
 
-@app.get("/api/instruments")
+@trading.get("/instruments")
 async def instruments(limit: int = 100, offset: int = 0):
     limit = max(0, min(limit, len(INSTRUMENTS)))
     return {"total": len(INSTRUMENTS), "offset": offset, "items": INSTRUMENTS[offset : offset + limit]}
@@ -125,7 +149,7 @@ class TradeIn(BaseModel):
     qty: float = Field(gt=0)
 
 
-@app.get("/api/export")
+@trading.get("/export")
 async def export(rows: int = 10, delay: float = 0.1):
     """A slow NDJSON export, streamed row by row (not an event stream)."""
 
@@ -137,14 +161,14 @@ async def export(rows: int = 10, delay: float = 0.1):
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@app.get("/api/precompressed")
+@trading.get("/precompressed")
 async def precompressed():
     """A body the backend gzips itself, so a gateway must not compress it again."""
     body = gzip.compress(json.dumps({"items": INSTRUMENTS[:50]}).encode())
     return Response(body, media_type="application/json", headers={"Content-Encoding": "gzip"})
 
 
-@app.post("/api/trades", status_code=201)
+@trading.post("/trades", status_code=201)
 async def create_trade(trade: TradeIn, response: Response):
     _state["trades"] += 1
     trade_id = _state["trades"]
@@ -152,13 +176,13 @@ async def create_trade(trade: TradeIn, response: Response):
     return {"id": trade_id, "symbol": trade.symbol, "side": trade.side, "qty": trade.qty}
 
 
-@app.get("/api/slow")
+@trading.get("/slow")
 async def slow(seconds: float = 2.0):
     await asyncio.sleep(seconds)
     return {"slept": seconds}
 
 
-@app.get("/api/stream/prices")
+@trading.get("/stream/prices")
 async def price_events(count: int = 5, interval: float = 0.3):
     async def events():
         for i in range(count):
@@ -187,13 +211,13 @@ async def ws_prices(websocket: WebSocket):
         return
 
 
-@app.api_route("/api/status/{code}", methods=["GET", "POST"])
+@trading.api_route("/status/{code}", methods=["GET", "POST"])
 async def status(code: int):
     return JSONResponse({"status": code}, status_code=code)
 
 
-@app.api_route("/debug/echo/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
-@app.api_route("/debug/echo", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+@debug.api_route("/echo/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+@debug.api_route("/echo", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 async def echo(request: Request):
     body = await request.body()
     return {
@@ -208,7 +232,7 @@ async def echo(request: Request):
     }
 
 
-@app.get("/debug/cacheable/{name}")
+@debug.get("/cacheable/{name}")
 async def cacheable(
     name: str,
     request: Request,
@@ -263,7 +287,7 @@ async def cacheable(
     return JSONResponse(body, headers=headers)
 
 
-@app.post("/debug/mode")
+@debug.post("/mode")
 async def set_mode(request: Request):
     body = await request.json()
     for key in ("fail", "delay", "version"):
@@ -272,24 +296,85 @@ async def set_mode(request: Request):
     return {k: _state[k] for k in ("fail", "delay", "version", "conditional")}
 
 
-@app.get("/debug/stats")
+@debug.get("/stats")
 async def stats():
-    return {"hits": dict(_hits), "total": _hits["__total__"], "conditional": _state["conditional"]}
+    return {
+        "hits": dict(_hits),
+        "total": _hits["__total__"],
+        "conditional": _state["conditional"],
+        "db_queries": state.db_stats["queries"],
+        "sink_bytes": state.mode.get("sink_bytes", 0),
+    }
 
 
-@app.post("/debug/health")
+@debug.post("/health")
 async def set_health(request: Request):
     body = await request.json()
     _state["healthy"] = bool(body.get("healthy", True))
     return {"healthy": _state["healthy"]}
 
 
-@app.post("/debug/reset")
+@debug.post("/reset")
 async def reset():
     _hits.clear()
+    state.db_stats["queries"] = 0
+    catalog.reset()
     return {"reset": True}
 
 
-@app.get("/api/random")
+@trading.get("/random")
 async def random_value():
     return {"value": random.random()}
+
+
+@trading.get("/crash")
+async def crash():
+    """An unhandled exception: FastAPI answers a plain-text 500."""
+    raise RuntimeError("the database connection pool is exhausted")
+
+
+@debug.post("/sink")
+async def sink(request: Request):
+    """Reads the body as it arrives and records how many bytes came, even when the sender
+    stops midway: what a body cap in front really let through."""
+    state.mode["sink_bytes"] = 0
+    try:
+        async for chunk in request.stream():
+            state.mode["sink_bytes"] += len(chunk)
+    except Exception:  # the client (the gateway) went away mid-body
+        pass
+    return {"received": state.mode["sink_bytes"]}
+
+
+@debug.get("/binary")
+async def binary(size: int = 4096):
+    """An image-like body: a compressing gateway must pass it as it is."""
+    body = bytes((i * 37) % 251 for i in range(size))
+    return Response(body, media_type="image/png")
+
+
+# CORS on one part of the app only: a mounted sub-application with its own middleware, the way
+# a team exposes a few endpoints to browsers on another origin.
+public = FastAPI(title="Public widgets")
+public.add_middleware(
+    CORSMiddleware,
+    allow_origins=["https://shop.example"],
+    allow_methods=["GET", "POST"],
+    allow_headers=["Authorization", "Content-Type"],
+    max_age=600,
+)
+
+
+@public.get("/widgets")
+async def widgets():
+    return {"widgets": [{"id": 1, "name": "price ticker"}]}
+
+
+app.include_router(market)
+app.include_router(users)
+app.include_router(reference)
+app.include_router(trading)
+app.include_router(catalog.router, prefix="/api/v1")
+app.include_router(catalog.router, prefix="/api")
+app.include_router(debug)
+app.mount("/public", public)

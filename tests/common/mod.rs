@@ -1,46 +1,108 @@
 //! Test harness: real processes on ephemeral ports, killed on drop.
 //!
-//! - `Backend`: the example FastAPI app under uvicorn (`examples/backend`).
+//! - `Backend`: the example FastAPI app under uvicorn (`examples/backend`), serving a socket
+//!   the harness bound itself (`uvicorn --fd`): its port is never free for anyone else.
 //! - `Gateway`: the `fastgate` binary built by cargo, with a config written to a temp dir.
 //!
-//! Readiness is polled, never slept for. `FASTGATE_TEST_PYTHON` picks the interpreter.
+//! Readiness is polled, never slept for; a child that exits while it is awaited fails the
+//! test at once, with its last log lines. Every child runs in its own process group, killed
+//! with the group on drop, and gets SIGKILL when the test process dies (`PR_SET_PDEATHSIG`),
+//! so a killed test run leaves nothing behind. `FASTGATE_TEST_PYTHON` picks the interpreter.
 
 #![allow(dead_code)]
 
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on now and that no other test process of this run was given.
+fn claims_dir() -> PathBuf {
+    std::env::temp_dir().join("fastgate-test-ports")
+}
+
+/// Claims `port` for this test process: a file created exclusively in a directory all test
+/// processes share. Claims older than `CLAIM_TTL` belong to earlier, killed runs.
+fn claim(port: u16) -> bool {
+    const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
+    let dir = claims_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(port.to_string());
+    let stale = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or_default() > CLAIM_TTL);
+    if stale {
+        let _ = std::fs::remove_file(&path);
+    }
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).is_ok()
+}
+
+/// Gives a claimed port back (its owner has exited).
+pub fn release(port: u16) {
+    let _ = std::fs::remove_file(claims_dir().join(port.to_string()));
+}
+
+/// A port nothing listens on now and that no other test process of this run holds.
 ///
 /// Test binaries run in parallel, each test in its own process. A port one test was handed and
-/// released (a backend still starting, a "dead" upstream, a gateway that exited while its
-/// client still polls) could otherwise be handed to another test, whose gateway then receives
-/// the first test's traffic. Each port is claimed with a file created exclusively in a shared
-/// directory; claims older than `CLAIM_TTL` belong to earlier runs and are taken over.
+/// released (a gateway still starting, a "dead" upstream) could otherwise be handed to another
+/// test. The claim is held until the test gives it back (`release`, done by the `Drop` of
+/// `Gateway`) or the run ends.
 pub fn free_port() -> u16 {
-    const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
-    let dir = std::env::temp_dir().join("fastgate-test-ports");
-    let _ = std::fs::create_dir_all(&dir);
     for _ in 0..1000 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let claim = dir.join(port.to_string());
-        let stale = std::fs::metadata(&claim)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().unwrap_or_default() > CLAIM_TTL);
-        if stale {
-            let _ = std::fs::remove_file(&claim);
-        }
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(&claim).is_ok() {
+        if claim(port) {
             return port;
         }
     }
-    panic!("no unclaimed port after 1000 tries (see {})", dir.display());
+    panic!("no unclaimed port after 1000 tries (see {})", claims_dir().display());
+}
+
+/// A listening socket on a claimed port, for a child to inherit: nobody else can take the
+/// port between the test choosing it and the child serving it.
+fn claimed_listener() -> TcpListener {
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        if claim(l.local_addr().expect("local addr").port()) {
+            return l;
+        }
+    }
+    panic!("no unclaimed port after 1000 tries");
+}
+
+/// The child runs in its own process group (killed whole on drop) and dies with the test
+/// process.
+fn isolate(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Kills the child's whole process group and reaps the child.
+fn kill_group(child: &mut Child) {
+    // SAFETY: signals the group this harness created for the child (its pid is the group id).
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn repo() -> PathBuf {
@@ -58,6 +120,30 @@ pub fn wait_for_status(url: &str, want: u16, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Why a child did not become ready.
+#[derive(Debug)]
+pub enum NotReady {
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Polls `ready` until it holds, the child exits, or `timeout` passes.
+fn await_child(child: &mut Child, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), NotReady> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NotReady::Exited(status));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(NotReady::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A minimal blocking GET, for readiness polls outside any runtime.
@@ -89,7 +175,7 @@ impl Backend {
 
     pub fn start_with_env(env: &[(&str, &str)]) -> Backend {
         let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        Self::spawn(Command::new(python), env)
+        Self::spawn(Command::new(python), env, Duration::from_secs(30))
     }
 
     /// The same app under OpenTelemetry's zero-code instrumentation (what the
@@ -100,12 +186,22 @@ impl Backend {
         let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(&python);
         cmd.args(["-c", "from opentelemetry.instrumentation.auto_instrumentation import run; run()", &python]);
-        Self::spawn(cmd, env)
+        Self::spawn(cmd, env, Duration::from_secs(30))
     }
 
-    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Backend {
-        let port = free_port();
-        cmd.args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+    /// Starts the backend without waiting for it: for tests of a backend that is slow to
+    /// start (`BACKEND_STARTUP_DELAY`). `wait_healthy` waits.
+    pub fn start_unready(env: &[(&str, &str)]) -> Backend {
+        let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        Self::spawn(Command::new(python), env, Duration::ZERO)
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)], wait: Duration) -> Backend {
+        use std::os::fd::AsRawFd;
+        let listener = claimed_listener();
+        let port = listener.local_addr().expect("local addr").port();
+        let fd = listener.as_raw_fd();
+        cmd.args(["-m", "uvicorn", "app:app", "--fd", &fd.to_string()])
             .args(["--log-level", "warning"])
             .current_dir(repo().join("examples/backend"))
             .stdout(Stdio::null())
@@ -113,13 +209,32 @@ impl Backend {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        isolate(&mut cmd);
+        // SAFETY: only clears close-on-exec on the listener's fd, in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("spawn uvicorn (is the example backend installed?)");
-        let b = Backend { port, child };
-        assert!(
-            wait_for_status(&format!("http://127.0.0.1:{port}/healthz"), 200, Duration::from_secs(30)),
-            "backend did not become healthy"
-        );
+        // The child has its copy of the socket; ours closes.
+        drop(listener);
+        let mut b = Backend { port, child };
+        if !wait.is_zero() {
+            b.wait_healthy(wait);
+        }
         b
+    }
+
+    /// Waits until `/healthz` answers 200 (after the app's lifespan start-up).
+    pub fn wait_healthy(&mut self, timeout: Duration) {
+        let url = self.url("/healthz");
+        if let Err(e) = await_child(&mut self.child, timeout, || blocking_status(&url).is_ok_and(|s| s == 200)) {
+            panic!("backend did not become healthy: {e:?}");
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -136,6 +251,8 @@ impl Backend {
         v["hits"][path].as_u64().unwrap_or(0)
     }
 
+    /// Requests the backend has seen, on every path but its control endpoints (`/debug/stats`,
+    /// `/debug/mode`, `/debug/health`, `/debug/reset`) and `/healthz`.
     pub async fn total_hits(&self) -> u64 {
         let v: serde_json::Value = reqwest::get(self.url("/debug/stats")).await.unwrap().json().await.unwrap();
         v["total"].as_u64().unwrap_or(0)
@@ -150,12 +267,17 @@ impl Backend {
             .unwrap();
         assert!(r.status().is_success());
     }
+
+    /// Kills the backend now (a crash, as the gateway sees it).
+    pub fn kill(&mut self) {
+        kill_group(&mut self.child);
+    }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
+        release(self.port);
     }
 }
 
@@ -210,8 +332,9 @@ impl Gateway {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        isolate(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let g = Gateway {
+        let mut g = Gateway {
             port,
             admin_port,
             config_path,
@@ -219,11 +342,15 @@ impl Gateway {
             _dir: dir,
             child: Some(child),
         };
-        assert!(
-            wait_for_status(&g.admin_url("/healthz"), 200, Duration::from_secs(10)),
-            "gateway did not start; log:\n{}",
-            g.log()
-        );
+        // Up means both listeners answer: the admin's /healthz and a connection to the proxy.
+        let (health, public) = (g.admin_url("/healthz"), g.addr());
+        let up = || {
+            blocking_status(&health).is_ok_and(|s| s == 200) && std::net::TcpStream::connect(&public).is_ok()
+        };
+        let awaited = await_child(g.child.as_mut().unwrap(), Duration::from_secs(10), up);
+        if let Err(e) = awaited {
+            panic!("gateway did not start ({e:?}); last log lines:\n{}", tail(&g.log(), 20));
+        }
         g
     }
 
@@ -295,9 +422,10 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_group(&mut c);
         }
+        release(self.port);
+        release(self.admin_port);
     }
 }
 

@@ -1,0 +1,1 @@
+"""The example backend's routers, each included by app.py with its prefix."""
