@@ -92,10 +92,11 @@ async fn what_must_not_be_stored_is_not() {
 }
 
 #[tokio::test]
-async fn keys_per_user_sorted_queries_vary_and_no_poisoning() {
+async fn keys_per_user_sorted_queries_vary_and_forwarding_headers_cannot_poison() {
     let backend = Backend::start();
     let routes = cached_route("user", "/debug/cacheable/user", "{ ttl = \"30s\", key = { headers = [\"Authorization\"] } }")
-        + &cached_route("c", PATH, "{ ttl = \"30s\", key = { ignore_query = [\"utm_source\"] } }");
+        + &cached_route("c", PATH, "{ ttl = \"30s\", key = { ignore_query = [\"utm_source\"] } }")
+        + &cached_route("echo", "/debug/echo/cached", "{ ttl = \"30s\" }");
     let gw = Gateway::start(&config_for(&backend.addr(), &routes));
     let c = reqwest::Client::new();
 
@@ -123,20 +124,33 @@ async fn keys_per_user_sorted_queries_vary_and_no_poisoning() {
         assert_eq!(r.json::<Value>().await.unwrap()["lang"], lang);
     }
 
-    // An unkeyed header cannot change what others are served (cache poisoning).
+    // A header neither in the key nor in Vary does not split entries: the body made for the
+    // first request is what the next one gets. (So a header that changes the body belongs in
+    // the key or in Vary, as X-Lang on /vary above.)
+    let r = c.get(gw.url(&format!("{PATH}/unkeyed"))).header("X-Lang", "fr").send().await.unwrap();
+    assert_eq!(xc(r.headers()), "MISS");
+    let (_, h, v) = get(&c, gw.url(&format!("{PATH}/unkeyed"))).await;
+    assert_eq!((xc(&h), v["lang"].as_str()), ("HIT", Some("fr")));
+
+    // Poisoning through forwarding headers: a client's X-Forwarded-Host/-Proto never reach the
+    // backend (they are replaced), so a cached body built from them holds the real values.
     let r = c
-        .get(gw.url(&format!("{PATH}/poison")))
-        .header("X-Lang", "evil")
+        .get(gw.url("/debug/echo/cached"))
         .header("X-Forwarded-Host", "evil.example")
+        .header("X-Forwarded-Proto", "javascript")
         .send()
         .await
         .unwrap();
     assert_eq!(xc(r.headers()), "MISS");
-    let (_, h, v) = get(&c, gw.url(&format!("{PATH}/poison"))).await;
+    let first: Value = r.json().await.unwrap();
+    let seen = |v: &Value, name: &str| -> Vec<String> {
+        v["headers"].as_array().unwrap().iter().filter(|p| p[0] == name).map(|p| p[1].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(seen(&first, "x-forwarded-host"), vec![gw.addr()]);
+    assert_eq!(seen(&first, "x-forwarded-proto"), vec!["http"]);
+    let (_, h, second) = get(&c, gw.url("/debug/echo/cached")).await;
     assert_eq!(xc(&h), "HIT");
-    assert_eq!(v["lang"], "evil", "the body for an unkeyed header is shared as the backend made it");
-    // ...which is why a header that changes the body must be in the key or in Vary:
-    // X-Lang on /vary above got separate entries.
+    assert!(!second.to_string().contains("evil.example") && !second.to_string().contains("javascript"), "{second}");
 }
 
 #[tokio::test]
@@ -205,19 +219,30 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     let url = gw.url(&format!("{PATH}/swr"));
     let (_, _, v1) = get(&c, url.clone()).await;
     assert_eq!(v1["version"], 1);
-    backend.mode(json!({"version": 2, "delay": 1.0})).await;
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the entry's 1 s of freshness ends
+    // From now on the backend holds every request until the test releases it.
+    backend.mode(json!({"version": 2, "hold": "swr"})).await;
     let (s, h, v) = get(&c, url.clone()).await;
-    assert!(t.elapsed() < Duration::from_millis(700), "served without waiting for the slow backend: {:?}", t.elapsed());
     assert_eq!((s, xc(&h)), (200, "STALE"));
     assert_eq!(v["version"], 1);
+    // The stale copy was served while the refresh is still held at the backend: no waiting.
+    backend.wait_holding("swr", 1).await;
     for _ in 0..5 {
-        get(&c, url.clone()).await; // more stale reads during the refresh
+        let (_, h, v) = get(&c, url.clone()).await; // more stale reads during the refresh
+        assert_eq!((xc(&h), v["version"].clone()), ("STALE", json!(1)));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, h, v) = get(&c, url.clone()).await;
-    assert_eq!((xc(&h), v["version"].clone()), ("HIT", json!(2)), "the background refresh landed");
+    backend.mode(json!({"hold": null})).await;
+    backend.release("swr").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, h, v) = get(&c, url.clone()).await;
+        if xc(&h) == "HIT" {
+            assert_eq!(v["version"], 2, "the background refresh landed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refresh never landed: {h:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(backend.hits(&format!("{PATH}/swr")).await, 2, "one refresh for all stale reads");
 }
 

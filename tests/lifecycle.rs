@@ -123,19 +123,21 @@ async fn sighup_with_a_broken_file_keeps_the_old_config() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let backend = Backend::start();
     let mut gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
-    let url = gw.url("/api/slow?seconds=1.5");
+    let url = gw.url("/debug/hold/drain");
     let slow = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
-    // Wait until the slow request is in flight at the backend.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.hits("/api/slow").await == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The request is in flight at the backend, held there until the test releases it.
+    backend.wait_holding("drain", 1).await;
     let signalled = Instant::now();
     gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are refused while draining.
-    assert!(tokio::net::TcpStream::connect(gw.addr()).await.is_err(), "listener still open while draining");
+    // New connections are refused while draining, with the request still in flight.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while tokio::net::TcpStream::connect(gw.addr()).await.is_ok() {
+        assert!(Instant::now() < deadline, "listener still open 2 s into draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!slow.is_finished());
+    assert!(gw.wait_exit(Duration::from_millis(300)).is_none(), "exited with a request in flight");
+    backend.release("drain").await;
 
     assert_eq!(slow.await.unwrap().expect("in-flight request completed"), 200);
     let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(8)))

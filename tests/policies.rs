@@ -228,34 +228,61 @@ async fn response_caps_refuse_declared_and_cut_streamed_bodies() {
 #[tokio::test]
 async fn concurrency_limit_sheds_with_503_and_queue_waits() {
     let backend = Backend::start();
-    let routes = route("shed", "{ path = \"/api/slow\" }", "max_concurrent = 2")
-        + &route("queued", "{ path_prefix = \"/debug/echo\" }", "")
+    let routes = route("shed", "{ path_prefix = \"/debug/hold\" }", "max_concurrent = 2")
         + &route("rest", "{ path_prefix = \"/\" }", "");
     let gw = Gateway::start(&config_for(&backend.addr(), &routes));
     let c = reqwest::Client::new();
-    let slow = || c.get(gw.url("/api/slow?seconds=1")).send();
-    let (a, b, third) = tokio::join!(slow(), slow(), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        slow().await
-    });
-    assert_eq!(a.unwrap().status(), 200);
-    assert_eq!(b.unwrap().status(), 200);
-    let (h, _) = problem(third.unwrap(), 503, "overloaded").await;
+    let held = |key: &'static str| {
+        let req = c.get(gw.url(&format!("/debug/hold/{key}")));
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    // Two requests hold both slots (the backend says so); a third is shed at once.
+    let (a, b) = (held("a"), held("a"));
+    backend.wait_holding("a", 2).await;
+    let (h, _) = problem(c.get(gw.url("/debug/hold/a")).send().await.unwrap(), 503, "overloaded").await;
     assert_eq!(h["retry-after"], "1");
-    assert_eq!(backend.hits("/api/slow").await, 2, "the shed request never reached the backend");
+    assert_eq!(backend.hits("/debug/hold/a").await, 2, "the shed request never reached the backend");
+    // Other routes are not limited.
+    assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200);
+    backend.release("a").await;
+    assert_eq!((a.await.unwrap().unwrap(), b.await.unwrap().unwrap()), (200, 200));
     gw.wait_metric("fastgate_shed_total{route=\"shed\",scope=\"route\"}", 1.0).await;
+    // The slots are free again.
+    let d = held("b");
+    backend.wait_holding("b", 1).await;
+    backend.release("b").await;
+    assert_eq!(d.await.unwrap().unwrap(), 200);
     drop(gw);
 
-    // With a queue, the third waits for a slot instead.
-    let routes = route("q", "{ path = \"/api/slow\" }", "max_concurrent = 2\nqueue = { size = 1, timeout = \"5s\" }");
+    // With a queue, the third waits for a slot instead, and reaches the backend once one frees.
+    let routes = route("q", "{ path_prefix = \"/debug/hold\" }", "max_concurrent = 2\nqueue = { size = 1, timeout = \"10s\" }");
     let gw = Gateway::start(&config_for(&backend.addr(), &routes));
-    let slow = || c.get(gw.url("/api/slow?seconds=0.5")).send();
-    let t = Instant::now();
-    let (a, b, d) = tokio::join!(slow(), slow(), slow());
-    for r in [a, b, d] {
-        assert_eq!(r.unwrap().status(), 200);
+    let held = |key: &'static str| {
+        let req = c.get(gw.url(&format!("/debug/hold/{key}")));
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    let (a, b) = (held("q1"), held("q1"));
+    backend.wait_holding("q1", 2).await;
+    let queued = held("q2");
+    // The gateway has three requests in flight: two at the backend, one in the queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = c.get(gw.admin_url("/status.json")).send().await.unwrap().json().await.unwrap();
+        if v["in_flight"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(t.elapsed() >= Duration::from_millis(950), "the third waited for a slot: {:?}", t.elapsed());
+    // The queue is full now: a fourth is shed.
+    problem(c.get(gw.url("/debug/hold/q3")).send().await.unwrap(), 503, "overloaded").await;
+    assert_eq!(backend.hits("/debug/hold/q2").await, 0, "the queued request waits at the gateway");
+    backend.release("q1").await;
+    backend.wait_holding("q2", 1).await;
+    backend.release("q2").await;
+    for r in [a, b, queued] {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
 }
 
 #[tokio::test]
@@ -264,17 +291,19 @@ async fn upstream_concurrency_limit_spans_routes() {
     let body = format!(
         "[upstreams.api]\nservers = [\"{}\"]\nmax_concurrent = 1\n\n{}{}",
         backend.addr(),
-        route("a", "{ path = \"/api/slow\" }", ""),
+        route("a", "{ path_prefix = \"/debug/hold\" }", ""),
         route("b", "{ path_prefix = \"/\" }", "")
     );
     let gw = Gateway::start(&body);
     let c = reqwest::Client::new();
-    let (slow, other) = tokio::join!(c.get(gw.url("/api/slow?seconds=1")).send(), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        c.get(gw.url("/api/market/AAPL")).send().await
-    });
-    assert_eq!(slow.unwrap().status(), 200);
-    problem(other.unwrap(), 503, "overloaded").await;
+    let req = c.get(gw.url("/debug/hold/up"));
+    let slow = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    backend.wait_holding("up", 1).await;
+    // route `b` shares the upstream's one slot, which route `a`'s request holds
+    problem(c.get(gw.url("/api/market/AAPL")).send().await.unwrap(), 503, "overloaded").await;
+    backend.release("up").await;
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200);
     gw.wait_metric("fastgate_shed_total{route=\"b\",scope=\"upstream\"}", 1.0).await;
 }
 
@@ -378,6 +407,19 @@ async fn compression_skips_encoded_small_and_binary_and_weakens_etags() {
 
     // SSE is never compressed: events must not wait for a compressor
     let r = c.get(gw.url("/api/stream/prices?count=2&interval=0.05")).header("Accept-Encoding", "gzip").send().await.unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+
+    // a binary type (image/png) is not in `types`: the same bytes the backend sent
+    let direct = reqwest::get(backend.url("/debug/binary?size=5000")).await.unwrap().bytes().await.unwrap();
+    let r = c.get(gw.url("/debug/binary?size=5000")).header("Accept-Encoding", "gzip, zstd").send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(r.headers()["content-length"], "5000");
+    assert_eq!(r.bytes().await.unwrap(), direct);
+
+    // an error status is not compressed either, however large
+    let r = c.get(gw.url("/api/items?limit=5000")).header("Accept-Encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.status(), 422);
     assert!(r.headers().get("content-encoding").is_none());
 }
 

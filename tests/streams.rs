@@ -101,7 +101,8 @@ async fn an_idle_stream_is_closed_after_stream_idle_timeout() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/prices", gw.addr())).await.unwrap();
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "echo:hi");
-    // nothing flows for longer than the idle limit: the gateway ends the tunnel
+    // nothing flows for longer than the idle limit: the gateway ends the tunnel, not before
+    let idle_since = std::time::Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match ws.next().await {
@@ -113,4 +114,6 @@ async fn an_idle_stream_is_closed_after_stream_idle_timeout() {
     })
     .await;
     assert!(ended.is_ok(), "an idle WebSocket outlived stream_idle_timeout");
+    let idle = idle_since.elapsed();
+    assert!(idle >= Duration::from_millis(450), "closed after {idle:?}, before the 500 ms idle limit");
 }

@@ -30,6 +30,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
@@ -80,7 +81,7 @@ async def count_requests(request: Request, call_next):
     # Every path is counted, /debug ones too: "the backend never saw it" must be able to fail.
     path = request.url.path
     _hits[path] += 1
-    if path not in state.CONTROL_PATHS:
+    if path not in state.CONTROL_PATHS and not path.startswith(state.CONTROL_PREFIXES):
         _hits["__total__"] += 1
     return await call_next(request)
 
@@ -252,6 +253,8 @@ async def cacheable(
     """
     if _state["delay"]:
         await asyncio.sleep(_state["delay"])
+    if _state.get("hold"):
+        await _hold(_state["hold"])
     if _state["fail"]:
         return JSONResponse({"error": "induced"}, status_code=_state["fail"])
     headers = {}
@@ -290,10 +293,10 @@ async def cacheable(
 @debug.post("/mode")
 async def set_mode(request: Request):
     body = await request.json()
-    for key in ("fail", "delay", "version"):
+    for key in ("fail", "delay", "version", "hold"):
         if key in body:
             _state[key] = body[key]
-    return {k: _state[k] for k in ("fail", "delay", "version", "conditional")}
+    return {k: _state.get(k) for k in ("fail", "delay", "version", "conditional", "hold")}
 
 
 @debug.get("/stats")
@@ -304,6 +307,7 @@ async def stats():
         "conditional": _state["conditional"],
         "db_queries": state.db_stats["queries"],
         "sink_bytes": state.mode.get("sink_bytes", 0),
+        "holding": {k: v for k, v in _holding.items() if v},
     }
 
 
@@ -331,6 +335,36 @@ async def random_value():
 async def crash():
     """An unhandled exception: FastAPI answers a plain-text 500."""
     raise RuntimeError("the database connection pool is exhausted")
+
+
+_gates: dict[str, asyncio.Event] = {}
+_holding: Counter[str] = Counter()
+
+
+async def _hold(key: str) -> None:
+    """Blocks until /debug/release/{key}: lets a test order concurrent requests by events it
+    can observe (/debug/stats shows who is held) instead of by sleeps."""
+    gate = _gates.setdefault(key, asyncio.Event())
+    _holding[key] += 1
+    try:
+        await gate.wait()
+    finally:
+        _holding[key] -= 1
+
+
+@debug.get("/hold/{key}")
+async def hold(key: str):
+    await _hold(key)
+    return {"released": key}
+
+
+@debug.post("/release/{key}")
+async def release(key: str):
+    """Releases every request held on `key`; later ones hold again."""
+    gate = _gates.pop(key, None)
+    if gate:
+        gate.set()
+    return {"released": key}
 
 
 @debug.post("/sink")

@@ -21,6 +21,7 @@ db_stats = {"queries": 0}
 # Control endpoints the tests use to steer and read the backend: counted per path like every
 # other request, but not in the total, so reading the counters does not change them.
 CONTROL_PATHS = {"/debug/stats", "/debug/mode", "/debug/health", "/debug/reset", "/healthz"}
+CONTROL_PREFIXES = ("/debug/release/",)
 
 STARTUP_DELAY = float(os.environ.get("BACKEND_STARTUP_DELAY", "0") or 0)
 DB_LATENCY = float(os.environ.get("BACKEND_DB_LATENCY", "0") or 0)

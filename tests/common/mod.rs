@@ -268,6 +268,31 @@ impl Backend {
         assert!(r.status().is_success());
     }
 
+    /// How many requests are held at `/debug/hold/{key}` (or by `mode({"hold": key})`) now.
+    pub async fn holding(&self, key: &str) -> u64 {
+        let v: serde_json::Value = reqwest::get(self.url("/debug/stats")).await.unwrap().json().await.unwrap();
+        v["holding"][key].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until exactly `n` requests are held on `key`.
+    pub async fn wait_holding(&self, key: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.holding(key).await;
+            if now == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{now} requests held on {key}, waited for {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets every request held on `key` finish.
+    pub async fn release(&self, key: &str) {
+        let r = reqwest::Client::new().post(self.url(&format!("/debug/release/{key}"))).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
     /// Kills the backend now (a crash, as the gateway sees it).
     pub fn kill(&mut self) {
         kill_group(&mut self.child);
