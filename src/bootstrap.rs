@@ -29,19 +29,25 @@ pub fn guard_sighup() {
     }
 }
 
-pub fn run(app: Arc<App>) {
+/// Runs the gateway until it is told to stop. With `upgrade`, the listening sockets come from
+/// the running fastgate that receives SIGQUIT (over `server.upgrade_sock`), not from `bind`.
+pub fn run(app: Arc<App>, upgrade: bool) {
     let s = &app.settings;
     let conf = ServerConf {
         threads: s.threads,
-        // Upper bound only: the drain watcher exits as soon as in-flight requests are done.
-        grace_period_seconds: Some(s.shutdown_grace.as_secs()),
+        // Upper bound only: the drain watcher exits as soon as in-flight requests are done,
+        // or when `shutdown_grace` runs out, logging what it cuts. pingora's own timer is set
+        // later, so that it never ends the process first and silently.
+        grace_period_seconds: Some(s.shutdown_grace.as_secs() + 2),
         graceful_shutdown_timeout_seconds: Some(1),
         // One current-thread runtime per thread: no cross-thread wake-ups on the request path
         // (measured: 26.5 vs 29.5 us of CPU per proxied request, bench/README.md).
         work_stealing: false,
+        upgrade_sock: s.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(app.clone()), "fastgate proxy");

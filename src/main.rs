@@ -35,6 +35,10 @@ enum Command {
         /// Log format.
         #[arg(long, env = "FASTGATE_LOG_FORMAT", value_enum, default_value = "json")]
         log_format: LogFormat,
+        /// Take over the listening sockets of the running fastgate (send it SIGQUIT): a
+        /// restart that refuses no connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a routes file and print the compiled route table; exit 1 on errors.
     Check {
@@ -53,15 +57,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config.config),
         Command::Probe { url } => probe(&url),
-        Command::Run { config, log_format } => {
+        Command::Run { config, log_format, upgrade } => {
             bootstrap::guard_sighup();
             logging::init(log_format);
-            run(config.config)
+            run(config.config, upgrade)
         }
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, upgrade: bool) -> ExitCode {
     let plan = match config::load(&path) {
         Ok(p) => p,
         Err(e) => {
@@ -108,7 +112,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache));
+    bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache), upgrade);
     ExitCode::SUCCESS
 }
 

@@ -29,6 +29,7 @@ use toml::Spanned;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/fastgate-upgrade.sock";
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 /// Collects diagnostics while compiling.
@@ -157,6 +158,7 @@ fn compile_server(
         max_header_bytes,
         client_body_timeout,
         keepalive_timeout,
+        upgrade_sock,
         access_log,
     } = server;
     let d = ServerLimits::default();
@@ -204,6 +206,7 @@ fn compile_server(
             admin_listen,
             threads,
             shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.get_ref().0),
+            upgrade_sock: upgrade_sock.map_or_else(|| DEFAULT_UPGRADE_SOCK.to_string(), |s| s.into_inner().0),
             telemetry: TelemetryDef::default(),
             cache: CacheSettings::default(),
         }),

@@ -37,6 +37,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub shutdown_grace: Duration,
+    /// The Unix socket a graceful upgrade (SIGQUIT, `run --upgrade`) passes listeners over.
+    pub upgrade_sock: String,
     pub telemetry: TelemetryDef,
     pub cache: CacheSettings,
 }

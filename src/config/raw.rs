@@ -65,6 +65,9 @@ pub struct RawServer {
     pub client_body_timeout: Option<Spanned<Dur>>,
     /// How long an idle client keep-alive connection stays open.
     pub keepalive_timeout: Option<Spanned<Dur>>,
+    /// Where a new process started with `run --upgrade` waits for the listening sockets that
+    /// this one hands over on SIGQUIT.
+    pub upgrade_sock: Option<Spanned<EnvString>>,
     /// One log line per request (target `fastgate::access`).
     pub access_log: Option<Spanned<bool>>,
 }

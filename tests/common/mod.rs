@@ -89,6 +89,23 @@ fn isolate(cmd: &mut Command) {
     }
 }
 
+/// A `fastgate` command whose process is isolated like the harness's own children (own
+/// process group, dies with the test process); `Managed` kills it on drop.
+pub fn fastgate_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastgate"));
+    isolate(&mut cmd);
+    cmd
+}
+
+/// A child killed with its process group on drop.
+pub struct Managed(pub Child);
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        kill_group(&mut self.0);
+    }
+}
+
 /// Kills the child's whole process group and reaps the child.
 fn kill_group(child: &mut Child) {
     // SAFETY: signals the group this harness created for the child (its pid is the group id).
@@ -343,7 +360,16 @@ impl Gateway {
         let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("fastgate.toml");
-        let text = format!("{}{server_extra}\n{body}", server_table(port, admin_port));
+        // `server_extra` may override a key of the standard table
+        let table: String = server_table(port, admin_port)
+            .lines()
+            .filter(|l| {
+                let key = l.split('=').next().unwrap_or("").trim();
+                key.is_empty() || !server_extra.lines().any(|e| e.split('=').next().unwrap_or("").trim() == key)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = format!("{table}{server_extra}\n{body}");
         std::fs::write(&config_path, text).unwrap();
         let log_path = dir.path().join("fastgate.log");
         let log = std::fs::File::create(&log_path).unwrap();

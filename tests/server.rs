@@ -1,0 +1,292 @@
+//! The server and the command line as README describes them: the access line (and turning it
+//! off), the shutdown grace period running out, `[server]` changes that need a restart,
+//! FASTGATE_CONFIG and the default config path, pretty logs, `check` warnings, `probe`'s
+//! default URL, the last reload in `/admin/config`, `${VAR:-default}` and `$$`.
+
+mod common;
+
+use common::{config_for, free_port, server_table, Backend, Gateway, CATCH_ALL};
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn fastgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fastgate"))
+}
+
+/// The JSON lines of `target` in a gateway's log.
+fn lines_of(log: &str, target: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == target)
+        .collect()
+}
+
+async fn wait_lines(gw: &Gateway, target: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = lines_of(&gw.log(), target);
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} {target} lines:\n{}", lines.len(), gw.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_access_line_has_every_field_and_can_be_turned_off() {
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"market\"\nmatch = { path_prefix = \"/api/market\" }\nupstream = \"api\"\ncache = { ttl = \"30s\" }\n\n"
+        .to_string()
+        + CATCH_ALL;
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let r = c.get(gw.url("/api/market/AAPL?x=1")).header("User-Agent", "probe/1.0").send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body_len = r.bytes().await.unwrap().len() as u64;
+    c.get(gw.url("/nowhere")).send().await.unwrap(); // through the catch-all: a backend 404
+    let lines = wait_lines(&gw, "fastgate::access", 2).await;
+    let a = lines.iter().find(|v| v["request_id"] == id.as_str()).expect("the request's line");
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["path"], "/api/market/AAPL");
+    assert_eq!(a["route"], "market");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["client"], "127.0.0.1");
+    assert_eq!(a["user_agent"], "probe/1.0");
+    assert_eq!(a["cache"], "MISS");
+    assert_eq!(a["upstream"], backend.addr().as_str());
+    assert_eq!(a["bytes_out"], body_len);
+    assert_eq!(a["bytes_in"], 0);
+    let ms = a["duration_ms"].as_f64().unwrap();
+    assert!(ms > 0.0 && ms < 5000.0, "{a}");
+    assert!(a["upstream_ttfb_ms"].as_f64().unwrap() <= ms, "{a}");
+    assert!(a.get("problem").is_none() && a.get("trace_id").is_none(), "absent values are left out: {a}");
+    // a request the gateway answered itself names the problem, and has no upstream
+    c.get(gw.url("/api/market/AAPL")).header("Content-Length", "x").send().await.ok();
+    drop(gw);
+
+    let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "access_log = false", &[]);
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200);
+    }
+    gw.wait_metric("http_server_request_duration_seconds_count{method=\"GET\",route=\"all\",status_class=\"2xx\"}", 3.0).await;
+    assert!(lines_of(&gw.log(), "fastgate::access").is_empty(), "{}", gw.log());
+}
+
+#[tokio::test]
+async fn a_gateway_answer_is_in_the_access_line_with_its_problem() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), "[[routes]]\nname = \"m\"\nmatch = { path_prefix = \"/api/market\" }\nupstream = \"api\"\n"));
+    let r = reqwest::get(gw.url("/elsewhere")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let lines = wait_lines(&gw, "fastgate::access", 1).await;
+    assert_eq!(lines[0]["problem"], "no_route");
+    assert_eq!(lines[0]["route"], "<none>");
+    assert!(lines[0].get("upstream").is_none(), "{}", lines[0]);
+}
+
+#[tokio::test]
+async fn when_shutdown_grace_runs_out_the_gateway_exits_anyway() {
+    let backend = Backend::start();
+    let mut gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "shutdown_grace = \"1s\"", &[]);
+    let url = gw.url("/debug/hold/grace");
+    let held = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    backend.wait_holding("grace", 1).await;
+    let t = Instant::now();
+    gw.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = gw.wait_exit(Duration::from_secs(6));
+        (s, gw)
+    })
+    .await
+    .unwrap();
+    let (status, gw) = status;
+    let elapsed = t.elapsed();
+    assert!(status.expect("exited").success());
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert!(gw.log().contains("grace period over; exiting with requests in flight"), "{}", gw.log());
+    // the held request was cut, not answered
+    assert!(held.await.unwrap().is_err());
+    backend.release("grace").await;
+}
+
+#[tokio::test]
+async fn server_changes_on_reload_say_they_need_a_restart() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    // same routes, another shutdown_grace: reloaded, with the restart warning
+    let text = format!("{}{}\n{}", server_table(gw.port, gw.admin_port), "threads = 2", config_for(&backend.addr(), CATCH_ALL));
+    gw.write_raw_config(&text);
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log().contains("config reloaded") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.log().contains("they take effect on restart"), "{}", gw.log());
+    // still serving on the old listener
+    assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200);
+}
+
+#[test]
+fn the_config_file_comes_from_fastgate_config_or_the_default_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("[upstreams.api]\nservers = [\"127.0.0.1:{}\"]\n\n{CATCH_ALL}", free_port());
+    std::fs::write(dir.path().join("mine.toml"), &text).unwrap();
+    let out = fastgate().args(["check"]).env("FASTGATE_CONFIG", dir.path().join("mine.toml")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mine.toml: ok"));
+    // -c wins over the variable
+    let out = fastgate()
+        .args(["check", "-c", "/nonexistent.toml"])
+        .env("FASTGATE_CONFIG", dir.path().join("mine.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // neither: config/fastgate.toml under the working directory
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(dir.path().join("config/fastgate.toml"), &text).unwrap();
+    let out = fastgate().args(["check"]).env_remove("FASTGATE_CONFIG").current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config/fastgate.toml: ok"));
+    let empty = tempfile::tempdir().unwrap();
+    let out = fastgate().args(["check"]).env_remove("FASTGATE_CONFIG").current_dir(empty.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config/fastgate.toml") && err.contains("FASTGATE_CONFIG"), "{err}");
+}
+
+#[test]
+fn pretty_logs_from_the_flag_or_the_variable() {
+    for how in ["flag", "env"] {
+        let backend_port = free_port();
+        let (port, admin) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, format!("{}\n{}", server_table(port, admin), config_for(&format!("127.0.0.1:{backend_port}"), CATCH_ALL))).unwrap();
+        let log = dir.path().join("log");
+        let mut cmd = fastgate();
+        cmd.args(["run", "-c"]).arg(&path).stdout(Stdio::from(std::fs::File::create(&log).unwrap())).stderr(Stdio::null());
+        match how {
+            "flag" => cmd.args(["--log-format", "pretty"]),
+            _ => cmd.env("FASTGATE_LOG_FORMAT", "pretty"),
+        };
+        let mut child = cmd.spawn().unwrap();
+        let up = common::wait_for_status(&format!("http://127.0.0.1:{admin}/healthz"), 200, Duration::from_secs(10));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(up);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("fastgate starting"), "{how}: {text}");
+        assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_err()), "{how}: not JSON lines: {text}");
+        for p in [port, admin] {
+            common::release(p);
+        }
+    }
+}
+
+#[test]
+fn check_prints_overlap_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.toml");
+    let text = "[upstreams.api]\nservers = [\"127.0.0.1:8000\"]\n[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/x\", methods = [\"GET\", \"POST\"] }\nupstream = \"api\"\n[[routes]]\nname = \"w\"\nmatch = { path_prefix = \"/x\", methods = [\"POST\"] }\nupstream = \"api\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = fastgate().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("warning: ") && stdout.contains("o.toml:7:1: route `w` overlaps route `r` (line 3)"), "{stdout}");
+}
+
+#[test]
+fn probe_asks_the_default_admin_healthz() {
+    // Nothing may be listening on the default admin port here: the probe names what it asked.
+    let out = fastgate().arg("probe").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        return; // a real fastgate on this machine answered at the default address
+    }
+    assert!(err.contains("http://127.0.0.1:9090/healthz"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_config_reports_the_last_reload() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    let config = || async { reqwest::get(gw.admin_url("/admin/config")).await.unwrap().json::<Value>().await.unwrap() };
+    let v = config().await;
+    assert_eq!(v["last_load"]["ok"], true, "{v}");
+    gw.write_config(&config_for(&backend.addr(), &CATCH_ALL.replace("\"api\"", "\"apx\"")));
+    let r = reqwest::Client::new().post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let v = config().await;
+    assert_eq!(v["last_load"]["ok"], false, "{v}");
+    assert!(v["last_load"]["message"].as_str().unwrap().contains("unknown upstream `apx`"), "{v}");
+}
+
+#[tokio::test]
+async fn variables_with_defaults_and_literal_dollars() {
+    let backend = Backend::start();
+    let gw = Gateway::start_with(
+        &config_for(&format!("${{FG_TEST_UNSET_BACKEND:-{}}}", backend.addr()), CATCH_ALL),
+        "admin_token = \"pa$$word-${FG_TEST_SUFFIX}\"",
+        &[("FG_TEST_SUFFIX", "x1")],
+    );
+    assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200, "the default named the backend");
+    let c = reqwest::Client::new();
+    let r = c.get(gw.admin_url("/admin/config")).bearer_auth("pa$word-x1").send().await.unwrap();
+    assert_eq!(r.status(), 200, "`$$` is a literal `$`");
+    let r = c.get(gw.admin_url("/admin/config")).bearer_auth("pa$$word-x1").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn sigquit_hands_the_listeners_to_a_new_process_without_refusing_a_request() {
+    let backend = Backend::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let mut old = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), &format!("upgrade_sock = \"{}\"", sock.display()), &[]);
+    // The new process takes the same file and waits for the sockets.
+    let log = dir.path().join("new.log");
+    let new = common::Managed(
+        common::fastgate_command()
+            .args(["run", "--upgrade", "-c"])
+            .arg(&old.config_path)
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Traffic runs all through the hand-over: none of it may fail.
+    let url = old.url("/api/market/AAPL");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // a new connection each time: the listener itself must never be missing
+                match reqwest::Client::new().get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    old.signal("QUIT");
+    let status = tokio::task::spawn_blocking(move || (old.wait_exit(Duration::from_secs(15)), old)).await.unwrap();
+    let (status, old) = status;
+    assert!(status.expect("the old process exited").success(), "{}", old.log());
+    // the new process serves on the same addresses
+    assert!(common::wait_for_status(&old.admin_url("/healthz"), 200, Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "{} failed of {}: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 10, "{ok}");
+    assert!(old.log().contains("listener sockets sent"), "{}", old.log());
+    let new_log = std::fs::read_to_string(&log).unwrap();
+    assert!(new_log.contains("fastgate starting"), "{new_log}");
+    drop(new);
+}
