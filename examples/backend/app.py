@@ -95,6 +95,8 @@ def _price(symbol: str) -> float:
 
 @app.get("/healthz")
 async def healthz():
+    if _state.get("health_delay"):
+        await asyncio.sleep(_state["health_delay"])
     if not _state["healthy"]:
         return JSONResponse({"status": "unhealthy"}, status_code=503)
     return {"status": "ok"}
@@ -230,6 +232,7 @@ async def echo(request: Request):
         "body_len": len(body),
         "body_sha256": hashlib.sha256(body).hexdigest(),
         "client": request.client.host if request.client else None,
+        "client_port": request.client.port if request.client else None,
     }
 
 
@@ -315,7 +318,8 @@ async def stats():
 async def set_health(request: Request):
     body = await request.json()
     _state["healthy"] = bool(body.get("healthy", True))
-    return {"healthy": _state["healthy"]}
+    _state["health_delay"] = float(body.get("delay", 0))
+    return {"healthy": _state["healthy"], "delay": _state["health_delay"]}
 
 
 @debug.post("/reset")

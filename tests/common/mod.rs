@@ -218,8 +218,14 @@ impl Backend {
         let listener = claimed_listener();
         let port = listener.local_addr().expect("local addr").port();
         let fd = listener.as_raw_fd();
-        cmd.args(["-m", "uvicorn", "app:app", "--fd", &fd.to_string()])
-            .args(["--log-level", "warning"])
+        // uvicorn's own `--fd` takes every inherited socket for a Unix one (its clients then
+        // show no port); serving a socket object made from the fd keeps its family. Proxy
+        // headers are off so `/debug/echo` reports the TCP peer (the gateway's pooled
+        // connection), not the address the gateway forwards in `X-Forwarded-For`.
+        const SERVE_FD: &str = "import socket, sys, uvicorn\n\
+            sock = socket.socket(fileno=int(sys.argv[1]))\n\
+            uvicorn.Server(uvicorn.Config('app:app', log_level='warning', proxy_headers=False)).run(sockets=[sock])\n";
+        cmd.args(["-c", SERVE_FD, &fd.to_string()])
             .current_dir(repo().join("examples/backend"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -1,0 +1,178 @@
+//! Upstreams as README describes them: pooled connections and `idle_timeout`, health checks
+//! (`healthy_threshold`, the check's `timeout`), the upstream-wide concurrency limit with its
+//! queue, which requests do not take a slot (streams, cache hits), host names in `servers`,
+//! and health kept across a reload.
+
+mod common;
+
+use common::{Backend, Gateway, CATCH_ALL};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn upstream(addr: &str, extra: &str) -> String {
+    format!("[upstreams.api]\nservers = [\"{addr}\"]\n{extra}\n\n")
+}
+
+async fn client_port(c: &reqwest::Client, url: String) -> u64 {
+    let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+    v["client_port"].as_u64().unwrap()
+}
+
+async fn ready(gw: &Gateway) -> u16 {
+    reqwest::get(gw.admin_url("/readyz")).await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn pooled_connections_are_reused_until_idle_timeout() {
+    let backend = Backend::start();
+    let c = reqwest::Client::new();
+    let gw = Gateway::start(&(upstream(&backend.addr(), "idle_timeout = \"300ms\"") + CATCH_ALL));
+    let first = client_port(&c, gw.url("/debug/echo")).await;
+    assert_eq!(client_port(&c, gw.url("/debug/echo")).await, first, "the pooled connection is reused");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_ne!(client_port(&c, gw.url("/debug/echo")).await, first, "an idle connection is closed after idle_timeout");
+    drop(gw);
+    // the default (60 s) keeps it over the same pause
+    let gw = Gateway::start(&(upstream(&backend.addr(), "") + CATCH_ALL));
+    let first = client_port(&c, gw.url("/debug/echo")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(client_port(&c, gw.url("/debug/echo")).await, first);
+}
+
+#[tokio::test]
+async fn healthy_threshold_and_the_check_timeout() {
+    let backend = Backend::start();
+    let hc = "health_check = { interval = \"200ms\", timeout = \"100ms\", healthy_threshold = 3, unhealthy_threshold = 1 }";
+    let gw = Gateway::start(&(upstream(&backend.addr(), hc) + CATCH_ALL));
+    gw.wait_ready();
+    // A health endpoint slower than the check's timeout fails the check.
+    let set = |body: Value| {
+        let c = reqwest::Client::new();
+        let url = backend.url("/debug/health");
+        async move { assert!(c.post(url).json(&body).send().await.unwrap().status().is_success()) }
+    };
+    set(serde_json::json!({"healthy": true, "delay": 0.5})).await;
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 503, Duration::from_secs(5)), "a slow check counts as failed");
+    assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 503);
+    // Back to fast: three passing checks in a row, 200 ms apart, before it is healthy again.
+    set(serde_json::json!({"healthy": true, "delay": 0})).await;
+    let t = Instant::now();
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 200, Duration::from_secs(5)));
+    assert!(t.elapsed() >= Duration::from_millis(350), "healthy after {:?}: sooner than 3 checks", t.elapsed());
+}
+
+#[tokio::test]
+async fn the_upstream_queue_waits_then_sheds() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&(upstream(&backend.addr(), "max_concurrent = 1\nqueue = { size = 1, timeout = \"10s\" }") + CATCH_ALL));
+    let c = reqwest::Client::new();
+    let held = |key: &str| {
+        let req = c.get(gw.url(&format!("/debug/hold/{key}")));
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    let first = held("u1");
+    backend.wait_holding("u1", 1).await;
+    let queued = held("u2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v: Value = c.get(gw.admin_url("/status.json")).send().await.unwrap().json().await.unwrap();
+        if v["in_flight"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "overloaded");
+    assert!(v["detail"].as_str().unwrap().contains("upstream is at its limit of 1 requests in flight (queue full)"), "{v}");
+    backend.release("u1").await;
+    backend.wait_holding("u2", 1).await;
+    backend.release("u2").await;
+    assert_eq!((first.await.unwrap().unwrap(), queued.await.unwrap().unwrap()), (200, 200));
+    gw.wait_metric("fastgate_shed_total{route=\"all\",scope=\"upstream\"}", 1.0).await;
+    drop(gw);
+
+    // A queue wait that times out is shed too.
+    let gw = Gateway::start(&(upstream(&backend.addr(), "max_concurrent = 1\nqueue = { size = 1, timeout = \"300ms\" }") + CATCH_ALL));
+    let req = c.get(gw.url("/debug/hold/u3"));
+    let first = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    backend.wait_holding("u3", 1).await;
+    let t = Instant::now();
+    let r = c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(280), "{:?}", t.elapsed());
+    let v: Value = r.json().await.unwrap();
+    assert!(v["detail"].as_str().unwrap().contains("queue wait timed out"), "{v}");
+    backend.release("u3").await;
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test]
+async fn streams_and_cache_hits_take_no_upstream_slot() {
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"ws\"\nmatch = { path = \"/ws/prices\" }\nupstream = \"api\"\nstreaming = true\n\n\
+                  [[routes]]\nname = \"cached\"\nmatch = { path_prefix = \"/api/static\" }\nupstream = \"api\"\ncache = { ttl = \"60s\" }\n\n"
+        .to_string()
+        + CATCH_ALL;
+    let gw = Gateway::start(&(upstream(&backend.addr(), "max_concurrent = 1") + &routes));
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(gw.url("/api/static/currencies")).send().await.unwrap().status(), 200); // stored
+    // An open WebSocket does not hold the upstream's one slot.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/prices", gw.addr())).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "echo:hi");
+    let req = c.get(gw.url("/debug/hold/slot"));
+    let held = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    backend.wait_holding("slot", 1).await;
+    // Now the slot is taken: a request that goes upstream is shed, a cache hit is served.
+    assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 503);
+    let r = c.get(gw.url("/api/static/currencies")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["x-cache"].to_str().unwrap()), (200, "HIT"));
+    backend.release("slot").await;
+    assert_eq!(held.await.unwrap().unwrap(), 200);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("still")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "echo:still");
+}
+
+#[tokio::test]
+async fn servers_may_be_host_names() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&(upstream(&format!("localhost:{}", backend.port), "") + CATCH_ALL));
+    assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200);
+    assert_eq!(backend.hits("/api/market/AAPL").await, 1);
+}
+
+#[tokio::test]
+async fn health_state_survives_a_reload_that_keeps_the_upstream() {
+    let backend = Backend::start();
+    let hc = "health_check = { interval = \"3s\", timeout = \"500ms\", unhealthy_threshold = 1 }";
+    let body = |route_cap: &str, idle: &str| {
+        upstream(&backend.addr(), &format!("{hc}\nidle_timeout = \"{idle}\"")) + &CATCH_ALL.replace("upstream = \"api\"\n", &format!("upstream = \"api\"\nmax_body = \"{route_cap}\"\n"))
+    };
+    let gw = Gateway::start(&body("1MiB", "60s"));
+    gw.wait_ready();
+    backend.set_healthy(false).await;
+    // readiness falls right after a check; the next is 3 s away
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 503, Duration::from_secs(5)));
+    backend.set_healthy(true).await;
+    // A reload that changes a route only: the upstream (and what it knows) is kept, so it is
+    // still down until its next scheduled check.
+    gw.write_config(&body("2MiB", "60s"));
+    gw.signal("HUP");
+    let t = Instant::now();
+    while !gw.log().contains("config reloaded") {
+        assert!(t.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while t.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(ready(&gw).await, 503, "health was reset by a reload that kept the upstream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A reload that changes the upstream builds a new one, checked at once.
+    gw.write_config(&body("2MiB", "30s"));
+    gw.signal("HUP");
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 200, Duration::from_millis(1500)));
+}
