@@ -100,33 +100,27 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-/// Periodic upkeep: drops rate-limit keys that are back at full burst, so keyed state does not
-/// grow without bound.
+/// Periodic upkeep, every `TICK`: the error-log summary, the status page's window, and
+/// rate-limit keys back at full burst dropped (so keyed state does not grow without bound),
+/// with the keys and cache gauges updated.
 struct Maintenance {
     app: Arc<App>,
 }
 
 const TICK: Duration = Duration::from_secs(10);
-/// Rate-limit key eviction runs every this many ticks.
-const EVICT_TICKS: u64 = 3;
 
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut n: u64 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            n += 1;
             self.app.errors.flush(TICK.as_secs());
             self.app.status.snapshot(&self.app.metrics);
-            if !n.is_multiple_of(EVICT_TICKS) {
-                continue;
-            }
             let runtime = self.app.runtime();
             let mut keys = 0;
             for route in runtime.routes.iter() {

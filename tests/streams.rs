@@ -117,3 +117,68 @@ async fn an_idle_stream_is_closed_after_stream_idle_timeout() {
     let idle = idle_since.elapsed();
     assert!(idle >= Duration::from_millis(450), "closed after {idle:?}, before the 500 ms idle limit");
 }
+
+#[tokio::test]
+async fn a_streaming_route_passes_a_long_chunked_download_row_by_row() {
+    let backend = Backend::start();
+    let routes = "[defaults]\ntimeout = \"400ms\"\n\n[[routes]]\nname = \"export\"\nmatch = { path = \"/api/export\" }\nupstream = \"api\"\nstreaming = true\n\n\
+                  [[routes]]\nname = \"other\"\nmatch = { path_prefix = \"/\" }\nupstream = \"api\"\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), routes));
+    // NDJSON (not an event stream), 6 rows 200 ms apart: three times the 400 ms timeout
+    let started = Instant::now();
+    let resp = reqwest::get(gw.url("/api/export?rows=6&delay=0.2")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let (mut buf, mut arrivals) = (String::new(), Vec::new());
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(std::str::from_utf8(&chunk.expect("not cut by the timeout")).unwrap());
+        while let Some(end) = buf.find('\n') {
+            let row: String = buf.drain(..=end).collect();
+            assert!(serde_json::from_str::<serde_json::Value>(row.trim()).is_ok(), "{row}");
+            arrivals.push(started.elapsed());
+        }
+    }
+    assert_eq!(arrivals.len(), 6);
+    assert!(arrivals[5] - arrivals[0] >= Duration::from_millis(800), "rows bunched: {arrivals:?}");
+    // the same download on a route that does not stream is cut at its timeout
+    let routes_plain = "[defaults]\ntimeout = \"400ms\"\n\n[[routes]]\nname = \"export\"\nmatch = { path = \"/api/export\" }\nupstream = \"api\"\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), routes_plain));
+    let resp = reqwest::get(gw.url("/api/export?rows=6&delay=0.2")).await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut cut = false;
+    while let Some(chunk) = stream.next().await {
+        if chunk.is_err() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a non-streaming route's total timeout cuts a long body");
+}
+
+#[tokio::test]
+async fn a_websocket_on_a_route_without_streaming_works_and_idles_out() {
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"all\"\nmatch = { path_prefix = \"/\" }\nupstream = \"api\"\ntimeout = \"300ms\"\nstream_idle_timeout = \"800ms\"\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), routes));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/prices", gw.addr())).await.unwrap();
+    // outlives the route's 300 ms timeout: an upgrade is a stream
+    let mut idle_since = Instant::now();
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), format!("echo:m{i}"));
+        idle_since = Instant::now();
+    }
+    // and idles out after stream_idle_timeout of silence
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok());
+    assert!(idle_since.elapsed() >= Duration::from_millis(700), "{:?}", idle_since.elapsed());
+}
