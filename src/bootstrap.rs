@@ -166,18 +166,38 @@ impl BackgroundService for Warming {
             }
             let mut ok = 0;
             for w in &settings.warm {
-                let mut req = client.get(format!("http://{target}{}", w.path)).header("x-fastgate-warm", "1");
-                for (k, v) in &w.headers {
-                    req = req.header(k, v);
-                }
-                match req.send().await.and_then(|r| r.error_for_status()) {
-                    Ok(r) => {
+                // Retried with back-off: the first round can start before the listener (or the
+                // backend) is up. Bounded, so a path that keeps failing cannot stall the rounds.
+                let mut wait = Duration::from_millis(100);
+                let give_up = Instant::now() + settings.warm_interval.min(Duration::from_secs(60));
+                loop {
+                    let mut req = client.get(format!("http://{target}{}", w.path)).header("x-fastgate-warm", "1");
+                    for (k, v) in &w.headers {
+                        req = req.header(k, v);
+                    }
+                    let result = match req.send().await.and_then(|r| r.error_for_status()) {
                         // read the body: the cache stores what the client side consumed
-                        if r.bytes().await.is_ok() {
+                        Ok(r) => r.bytes().await.map(drop),
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(()) => {
                             ok += 1;
+                            break;
+                        }
+                        Err(e) if Instant::now() + wait < give_up => {
+                            tracing::debug!(path = %w.path, error = %e, retry_ms = wait.as_millis() as u64, "cache warming request failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = shutdown.changed() => return,
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %w.path, error = %e, "cache warming request failed");
+                            break;
                         }
                     }
-                    Err(e) => tracing::warn!(path = %w.path, error = %e, "cache warming request failed"),
                 }
             }
             tracing::info!(warmed = ok, of = settings.warm.len(), "cache warming round done");

@@ -82,8 +82,10 @@ async fn upstream_errors_are_counted_by_kind() {
         backend.addr()
     );
     let gw = Gateway::start(&body);
-    assert_eq!(reqwest::get(gw.url("/api/slow?seconds=2")).await.unwrap().status(), 504);
-    assert_eq!(reqwest::get(gw.url("/gone")).await.unwrap().status(), 502);
+    let r = reqwest::get(gw.url("/api/slow?seconds=2")).await.unwrap();
+    assert_eq!(r.status(), 504, "{:?}; log:\n{}", r.text().await, common::tail(&gw.log(), 10));
+    let r = reqwest::get(gw.url("/gone")).await.unwrap();
+    assert_eq!(r.status(), 502, "{:?}; log:\n{}", r.text().await, common::tail(&gw.log(), 10));
     let m = gw.wait_metric("fastgate_upstream_errors_total{kind=\"timeout\",upstream=\"api\"}", 1.0).await;
     assert_eq!(metric_value(&m, "fastgate_upstream_errors_total{kind=\"connect\",upstream=\"dead\"}"), Some(1.0), "{m}");
     assert_eq!(metric_value(&m, "fastgate_upstream_errors_total{kind=\"connect\",upstream=\"api\"}"), None, "{m}");

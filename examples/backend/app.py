@@ -247,12 +247,17 @@ async def cacheable(
     cookie: str | None = None,
     size: int = 0,
     hop: bool = False,
+    expires: float | None = None,
+    lm: str | None = None,
+    tagh: str = "Cache-Tag",
 ):
     """A response whose caching headers the caller chooses, for exercising a cache in front.
 
-    Query: cc (Cache-Control), etag, tag (Cache-Tag), vary, cookie (Set-Cookie), size (padding),
-    hop (adds hop-by-hop fields a proxy must not forward: a Connection-nominated one among them).
-    /debug/mode sets failures, delays and the data version for every call.
+    Query: cc (Cache-Control), etag, tag (a tag field, named by tagh, Cache-Tag by default),
+    vary, cookie (Set-Cookie), size (padding), expires (seconds from now, as Expires with a Date),
+    lm (Last-Modified, answering If-Modified-Since with 304), hop (adds hop-by-hop fields a proxy
+    must not forward: a Connection-nominated one among them). A Range request gets a 206.
+    /debug/mode sets failures, delays, holds and the data version for every call.
     """
     if _state["delay"]:
         await asyncio.sleep(_state["delay"])
@@ -264,7 +269,18 @@ async def cacheable(
     if cc:
         headers["Cache-Control"] = cc
     if tag:
-        headers["Cache-Tag"] = tag
+        headers[tagh] = tag
+    if expires is not None:
+        from email.utils import formatdate
+
+        now = time.time()
+        headers["Date"] = formatdate(now, usegmt=True)
+        headers["Expires"] = formatdate(now + expires, usegmt=True)
+    if lm:
+        headers["Last-Modified"] = lm
+        if request.headers.get("if-modified-since") == lm:
+            _state["conditional"] += 1
+            return Response(status_code=304, headers=headers)
     if vary:
         headers["Vary"] = vary
     if cookie:
@@ -290,7 +306,27 @@ async def cacheable(
         "query": request.url.query,
         "pad": "x" * size,
     }
+    rng = request.headers.get("range", "")
+    if rng.startswith("bytes=") and "-" in rng:
+        data = json.dumps(body).encode()
+        start, _, end = rng[6:].partition("-")
+        start, end = int(start or 0), min(int(end) if end else len(data) - 1, len(data) - 1)
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        return Response(data[start : end + 1], status_code=206, headers=headers, media_type="application/json")
     return JSONResponse(body, headers=headers)
+
+
+@debug.api_route("/cacheable/{name}", methods=["POST", "PUT", "PATCH", "DELETE"])
+async def cacheable_write(name: str, request: Request, cl: str | None = None, status: int = 200):
+    """A write to a cacheable resource: answers `status`, with Content-Location `cl` if given;
+    fails like a read when /debug/mode says so."""
+    if _state["fail"]:
+        return JSONResponse({"error": "induced"}, status_code=_state["fail"])
+    _state["version"] += 1
+    headers = {"Content-Location": cl} if cl else {}
+    if status == 204:
+        return Response(status_code=204, headers=headers)
+    return JSONResponse({"written": name, "version": _state["version"]}, status_code=status, headers=headers)
 
 
 @debug.post("/mode")

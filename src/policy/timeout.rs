@@ -13,6 +13,7 @@ use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
+use pingora::cache::CachePhase;
 use pingora::http::ResponseHeader;
 use pingora::upstreams::peer::PeerOptions;
 use std::time::{Duration, Instant};
@@ -69,11 +70,16 @@ impl Policy for Timeouts {
 
     async fn on_response(
         &self,
-        _x: &Exchange<'_>,
+        x: &Exchange<'_>,
         resp: &mut ResponseHeader,
         st: &mut TimeoutState,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
+        // A body served from the cache (a hit, or a stale copy after the upstream timed out)
+        // owes nothing to the upstream deadline.
+        if matches!(x.cache_phase, CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Revalidated) {
+            st.deadline = None;
+        }
         let event_stream = resp
             .headers
             .get(CONTENT_TYPE)
