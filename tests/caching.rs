@@ -120,12 +120,14 @@ async fn the_backends_own_freshness_and_stale_rules() {
     let gw = Gateway::start(&config_for(&backend.addr(), &cached("c", PATH, "{ ttl = \"60s\", stale_while_revalidate = \"30s\", stale_if_error = \"30s\" }", "")));
     let c = reqwest::Client::new();
     let url = |n: &str, q: &str| gw.url(&format!("{PATH}/{n}?{q}"));
-    // Expires (with Date) and s-maxage end freshness before the route's ttl would
-    let expires = url("expires", "expires=1");
-    let smax = url("smax", "cc=max-age%3D60%2C%20s-maxage%3D1");
+    // Expires (with Date) and s-maxage end freshness before the route's ttl would. (Three
+    // seconds, not one: Expires has one-second resolution, and a slow machine must still see
+    // the entry fresh right after storing it.)
+    let expires = url("expires", "expires=3");
+    let smax = url("smax", "cc=max-age%3D60%2C%20s-maxage%3D3");
     // no-cache: stored, but revalidated every time; must-revalidate: never served stale
     let nocache = url("nocache", "cc=no-cache");
-    let mustrev = url("mustrev", "cc=max-age%3D1%2C%20must-revalidate");
+    let mustrev = url("mustrev", "cc=max-age%3D3%2C%20must-revalidate");
     // the backend's own stale-while-revalidate (the route's is 30 s too; this one is 0 below)
     for u in [&expires, &smax, &nocache, &mustrev] {
         assert_eq!(xc(&get(&c, u.clone()).await.1), "MISS");
@@ -133,7 +135,7 @@ async fn the_backends_own_freshness_and_stale_rules() {
     assert_eq!(xc(&get(&c, expires.clone()).await.1), "HIT");
     assert_eq!(xc(&get(&c, smax.clone()).await.1), "HIT");
     assert_ne!(xc(&get(&c, nocache.clone()).await.1), "HIT", "no-cache is never a plain hit");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     // past Expires: stale, served while revalidating (the route's window)
     let (_, h, _) = get(&c, expires.clone()).await;
     assert_eq!(xc(&h), "STALE", "{h:?}");
@@ -148,7 +150,7 @@ async fn the_backends_own_freshness_and_stale_rules() {
     assert_eq!(backend.hits(&format!("{PATH}/mustrev")).await, before + 1);
     // and when the backend fails, must-revalidate and no-cache pass the failure on
     backend.mode(json!({"fail": 503})).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(get(&c, mustrev.clone()).await.0, 503);
     assert_eq!(get(&c, nocache.clone()).await.0, 503);
 }

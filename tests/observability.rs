@@ -276,3 +276,34 @@ async fn dashboard_and_alerts_query_real_metrics() {
     }
     assert!(checked > 20, "{checked}");
 }
+
+#[tokio::test]
+async fn unusual_methods_fold_body_sizes_add_up_and_the_process_reports_itself() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), common::CATCH_ALL));
+    let c = reqwest::Client::new();
+    // a method outside the known set is folded into `_OTHER` (bounded labels)
+    let r = c.request(reqwest::Method::from_bytes(b"PURGE").unwrap(), gw.url("/debug/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 405, "the backend's answer");
+    let sizes: Vec<usize> = {
+        let mut v = Vec::new();
+        for n in [1, 5, 20] {
+            let body = c.get(gw.url(&format!("/api/instruments?limit={n}"))).send().await.unwrap().bytes().await.unwrap();
+            v.push(body.len());
+        }
+        v
+    };
+    let m = gw.wait_metric("http_server_request_duration_seconds_count{method=\"GET\",route=\"all\",status_class=\"2xx\"}", 3.0).await;
+    assert_eq!(metric_value(&m, "http_server_request_duration_seconds_count{method=\"_OTHER\",route=\"all\",status_class=\"4xx\"}"), Some(1.0), "{m}");
+    assert!(!m.contains("method=\"PURGE\""));
+    // the response body histogram counts what the clients received
+    let echo_len = metric_value(&m, "http_server_response_body_size_bytes_sum{route=\"all\"}").unwrap();
+    assert!(echo_len >= sizes.iter().sum::<usize>() as f64, "{echo_len} < {sizes:?}");
+    assert_eq!(metric_value(&m, "http_server_response_body_size_bytes_count{route=\"all\"}"), Some(4.0));
+    // the process: started a moment ago; its CPU time is reported (in 10 ms ticks)
+    let start = metric_value(&m, "process_start_time_seconds").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(start <= now && now - start < 120.0, "started {}s ago", now - start);
+    assert!(metric_value(&m, "process_cpu_seconds_total").is_some_and(|v| v >= 0.0), "{m}");
+    assert!(metric_value(&m, "process_resident_memory_bytes").unwrap() > 1e6);
+}

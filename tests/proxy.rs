@@ -458,3 +458,49 @@ async fn host_routes_win_over_host_agnostic_ones() {
     assert_problem(send("ADMIN.example.com:8080").await.unwrap(), 413, "payload_too_large").await;
     assert_eq!(send("other.example.com").await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn cors_preflights_pass_to_the_one_backend_part_that_answers_them() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    let c = reqwest::Client::new();
+    let preflight = |path: &str| {
+        c.request(reqwest::Method::OPTIONS, gw.url(path))
+            .header("Origin", "https://shop.example")
+            .header("Access-Control-Request-Method", "GET")
+            .send()
+    };
+    // the mounted /public app answers CORS itself, through the gateway unchanged
+    let r = preflight("/public/widgets").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(r.headers()["access-control-max-age"], "600");
+    let r = c.get(gw.url("/public/widgets")).header("Origin", "https://shop.example").send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://shop.example");
+    // the rest of the API has no CORS: a preflight is refused by the backend (405), no header
+    let r = preflight("/api/v1/items").await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn a_backend_still_starting_is_not_ready_until_its_lifespan_ends() {
+    // the backend's lifespan takes 1.5 s, as FastAPI apps that load models or warm pools do
+    let mut backend = Backend::start_unready(&[("BACKEND_STARTUP_DELAY", "1.5"), ("BACKEND_DB_LATENCY", "0.05")]);
+    let body = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\nhealth_check = {{ interval = \"200ms\", timeout = \"500ms\" }}\n\n{CATCH_ALL}",
+        backend.addr()
+    );
+    let gw = Gateway::start(&body);
+    let r = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503, "ready before the backend's start-up ended");
+    backend.wait_healthy(std::time::Duration::from_secs(10));
+    gw.wait_ready();
+    // each database query costs the configured latency
+    let t = std::time::Instant::now();
+    let r = reqwest::get(gw.url("/api/v1/items/1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t.elapsed() >= std::time::Duration::from_millis(50), "{:?}", t.elapsed());
+    let stats: Value = reqwest::get(backend.url("/debug/stats")).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["db_queries"], 1);
+}

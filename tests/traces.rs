@@ -367,3 +367,73 @@ async fn an_unreachable_collector_costs_requests_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn query_tracestate_cache_and_compression_events_and_error_status() {
+    let rx = Receiver::start().await;
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"cached\"\nmatch = { path_prefix = \"/api/static\" }\nupstream = \"api\"\ncache = { ttl = \"60s\" }\ncompress = { min_size = 10 }\n\n"
+        .to_string()
+        + CATCH_ALL;
+    let gw = Gateway::start_with(&(telemetry(&rx.grpc, "grpc") + &config_for(&backend.addr(), &routes)), "", FAST_EXPORT);
+    let c = reqwest::Client::new();
+    // tracestate from the client reaches the backend with the trace
+    let r = c
+        .get(gw.url("/debug/echo?color=red"))
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header("tracestate", "vendor=opaque,other=1")
+        .send()
+        .await
+        .unwrap();
+    let echo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(header(&echo, "tracestate").as_deref(), Some("vendor=opaque,other=1"));
+    // a cached and compressed response: its span has both events
+    c.get(gw.url("/api/static/currencies")).header("Accept-Encoding", "gzip").send().await.unwrap();
+    // a backend 500: the server span's status is an error
+    assert_eq!(c.get(gw.url("/api/crash")).send().await.unwrap().status(), 500);
+    let spans = rx.wait_for("three server spans", |s| s.iter().filter(|s| s.kind == KIND_SERVER).count() >= 3).await;
+    let by_path = |p: &str| spans.iter().find(|s| s.kind == KIND_SERVER && s.attrs.get("url.path").map(String::as_str) == Some(p)).unwrap().clone();
+    let echo_span = by_path("/debug/echo");
+    assert_eq!(echo_span.attrs["url.query"], "color=red");
+    assert_eq!(echo_span.trace_id, "0af7651916cd43dd8448eb211c80319c");
+    let cached = by_path("/api/static/currencies");
+    assert!(cached.events.contains(&"cache".to_string()) && cached.events.contains(&"compress".to_string()), "{:?}", cached.events);
+    let crash = by_path("/api/crash");
+    assert_eq!(crash.status_code, STATUS_ERROR);
+    assert_eq!(crash.attrs["http.response.status_code"], "500");
+    assert_ne!(echo_span.status_code, STATUS_ERROR);
+}
+
+#[tokio::test]
+async fn sampler_ratio_from_the_file_and_from_the_environment() {
+    let backend = Backend::start();
+    let c = reqwest::Client::new();
+    // ratio 0 in the file: nothing is exported, but the backend still gets a trace context
+    let rx = Receiver::start().await;
+    let body = format!("[telemetry]\nendpoint = \"{}\"\nprotocol = \"grpc\"\nsampler = \"traceidratio\"\nsampler_arg = 0.0\n\n{}", rx.grpc, config_for(&backend.addr(), CATCH_ALL));
+    let gw = Gateway::start_with(&body, "", FAST_EXPORT);
+    for _ in 0..20 {
+        let echo: serde_json::Value = c.get(gw.url("/debug/echo")).send().await.unwrap().json().await.unwrap();
+        assert!(header(&echo, "traceparent").unwrap().ends_with("-00"), "unsampled flag propagated");
+    }
+    drop(gw);
+    // the same from OTEL_TRACES_SAMPLER / _ARG, with the endpoint and resource from the
+    // standard variables: ratio 1 exports every request
+    let rx2 = Receiver::start().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx2.grpc.as_str()),
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.0"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team=payments,region=eu"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "", &env);
+    for _ in 0..5 {
+        c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
+    }
+    let spans = rx2.wait_for("five server spans", |s| s.iter().filter(|s| s.kind == KIND_SERVER).count() >= 5).await;
+    assert_eq!(spans[0].resource["team"], "payments");
+    assert_eq!(spans[0].resource["region"], "eu");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.spans().is_empty(), "ratio 0 exported {} spans", rx.spans().len());
+}

@@ -325,7 +325,8 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         kill_group(&mut self.child);
-        release(self.port);
+        // The claim is kept (until it goes stale): a gateway of the same test may still point
+        // at this address, and must find nothing there rather than another test's backend.
     }
 }
 
@@ -360,23 +361,37 @@ impl Gateway {
         Self::start_with(body, "", &[])
     }
 
+    /// Starts fastgate with a whole config file; `text(port, admin_port)` writes it for the
+    /// ports the harness chose.
+    pub fn start_file(text: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(text, env)
+    }
+
     /// `server_extra` lines go into `[server]`.
     pub fn start_with(body: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(
+            |port, admin_port| {
+                // `server_extra` may override a key of the standard table
+                let table: String = server_table(port, admin_port)
+                    .lines()
+                    .filter(|l| {
+                        let key = l.split('=').next().unwrap_or("").trim();
+                        key.is_empty() || !server_extra.lines().any(|e| e.split('=').next().unwrap_or("").trim() == key)
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                format!("{table}{server_extra}\n{body}")
+            },
+            env,
+        )
+    }
+
+    fn launch(text: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("fastgate.toml");
-        // `server_extra` may override a key of the standard table
-        let table: String = server_table(port, admin_port)
-            .lines()
-            .filter(|l| {
-                let key = l.split('=').next().unwrap_or("").trim();
-                key.is_empty() || !server_extra.lines().any(|e| e.split('=').next().unwrap_or("").trim() == key)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let text = format!("{table}{server_extra}\n{body}");
-        std::fs::write(&config_path, text).unwrap();
+        std::fs::write(&config_path, text(port, admin_port)).unwrap();
         let log_path = dir.path().join("fastgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastgate"));

@@ -1,0 +1,79 @@
+//! `config/fastgate.toml`, the file `scripts/demo` runs, serving the real example backend:
+//! what README's first command promises (`x-cache: MISS` then `HIT`, the `RateLimit` fields, a
+//! warm cache, per-user caching behind the backend's auth, streams, compression).
+
+mod common;
+
+use common::{Backend, Gateway};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn the_shipped_config_serves_the_example_backend() {
+    let backend = Backend::start();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fastgate.toml")).unwrap();
+    assert!(shipped.contains("\"0.0.0.0:8080\"") && shipped.contains("\"127.0.0.1:9090\""));
+    let gw = Gateway::start_file(
+        |port, admin| {
+            shipped
+                .replace("\"0.0.0.0:8080\"", &format!("\"127.0.0.1:{port}\""))
+                .replace("\"127.0.0.1:9090\"", &format!("\"127.0.0.1:{admin}\""))
+        },
+        &[("FASTGATE_BACKEND", &backend.addr())],
+    );
+    gw.wait_ready();
+    let c = reqwest::Client::new();
+
+    // the README's first request, twice
+    let r = c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"client_ip\";q=100;w=2");
+    assert!(r.headers()["ratelimit"].to_str().unwrap().starts_with("\"client_ip\";r=99;"));
+    assert_eq!(r.headers()["x-request-id"].len(), 36);
+    let r = c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(backend.hits("/api/market/AAPL").await, 1);
+
+    // reference data was warmed before readiness
+    let r = c.get(gw.url("/api/static/exchanges")).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+
+    // per-user data: the backend's auth answers, and each user's copy stays theirs
+    let r = c.get(gw.url("/api/users/alice")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    for _ in 0..2 {
+        let r = c.get(gw.url("/api/users/alice")).bearer_auth("user-alice").send().await.unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap()["token_owner"], "alice");
+    }
+    let r = c.get(gw.url("/api/users/alice")).bearer_auth("user-bob").send().await.unwrap();
+    assert_eq!(r.status(), 403, "bob is not served alice's cached copy");
+
+    // a trade: a 201 with its Location; a 422 from the backend's validation passes through
+    let r = c.post(gw.url("/api/trades")).json(&json!({"symbol": "AAPL", "side": "buy", "qty": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c.post(gw.url("/api/trades")).json(&json!({"symbol": "AAPL", "side": "hold", "qty": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["detail"][0]["loc"], json!(["body", "side"]));
+
+    // a large list, compressed with the client's preferred algorithm
+    let r = c.get(gw.url("/api/instruments?limit=500")).header("Accept-Encoding", "zstd, gzip").send().await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "zstd");
+    let items: Value = serde_json::from_slice(&zstd::decode_all(&r.bytes().await.unwrap()[..]).unwrap()).unwrap();
+    assert_eq!(items["items"].as_array().unwrap().len(), 500);
+
+    // server-sent events pass event by event
+    let r = c.get(gw.url("/api/stream/prices?count=3&interval=0.05")).send().await.unwrap();
+    let mut stream = r.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert_eq!(text.matches("event: price").count(), 3);
+
+    // everything else reaches the backend: its OpenAPI document through the catch-all
+    let r = c.get(gw.url("/openapi.json")).send().await.unwrap();
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["paths"]["/api/v1/items"].is_object());
+}
