@@ -279,7 +279,7 @@ async fn writes_invalidate_by_method_content_location_and_tag_templates() {
     assert_eq!(xc(&get(&c, u("user7?tag=user:7")).await.1), "MISS");
     assert_eq!(xc(&get(&c, u("item3?tag=item:3")).await.1), "MISS");
     assert_eq!(xc(&get(&c, u("item4?tag=item:4")).await.1), "HIT");
-    let m = gw.metrics().await;
     // PUT, PATCH, DELETE: 1 each; Content-Location: 1; tags: 2
-    assert_eq!(metric_value(&m, "fastgate_cache_purged_total{cause=\"write\"}"), Some(6.0), "{m}");
+    let m = gw.wait_metric("fastgate_cache_purged_total{cause=\"write\"}", 6.0).await;
+    assert_eq!(metric_value(&m, "fastgate_cache_purged_total{cause=\"write\"}"), Some(6.0));
 }

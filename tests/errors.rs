@@ -86,8 +86,10 @@ async fn upstream_errors_are_counted_by_kind() {
     assert_eq!(r.status(), 504, "{:?}; log:\n{}", r.text().await, common::tail(&gw.log(), 10));
     let r = reqwest::get(gw.url("/gone")).await.unwrap();
     assert_eq!(r.status(), 502, "{:?}; log:\n{}", r.text().await, common::tail(&gw.log(), 10));
-    let m = gw.wait_metric("fastgate_upstream_errors_total{kind=\"timeout\",upstream=\"api\"}", 1.0).await;
-    assert_eq!(metric_value(&m, "fastgate_upstream_errors_total{kind=\"connect\",upstream=\"dead\"}"), Some(1.0), "{m}");
+    // counted in the logging phase, just after each answer went out: wait for both
+    gw.wait_metric("fastgate_upstream_errors_total{kind=\"timeout\",upstream=\"api\"}", 1.0).await;
+    let m = gw.wait_metric("fastgate_upstream_errors_total{kind=\"connect\",upstream=\"dead\"}", 1.0).await;
+    assert_eq!(metric_value(&m, "fastgate_upstream_errors_total{kind=\"timeout\",upstream=\"api\"}"), Some(1.0), "{m}");
     assert_eq!(metric_value(&m, "fastgate_upstream_errors_total{kind=\"connect\",upstream=\"api\"}"), None, "{m}");
 }
 

@@ -265,15 +265,7 @@ async fn concurrency_limit_sheds_with_503_and_queue_waits() {
     backend.wait_holding("q1", 2).await;
     let queued = held("q2");
     // The gateway has three requests in flight: two at the backend, one in the queue.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v: Value = c.get(gw.admin_url("/status.json")).send().await.unwrap().json().await.unwrap();
-        if v["in_flight"] == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gw.wait_in_flight(3).await;
     // The queue is full now: a fourth is shed.
     problem(c.get(gw.url("/debug/hold/q3")).send().await.unwrap(), 503, "overloaded").await;
     assert_eq!(backend.hits("/debug/hold/q2").await, 0, "the queued request waits at the gateway");

@@ -74,15 +74,7 @@ async fn the_upstream_queue_waits_then_sheds() {
     let first = held("u1");
     backend.wait_holding("u1", 1).await;
     let queued = held("u2");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let v: Value = c.get(gw.admin_url("/status.json")).send().await.unwrap().json().await.unwrap();
-        if v["in_flight"] == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gw.wait_in_flight(2).await;
     let r = c.get(gw.url("/api/market/AAPL")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");

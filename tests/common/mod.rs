@@ -514,6 +514,20 @@ pub fn config_file(path: &Path) -> String {
 }
 
 impl Gateway {
+    /// Waits until the gateway counts exactly `n` requests in flight (`/status.json`): how a
+    /// test sees a request queued inside the gateway, where the backend cannot see it.
+    pub async fn wait_in_flight(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v: serde_json::Value = reqwest::get(self.admin_url("/status.json")).await.unwrap().json().await.unwrap();
+            if v["in_flight"] == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "in flight: {}, waited for {n}", v["in_flight"]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Polls `/metrics` until `series` has `value`: request metrics are recorded in the logging
     /// phase, just after the response has gone out. Returns the last scrape.
     pub async fn wait_metric(&self, series: &str, value: f64) -> String {
