@@ -61,7 +61,7 @@ pub struct Exchange<'a> {
     pub started: Instant,
     /// The request is an upgrade (WebSocket) or the route streams: no total deadline.
     pub streaming: bool,
-    /// Where pingora's cache is for this request (`Uncacheable` when the route does not cache).
+    /// Where pingora's cache is for this request (`Disabled` when the route does not cache).
     pub cache_phase: CachePhase,
     /// The stored entry being revalidated or served, if any.
     pub cache_meta: Option<&'a CacheMeta>,

@@ -237,10 +237,7 @@ impl ProxyHttp for Gateway {
         let Some(addr) = upstream.select() else {
             let retry = upstream.def.health_check.as_ref().map_or(1, |hc| hc.interval.as_secs().max(1));
             let detail = format!("no healthy server in upstream `{}`", upstream.name);
-            let err = GatewayError::new(Problem::NoHealthyUpstream, detail).retry_after(retry);
-            let e = err.to_pingora();
-            ctx.failure = Some(err);
-            return Err(e);
+            return Err(fail(ctx, GatewayError::new(Problem::NoHealthyUpstream, detail).retry_after(retry)));
         };
         ctx.record.outcome.upstream = Some(addr);
         // pingora calls this again when it retries a failed reused connection: count once.
@@ -279,9 +276,7 @@ impl ProxyHttp for Gateway {
             .on_upstream_request(&x, upstream, &mut ())
             .and_then(|()| route.policies.on_upstream_request(&x, upstream, &mut ctx.record.states));
         if let Err(err) = done {
-            let e = err.to_pingora();
-            ctx.failure = Some(err);
-            return Err(e);
+            return Err(fail(ctx, err));
         }
         if let (Some(tracing), Some(trace)) = (&self.app.tracing, ctx.trace.as_mut()) {
             tracing.start_upstream(trace, upstream, ctx.record.outcome.upstream, &route.name);
