@@ -236,18 +236,19 @@ fn alert_rules_pass_promtool() {
 #[tokio::test]
 async fn dashboard_and_alerts_query_real_metrics() {
     let backend = Backend::start();
-    let shed = "[[routes]]\nname = \"one\"\nmatch = { path = \"/api/export\" }\nupstream = \"api\"\nmax_concurrent = 1\n";
+    let shed = "[[routes]]\nname = \"one\"\nmatch = { path_prefix = \"/debug/hold\" }\nupstream = \"api\"\nmax_concurrent = 1\n";
     let gw = Gateway::start(&config_for(&backend.addr(), &(routes() + shed)));
     traffic(&gw).await;
     // one request shed, so the shedding series exists too
     let c = reqwest::Client::new();
-    let (a, b) = tokio::join!(c.get(gw.url("/api/export?rows=3&delay=0.3")).send(), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c.get(gw.url("/api/export?rows=1")).send().await
-    });
-    assert_eq!(a.unwrap().status(), 200);
-    assert_eq!(b.unwrap().status(), 503);
-    let m = gw.metrics().await;
+    let req = c.get(gw.url("/debug/hold/dash"));
+    let held = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    backend.wait_holding("dash", 1).await;
+    assert_eq!(c.get(gw.url("/debug/hold/dash")).send().await.unwrap().status(), 503);
+    backend.release("dash").await;
+    assert_eq!(held.await.unwrap().unwrap(), 200);
+    // counted in the logging phase, after the answers: wait for the last series
+    let m = gw.wait_metric("fastgate_shed_total{route=\"one\",scope=\"route\"}", 1.0).await;
     let exported: std::collections::HashSet<&str> = m
         .lines()
         .filter(|l| l.starts_with("# TYPE "))
