@@ -10,8 +10,9 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Isolated like the harness's children: dies with the test process.
 fn fastgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fastgate"))
+    common::fastgate_command()
 }
 
 /// The JSON lines of `target` in a gateway's log.

@@ -315,11 +315,6 @@ impl Backend {
         let r = reqwest::Client::new().post(self.url(&format!("/debug/release/{key}"))).send().await.unwrap();
         assert!(r.status().is_success());
     }
-
-    /// Kills the backend now (a crash, as the gateway sees it).
-    pub fn kill(&mut self) {
-        kill_group(&mut self.child);
-    }
 }
 
 impl Drop for Backend {
