@@ -35,6 +35,8 @@ pub enum Problem {
     UpstreamTimeout,
     /// An admin reload was refused: the file has errors; the config in force stays.
     ConfigInvalid,
+    /// The client asked `Cache-Control: only-if-cached` and nothing stored can answer.
+    NotCached,
 }
 
 impl Problem {
@@ -53,7 +55,7 @@ impl Problem {
             Problem::Internal => 500,
             Problem::UpstreamFailed | Problem::UpstreamUnreachable | Problem::ResponseTooLarge => 502,
             Problem::NoHealthyUpstream | Problem::Overloaded => 503,
-            Problem::UpstreamTimeout => 504,
+            Problem::UpstreamTimeout | Problem::NotCached => 504,
         }
     }
 
@@ -79,6 +81,7 @@ impl Problem {
             Problem::NoHealthyUpstream => "no_healthy_upstream",
             Problem::UpstreamTimeout => "upstream_timeout",
             Problem::ConfigInvalid => "config_invalid",
+            Problem::NotCached => "not_cached",
         }
     }
 
@@ -103,6 +106,7 @@ impl Problem {
             Problem::NoHealthyUpstream => "No healthy upstream",
             Problem::UpstreamTimeout => "Upstream timed out",
             Problem::ConfigInvalid => "Config not loaded",
+            Problem::NotCached => "Not in cache",
         }
     }
 }

@@ -81,13 +81,14 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -
     }
     let ServerDef {
         trusted_proxies,
+        remove_request_headers,
         admin_token,
         limits,
     } = server;
     Ok(Runtime {
         routes: RouteTable::new(table),
         upstreams: live,
-        forwarding: Forwarding { trusted_proxies },
+        forwarding: Forwarding { trusted_proxies, remove_request_headers },
         limits,
         admin_token,
         hash,
@@ -119,6 +120,7 @@ fn route(
         compress,
         cache: cache_policy,
         invalidate_tags,
+        invalidate,
         slow_threshold,
     } = policy.clone();
     let before = before.map(|r| &r.policies);
@@ -163,6 +165,8 @@ fn route(
         cache: Some(CacheRoute {
             policy: cache_policy,
             invalidate_tags,
+            invalidate,
+            path: matcher.path.clone(),
             store: cache.store.clone(),
             tag_header: cache.tag_header.clone(),
         }),

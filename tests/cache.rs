@@ -314,7 +314,8 @@ async fn memory_bound_and_object_cap() {
 async fn tags_are_stripped_and_purges_work() {
     let backend = Backend::start();
     let gw = Gateway::start_with(
-        &config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"60s\" }")),
+        // `p/one` and `p/two` are the backend's 404s, stored for the purges to find
+        &config_for(&backend.addr(), &cached_route("c", PATH, "{ ttl = \"60s\", negative_ttl = \"60s\" }")),
         "admin_token = \"tok\"",
         &[],
     );
@@ -486,9 +487,9 @@ async fn public_strip_set_cookie_override_and_cookie_keys() {
 #[tokio::test]
 async fn a_write_invalidates_its_location() {
     let backend = Backend::start();
-    // GET /api/trades/1 is a 404 from the backend, which is cacheable; creating trade 1
-    // (Location: /api/trades/1) must drop it.
-    let routes = cached_route("trades", "/api/trades", "{ ttl = \"60s\" }");
+    // GET /api/trades/1 is a 404 from the backend, stored by `negative_ttl`; creating trade 1
+    // (Location: /api/trades/1) must drop it, with the route's other invalidation rules off.
+    let routes = cached_route("trades", "/api/trades", "{ ttl = \"60s\", negative_ttl = \"60s\" }\ninvalidate = []");
     let gw = Gateway::start(&config_for(&backend.addr(), &routes));
     let c = reqwest::Client::new();
     let one = gw.url("/api/trades/1");

@@ -55,7 +55,7 @@ async fn the_access_line_has_every_field_and_can_be_turned_off() {
     assert_eq!(a["status"], 200);
     assert_eq!(a["client"], "127.0.0.1");
     assert_eq!(a["user_agent"], "probe/1.0");
-    assert_eq!(a["cache"], "MISS");
+    assert_eq!(a["cache"], "miss");
     assert_eq!(a["upstream"], backend.addr().as_str());
     assert_eq!(a["bytes_out"], body_len);
     assert_eq!(a["bytes_in"], 0);

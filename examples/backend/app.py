@@ -250,6 +250,12 @@ async def cacheable(
     expires: float | None = None,
     lm: str | None = None,
     tagh: str = "Cache-Tag",
+    status: int = 200,
+    age: int | None = None,
+    date_ago: float | None = None,
+    cdn: str | None = None,
+    fcc: str | None = None,
+    fixed_etag: str | None = None,
 ):
     """A response whose caching headers the caller chooses, for exercising a cache in front.
 
@@ -257,6 +263,10 @@ async def cacheable(
     vary, cookie (Set-Cookie), size (padding), expires (seconds from now, as Expires with a Date),
     lm (Last-Modified, answering If-Modified-Since with 304), hop (adds hop-by-hop fields a proxy
     must not forward: a Connection-nominated one among them). A Range request gets a 206.
+    For RFC 9111 checks: status (any status, same body), age (an Age field), date_ago (a Date
+    that many seconds in the past), cdn (CDN-Cache-Control), fcc (Fastgate-Cache-Control),
+    fixed_etag (an ETag that writes do not change; every answer, 304s too, carries
+    X-Data-Version, so a revalidation shows whether the stored header was updated).
     /debug/mode sets failures, delays, holds and the data version for every call.
     """
     if _state["delay"]:
@@ -268,6 +278,22 @@ async def cacheable(
     headers = {}
     if cc:
         headers["Cache-Control"] = cc
+    if age is not None:
+        headers["Age"] = str(age)
+    if date_ago is not None:
+        from email.utils import formatdate
+
+        headers["Date"] = formatdate(time.time() - date_ago, usegmt=True)
+    if cdn:
+        headers["CDN-Cache-Control"] = cdn
+    if fcc:
+        headers["Fastgate-Cache-Control"] = fcc
+    if fixed_etag:
+        headers["ETag"] = f'"{fixed_etag}"'
+        headers["X-Data-Version"] = f'v{_state["version"]}'
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            _state["conditional"] += 1
+            return Response(status_code=304, headers=headers)
     if tag:
         headers[tagh] = tag
     if expires is not None:
@@ -313,7 +339,7 @@ async def cacheable(
         start, end = int(start or 0), min(int(end) if end else len(data) - 1, len(data) - 1)
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         return Response(data[start : end + 1], status_code=206, headers=headers, media_type="application/json")
-    return JSONResponse(body, headers=headers)
+    return JSONResponse(body, headers=headers, status_code=status)
 
 
 @debug.api_route("/cacheable/{name}", methods=["POST", "PUT", "PATCH", "DELETE"])

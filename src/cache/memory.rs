@@ -1,14 +1,15 @@
 //! The embedded store: moka (TinyLFU admission, LRU eviction), bounded in bytes, with per-object
-//! expiry, and indexes by URL and tag so purges and invalidate-on-write need no scan.
+//! expiry, and indexes by URL, by tag and by path (ordered, so a subtree is one range) so
+//! purges and invalidate-on-write need no scan.
 
 use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreKey, StoreStats, StoredMeta, StoredObject};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -29,12 +30,26 @@ impl moka::Expiry<StoreKey, Entry> for Expiry {
 }
 
 type Index = DashMap<String, HashSet<StoreKey>>;
+/// Paths in order: the objects under a prefix are one contiguous range.
+type PathIndex = RwLock<BTreeMap<String, HashSet<StoreKey>>>;
 
 pub struct MemoryStore {
     cache: Cache<StoreKey, Entry>,
     by_url: Arc<Index>,
     by_tag: Arc<Index>,
+    by_path: Arc<PathIndex>,
     evictions: Arc<AtomicU64>,
+}
+
+fn unindex_path(index: &PathIndex, path: &str, key: &StoreKey) {
+    // a poisoned lock only means another thread panicked mid-update; the map is still sound
+    let mut map = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(set) = map.get_mut(path) {
+        set.remove(key);
+        if set.is_empty() {
+            map.remove(path);
+        }
+    }
 }
 
 fn unindex(index: &Index, name: &str, key: &StoreKey) {
@@ -51,8 +66,9 @@ impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
         let by_url: Arc<Index> = Arc::default();
         let by_tag: Arc<Index> = Arc::default();
+        let by_path: Arc<PathIndex> = Arc::default();
         let evictions = Arc::new(AtomicU64::new(0));
-        let (u, t, e) = (by_url.clone(), by_tag.clone(), evictions.clone());
+        let (u, t, p, e) = (by_url.clone(), by_tag.clone(), by_path.clone(), evictions.clone());
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &StoreKey, v: &Entry| u32::try_from(v.obj.weight()).unwrap_or(u32::MAX))
@@ -64,6 +80,7 @@ impl MemoryStore {
                 // A replaced entry is re-indexed by `put`; everything else leaves the indexes.
                 if cause != RemovalCause::Replaced {
                     unindex(&u, &v.obj.url, &key);
+                    unindex_path(&p, &v.obj.path, &key);
                     for tag in &v.obj.tags {
                         unindex(&t, tag, &key);
                     }
@@ -74,6 +91,7 @@ impl MemoryStore {
             cache,
             by_url,
             by_tag,
+            by_path,
             evictions,
         }
     }
@@ -99,6 +117,12 @@ impl CacheStore for MemoryStore {
 
     async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
         self.by_url.entry(obj.url.clone()).or_default().insert(key);
+        self.by_path
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(obj.path.clone())
+            .or_default()
+            .insert(key);
         for tag in &obj.tags {
             self.by_tag.entry(tag.clone()).or_default().insert(key);
         }
@@ -129,12 +153,19 @@ impl CacheStore for MemoryStore {
             }
             PurgeSelector::Tag(tag) => self.by_tag.get(tag).map(|s| s.iter().cloned().collect()).unwrap_or_default(),
             PurgeSelector::Url(url) => self.by_url.get(url).map(|s| s.iter().cloned().collect()).unwrap_or_default(),
-            PurgeSelector::PathPrefix(prefix) => self
-                .cache
-                .iter()
-                .filter(|(_, e)| path_under(&e.obj.path, prefix))
-                .map(|(k, _)| *k)
-                .collect(),
+            PurgeSelector::Path(path) => {
+                let map = self.by_path.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                map.get(path).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+            }
+            PurgeSelector::PathPrefix(prefix) => {
+                let prefix = prefix.trim_end_matches('/');
+                let map = self.by_path.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                map.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .take_while(|(p, _)| p.starts_with(prefix))
+                    .filter(|(p, _)| path_under(p, prefix))
+                    .flat_map(|(_, keys)| keys.iter().cloned())
+                    .collect()
+            }
         };
         Ok(self.remove_keys(keys))
     }
@@ -180,10 +211,15 @@ mod tests {
         assert_eq!(s.purge(&PurgeSelector::Tag("t1".into())).await.unwrap(), 0);
         assert_eq!(s.purge(&PurgeSelector::Url("/api/a".into())).await.unwrap(), 1);
         s.put(k(5), obj("/api/b/d", &[], 10), ttl).await.unwrap();
+        s.put(k(6), obj("/api/bb", &[], 10), ttl).await.unwrap();
         assert_eq!(s.purge(&PurgeSelector::PathPrefix("/api/b".into())).await.unwrap(), 1);
-        assert_eq!(s.purge(&PurgeSelector::All).await.unwrap(), 1);
+        s.put(k(7), obj("/q?a=1", &[], 10), ttl).await.unwrap();
+        s.put(k(8), obj("/q?a=2", &[], 10), ttl).await.unwrap();
+        assert_eq!(s.purge(&PurgeSelector::Path("/q".into())).await.unwrap(), 2);
+        assert_eq!(s.purge(&PurgeSelector::All).await.unwrap(), 2);
         assert_eq!(s.stats().entries, 0);
         assert!(s.by_url.is_empty() && s.by_tag.is_empty());
+        assert!(s.by_path.read().unwrap().is_empty());
     }
 
     #[tokio::test]

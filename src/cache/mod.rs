@@ -15,13 +15,14 @@
 //! key or the route says the data is `public`; a request carrying `Cookie` only when the key
 //! names cookies or the data is public. Otherwise it bypasses the cache both ways.
 
+pub mod freshness;
+pub mod invalidate;
 pub mod memory;
 pub mod storage;
 pub mod store;
 
 use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, SET_COOKIE};
-use pingora::cache::cache_control::CacheControl;
-use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations};
+use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::meta::{CacheMeta, CacheMetaDefaults};
 use pingora::cache::key::HashBinary;
@@ -34,19 +35,49 @@ use store::{CacheStore, PurgeSelector};
 /// Per-route cache policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachePolicy {
-    /// Freshness when the backend says nothing (no `Cache-Control` max-age, no `Expires`).
-    pub ttl: Duration,
+    /// Freshness of successful responses the backend gives none; `None` ("origin"): only
+    /// explicit freshness, or the `Last-Modified` heuristic, is used.
+    pub ttl: Option<Duration>,
+    /// Freshness of heuristically cacheable errors (404, 405, 410, 414, 501) the backend gives
+    /// none; `None`: such answers are not stored.
+    pub negative_ttl: Option<Duration>,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     pub key_headers: Vec<HeaderName>,
     pub key_cookies: Vec<String>,
     pub ignore_query: Vec<String>,
+    /// Tags every stored response of the route carries.
+    pub tags: Vec<TagTemplate>,
+    /// The route's own targeted cache-control field, read before `CDN-Cache-Control`.
+    pub targeted_field: Option<HeaderName>,
     /// Use `ttl` even when the backend's `Cache-Control` says otherwise.
     pub override_origin: bool,
     /// Responses are the same for everyone: requests with credentials may use the cache.
     pub public: bool,
     /// Store responses carrying `Set-Cookie`, without it.
     pub strip_set_cookie: bool,
+    /// Serve fresh entries even to a client that asks `no-cache` / `max-age=0`.
+    pub ignore_client_no_cache: bool,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            ttl: None,
+            negative_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            key_headers: Vec::new(),
+            key_cookies: Vec::new(),
+            ignore_query: Vec::new(),
+            tags: Vec::new(),
+            targeted_field: None,
+            override_origin: false,
+            public: false,
+            strip_set_cookie: false,
+            ignore_client_no_cache: false,
+        }
+    }
 }
 
 /// What the cache key callback leaves for the store (purge indexes).
@@ -54,6 +85,8 @@ pub struct CachePolicy {
 pub struct EntryInfo {
     pub url: String,
     pub path: String,
+    /// The route's `tags` and the viewer tags of keyed credentials, rendered for this request.
+    pub tags: Vec<String>,
 }
 
 /// Why a request does not use the cache.
@@ -61,6 +94,20 @@ pub struct EntryInfo {
 pub enum Bypass {
     Method,
     Credentials,
+}
+
+/// When the request went upstream and when its response header arrived (for ages).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchanged {
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
+impl Exchanged {
+    pub fn now() -> Self {
+        let now = SystemTime::now();
+        Exchanged { request_time: now, response_time: now }
+    }
 }
 
 impl CachePolicy {
@@ -82,8 +129,15 @@ impl CachePolicy {
         None
     }
 
-    /// The primary key and the URL identity (for purges).
-    pub fn key(&self, host: &str, path: &str, query: Option<&str>, headers: &HeaderMap) -> (Vec<u8>, EntryInfo) {
+    /// The primary key and what the store indexes the entry by (URL, path, tags).
+    pub fn key<'a>(
+        &self,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        param: impl Fn(&str) -> Option<&'a str> + Copy,
+    ) -> (Vec<u8>, EntryInfo) {
         let url = url_identity(path, query, &self.ignore_query);
         // Length-prefixed parts: no value can forge a boundary.
         let mut primary = Vec::with_capacity(url.len() + host.len() + 32);
@@ -99,53 +153,99 @@ impl CachePolicy {
             push_part(&mut primary, cookie.as_bytes());
             push_part(&mut primary, cookie_value(headers, cookie).unwrap_or("").as_bytes());
         }
-        (primary, EntryInfo { url, path: path.to_string() })
+        let mut tags: Vec<String> = self.tags.iter().filter_map(|t| t.render(headers, query, param)).collect();
+        if !self.public {
+            let auth_keyed = self.key_headers.contains(&AUTHORIZATION);
+            invalidate::entry_viewer_tags(auth_keyed, &self.key_cookies, headers, &mut tags);
+        }
+        (primary, EntryInfo { url, path: path.to_string(), tags })
     }
 
-    /// RFC 9111 storage rules with the route's `ttl` as the heuristic freshness.
-    pub fn cacheable(&self, resp: &ResponseHeader, now: SystemTime) -> RespCacheable {
+    /// RFC 9111 storage rules for a shared cache, with the route's `ttl` and `negative_ttl`
+    /// standing in for heuristic freshness. The stored meta's epoch is set back by the
+    /// response's age on arrival, so the `Age` of a hit is that age plus the time stored.
+    pub fn cacheable(&self, resp: &ResponseHeader, at: Exchanged) -> RespCacheable {
         let status = resp.status.as_u16();
-        if !matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501) {
+        // 206 and 304 are never stored as such; 1xx are not final
+        if status < 200 || matches!(status, 206 | 304) {
             return RespCacheable::Uncacheable(NoCacheReason::Custom("status"));
         }
         if resp.headers.contains_key(SET_COOKIE) && !self.strip_set_cookie {
             return RespCacheable::Uncacheable(NoCacheReason::Custom("set-cookie"));
         }
-        if resp.headers.get_all(http::header::VARY).iter().any(|v| v.as_bytes().trim_ascii() == b"*") {
+        if freshness::vary_star(resp) {
             return RespCacheable::Uncacheable(NoCacheReason::Custom("vary-star"));
         }
-        let cc = CacheControl::from_resp_headers(resp);
+        let now = at.response_time;
+        let cc = freshness::cache_control(resp, self.targeted_field.as_ref());
         let mut header = resp.clone();
         header.remove_header(&SET_COOKIE);
+        let age = freshness::initial_age(resp, at.request_time, now);
+        let as_u32 = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let (fresh_until, swr, sie) = if self.override_origin {
-            (now + self.ttl, self.stale_while_revalidate, self.stale_if_error)
+            let ttl = self.ttl.unwrap_or_default();
+            (now + ttl, self.stale_while_revalidate, self.stale_if_error)
         } else {
-            // `None` from this means: private/no-store (uncacheable) or no freshness information.
-            const NO_DEFAULT: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
-            let explicit = calculate_fresh_until(now, cc.as_ref(), resp, false, &NO_DEFAULT);
-            let refused = cc.as_ref().is_some_and(|c| c.no_store() || c.private());
-            if refused {
+            if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
                 return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
             }
-            let fresh_until = match explicit {
-                Some(t) => t,
-                None if cc.as_ref().is_some_and(|c| c.no_cache()) => now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
-                None => now + self.ttl,
+            let no_cache = cc.as_ref().is_some_and(|c| c.no_cache());
+            let lifetime = match freshness::explicit_lifetime(cc.as_ref(), resp, now) {
+                Some(l) => l,
+                // stored, but every use revalidates
+                None if no_cache => Duration::ZERO,
+                None if !freshness::heuristically_cacheable(status) => {
+                    return RespCacheable::Uncacheable(NoCacheReason::Custom("no explicit freshness"));
+                }
+                None => {
+                    let default = if status < 400 { self.ttl } else { self.negative_ttl };
+                    let heuristic = if status < 400 { freshness::last_modified_heuristic(resp, now) } else { None };
+                    match default.or(heuristic) {
+                        Some(l) => l,
+                        None => return RespCacheable::Uncacheable(NoCacheReason::Custom("no freshness")),
+                    }
+                }
             };
-            let defaults = CacheMetaDefaults::new(
-                |_| None,
-                u32::try_from(self.stale_while_revalidate.as_secs()).unwrap_or(u32::MAX),
-                u32::try_from(self.stale_if_error.as_secs()).unwrap_or(u32::MAX),
-            );
+            // already stale on arrival (or `no-cache`): stored for revalidation only
+            let fresh_until = match lifetime.checked_sub(age).filter(|l| !l.is_zero() && !no_cache) {
+                Some(left) => now + left,
+                None => now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+            };
+            let defaults = CacheMetaDefaults::new(|_| None, as_u32(self.stale_while_revalidate), as_u32(self.stale_if_error));
             let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
-            // must-revalidate and no-cache forbid serving a stale copy without revalidation
-            let strict = cc.as_ref().is_some_and(|c| c.must_revalidate() || c.no_cache());
+            // must-revalidate, proxy-revalidate and no-cache forbid serving a stale copy
+            // without revalidation
+            let strict = cc.as_ref().is_some_and(|c| c.must_revalidate() || c.proxy_revalidate() || c.no_cache());
             let (swr, sie) = if strict { (0, 0) } else { (swr, sie) };
             (fresh_until, Duration::from_secs(swr.into()), Duration::from_secs(sie.into()))
         };
-        let as_u32 = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-        RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, as_u32(swr), as_u32(sie), header))
+        let mut meta = CacheMeta::new(fresh_until, now, as_u32(swr), as_u32(sie), header);
+        if !age.is_zero() {
+            meta.set_epoch_override(now.checked_sub(age).unwrap_or(now));
+        }
+        RespCacheable::Cacheable(meta)
     }
+}
+
+/// The stored header updated with a 304's fields (RFC 9111 3.2): each field the 304 carries
+/// replaces the stored one, except those the stored body depends on (`Content-Length`,
+/// `Content-Encoding`, `Content-Range`, `Transfer-Encoding`) and `Vary` (pingora keeps the
+/// variance of the stored entry). The stored `Age` is dropped: the 304's, if any, applies.
+pub fn merge_not_modified(stored: &ResponseHeader, fresh: &ResponseHeader) -> ResponseHeader {
+    use http::header::{AGE, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, TRANSFER_ENCODING, VARY};
+    let mut merged = stored.clone();
+    merged.remove_header(&AGE);
+    for name in fresh.headers.keys() {
+        if [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE, TRANSFER_ENCODING, VARY].contains(name) {
+            continue;
+        }
+        merged.remove_header(name);
+        for v in fresh.headers.get_all(name) {
+            // names and values come from a parsed header: appending them cannot fail
+            let _ = merged.append_header(name.clone(), v.clone());
+        }
+    }
+    merged
 }
 
 /// Path plus the query sorted by parameter (minus `ignore`): what "purge this URL" names.
@@ -203,6 +303,20 @@ pub fn variance(meta: &CacheMeta, req: &pingora::http::RequestHeader) -> Option<
     variance.finalize()
 }
 
+/// The cache status of the access line and the span: `hit`, `miss`, `stale`, `revalidated`,
+/// `expired`, `bypass`.
+pub fn status(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit => "hit",
+        CachePhase::Revalidated => "revalidated",
+        CachePhase::Miss => "miss",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        CachePhase::Expired | CachePhase::RevalidatedNoCache(_) => "expired",
+        CachePhase::Disabled(reason) if reason != NoCacheReason::NeverEnabled => "miss",
+        _ => "bypass",
+    }
+}
+
 /// `X-Cache` for a response, from pingora's cache phase.
 pub fn x_cache(phase: CachePhase) -> &'static str {
     match phase {
@@ -216,8 +330,8 @@ pub fn x_cache(phase: CachePhase) -> &'static str {
     }
 }
 
-/// A tag to purge after a successful write, with `{header:NAME}`, `{query:NAME}` and
-/// `{cookie:NAME}` filled from the request.
+/// A tag (stored with an entry, or purged after a successful write), with `{header:NAME}`,
+/// `{query:NAME}`, `{cookie:NAME}` and path parameters `{NAME}` filled from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagTemplate {
     parts: Vec<TemplatePart>,
@@ -229,6 +343,7 @@ enum TemplatePart {
     Header(HeaderName),
     Query(String),
     Cookie(String),
+    Param(String),
 }
 
 impl TagTemplate {
@@ -247,7 +362,8 @@ impl TagTemplate {
                 ),
                 Some(("query", n)) => TemplatePart::Query(n.trim().to_string()),
                 Some(("cookie", n)) => TemplatePart::Cookie(n.trim().to_string()),
-                _ => return Err(format!("unknown placeholder {{{inner}}}; use {{header:NAME}}, {{query:NAME}} or {{cookie:NAME}}")),
+                None if !inner.trim().is_empty() => TemplatePart::Param(inner.trim().to_string()),
+                _ => return Err(format!("unknown placeholder {{{inner}}}; use a path parameter {{NAME}}, {{header:NAME}}, {{query:NAME}} or {{cookie:NAME}}")),
             });
             rest = &rest[close + 1..];
         }
@@ -257,8 +373,16 @@ impl TagTemplate {
         Ok(TagTemplate { parts })
     }
 
+    /// The path parameters the template uses.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::Param(n) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+
     /// The tag for this request; `None` when a placeholder has no value.
-    pub fn render(&self, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    pub fn render<'a>(&self, headers: &HeaderMap, query: Option<&str>, param: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
         let mut out = String::new();
         for p in &self.parts {
             match p {
@@ -269,6 +393,7 @@ impl TagTemplate {
                     (k == q).then_some(v)
                 })?),
                 TemplatePart::Cookie(c) => out.push_str(cookie_value(headers, c)?),
+                TemplatePart::Param(n) => out.push_str(param(n)?),
             }
         }
         Some(out)
@@ -344,15 +469,11 @@ mod tests {
 
     fn policy() -> CachePolicy {
         CachePolicy {
-            ttl: Duration::from_secs(30),
+            ttl: Some(Duration::from_secs(30)),
             stale_while_revalidate: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(60),
-            key_headers: vec![],
-            key_cookies: vec![],
             ignore_query: vec!["utm_source".into()],
-            override_origin: false,
-            public: false,
-            strip_set_cookie: false,
+            ..CachePolicy::default()
         }
     }
 
@@ -360,11 +481,11 @@ mod tests {
     fn key_sorts_query_and_drops_ignored_params() {
         let p = policy();
         let h = HeaderMap::new();
-        let (a, info) = p.key("API.example.com", "/x", Some("b=2&a=1&utm_source=mail"), &h);
-        let (b, _) = p.key("api.example.com", "/x", Some("a=1&b=2"), &h);
+        let (a, info) = p.key("API.example.com", "/x", Some("b=2&a=1&utm_source=mail"), &h, |_| None);
+        let (b, _) = p.key("api.example.com", "/x", Some("a=1&b=2"), &h, |_| None);
         assert_eq!(a, b);
         assert_eq!(info.url, "/x?a=1&b=2");
-        let (c, _) = p.key("api.example.com", "/x", Some("a=1&b=3"), &h);
+        let (c, _) = p.key("api.example.com", "/x", Some("a=1&b=3"), &h, |_| None);
         assert_ne!(a, c);
     }
 
@@ -379,8 +500,8 @@ mod tests {
         h2.insert(AUTHORIZATION, "Bearer b".parse().unwrap());
         let mut h3 = h1.clone();
         h3.insert("x-other", "2".parse().unwrap());
-        assert_ne!(p.key("h", "/u", None, &h1).0, p.key("h", "/u", None, &h2).0);
-        assert_eq!(p.key("h", "/u", None, &h1).0, p.key("h", "/u", None, &h3).0);
+        assert_ne!(p.key("h", "/u", None, &h1, |_| None).0, p.key("h", "/u", None, &h2, |_| None).0);
+        assert_eq!(p.key("h", "/u", None, &h1, |_| None).0, p.key("h", "/u", None, &h3, |_| None).0);
     }
 
     #[test]
@@ -408,6 +529,12 @@ mod tests {
         r
     }
 
+    impl CachePolicy {
+        fn cacheable_at(&self, r: &ResponseHeader, now: SystemTime) -> RespCacheable {
+            self.cacheable(r, Exchanged { request_time: now, response_time: now })
+        }
+    }
+
     fn fresh_secs(c: RespCacheable, now: SystemTime) -> Option<i64> {
         match c {
             RespCacheable::Cacheable(m) => Some(match m.fresh_until().duration_since(now) {
@@ -422,22 +549,37 @@ mod tests {
     fn freshness_follows_the_backend_then_the_route() {
         let p = policy();
         let now = SystemTime::now();
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[]), now), now), Some(30));
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "max-age=5")]), now), now), Some(5));
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "s-maxage=7, max-age=5")]), now), now), Some(7));
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "no-store")]), now), now), None);
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "private")]), now), now), None);
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("cache-control", "no-cache")]), now), now), Some(-1));
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("set-cookie", "a=1")]), now), now), None);
-        assert_eq!(fresh_secs(p.cacheable(&resp(500, &[]), now), now), None);
-        assert_eq!(fresh_secs(p.cacheable(&resp(206, &[]), now), now), None);
-        assert_eq!(fresh_secs(p.cacheable(&resp(200, &[("vary", "*")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[]), now), now), Some(30));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("cache-control", "max-age=5")]), now), now), Some(5));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("cache-control", "s-maxage=7, max-age=5")]), now), now), Some(7));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("cache-control", "no-store")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("cache-control", "private")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("cache-control", "no-cache")]), now), now), Some(-1));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("set-cookie", "a=1")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(500, &[]), now), now), None);
+        // any final status with explicit freshness; errors without it only with negative_ttl
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(500, &[("cache-control", "max-age=9")]), now), now), Some(9));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(302, &[("cache-control", "max-age=9")]), now), now), Some(9));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(302, &[]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(404, &[]), now), now), None);
+        let mut n = policy();
+        n.negative_ttl = Some(Duration::from_secs(3));
+        assert_eq!(fresh_secs(n.cacheable_at(&resp(404, &[]), now), now), Some(3));
+        // origin mode: nothing without explicit freshness
+        let mut origin = policy();
+        origin.ttl = None;
+        assert_eq!(fresh_secs(origin.cacheable_at(&resp(200, &[]), now), now), None);
+        // the response's age on arrival counts against its lifetime
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("cache-control", "max-age=60"), ("age", "50")]), now), now), Some(10));
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("vary", "accept, *")]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(206, &[]), now), now), None);
+        assert_eq!(fresh_secs(p.cacheable_at(&resp(200, &[("vary", "*")]), now), now), None);
         let mut o = policy();
         o.override_origin = true;
-        assert_eq!(fresh_secs(o.cacheable(&resp(200, &[("cache-control", "max-age=5")]), now), now), Some(30));
+        assert_eq!(fresh_secs(o.cacheable_at(&resp(200, &[("cache-control", "max-age=5")]), now), now), Some(30));
         let mut s = policy();
         s.strip_set_cookie = true;
-        match s.cacheable(&resp(200, &[("set-cookie", "a=1")]), now) {
+        match s.cacheable_at(&resp(200, &[("set-cookie", "a=1")]), now) {
             RespCacheable::Cacheable(m) => assert!(m.headers().get("set-cookie").is_none()),
             _ => panic!("cacheable without its cookie"),
         }
@@ -448,10 +590,15 @@ mod tests {
         let t = TagTemplate::parse("positions:{header:X-User}").unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-user", "42".parse().unwrap());
-        assert_eq!(t.render(&h, None).as_deref(), Some("positions:42"));
-        assert_eq!(t.render(&HeaderMap::new(), None), None);
+        let none = |_: &str| None;
+        assert_eq!(t.render(&h, None, none).as_deref(), Some("positions:42"));
+        assert_eq!(t.render(&HeaderMap::new(), None, none), None);
         let q = TagTemplate::parse("sym:{query:symbol}").unwrap();
-        assert_eq!(q.render(&h, Some("a=1&symbol=AAPL")).as_deref(), Some("sym:AAPL"));
-        assert!(TagTemplate::parse("x:{bogus}").is_err());
+        assert_eq!(q.render(&h, Some("a=1&symbol=AAPL"), none).as_deref(), Some("sym:AAPL"));
+        let p = TagTemplate::parse("item:{item_id}").unwrap();
+        assert_eq!(p.params().collect::<Vec<_>>(), vec!["item_id"]);
+        assert_eq!(p.render(&h, None, |n| (n == "item_id").then_some("7")).as_deref(), Some("item:7"));
+        assert!(TagTemplate::parse("x:{bogus:y}").is_err());
+        assert!(TagTemplate::parse("x:{}").is_err());
     }
 }

@@ -7,7 +7,7 @@
 use super::store::{CacheStore, DecodedMeta, MetaTimes, StoreKey, StoredMeta, StoredObject};
 use super::EntryInfo;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::cache::key::{CacheHashKey, CacheKey};
 use pingora::cache::meta::CacheMeta;
 use pingora::cache::storage::{
@@ -126,9 +126,14 @@ impl Storage for PingoraStorage {
             key: store_key(key),
             meta: stored_meta(meta)?,
             ttl: retention(meta),
-            tags: tags_of(meta, &self.tag_header),
+            tags: {
+                let mut tags = tags_of(meta, &self.tag_header);
+                tags.extend(info.tags.iter().cloned());
+                tags
+            },
             info,
-            body: BytesMut::new(),
+            chunks: Vec::new(),
+            size: 0,
         }))
     }
 
@@ -206,22 +211,31 @@ struct Miss {
     ttl: Duration,
     tags: Vec<String>,
     info: EntryInfo,
-    body: BytesMut,
+    /// The body as it arrived; joined once, exactly sized, when the write finishes.
+    chunks: Vec<Bytes>,
+    size: usize,
 }
 
 #[async_trait]
 impl HandleMiss for Miss {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
+        self.size += data.len();
+        self.chunks.push(data);
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let Miss { storage, key, meta, ttl, tags, info, body } = *self;
-        let size = body.len();
+        let Miss { storage, key, meta, ttl, tags, info, chunks, size } = *self;
+        // Copied into one allocation of exactly `size` bytes: a chunk may be a slice of a larger
+        // read buffer, and a grown buffer keeps its doubled capacity; either would hold memory
+        // the store's size bound never sees.
+        let mut body = Vec::with_capacity(size);
+        for c in &chunks {
+            body.extend_from_slice(c);
+        }
         let obj = StoredObject {
             meta,
-            body: body.freeze(),
+            body: Bytes::from(body),
             url: info.url,
             path: info.path,
             tags,

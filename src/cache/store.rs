@@ -49,7 +49,7 @@ pub struct StoredObject {
     pub url: String,
     /// Normalized path, for purge by prefix.
     pub path: String,
-    /// From the response's tag header (`Cache-Tag` by default).
+    /// From the route's `tags`, the keyed credentials, and the response's tag header.
     pub tags: Vec<String>,
 }
 
@@ -77,7 +77,9 @@ pub enum PurgeSelector {
     Tag(String),
     /// `url_identity` of a path and query: every variant, under every host.
     Url(String),
-    /// Every object whose path starts with this, on whole segments.
+    /// Every object of this normalized path, whatever its query, variant or host.
+    Path(String),
+    /// Every object whose path is this or below it, on whole segments.
     PathPrefix(String),
 }
 

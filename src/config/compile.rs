@@ -10,7 +10,8 @@ use super::raw::{
     PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawHealthCheck, RawMatch, RawQueue,
     RawRateLimit, RawRoute, RawServer, RawTelemetry, RawUpstream, RawWarm, Toggle,
 };
-use super::units::{Dur, EnvString, Size};
+use super::units::{Dur, EnvString, Size, Ttl};
+use crate::cache::invalidate::{self, InvalidateRule};
 use crate::cache::{CachePolicy, CacheSettings, TagTemplate, WarmRequest};
 use crate::policy::builtin;
 use crate::policy::compress::{self, CompressPolicy};
@@ -19,6 +20,7 @@ use crate::policy::ratelimit::{KeySource, OnMissing, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::timeout::Timeouts;
 use crate::routing::normalize::normalize;
+use crate::routing::template::{PathTemplate, TemplateError};
 use crate::routing::{Matcher, PathMatch};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
@@ -77,11 +79,13 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         warnings: Vec::new(),
     };
 
+    let mut server = server;
+    let remove_request_headers = compile_removed_headers(&mut cx, std::mem::take(&mut server.remove_request_headers));
     let (settings, trusted_proxies, admin_token, limits) = compile_server(&mut cx, server);
     let upstreams = compile_upstreams(&mut cx, upstreams);
     let defaults = defaults.policy_keys();
     // `[defaults]` alone first: its errors are reported at its own lines, and once.
-    compile_policy(&mut cx, &defaults, &defaults);
+    compile_policy(&mut cx, &defaults, &defaults, None);
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &routes {
@@ -122,6 +126,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         settings,
         server: ServerDef {
             trusted_proxies,
+            remove_request_headers,
             admin_token,
             limits,
         },
@@ -130,6 +135,20 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         hash: digest(src.text),
         warnings: cx.warnings,
     })
+}
+
+fn compile_removed_headers(cx: &mut Ctx<'_>, extra: Vec<Spanned<String>>) -> Vec<http::HeaderName> {
+    let mut names: Vec<http::HeaderName> = crate::policy::forwarding::TARGET_REWRITING.iter().map(|n| http::HeaderName::from_static(n)).collect();
+    for e in extra {
+        match http::HeaderName::from_bytes(e.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+            Ok(n) if !names.contains(&n) => names.push(n),
+            Ok(_) => {}
+            Err(_) => {
+                cx.error::<()>(e.span(), format!("invalid header name {:?}", e.get_ref()), "write a field name such as \"x-forwarded-prefix\"");
+            }
+        }
+    }
+    names
 }
 
 fn digest(text: &str) -> String {
@@ -160,6 +179,7 @@ fn compile_server(
         keepalive_timeout,
         upgrade_sock,
         access_log,
+        remove_request_headers: _,
     } = server;
     let d = ServerLimits::default();
     let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
@@ -394,7 +414,8 @@ fn compile_route(
             }
         },
     };
-    let policy = compile_policy(cx, &route.policy_keys(), defaults);
+    let template = matcher.as_ref().and_then(|m| m.template().cloned());
+    let policy = compile_policy(cx, &route.policy_keys(), defaults, Some((name_str.as_str(), template.as_deref())));
     Some((
         RouteDef {
             name: name_str,
@@ -415,12 +436,27 @@ fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
     } = m.get_ref();
     let path = match (path, path_prefix) {
         (Some(_), Some(p)) => {
-            return cx.error(p.span(), "`path` and `path_prefix` cannot both be set", "keep `path` for one exact path, or `path_prefix` for a subtree");
+            return cx.error(p.span(), "`path` and `path_prefix` cannot both be set", "keep `path` for one exact path or a template, or `path_prefix` for a subtree");
         }
         (None, None) => {
             return cx.error(m.span(), "`match` needs `path` or `path_prefix`", "path_prefix = \"/\" matches everything");
         }
+        (Some(p), None) if PathTemplate::is_template(p.get_ref()) => match PathTemplate::parse(p.get_ref()) {
+            Ok(t) => PathMatch::Template(std::sync::Arc::new(t)),
+            Err(e) => {
+                let hint = match e {
+                    TemplateError::PartialSegment(_) => "a parameter is a whole segment: \"/files/{name}\", not \"/files/{name}.txt\"",
+                    TemplateError::RestNotLast(_) => "`{name:path}` takes the rest of the path: put it last",
+                    TemplateError::Convertor(_) => "write {name} or {name:path}; FastAPI's int, float, str and uuid convertors match one segment",
+                    _ => "write FastAPI's syntax, e.g. \"/api/items/{item_id}\" or \"/files/{file_path:path}\"",
+                };
+                return cx.error(p.span(), format!("path template {:?}: {e}", p.get_ref().0), hint);
+            }
+        },
         (Some(p), None) => PathMatch::Exact(route_path(cx, p)?),
+        (None, Some(p)) if PathTemplate::is_template(p.get_ref()) => {
+            return cx.error(p.span(), "`path_prefix` cannot hold parameters", format!("write path = \"{}/{{rest:path}}\": a template whose last parameter takes the rest", p.get_ref().0.trim_end_matches('/')));
+        }
         (None, Some(p)) => {
             let norm = route_path(cx, p)?;
             PathMatch::Prefix(norm.trim_end_matches('/').to_string())
@@ -461,10 +497,13 @@ fn route_path(cx: &mut Ctx<'_>, p: &Spanned<super::units::EnvString>) -> Option<
     }
 }
 
+/// `route`: the route's name and path template, to check the path parameters that keys,
+/// tags and invalidation patterns name; `None` for `[defaults]` compiled alone.
 fn compile_policy(
     cx: &mut Ctx<'_>,
     route: &PolicyKeys<'_>,
     defaults: &PolicyKeys<'_>,
+    on_route: Option<(&str, Option<&PathTemplate>)>,
 ) -> Option<PolicyDef> {
     fn pick<T: Clone>(r: &Option<T>, d: &Option<T>) -> Option<T> {
         r.clone().or_else(|| d.clone())
@@ -501,7 +540,7 @@ fn compile_policy(
 
     let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
         let bypass = pick(route.rate_limit_bypass, defaults.rate_limit_bypass).unwrap_or_default();
-        compile_rate_limits(cx, &list, &bypass)
+        compile_rate_limits(cx, &list, &bypass, on_route)
     });
     let concurrency = compile_concurrency(
         cx,
@@ -522,19 +561,34 @@ fn compile_policy(
         None => None,
         Some(c) => match c.get_ref() {
             Toggle::Off => None,
-            Toggle::On(None) => compile_cache_policy(cx, None),
-            Toggle::On(Some(raw)) => compile_cache_policy(cx, Some(raw)),
+            Toggle::On(None) => Some(CachePolicy::default()),
+            Toggle::On(Some(raw)) => compile_cache_policy(cx, raw, on_route),
         },
     };
     let mut invalidate_tags = Vec::new();
     for t in pick(route.invalidate_tags, defaults.invalidate_tags).unwrap_or_default() {
-        match TagTemplate::parse(t.get_ref()) {
-            Ok(tpl) => invalidate_tags.push(tpl),
-            Err(e) => {
-                cx.error::<()>(t.span(), e, "a tag is text with {header:NAME}, {query:NAME} or {cookie:NAME} placeholders, e.g. \"user:{header:x-user-id}\"");
-            }
+        if let Some(tpl) = tag_template(cx, &t, on_route) {
+            invalidate_tags.push(tpl);
         }
     }
+    let invalidate = match pick(route.invalidate, defaults.invalidate) {
+        None => invalidate::default_rules(),
+        Some(list) => {
+            let mut rules = Vec::new();
+            for r in &list {
+                match InvalidateRule::parse(r.get_ref()) {
+                    Ok(rule) => {
+                        check_params(cx, r.span(), rule.params(), on_route);
+                        rules.push(rule);
+                    }
+                    Err(e) => {
+                        cx.error::<()>(r.span(), e, "write \"resource\", \"viewer\", a path such as \"/api/users/{user_id}\", or a subtree such as \"/api/items/**\"");
+                    }
+                }
+            }
+            rules
+        }
+    };
 
     if cx.errors.len() > errors_before {
         return None;
@@ -554,28 +608,40 @@ fn compile_policy(
         compress,
         cache,
         invalidate_tags,
+        invalidate,
         slow_threshold,
     })
 }
 
-const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Refuses path parameters the route's template does not declare.
+fn check_params<'p>(cx: &mut Ctx<'_>, span: Span, params: impl IntoIterator<Item = &'p str>, on_route: Option<(&str, Option<&PathTemplate>)>) {
+    let Some((route, template)) = on_route else { return };
+    if let Some(name) = invalidate::unknown_param(params, template) {
+        let hint = match template {
+            Some(t) => format!("the template {:?} declares: {}", t.as_str(), t.names().collect::<Vec<_>>().join(", ")),
+            None => "give the route a path template, e.g. match = { path = \"/api/items/{item_id}\" }".to_string(),
+        };
+        cx.error::<()>(span, format!("route `{route}` has no path parameter `{name}`"), hint);
+    }
+}
 
-fn compile_cache_policy(cx: &mut Ctx<'_>, raw: Option<&RawCachePolicy>) -> Option<CachePolicy> {
-    let Some(raw) = raw else {
-        return Some(CachePolicy {
-            ttl: DEFAULT_CACHE_TTL,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            key_headers: Vec::new(),
-            key_cookies: Vec::new(),
-            ignore_query: Vec::new(),
-            override_origin: false,
-            public: false,
-            strip_set_cookie: false,
-        });
-    };
+fn tag_template(cx: &mut Ctx<'_>, t: &Spanned<String>, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<TagTemplate> {
+    match TagTemplate::parse(t.get_ref()) {
+        Ok(tpl) => {
+            check_params(cx, t.span(), tpl.params(), on_route);
+            Some(tpl)
+        }
+        Err(e) => cx.error(t.span(), e, "a tag is text with {NAME} (a path parameter), {header:NAME}, {query:NAME} or {cookie:NAME} placeholders, e.g. \"item:{item_id}\""),
+    }
+}
+
+fn compile_cache_policy(cx: &mut Ctx<'_>, raw: &RawCachePolicy, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<CachePolicy> {
     let RawCachePolicy {
         ttl,
+        negative_ttl,
+        tags,
+        targeted_field,
+        ignore_client_no_cache,
         stale_while_revalidate,
         stale_if_error,
         key,
@@ -583,36 +649,57 @@ fn compile_cache_policy(cx: &mut Ctx<'_>, raw: Option<&RawCachePolicy>) -> Optio
         public,
         strip_set_cookie,
     } = raw;
-    let ttl = match ttl {
-        Some(t) if t.get_ref().0.is_zero() => {
-            return cx.error(t.span(), "cache `ttl` must be above zero", "to turn caching off write cache = \"off\"; else e.g. ttl = \"30s\"");
+    let ttl = match ttl.as_ref().map(|t| (t.get_ref(), t.span())) {
+        Some((Ttl::Default(d), span)) if d.is_zero() => {
+            return cx.error(span, "cache `ttl` must be above zero", "write ttl = \"origin\" to store only what the backend's headers allow, or cache = \"off\"");
         }
-        Some(t) => t.get_ref().0,
-        None => DEFAULT_CACHE_TTL,
+        Some((Ttl::Default(d), _)) => Some(*d),
+        Some((Ttl::Origin, _)) | None => None,
+    };
+    let override_origin = override_origin.as_ref().is_some_and(|b| *b.get_ref());
+    if override_origin && ttl.is_none() {
+        let at = raw.override_origin.as_ref().map(Spanned::span).unwrap_or_default();
+        return cx.error(at, "`override_origin` needs a `ttl` to apply", "add ttl = \"30s\", or remove override_origin");
+    }
+    let negative_ttl = match negative_ttl {
+        Some(t) if t.get_ref().0.is_zero() => {
+            return cx.error(t.span(), "`negative_ttl` must be above zero", "leave it out to never store error answers without explicit freshness");
+        }
+        Some(t) => Some(t.get_ref().0),
+        None => None,
+    };
+    let header_name = |cx: &mut Ctx<'_>, name: &Spanned<String>, hint: &str| match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => cx.error(name.span(), format!("invalid header name {:?}", name.get_ref()), hint),
     };
     let (mut headers, mut cookies, mut ignore) = (Vec::new(), Vec::new(), Vec::new());
     if let Some(RawCacheKey { headers: h, cookies: c, ignore_query }) = key {
         for name in h {
-            match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
-                Ok(n) => headers.push(n),
-                Err(_) => {
-                    cx.error::<()>(name.span(), format!("invalid header name {:?}", name.get_ref()), "write a field name such as \"authorization\" or \"x-tenant\"");
-                }
+            if let Some(n) = header_name(cx, name, "write a field name such as \"authorization\" or \"x-tenant\"") {
+                headers.push(n);
             }
         }
         cookies = c.iter().map(|s| s.get_ref().clone()).collect();
         ignore = ignore_query.iter().map(|s| s.get_ref().clone()).collect();
     }
+    let targeted_field = targeted_field
+        .as_ref()
+        .and_then(|t| header_name(cx, t, "write a field name such as \"fastgate-cache-control\""));
+    let tags = tags.iter().filter_map(|t| tag_template(cx, t, on_route)).collect();
     Some(CachePolicy {
         ttl,
+        negative_ttl,
         stale_while_revalidate: stale_while_revalidate.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
         stale_if_error: stale_if_error.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
         key_headers: headers,
         key_cookies: cookies,
         ignore_query: ignore,
-        override_origin: override_origin.as_ref().is_some_and(|b| *b.get_ref()),
+        tags,
+        targeted_field,
+        override_origin,
         public: public.as_ref().is_some_and(|b| *b.get_ref()),
         strip_set_cookie: strip_set_cookie.as_ref().is_some_and(|b| *b.get_ref()),
+        ignore_client_no_cache: ignore_client_no_cache.as_ref().is_some_and(|b| *b.get_ref()),
     })
 }
 
@@ -701,6 +788,7 @@ fn compile_rate_limits(
     cx: &mut Ctx<'_>,
     list: &Spanned<Vec<Spanned<RawRateLimit>>>,
     bypass: &[Spanned<EnvString>],
+    on_route: Option<(&str, Option<&PathTemplate>)>,
 ) -> Option<RateLimitsDef> {
     if list.get_ref().is_empty() {
         return None;
@@ -729,11 +817,14 @@ fn compile_rate_limits(
                 cx.error::<()>(
                     key.as_ref().map_or(raw.span(), Spanned::span),
                     e,
-                    "use client_ip, route, header:NAME, cookie:NAME or query:NAME",
+                    "use client_ip, route, header:NAME, cookie:NAME, query:NAME or path:NAME",
                 );
                 continue;
             }
         };
+        if let (KeySource::Path(p), Some(k)) = (&key_source, key) {
+            check_params(cx, k.span(), [p.as_str()], on_route);
+        }
         let status = match missing_key_status {
             None => 401,
             Some(s) if matches!(s.get_ref(), 400 | 401) => *s.get_ref(),

@@ -47,6 +47,8 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerDef {
     pub trusted_proxies: Vec<IpNet>,
+    /// Removed from every request before routing, the cache and the backend.
+    pub remove_request_headers: Vec<http::HeaderName>,
     pub admin_token: Option<String>,
     pub limits: ServerLimits,
 }
@@ -95,6 +97,8 @@ pub struct PolicyDef {
     pub compress: Option<CompressPolicy>,
     pub cache: Option<CachePolicy>,
     pub invalidate_tags: Vec<TagTemplate>,
+    /// What a successful write invalidates besides its own path and `Location`.
+    pub invalidate: Vec<crate::cache::invalidate::InvalidateRule>,
     pub slow_threshold: Duration,
 }
 
@@ -111,6 +115,7 @@ impl Default for PolicyDef {
             compress: None,
             cache: None,
             invalidate_tags: Vec::new(),
+            invalidate: crate::cache::invalidate::default_rules(),
             slow_threshold: crate::policy::builtin::SLOW_THRESHOLD,
         }
     }

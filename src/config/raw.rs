@@ -4,7 +4,7 @@
 //! ignored setting). Every leaf value is `Spanned`, so any later check can point at it. No `flatten` or
 //! `untagged`: both lose TOML positions.
 
-use super::units::{Dur, EnvString, Size};
+use super::units::{Dur, EnvString, Size, Ttl};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -70,6 +70,10 @@ pub struct RawServer {
     pub upgrade_sock: Option<Spanned<EnvString>>,
     /// One log line per request (target `fastgate::access`).
     pub access_log: Option<Spanned<bool>>,
+    /// Request fields removed before the cache and the backend see a request, besides the
+    /// built-in ones that make frameworks rewrite the target (`X-Original-URL`...).
+    #[serde(default)]
+    pub remove_request_headers: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +172,9 @@ policy_keys! {
     cache: Spanned<Toggle<RawCachePolicy>>,
     /// Tags purged after a successful unsafe request (POST/PUT/PATCH/DELETE) on the route.
     invalidate_tags: Vec<Spanned<String>>,
+    /// What a successful write on the route invalidates besides its own path: `"resource"`,
+    /// `"viewer"`, or path patterns (`"/api/users/{user_id}"`, `"/api/items/**"`).
+    invalidate: Vec<Spanned<String>>,
     /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
     slow_threshold: Spanned<Dur>,
 }
@@ -175,7 +182,17 @@ policy_keys! {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCachePolicy {
-    pub ttl: Option<Spanned<Dur>>,
+    /// Freshness of successful responses the backend gives none; `"origin"` or unset: none.
+    pub ttl: Option<Spanned<Ttl>>,
+    /// Freshness of 404, 405, 410, 414 and 501 answers the backend gives none; unset: not stored.
+    pub negative_ttl: Option<Spanned<Dur>>,
+    /// Tags every stored response of the route carries (`"item:{item_id}"`).
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    /// A targeted cache-control field (RFC 9213) read ahead of `CDN-Cache-Control`.
+    pub targeted_field: Option<Spanned<String>>,
+    /// Serve fresh entries even when the client sends `Cache-Control: no-cache` or `max-age=0`.
+    pub ignore_client_no_cache: Option<Spanned<bool>>,
     pub stale_while_revalidate: Option<Spanned<Dur>>,
     pub stale_if_error: Option<Spanned<Dur>>,
     pub key: Option<RawCacheKey>,

@@ -78,6 +78,25 @@ impl std::ops::Deref for EnvString {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Dur(pub Duration);
 
+/// A cache `ttl`: a duration, or `"origin"` (only what the backend's headers allow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Origin,
+    Default(Duration),
+}
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let EnvString(s) = EnvString::deserialize(d)?;
+        if s.trim() == "origin" {
+            return Ok(Ttl::Origin);
+        }
+        humantime::parse_duration(s.trim()).map(Ttl::Default).map_err(|e| {
+            de::Error::custom(format!("invalid ttl {s:?} ({e}); write a duration such as \"30s\", or \"origin\""))
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let EnvString(s) = EnvString::deserialize(d)?;

@@ -1,30 +1,40 @@
 //! The cache policy of a route, over pingora's cache state machine (`crate::cache` holds the
-//! key, storage rules and the store): which requests may use the cache, the validators of a
-//! revalidation, `X-Cache` and `Age` on the way out, and invalidation after a write.
+//! key, storage rules and the store): which requests may use the cache, what the client's own
+//! `Cache-Control` asks, the validators of a revalidation, `X-Cache` and `Age` on the way out,
+//! and invalidation after a write.
 //!
-//! Invalidation (RFC 9111 4.4): a successful (2xx/3xx) answer to an unsafe request drops its
-//! own URL, its `Location` and `Content-Location` targets (same origin only), and the route's
-//! `invalidate_tags`. It happens when the backend's answer arrives, before it is sent on, so a
-//! client that reads right after its own write never gets the old copy. Every route carries
-//! this policy, cached or not: a write on an uncached route still invalidates what it names.
+//! Invalidation (RFC 9111 4.4 and `cache::invalidate`): a successful (2xx/3xx) answer to an
+//! unsafe request drops every variant of its own path, its `Location` and `Content-Location`
+//! targets (same origin only), what the route's `invalidate` rules select (its resource's
+//! collection and the writer's own entries by default) and its `invalidate_tags`. It happens
+//! when the backend's answer arrives, before it is sent on, so a client that reads right after
+//! its own write never gets the old copy. Every route carries this policy, cached or not: a
+//! write on an uncached route still invalidates what it names.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use super::{Directives, Exchange, Flow, Policy};
+use crate::cache::invalidate::{self, InvalidateRule, Reason};
 use crate::cache::store::{CacheStore, PurgeSelector};
 use crate::cache::{self, CachePolicy, TagTemplate};
-use crate::problem::GatewayError;
+use crate::problem::{GatewayError, Problem};
 use crate::routing::normalize::normalize;
+use crate::routing::PathMatch;
 use crate::telemetry::outcome::Outcome;
 use http::header::{HeaderName, ACCEPT_ENCODING, AGE, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION};
-use pingora::cache::CachePhase;
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::{CacheMeta, CachePhase, ForcedFreshness};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 pub struct CacheRoute {
     /// `None`: the route does not cache, but its writes still invalidate.
     pub policy: Option<CachePolicy>,
     pub invalidate_tags: Vec<TagTemplate>,
+    pub invalidate: Vec<InvalidateRule>,
+    /// The route's path match: where a write's resource collection starts.
+    pub path: PathMatch,
     pub store: Arc<dyn CacheStore>,
     /// The backend's tag field, never shown to clients.
     pub tag_header: HeaderName,
@@ -32,7 +42,38 @@ pub struct CacheRoute {
 
 impl std::fmt::Debug for CacheRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheRoute").field("policy", &self.policy).field("invalidate_tags", &self.invalidate_tags).finish()
+        f.debug_struct("CacheRoute")
+            .field("policy", &self.policy)
+            .field("invalidate_tags", &self.invalidate_tags)
+            .field("invalidate", &self.invalidate)
+            .finish()
+    }
+}
+
+/// What the client's `Cache-Control` asks of the cache (RFC 9111 5.2.1).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientDirectives {
+    /// `no-cache`, or `max-age=0`: a stored response must be revalidated first.
+    pub no_cache: bool,
+    pub max_age: Option<u32>,
+    pub min_fresh: Option<u32>,
+    pub no_store: bool,
+    pub only_if_cached: bool,
+}
+
+impl ClientDirectives {
+    fn parse(req: &RequestHeader) -> Self {
+        let Some(cc) = CacheControl::from_req_headers(req) else { return Self::default() };
+        ClientDirectives {
+            no_cache: cc.no_cache(),
+            max_age: cc.max_age().ok().flatten(),
+            min_fresh: cc
+                .directives
+                .get(&pingora::cache::cache_control::DirectiveKey::from_lowercase("min-fresh"))
+                .and_then(|v| v.as_ref()?.parse_as_delta_seconds().ok()),
+            no_store: cc.no_store(),
+            only_if_cached: cc.only_if_cached(),
+        }
     }
 }
 
@@ -40,8 +81,19 @@ impl std::fmt::Debug for CacheRoute {
 pub struct CacheState {
     /// The route caches, but this request may not use the cache (method, credentials).
     bypass: bool,
+    client: ClientDirectives,
+    /// The client's directives made a fresh entry go back to the backend.
+    forced: bool,
     status: Option<&'static str>,
-    invalidated: usize,
+    /// Entries dropped by this request's write, by reason (`Reason::ALL` order).
+    invalidated: [usize; 5],
+}
+
+impl CacheState {
+    /// The client said `no-store`: nothing of this exchange may be stored.
+    pub fn no_store(&self) -> bool {
+        self.client.no_store
+    }
 }
 
 impl CacheRoute {
@@ -50,10 +102,27 @@ impl CacheRoute {
         self.policy.is_some() && !st.bypass
     }
 
-    /// The entries a successful write invalidates.
-    fn selectors(&self, x: &Exchange<'_>, resp: &ResponseHeader) -> Vec<PurgeSelector> {
-        let url_of = |path: &str, query: Option<&str>| cache::url_identity(path, query, &[]);
-        let mut selectors = vec![PurgeSelector::Url(url_of(x.path, x.req.uri.query()))];
+    /// Whether the client's own directives force a stored entry back to the backend
+    /// (`cache_hit_filter`): `no-cache`, or an entry older than its `max-age` or fresh for less
+    /// than its `min-fresh`. Off when the route ignores them.
+    pub fn on_hit(&self, st: &mut CacheState, meta: &CacheMeta, is_fresh: bool) -> Option<ForcedFreshness> {
+        let policy = self.policy.as_ref()?;
+        if policy.ignore_client_no_cache || !is_fresh {
+            return None;
+        }
+        let c = st.client;
+        let age = meta.age().as_secs();
+        let left = meta.fresh_until().duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).as_secs();
+        let force = c.no_cache
+            || c.max_age.is_some_and(|m| age > u64::from(m) || m == 0)
+            || c.min_fresh.is_some_and(|m| left < u64::from(m));
+        st.forced = force;
+        force.then_some(ForcedFreshness::ForceExpired)
+    }
+
+    /// The entries a successful write invalidates, with the reason each is counted under.
+    fn selectors(&self, x: &Exchange<'_>, resp: &ResponseHeader) -> Vec<(Reason, PurgeSelector)> {
+        let mut selectors = vec![(Reason::Target, PurgeSelector::Path(x.path.to_string()))];
         for h in [LOCATION, CONTENT_LOCATION] {
             let Some(loc) = resp.headers.get(&h).and_then(|v| v.to_str().ok()) else { continue };
             // Only same-origin, path-absolute references name an entry here.
@@ -61,12 +130,13 @@ impl CacheRoute {
                 && uri.authority().is_none()
                 && let Ok(p) = normalize(uri.path())
             {
-                selectors.push(PurgeSelector::Url(url_of(&p, uri.query())));
+                selectors.push((Reason::Target, PurgeSelector::Path(p.into_owned())));
             }
         }
+        invalidate::rule_selectors(&self.invalidate, &self.path, x.path, |n| x.param(n), &x.req.headers, &mut selectors);
         for t in &self.invalidate_tags {
-            if let Some(tag) = t.render(&x.req.headers, x.req.uri.query()) {
-                selectors.push(PurgeSelector::Tag(tag));
+            if let Some(tag) = t.render(&x.req.headers, x.req.uri.query(), |n| x.param(n)) {
+                selectors.push((Reason::Tag, PurgeSelector::Tag(tag)));
             }
         }
         selectors
@@ -79,6 +149,18 @@ impl Policy for CacheRoute {
     fn on_request(&self, x: &Exchange<'_>, st: &mut CacheState, _d: &mut Directives) -> Flow {
         if let Some(policy) = &self.policy {
             st.bypass = policy.bypass(&x.req.method, &x.req.headers).is_some();
+            if !st.bypass && x.req.headers.contains_key(http::header::CACHE_CONTROL) {
+                st.client = ClientDirectives::parse(x.req);
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn admit(&self, x: &Exchange<'_>, st: &mut CacheState) -> Flow {
+        // Going upstream means no usable stored response (RFC 9111 5.2.1.7).
+        if st.client.only_if_cached && self.enabled(st) && !matches!(x.cache_phase, CachePhase::Hit) {
+            st.status = Some("miss");
+            return Flow::Respond(GatewayError::new(Problem::NotCached, "the client asked only-if-cached and no stored response can be used"));
         }
         Flow::Continue
     }
@@ -115,18 +197,21 @@ impl Policy for CacheRoute {
     ) -> Result<(), GatewayError> {
         if self.policy.is_some() {
             let status = if st.bypass { "BYPASS" } else { cache::x_cache(x.cache_phase) };
-            st.status = Some(status);
+            st.status = Some(if st.bypass { "bypass" } else { cache::status(x.cache_phase) });
             let _ = resp.insert_header("x-cache", status);
             if !resp.headers.contains_key(AGE) {
                 let _ = resp.insert_header(AGE, "0");
             }
             resp.remove_header(&self.tag_header);
+            if let Some(own) = self.policy.as_ref().and_then(|p| p.targeted_field.as_ref()) {
+                resp.remove_header(own);
+            }
         }
         let status = resp.status.as_u16();
         if (200..400).contains(&status) && !x.req.method.is_safe() {
-            for sel in self.selectors(x, resp) {
+            for (reason, sel) in self.selectors(x, resp) {
                 match self.store.purge(&sel).await {
-                    Ok(n) => st.invalidated += n,
+                    Ok(n) => st.invalidated[reason as usize] += n,
                     Err(e) => tracing::warn!(error = %e, request_id = x.request_id, "cache invalidation failed"),
                 }
             }
@@ -136,6 +221,10 @@ impl Policy for CacheRoute {
 
     fn on_done(&self, st: &CacheState, out: &mut Outcome) {
         out.cache = st.status;
-        out.invalidated = st.invalidated;
+        for (reason, n) in Reason::ALL.iter().zip(st.invalidated) {
+            if n > 0 {
+                out.invalidated.push((reason.as_str(), n));
+            }
+        }
     }
 }

@@ -109,7 +109,14 @@ static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forwarding {
     pub trusted_proxies: Vec<IpNet>,
+    /// Fields no request keeps: they change what a framework serves without being part of
+    /// the target, so a cached answer to one could be served for another.
+    pub remove_request_headers: Vec<http::HeaderName>,
 }
+
+/// Fields that make common frameworks and middleware serve another target than the URL
+/// (IIS/Symfony/Zend `X-Original-URL`, `X-Rewrite-URL`; nginx-style `X-Original-URI`).
+pub const TARGET_REWRITING: &[&str] = &["x-original-url", "x-rewrite-url", "x-original-uri"];
 
 impl Forwarding {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -236,7 +243,7 @@ mod tests {
 
     #[test]
     fn untrusted_peers_get_their_forwarding_headers_replaced() {
-        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()] };
+        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], remove_request_headers: Vec::new() };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
         req.insert_header("x-forwarded-proto", "https").unwrap();

@@ -45,12 +45,21 @@ pub mod builtin {
     pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
 }
 
+impl Exchange<'_> {
+    /// The value of path parameter `name` (`{name}` in the route's template).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(self.path, name)
+    }
+}
+
 /// What a policy sees of one request, in every phase.
 pub struct Exchange<'a> {
     /// The request as received (path not yet rewritten to its normalized form).
     pub req: &'a RequestHeader,
     /// The normalized path: what routed the request and what the backend receives.
     pub path: &'a str,
+    /// The values of the route's path template parameters in `path`.
+    pub params: &'a crate::routing::template::Params,
     pub request_id: &'a str,
     /// The TCP peer.
     pub peer_ip: Option<IpAddr>,
@@ -214,11 +223,14 @@ chain! {
 pub(crate) mod tests {
     use super::*;
 
+    static NO_PARAMS: crate::routing::template::Params = crate::routing::template::Params { template: None, spans: Vec::new() };
+
     /// A plain exchange over `req`, for unit tests of single policies.
     pub fn exchange(req: &RequestHeader) -> Exchange<'_> {
         Exchange {
             req,
             path: req.uri.path(),
+            params: &NO_PARAMS,
             request_id: "test",
             peer_ip: None,
             client_ip: None,

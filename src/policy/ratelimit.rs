@@ -12,6 +12,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::routing::template::Params;
 use super::{Directives, Exchange, Flow, Policy};
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
@@ -52,6 +53,8 @@ pub enum KeySource {
     Header(HeaderName),
     Cookie(String),
     Query(String),
+    /// A parameter of the route's path template: one bucket per resource.
+    Path(String),
     /// One bucket for the whole route.
     Route,
 }
@@ -67,8 +70,9 @@ impl KeySource {
                 .map_err(|_| format!("invalid header name {name:?}")),
             Some(("cookie", name)) if !name.trim().is_empty() => Ok(KeySource::Cookie(name.trim().to_string())),
             Some(("query", name)) if !name.trim().is_empty() => Ok(KeySource::Query(name.trim().to_string())),
+            Some(("path", name)) if !name.trim().is_empty() => Ok(KeySource::Path(name.trim().to_string())),
             _ => Err(format!(
-                "unknown rate limit key {s:?}; use client_ip, route, header:NAME, cookie:NAME or query:NAME"
+                "unknown rate limit key {s:?}; use client_ip, route, header:NAME, cookie:NAME, query:NAME or path:NAME"
             )),
         }
     }
@@ -81,6 +85,7 @@ impl KeySource {
             KeySource::Header(h) => format!("header:{h}"),
             KeySource::Cookie(c) => format!("cookie:{c}"),
             KeySource::Query(q) => format!("query:{q}"),
+            KeySource::Path(p) => format!("path:{p}"),
         }
     }
 }
@@ -193,6 +198,9 @@ pub struct RequestView<'a> {
     pub client_ip: Option<IpAddr>,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
+    /// The normalized path and the route template's parameters in it.
+    pub path: &'a str,
+    pub params: &'a Params,
 }
 
 /// The outcome of checking every limit of a route.
@@ -307,6 +315,7 @@ fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<LimitKey> {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (k == name && !v.is_empty()).then(|| text(v))
         }),
+        KeySource::Path(name) => req.params.get(req.path, name).filter(|v| !v.is_empty()).map(text),
     }
 }
 
@@ -325,6 +334,8 @@ impl Policy for RateLimits {
             client_ip: x.client_ip,
             headers: &x.req.headers,
             query: x.req.uri.query(),
+            path: x.path,
+            params: x.params,
         };
         match self.check(&view) {
             Decision::Allow(headers) => {
@@ -379,6 +390,8 @@ mod tests {
         }
     }
 
+    static NO_PARAMS: Params = Params { template: None, spans: Vec::new() };
+
     #[test]
     fn rates_parse() {
         assert_eq!(RateLimitDef::parse_rate("100/s").unwrap(), (100, Duration::from_secs(1)));
@@ -394,7 +407,7 @@ mod tests {
         let limits = RateLimits::new(vec![Arc::new(RateLimit::new(def("1/m", 2, "header:x-api-key")).unwrap())], vec![], vec![]);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("k1"));
-        let view = RequestView { client_ip: None, headers: &h, query: None };
+        let view = RequestView { client_ip: None, headers: &h, query: None, path: "/", params: &NO_PARAMS };
         assert!(matches!(limits.check(&view), Decision::Allow(Some(_))));
         match limits.check(&view) {
             Decision::Allow(Some(hd)) => {
@@ -407,11 +420,11 @@ mod tests {
         // another key has its own bucket
         let mut h2 = HeaderMap::new();
         h2.insert("x-api-key", HeaderValue::from_static("k2"));
-        assert!(matches!(limits.check(&RequestView { client_ip: None, headers: &h2, query: None }), Decision::Allow(_)));
+        assert!(matches!(limits.check(&RequestView { client_ip: None, headers: &h2, query: None, path: "/", params: &NO_PARAMS }), Decision::Allow(_)));
         // no key: rejected as configured
         let empty = HeaderMap::new();
         assert!(matches!(
-            limits.check(&RequestView { client_ip: None, headers: &empty, query: None }),
+            limits.check(&RequestView { client_ip: None, headers: &empty, query: None, path: "/", params: &NO_PARAMS }),
             Decision::MissingKey { status: 401, .. }
         ));
     }
@@ -421,7 +434,7 @@ mod tests {
         let by_ip = || Arc::new(RateLimit::new(def("1/m", 1, "client_ip")).unwrap());
         let limits = RateLimits::new(vec![by_ip()], vec![], vec!["10.0.0.9".into()]);
         let h = HeaderMap::new();
-        let from = |ip: &str| RequestView { client_ip: Some(ip.parse().unwrap()), headers: &h, query: None };
+        let from = |ip: &str| RequestView { client_ip: Some(ip.parse().unwrap()), headers: &h, query: None, path: "/", params: &NO_PARAMS };
         for _ in 0..3 {
             assert!(matches!(limits.check(&from("10.0.0.9")), Decision::Allow(None)));
         }
@@ -434,7 +447,7 @@ mod tests {
     fn cookie_and_query_keys() {
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_static("a=1; session=abc; b=2"));
-        let view = RequestView { client_ip: None, headers: &h, query: Some("x=1&token=t9") };
+        let view = RequestView { client_ip: None, headers: &h, query: Some("x=1&token=t9"), path: "/", params: &NO_PARAMS };
         assert_eq!(extract_key(&KeySource::Cookie("session".into()), &view), Some(LimitKey::Text("abc".into())));
         assert_eq!(extract_key(&KeySource::Query("token".into()), &view), Some(LimitKey::Text("t9".into())));
         assert_eq!(extract_key(&KeySource::Query("nope".into()), &view), None);

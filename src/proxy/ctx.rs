@@ -33,6 +33,8 @@ pub struct Core {
     pub runtime: Arc<Runtime>,
     /// The normalized path, when it differs from the one received: matched and forwarded.
     pub rewritten_path: Option<String>,
+    /// The route template's parameters, as ranges of the normalized path.
+    pub params: crate::routing::template::Params,
     pub peer_ip: Option<IpAddr>,
     /// The client behind trusted proxies (the peer otherwise).
     pub client_ip: Option<IpAddr>,
@@ -41,6 +43,8 @@ pub struct Core {
     pub streaming: bool,
     /// When `upstream_peer` chose a server: connect time and time to the response header.
     pub upstream_at: Option<Instant>,
+    /// The backend's 304 to a revalidation, until the stored header is updated from it.
+    pub not_modified: Option<Box<pingora::http::ResponseHeader>>,
 }
 
 impl Decision {
@@ -82,11 +86,13 @@ impl Ctx {
                 request_id: String::new(),
                 runtime,
                 rewritten_path: None,
+                params: Default::default(),
                 peer_ip: None,
                 client_ip: None,
                 trusted_peer: false,
                 streaming: false,
                 upstream_at: None,
+                not_modified: None,
             },
             decision: Decision::Pending,
             record: Box::default(),

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use ctx::{Core, Ctx, Decision};
 use http::header::ACCEPT_ENCODING;
 use pingora::cache::key::{CacheKey, HashBinary};
-use pingora::cache::{CacheMeta, CacheOptionOverrides, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -45,7 +45,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct Gateway {
     app: Arc<App>,
@@ -64,6 +64,7 @@ fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a> {
     Exchange {
         req,
         path: core.rewritten_path.as_deref().unwrap_or(req.uri.path()),
+        params: &core.params,
         request_id: &core.request_id,
         peer_ip: core.peer_ip,
         client_ip: core.client_ip,
@@ -122,8 +123,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let req = session.req_header();
         let rt = &*ctx.core.runtime;
+        if rt.forwarding.remove_request_headers.iter().any(|h| session.req_header().headers.contains_key(h)) {
+            for h in &rt.forwarding.remove_request_headers {
+                session.req_header_mut().remove_header(h);
+            }
+        }
+        let req = session.req_header();
         ctx.core.request_id = forwarding::Forwarding::request_id(req);
         ctx.core.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.core.trusted_peer = ctx.core.peer_ip.is_some_and(|ip| rt.forwarding.is_trusted(ip));
@@ -152,10 +158,11 @@ impl ProxyHttp for Gateway {
                     }
                     Ok(path) => match rt.routes.lookup(&req.method, request_host(req), &path) {
                         None => Decision::NoRoute,
-                        Some(route) => {
+                        Some((route, params)) => {
                             if let Cow::Owned(p) = path {
                                 ctx.core.rewritten_path = Some(p);
                             }
+                            ctx.core.params = params;
                             Decision::Routed(route.clone())
                         }
                     },
@@ -166,7 +173,7 @@ impl ProxyHttp for Gateway {
             // paired with `request_finished` in `logging`, which runs for every request
             self.app.metrics.request_started(&route.name, &route.metrics);
             if let Some(t) = &ctx.trace {
-                t.set_route(&route.name, &session.req_header().method);
+                t.set_route(&route.name, route.matcher.template().map(|t| t.as_str()), &session.req_header().method);
             }
             ctx.core.streaming = route.streaming || session.is_upgrade_req();
             if let Flow::Respond(err) = route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d)
@@ -211,7 +218,8 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key for a route without cache"))?;
         let req = session.req_header();
         let path = ctx.core.rewritten_path.as_deref().unwrap_or(req.uri.path());
-        let (primary, info) = policy.key(request_host(req).unwrap_or(""), path, req.uri.query(), &req.headers);
+        let params = &ctx.core.params;
+        let (primary, info) = policy.key(request_host(req).unwrap_or(""), path, req.uri.query(), &req.headers, |n| params.get(path, n));
         let mut key = CacheKey::new(primary, "");
         key.extensions.insert(info);
         Ok(key)
@@ -302,7 +310,7 @@ impl ProxyHttp for Gateway {
 
     /// Runs on the upstream's header before pingora caches it: hop-by-hop fields are removed
     /// here, once, so a cache hit has nothing left to strip.
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.record.outcome.ttfb = ctx.core.upstream_at.map(|t| t.elapsed());
         if let Some(t) = &ctx.trace {
             t.upstream_status(resp.status.as_u16());
@@ -312,14 +320,41 @@ impl ProxyHttp for Gateway {
                 resp.remove_header(&name);
             }
         }
+        if resp.status == http::StatusCode::NOT_MODIFIED && session.cache.maybe_cache_meta().is_some() {
+            // kept for `response_cache_filter`, which pingora hands only its own merge
+            ctx.core.not_modified = Some(Box::new(resp.clone()));
+        }
         Ok(())
     }
 
     fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
-        Ok(match ctx.route().and_then(|r| r.policies.cache.as_ref()?.policy.as_ref()) {
-            Some(policy) => policy.cacheable(resp, std::time::SystemTime::now()),
-            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        let Some(policy) = ctx.decision.route().and_then(|r| r.policies.cache.as_ref()?.policy.as_ref()) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        if ctx.record.states.cache.no_store() {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("request no-store")));
+        }
+        let response_time = SystemTime::now();
+        let request_time = ctx.core.upstream_at.map_or(response_time, |t| response_time.checked_sub(t.elapsed()).unwrap_or(response_time));
+        let at = cache::Exchanged { request_time, response_time };
+        // After a 304, the stored header updated with the 304's fields (RFC 9111 3.2); pingora's
+        // own merge copies only its validators and freshness fields.
+        Ok(match ctx.core.not_modified.take() {
+            Some(fresh) => policy.cacheable(&cache::merge_not_modified(resp, &fresh), at),
+            None => policy.cacheable(resp, at),
         })
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit: &mut pingora::cache::HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let Some(cache) = ctx.decision.route().and_then(|r| r.policies.cache.as_ref()) else { return Ok(None) };
+        Ok(cache.on_hit(&mut ctx.record.states.cache, meta, is_fresh))
     }
 
     fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
@@ -407,6 +442,9 @@ impl ProxyHttp for Gateway {
                 .then(|| req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()))
                 .flatten(),
             route: ctx.decision.route().map(|r| &**r),
+            params: access_log
+                .then(|| ctx.core.params.render(ctx.core.rewritten_path.as_deref().unwrap_or(req.uri.path())))
+                .flatten(),
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             elapsed: ctx.core.started.elapsed(),
             bytes_in: session.body_bytes_read(),

@@ -2,7 +2,11 @@
 //!
 //! Precedence is by specificity, never by accident of file order:
 //! 1. a route with a `host` beats one without;
-//! 2. an exact `path` beats any `path_prefix`; a longer prefix beats a shorter one;
+//! 2. paths compare segment by segment, left to right: a literal segment beats a parameter
+//!    (`{id}`), a parameter beats the open end of a prefix or a `{rest:path}`; a path that ends
+//!    there (exact, or a template without `:path`) beats one that goes on. So an exact `path`
+//!    beats a template of the same length, a template beats a prefix it falls under, and a
+//!    longer prefix beats a shorter one;
 //! 3. a route restricted to `methods` beats one that takes every method.
 //!
 //! Routes equal on all three keep file order; `fastgate check` reports such overlaps.
@@ -10,6 +14,7 @@
 //! never `/api/marketing`.
 
 pub mod normalize;
+pub mod template;
 
 use crate::config::plan::PolicyDef;
 use crate::policy::RoutePolicies;
@@ -18,12 +23,22 @@ use http::Method;
 use std::cmp::Reverse;
 use std::fmt;
 use std::sync::Arc;
+use template::{Params, PathTemplate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     Exact(String),
     /// Stored without a trailing slash; `"/"` is stored as `""` and matches everything.
     Prefix(String),
+    /// FastAPI's syntax: `/api/items/{item_id}`, `/files/{rest:path}`.
+    Template(Arc<PathTemplate>),
+}
+
+/// Segment weights of a literal path (see `PathTemplate::specificity`).
+fn literal_weights(p: &str, end: u8) -> Vec<u8> {
+    let mut w: Vec<u8> = p.split('/').skip(1).map(|_| 3).collect();
+    w.push(end);
+    w
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,29 +51,43 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
-        let path_ok = match &self.path {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => {
-                path.starts_with(p.as_str())
-                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
-            }
-        };
-        path_ok
-            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+    /// The path parameters when the request matches, `None` when it does not.
+    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> Option<Params> {
+        if !(self.methods.as_ref().is_none_or(|m| m.contains(method))
             && self
                 .host
                 .as_ref()
-                .is_none_or(|h| host.is_some_and(|req| req.eq_ignore_ascii_case(h)))
+                .is_none_or(|h| host.is_some_and(|req| req.eq_ignore_ascii_case(h))))
+        {
+            return None;
+        }
+        match &self.path {
+            PathMatch::Exact(p) => (path == p).then(Params::default),
+            PathMatch::Prefix(p) => (path.starts_with(p.as_str())
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            .then(Params::default),
+            PathMatch::Template(t) => t.matches(path).map(|spans| Params { template: Some(t.clone()), spans }),
+        }
+    }
+
+    /// The route's path template, if it has one.
+    pub fn template(&self) -> Option<&Arc<PathTemplate>> {
+        match &self.path {
+            PathMatch::Template(t) => Some(t),
+            _ => None,
+        }
     }
 
     /// Higher sorts first.
-    fn rank(&self) -> (bool, u8, usize, bool) {
-        let (kind, len) = match &self.path {
-            PathMatch::Exact(p) => (2, p.len()),
-            PathMatch::Prefix(p) => (1, p.len()),
+    fn rank(&self) -> (bool, Vec<u8>, bool) {
+        let weights = match &self.path {
+            PathMatch::Exact(p) if p == "/" => vec![4],
+            PathMatch::Exact(p) => literal_weights(p, 4),
+            PathMatch::Prefix(p) if p.is_empty() => vec![1],
+            PathMatch::Prefix(p) => literal_weights(p, 1),
+            PathMatch::Template(t) => t.specificity(),
         };
-        (self.host.is_some(), kind, len, self.methods.is_some())
+        (self.host.is_some(), weights, self.methods.is_some())
     }
 
     /// Whether some request could match both (same rank, so precedence would be file order).
@@ -86,6 +115,7 @@ impl fmt::Display for Matcher {
         match &self.path {
             PathMatch::Exact(p) => write!(f, "{p}"),
             PathMatch::Prefix(p) => write!(f, "{p}/**"),
+            PathMatch::Template(t) => write!(f, "{t}"),
         }
     }
 }
@@ -127,11 +157,11 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The route for a request. `path` must already be normalized.
-    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+    /// The route for a request and its path parameters. `path` must already be normalized.
+    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&Arc<Route>, Params)> {
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(method, host, path))
+            .find_map(|r| Some((r, r.matcher.matches(method, host, path)?)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
@@ -199,7 +229,7 @@ mod tests {
     }
 
     fn hit(t: &RouteTable, method: &str, host: Option<&str>, path: &str) -> Option<String> {
-        t.lookup(&method.parse().unwrap(), host, path).map(|r| r.name.clone())
+        t.lookup(&method.parse().unwrap(), host, path).map(|(r, _)| r.name.clone())
     }
 
     #[test]
@@ -228,6 +258,39 @@ mod tests {
         assert_eq!(hit(&t, "POST", None, "/api/market/x").as_deref(), Some("market"));
         assert_eq!(hit(&t, "POST", None, "/api/market/special").as_deref(), Some("exact"));
         assert_eq!(hit(&t, "GET", Some("ADMIN.example.com"), "/api/market/special").as_deref(), Some("host"));
+    }
+
+    fn tpl(s: &str) -> PathMatch {
+        PathMatch::Template(Arc::new(PathTemplate::parse(s).unwrap()))
+    }
+
+    #[test]
+    fn literal_segments_beat_parameters_and_templates_beat_prefixes() {
+        let t = table(vec![
+            ("api", m(PathMatch::Prefix("/api".into()), None, None)),
+            ("item", m(tpl("/api/items/{id}"), None, None)),
+            ("reviews", m(tpl("/api/items/{id}/reviews"), None, None)),
+            ("featured", m(PathMatch::Exact("/api/items/featured".into()), None, None)),
+            ("any-sub", m(tpl("/api/{coll}/{id}"), None, None)),
+            ("files", m(tpl("/api/files/{p:path}"), None, None)),
+            ("files-deep", m(PathMatch::Prefix("/api/files/static".into()), None, None)),
+        ]);
+        assert_eq!(hit(&t, "GET", None, "/api/items/5").as_deref(), Some("item"));
+        assert_eq!(hit(&t, "GET", None, "/api/items/featured").as_deref(), Some("featured"));
+        assert_eq!(hit(&t, "GET", None, "/api/items/5/reviews").as_deref(), Some("reviews"));
+        assert_eq!(hit(&t, "GET", None, "/api/users/5").as_deref(), Some("any-sub"));
+        assert_eq!(hit(&t, "GET", None, "/api/items/5/other").as_deref(), Some("api"));
+        assert_eq!(hit(&t, "GET", None, "/api/files/a/b").as_deref(), Some("files"));
+        assert_eq!(hit(&t, "GET", None, "/api/files/static/x").as_deref(), Some("files-deep"));
+        assert_eq!(hit(&t, "GET", None, "/api/items").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn templates_of_one_shape_are_the_same_match() {
+        let a = m(tpl("/items/{id}"), None, None);
+        let b = m(tpl("/items/{item_id}"), None, None);
+        assert_eq!(a, b);
+        assert_ne!(a, m(tpl("/items/{id}/x"), None, None));
     }
 
     #[test]

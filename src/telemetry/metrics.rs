@@ -48,6 +48,7 @@ pub struct Metrics {
     otlp_dropped: prometheus::IntCounter,
     cache_results: IntCounterVec,
     cache_purged: IntCounterVec,
+    cache_invalidations: IntCounterVec,
     cache_bytes: IntGauge,
     cache_entries: IntGauge,
     cache_evictions: IntGauge,
@@ -120,6 +121,14 @@ impl Metrics {
             Opts::new("fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write)."),
             &["cause"],
         )?;
+        let cache_invalidations = IntCounterVec::new(
+            Opts::new(
+                "fastgate_cache_invalidations_total",
+                "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag).",
+            ),
+            &["route", "reason"],
+        )?;
+        registry.register(Box::new(cache_invalidations.clone()))?;
         let cache_bytes = IntGauge::new("fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
         let cache_entries = IntGauge::new("fastgate_cache_entries", "Objects held by the cache store.")?;
         let cache_evictions = IntGauge::new("fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;
@@ -196,6 +205,7 @@ impl Metrics {
             otlp_dropped,
             cache_results,
             cache_purged,
+            cache_invalidations,
             cache_bytes,
             cache_entries,
             cache_evictions,
@@ -292,6 +302,10 @@ impl Metrics {
 
     pub fn cache_purged(&self, cause: &str, n: usize) {
         self.cache_purged.with_label_values(&[cause]).inc_by(n as u64);
+    }
+
+    pub fn cache_invalidated(&self, route: &str, reason: &str, n: usize) {
+        self.cache_invalidations.with_label_values(&[route, reason]).inc_by(n as u64);
     }
 
     pub fn set_cache_stats(&self, entries: u64, bytes: u64, evictions: u64) {

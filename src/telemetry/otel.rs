@@ -268,13 +268,17 @@ pub struct RequestTrace {
 }
 
 impl RequestTrace {
-    pub fn set_route(&self, name: &str, method: &http::Method) {
+    /// `http.route` is the route's path template when it has one (bounded, as the
+    /// semantic conventions want), else its name; `fastgate.route` is always the name.
+    pub fn set_route(&self, name: &str, template: Option<&str>, method: &http::Method) {
         if !self.recording {
             return;
         }
         let span = self.cx.span();
-        span.update_name(format!("{method} {name}"));
-        span.set_attribute(KeyValue::new("http.route", name.to_string()));
+        let route = template.unwrap_or(name);
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(KeyValue::new("http.route", route.to_string()));
+        span.set_attribute(KeyValue::new("fastgate.route", name.to_string()));
     }
 
     /// A decision the gateway took (rate limit, cache, compression), as a span event.

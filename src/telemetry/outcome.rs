@@ -18,10 +18,10 @@ pub struct Outcome {
     pub problem: Option<&'static str>,
     /// The detail of that problem, for the error log of 5xx answers.
     pub problem_detail: Option<Cow<'static, str>>,
-    /// `HIT`, `MISS`, `STALE`, `EXPIRED`, `BYPASS`, on routes that cache.
+    /// `hit`, `miss`, `stale`, `revalidated`, `expired`, `bypass`, on routes that cache.
     pub cache: Option<&'static str>,
-    /// Cache entries dropped by this request's write.
-    pub invalidated: usize,
+    /// Cache entries dropped by this request's write, by reason.
+    pub invalidated: Vec<(&'static str, usize)>,
     /// `allow`, `limited`, `missing_key`, on routes with rate limits.
     pub rate_limit: Option<&'static str>,
     /// The limit that refused the request.
@@ -49,6 +49,8 @@ pub struct Finished<'a> {
     pub path: &'a str,
     pub user_agent: Option<&'a str>,
     pub route: Option<&'a Route>,
+    /// The route template's parameters, `name=value` separated by spaces (access line only).
+    pub params: Option<String>,
     /// 0 when nothing was sent.
     pub status: u16,
     pub elapsed: Duration,
@@ -83,10 +85,19 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
             metrics.upstream_error(&route.upstream.name, kind);
         }
         if let Some(status) = out.cache {
-            metrics.cache_result(&route.name, status);
+            // the metric keeps `X-Cache`'s values, which dashboards key on
+            let result = match status {
+                "hit" | "revalidated" => "HIT",
+                "miss" => "MISS",
+                "stale" => "STALE",
+                "expired" => "EXPIRED",
+                _ => "BYPASS",
+            };
+            metrics.cache_result(&route.name, result);
         }
-        if out.invalidated > 0 {
-            metrics.cache_purged("write", out.invalidated);
+        for (reason, n) in &out.invalidated {
+            metrics.cache_purged("write", *n);
+            metrics.cache_invalidated(&route.name, reason, *n);
         }
         if let Some(limit) = &out.limited_by {
             metrics.rate_limited(&route.name, limit);
@@ -150,6 +161,7 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
         method = %f.method,
         path = f.path,
         route = route_name,
+        params = f.params.as_deref(),
         status = f.status,
         duration_ms = ms(f.elapsed),
         client = out.client_ip.map(tracing::field::display),

@@ -222,9 +222,11 @@ impl Backend {
         // show no port); serving a socket object made from the fd keeps its family. Proxy
         // headers are off so `/debug/echo` reports the TCP peer (the gateway's pooled
         // connection), not the address the gateway forwards in `X-Forwarded-For`.
-        const SERVE_FD: &str = "import socket, sys, uvicorn\n\
+        // BACKEND_DATE_HEADER=0 leaves `Date` to the app (uvicorn would add a second one).
+        const SERVE_FD: &str = "import os, socket, sys, uvicorn\n\
             sock = socket.socket(fileno=int(sys.argv[1]))\n\
-            uvicorn.Server(uvicorn.Config('app:app', log_level='warning', proxy_headers=False)).run(sockets=[sock])\n";
+            date = os.environ.get('BACKEND_DATE_HEADER', '1') != '0'\n\
+            uvicorn.Server(uvicorn.Config('app:app', log_level='warning', proxy_headers=False, date_header=date)).run(sockets=[sock])\n";
         cmd.args(["-c", SERVE_FD, &fd.to_string()])
             .current_dir(repo().join("examples/backend"))
             .stdout(Stdio::null())
@@ -550,4 +552,13 @@ impl Backend {
         let v: serde_json::Value = reqwest::get(self.url("/debug/stats")).await.unwrap().json().await.unwrap();
         v["conditional"].as_u64().unwrap_or(0)
     }
+}
+
+/// `fastgate check` on `text`, written to a file of its own.
+#[allow(dead_code)]
+pub fn check_config(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fastgate.toml");
+    std::fs::write(&path, text).unwrap();
+    fastgate_command().args(["check", "-c", path.to_str().unwrap()]).output().unwrap()
 }
