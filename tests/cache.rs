@@ -536,3 +536,74 @@ async fn hop_by_hop_response_fields_are_stripped_on_misses_hits_and_uncached_rou
     assert!(r.headers().get("x-cache").is_none());
     check(r.headers());
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sends `n` GETs of 50-200 KiB bodies, four at a time, each to its own URL made by `url(i,
+/// size)` (`offset` keeps the URLs of two calls apart); returns the bytes received.
+async fn fill(c: &reqwest::Client, url: impl Fn(usize, usize) -> String, offset: usize, n: usize) -> u64 {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(offset..offset + n)
+        .map(|i| {
+            let size = 50 * 1024 + (i * 7919 % 151) * 1024;
+            let url = url(i, size);
+            async move {
+                let r = c.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap().len() as u64
+            }
+        })
+        .buffer_unordered(4)
+        .fold(0, |a, b| async move { a + b })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_size_bounds_resident_memory_under_overfill() {
+    const MAX: u64 = 32 << 20;
+    let backend = Backend::start();
+    let routes = format!(
+        "{}{}",
+        cached_route("kept", PATH, "{ ttl = \"600s\" }"),
+        cached_route("passed", "/debug/binary", "\"off\""),
+    );
+    let gw = Gateway::start(&format!(
+        "[cache]\nmax_size = \"32MiB\"\nmax_object_size = \"1MiB\"\n\n{}",
+        config_for(&backend.addr(), &routes)
+    ));
+    let c = reqwest::Client::new();
+    // the baseline has seen the same traffic uncached: buffers in flight, pools, the allocator's
+    // arenas at work
+    fill(&c, |i, size| gw.url(&format!("/debug/binary?size={size}&i={i}")), 0, 600).await;
+    let baseline = rss_bytes(gw.pid());
+    // 10x overfill with bodies of 50-200 KiB, each new one pushing out older ones (the plateau
+    // is reached by 2x and held at 40x: 35-38 MiB over the baseline for a 32 MiB bound)
+    let mut sent = 0;
+    let mut round = 0;
+    while sent < 10 * MAX {
+        sent += fill(&c, |i, size| gw.url(&format!("{PATH}/o{i}?size={size}")), round * 400, 400).await;
+        round += 1;
+    }
+    let m = gw.metrics().await;
+    let stored = common::metric_value(&m, "fastgate_cache_size_bytes").unwrap();
+    let evictions = common::metric_value(&m, "fastgate_cache_evictions_total").unwrap();
+    let rss = rss_bytes(gw.pid());
+    eprintln!(
+        "baseline {} MiB, after {} MiB of fills: rss {} MiB, store {} MiB, evictions {evictions}",
+        baseline >> 20,
+        sent >> 20,
+        rss >> 20,
+        (stored as u64) >> 20
+    );
+    assert!(evictions > 0.0 && stored <= MAX as f64, "{m}");
+    assert!(rss <= baseline + MAX * 12 / 10, "rss {rss} over baseline {baseline} + 1.2 x {MAX}");
+}

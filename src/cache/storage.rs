@@ -4,7 +4,7 @@
 //! Bodies are buffered per object while a miss is written (objects over `max_object_size`
 //! are never admitted: pingora stops the write and streams them through).
 
-use super::store::{CacheStore, DecodedMeta, MetaTimes, StoreKey, StoredMeta, StoredObject};
+use super::store::{Body, BodyWriter, CacheStore, DecodedMeta, MetaTimes, StoreKey, StoredMeta, StoredObject};
 use super::EntryInfo;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -116,7 +116,7 @@ impl Storage for PingoraStorage {
         };
         let meta = decode_meta(&obj.meta)?;
         let end = obj.body.len();
-        Ok(Some((meta, Box::new(Hit { body: obj.body.clone(), start: 0, end, done: false }))))
+        Ok(Some((meta, Box::new(Hit { body: obj.body.clone(), pos: 0, end }))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
@@ -132,8 +132,7 @@ impl Storage for PingoraStorage {
                 tags
             },
             info,
-            chunks: Vec::new(),
-            size: 0,
+            body: BodyWriter::default(),
         }))
     }
 
@@ -155,20 +154,21 @@ impl Storage for PingoraStorage {
 }
 
 struct Hit {
-    body: Bytes,
-    start: usize,
+    body: Body,
+    /// The next byte to send, and the end of the (possibly sought) range.
+    pos: usize,
     end: usize,
-    done: bool,
 }
 
 #[async_trait]
 impl HandleHit for Hit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if self.done {
+        let chunk = self.body.chunk_at(self.pos, self.end);
+        if chunk.is_empty() {
             return Ok(None);
         }
-        self.done = true;
-        Ok(Some(self.body.slice(self.start..self.end)))
+        self.pos += chunk.len();
+        Ok(Some(chunk))
     }
 
     async fn finish(self: Box<Self>, _storage: &'static (dyn Storage + Sync), _key: &CacheKey, _trace: &SpanHandle) -> Result<()> {
@@ -185,9 +185,8 @@ impl HandleHit for Hit {
         if start > end {
             return Error::e_explain(ErrorType::InternalError, "seek start beyond end");
         }
-        self.start = start;
+        self.pos = start;
         self.end = end;
-        self.done = false;
         Ok(())
     }
 
@@ -211,31 +210,24 @@ struct Miss {
     ttl: Duration,
     tags: Vec<String>,
     info: EntryInfo,
-    /// The body as it arrived; joined once, exactly sized, when the write finishes.
-    chunks: Vec<Bytes>,
-    size: usize,
+    body: BodyWriter,
 }
 
 #[async_trait]
 impl HandleMiss for Miss {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.size += data.len();
-        self.chunks.push(data);
+        self.body.push(&data);
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let Miss { storage, key, meta, ttl, tags, info, chunks, size } = *self;
-        // Copied into one allocation of exactly `size` bytes: a chunk may be a slice of a larger
-        // read buffer, and a grown buffer keeps its doubled capacity; either would hold memory
-        // the store's size bound never sees.
-        let mut body = Vec::with_capacity(size);
-        for c in &chunks {
-            body.extend_from_slice(c);
-        }
+        let Miss { storage, key, meta, ttl, tags, info, body } = *self;
+        // Copied as it arrived, not kept: a chunk may be a slice of a larger read buffer the
+        // store's size bound would never see.
+        let size = body.len();
         let obj = StoredObject {
             meta,
-            body: Bytes::from(body),
+            body: body.finish(),
             url: info.url,
             path: info.path,
             tags,

@@ -40,11 +40,105 @@ pub struct MetaTimes {
     pub epoch_override: Option<std::time::SystemTime>,
 }
 
+/// The block size of stored bodies. A power of two, so the allocator serves it from one size
+/// class with no rounding.
+pub const BLOCK: usize = 16 * 1024;
+
+/// A stored body: blocks of exactly `BLOCK` bytes, the last one exactly as long as what is
+/// left. Bodies of every length share one block size, so a block freed by an eviction is
+/// reused by the next body whatever its length; one allocation per body, sized to the body,
+/// left the allocator's pages of each size class part-used, and RSS at about 1.6x the bound.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    blocks: Vec<Bytes>,
+    len: usize,
+    /// What the blocks take from the allocator: what a size bound must weigh.
+    allocated: usize,
+}
+
+impl Body {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn allocated(&self) -> usize {
+        self.allocated
+    }
+
+    /// The part of the body from `pos` to the end of its block or `end`, whichever is first:
+    /// a slice of one block, no copy. Empty at or past `end`.
+    pub fn chunk_at(&self, pos: usize, end: usize) -> Bytes {
+        let end = end.min(self.len);
+        if pos >= end {
+            return Bytes::new();
+        }
+        let (i, off) = (pos / BLOCK, pos % BLOCK);
+        let block = &self.blocks[i];
+        block.slice(off..block.len().min(end - i * BLOCK))
+    }
+}
+
+impl From<&[u8]> for Body {
+    fn from(data: &[u8]) -> Body {
+        let mut w = BodyWriter::default();
+        w.push(data);
+        w.finish()
+    }
+}
+
+/// Builds a `Body` from the chunks of a response as they arrive, copying each once.
+#[derive(Default)]
+pub struct BodyWriter {
+    blocks: Vec<Bytes>,
+    current: Vec<u8>,
+    len: usize,
+}
+
+impl BodyWriter {
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.len += data.len();
+        while !data.is_empty() {
+            if self.current.capacity() == 0 {
+                self.current = Vec::with_capacity(BLOCK);
+            }
+            let n = (BLOCK - self.current.len()).min(data.len());
+            self.current.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.current.len() == BLOCK {
+                self.blocks.push(Bytes::from(std::mem::take(&mut self.current)));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn finish(mut self) -> Body {
+        let mut allocated = self.blocks.len() * BLOCK;
+        if self.current.len() >= BLOCK / 2 {
+            // kept as a whole block (and weighed as one): more blocks to reuse, one copy fewer
+            allocated += BLOCK;
+            self.blocks.push(Bytes::from(self.current));
+        } else if !self.current.is_empty() {
+            // a short end copied into an allocation of its own length: shrinking in place would
+            // keep the block's size class
+            allocated += self.current.len();
+            self.blocks.push(Bytes::copy_from_slice(&self.current));
+        }
+        Body { blocks: self.blocks, len: self.len, allocated }
+    }
+}
+
 /// A stored response: its `StoredMeta` and body, plus what purges select on.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
     pub meta: StoredMeta,
-    pub body: Bytes,
+    pub body: Body,
     /// Normalized path + sorted query (`url_identity`): purge by URL removes every variant.
     pub url: String,
     /// Normalized path, for purge by prefix.
@@ -61,7 +155,7 @@ impl StoredObject {
         let decoded = self.meta.decoded.as_ref().map_or(0, |d| {
             d.header.headers.iter().map(|(k, v)| 2 * k.as_str().len() + v.len() + 64).sum()
         });
-        self.body.len() + self.meta.internal.len() + self.meta.header.len() + decoded + self.url.len() * 2 + 128
+        self.body.allocated() + self.meta.internal.len() + self.meta.header.len() + decoded + self.url.len() * 2 + 128
     }
 }
 
@@ -113,4 +207,45 @@ pub trait CacheStore: Send + Sync + 'static {
 pub fn path_under(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(body: &Body, mut pos: usize, end: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = body.chunk_at(pos, end);
+            if chunk.is_empty() {
+                return out;
+            }
+            assert!(chunk.len() <= BLOCK);
+            pos += chunk.len();
+            out.extend_from_slice(&chunk);
+        }
+    }
+
+    #[test]
+    fn bodies_in_blocks_read_back_whole_and_by_range() {
+        let data: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
+        // pushed in uneven pieces, as a response arrives
+        let mut w = BodyWriter::default();
+        for piece in data.chunks(5000) {
+            w.push(piece);
+        }
+        let body = w.finish();
+        assert_eq!(body.len(), data.len());
+        assert_eq!(read_all(&body, 0, usize::MAX), data);
+        for (start, end) in [(0, 1), (BLOCK - 1, BLOCK + 1), (BLOCK, 2 * BLOCK), (100, 3 * BLOCK + 50), (data.len(), data.len())] {
+            assert_eq!(read_all(&body, start, end), data[start..end], "{start}..{end}");
+        }
+        // a short end is its own exact allocation; a long one stays a whole block
+        assert_eq!(body.allocated(), 3 * BLOCK + 100);
+        let long_end = Body::from(&data[..BLOCK + BLOCK / 2]);
+        assert_eq!(long_end.allocated(), 2 * BLOCK);
+        assert_eq!(read_all(&long_end, 0, usize::MAX), data[..BLOCK + BLOCK / 2]);
+        let empty = Body::from(&[][..]);
+        assert!(empty.is_empty() && empty.allocated() == 0 && read_all(&empty, 0, 10).is_empty());
+    }
 }
