@@ -14,6 +14,7 @@
 //!   drops every variant of that path, `"/api/feed/**"` that path and everything under it.
 
 use super::store::PurgeSelector;
+use super::{split_placeholders, Piece};
 use crate::routing::template::PathTemplate;
 use crate::routing::PathMatch;
 use http::header::{HeaderMap, AUTHORIZATION, COOKIE};
@@ -83,21 +84,17 @@ impl InvalidateRule {
             return Err(format!("`**` may only end a pattern, as in \"/api/items/**\"; found {s:?}"));
         }
         let mut parts = Vec::new();
-        let mut rest = body;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(PatternPart::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed `{{` in {s:?}"))? + open;
-            let name = rest[open + 1..close].trim();
-            if name.is_empty() || name.contains(':') {
-                return Err(format!("placeholder `{{{name}}}` in {s:?} must name a path parameter of the route"));
-            }
-            parts.push(PatternPart::Param(name.to_string()));
-            rest = &rest[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(PatternPart::Text(rest.to_string()));
+        for piece in split_placeholders(body)? {
+            parts.push(match piece {
+                Piece::Text(t) => PatternPart::Text(t.to_string()),
+                Piece::Hole(name) => {
+                    let name = name.trim();
+                    if name.is_empty() || name.contains(':') {
+                        return Err(format!("placeholder `{{{name}}}` in {s:?} must name a path parameter of the route"));
+                    }
+                    PatternPart::Param(name.to_string())
+                }
+            });
         }
         Ok(InvalidateRule::Path { parts, subtree })
     }

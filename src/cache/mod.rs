@@ -330,6 +330,30 @@ pub fn x_cache(phase: CachePhase) -> &'static str {
     }
 }
 
+/// A piece of a text with `{...}` placeholders: a literal run, or a placeholder's inside.
+pub(crate) enum Piece<'a> {
+    Text(&'a str),
+    Hole(&'a str),
+}
+
+/// Splits `s` at its `{...}` placeholders; tag templates and invalidation patterns share it.
+pub(crate) fn split_placeholders(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(Piece::Text(&rest[..open]));
+        }
+        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed `{{` in {s:?}"))? + open;
+        pieces.push(Piece::Hole(&rest[open + 1..close]));
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    Ok(pieces)
+}
+
 /// A tag (stored with an entry, or purged after a successful write), with `{header:NAME}`,
 /// `{query:NAME}`, `{cookie:NAME}` and path parameters `{NAME}` filled from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,13 +373,14 @@ enum TemplatePart {
 impl TagTemplate {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(TemplatePart::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed `{{` in {s:?}"))? + open;
-            let inner = &rest[open + 1..close];
+        for piece in split_placeholders(s)? {
+            let inner = match piece {
+                Piece::Text(t) => {
+                    parts.push(TemplatePart::Text(t.to_string()));
+                    continue;
+                }
+                Piece::Hole(inner) => inner,
+            };
             parts.push(match inner.split_once(':') {
                 Some(("header", n)) => TemplatePart::Header(
                     HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name {n:?}"))?,
@@ -365,10 +390,6 @@ impl TagTemplate {
                 None if !inner.trim().is_empty() => TemplatePart::Param(inner.trim().to_string()),
                 _ => return Err(format!("unknown placeholder {{{inner}}}; use a path parameter {{NAME}}, {{header:NAME}}, {{query:NAME}} or {{cookie:NAME}}")),
             });
-            rest = &rest[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(TemplatePart::Text(rest.to_string()));
         }
         Ok(TagTemplate { parts })
     }

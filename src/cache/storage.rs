@@ -4,7 +4,7 @@
 //! Bodies are buffered per object while a miss is written (objects over `max_object_size`
 //! are never admitted: pingora stops the write and streams them through).
 
-use super::store::{Body, BodyWriter, CacheStore, DecodedMeta, MetaTimes, StoreKey, StoredMeta, StoredObject};
+use super::store::{BodyWriter, CacheStore, DecodedMeta, MetaTimes, StoreKey, StoredMeta, StoredObject};
 use super::EntryInfo;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -116,7 +116,7 @@ impl Storage for PingoraStorage {
         };
         let meta = decode_meta(&obj.meta)?;
         let end = obj.body.len();
-        Ok(Some((meta, Box::new(Hit { body: obj.body.clone(), pos: 0, end }))))
+        Ok(Some((meta, Box::new(Hit { obj, pos: 0, end }))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
@@ -154,7 +154,9 @@ impl Storage for PingoraStorage {
 }
 
 struct Hit {
-    body: Body,
+    /// The whole object, shared with the store: cloning the body's block list cost an
+    /// allocation per hit.
+    obj: Arc<StoredObject>,
     /// The next byte to send, and the end of the (possibly sought) range.
     pos: usize,
     end: usize,
@@ -163,7 +165,7 @@ struct Hit {
 #[async_trait]
 impl HandleHit for Hit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        let chunk = self.body.chunk_at(self.pos, self.end);
+        let chunk = self.obj.body.chunk_at(self.pos, self.end);
         if chunk.is_empty() {
             return Ok(None);
         }
@@ -180,7 +182,7 @@ impl HandleHit for Hit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let len = self.body.len();
+        let len = self.obj.body.len();
         let end = end.unwrap_or(len).min(len);
         if start > end {
             return Error::e_explain(ErrorType::InternalError, "seek start beyond end");
@@ -191,7 +193,7 @@ impl HandleHit for Hit {
     }
 
     fn get_eviction_weight(&self) -> usize {
-        self.body.len()
+        self.obj.body.len()
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
