@@ -153,7 +153,7 @@ fn route(
             .unwrap_or_else(|| Arc::new(Concurrency::new(d)))
     });
     let upstream_slots = upstream.concurrency.clone();
-    let concurrency = (route_slots.is_some() || upstream_slots.is_some()).then(|| ConcurrencyPolicy {
+    let concurrency = (route_slots.is_some() || upstream_slots.is_some()).then_some(ConcurrencyPolicy {
         route: route_slots,
         upstream: upstream_slots,
     });

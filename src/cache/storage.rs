@@ -226,7 +226,7 @@ impl HandleMiss for Miss {
         let Miss { storage, key, meta, ttl, tags, info, body } = *self;
         // Copied as it arrived, not kept: a chunk may be a slice of a larger read buffer the
         // store's size bound would never see.
-        let size = body.len();
+        let size = body.written();
         let obj = StoredObject {
             meta,
             body: body.finish(),

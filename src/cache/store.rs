@@ -114,7 +114,8 @@ impl BodyWriter {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Bytes pushed so far.
+    pub fn written(&self) -> usize {
         self.len
     }
 
