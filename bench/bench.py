@@ -248,6 +248,12 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 2, min_size = 1024 }'
     elif mode == "cache":
         route_extra = 'cache = { ttl = "10m" }'
+    elif mode == "fields":
+        route_extra = 'fields = "on"'
+    elif mode == "fields-cache":
+        route_extra = 'fields = "on"\ncache = { ttl = "10m" }'
+    elif mode == "big-cache":
+        route_extra = 'cache = { ttl = "10m" }'
     elif mode == "ratelimit":
         route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
     elif mode in ("policies", "trace100", "trace1"):

@@ -37,12 +37,16 @@ pub enum Problem {
     ConfigInvalid,
     /// The client asked `Cache-Control: only-if-cached` and nothing stored can answer.
     NotCached,
+    /// A page size or offset over the route's `pagination` bounds.
+    PaginationLimit,
+    /// A malformed `fields` selector.
+    BadFieldSelector,
 }
 
 impl Problem {
     pub const fn status(self) -> u16 {
         match self {
-            Problem::BadRequest | Problem::KeyMissing => 400,
+            Problem::BadRequest | Problem::KeyMissing | Problem::PaginationLimit | Problem::BadFieldSelector => 400,
             Problem::Unauthorized | Problem::KeyRequired => 401,
             Problem::NoRoute | Problem::NotFound => 404,
             Problem::MethodNotAllowed => 405,
@@ -82,6 +86,8 @@ impl Problem {
             Problem::UpstreamTimeout => "upstream_timeout",
             Problem::ConfigInvalid => "config_invalid",
             Problem::NotCached => "not_cached",
+            Problem::PaginationLimit => "pagination_limit",
+            Problem::BadFieldSelector => "bad_field_selector",
         }
     }
 
@@ -107,6 +113,8 @@ impl Problem {
             Problem::UpstreamTimeout => "Upstream timed out",
             Problem::ConfigInvalid => "Config not loaded",
             Problem::NotCached => "Not in cache",
+            Problem::PaginationLimit => "Page outside this route's limits",
+            Problem::BadFieldSelector => "Malformed field selector",
         }
     }
 }
@@ -242,10 +250,119 @@ fn render_with(
     (header, body)
 }
 
+/// The stable code of a backend error status, for normalized bodies and their metric.
+pub fn backend_code(status: u16, validation: bool) -> &'static str {
+    match status {
+        422 if validation => "validation_failed",
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        410 => "gone",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        429 => "rate_limited",
+        500 => "internal_error",
+        501 => "not_implemented",
+        502 => "bad_gateway",
+        503 => "unavailable",
+        504 => "gateway_timeout",
+        402..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
+/// A FastAPI error body (`{"detail": ...}`, the only member) rewritten as the gateway's own
+/// problem shape, with its code; `None` for any other body, which is left as it is.
+///
+/// `detail` as a string is kept; a validation list becomes `errors`, each item as FastAPI
+/// wrote it but with `loc` as a JSON pointer (`["body", "price"]` -> `"/body/price"`).
+pub fn from_fastapi(status: u16, body: &[u8], request_id: &str) -> Option<(Bytes, &'static str)> {
+    use serde_json::Value;
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else { return None };
+    if obj.len() != 1 {
+        return None;
+    }
+    let detail = obj.remove("detail")?;
+    let mut extensions = serde_json::Map::new();
+    let (detail, validation) = match detail {
+        Value::String(s) => (s, false),
+        Value::Array(items) if items.iter().all(|i| i.get("loc").is_some() && i.get("msg").is_some()) => {
+            let n = items.len();
+            let errors: Vec<Value> = items.into_iter().map(pointer_loc).collect();
+            extensions.insert("errors".into(), Value::Array(errors));
+            let plural = if n == 1 { "" } else { "s" };
+            (format!("{n} invalid field{plural} in the request"), true)
+        }
+        // any other detail (an object, a number) is kept whole as an extension member
+        other => {
+            extensions.insert("detail_value".into(), other);
+            (String::new(), false)
+        }
+    };
+    let code = backend_code(status, validation);
+    let title = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let problem = Body {
+        kind: format!("urn:fastgate:problem:{code}"),
+        title,
+        status,
+        detail: &detail,
+        code,
+        request_id,
+        extensions: (!extensions.is_empty()).then_some(&extensions),
+    };
+    let bytes = serde_json::to_vec(&problem).ok()?;
+    Some((Bytes::from(bytes), code))
+}
+
+/// A validation item with `loc` (a list of keys and indexes) as a JSON pointer (RFC 6901).
+fn pointer_loc(mut item: serde_json::Value) -> serde_json::Value {
+    if let Some(loc) = item.get_mut("loc")
+        && let Some(parts) = loc.as_array()
+    {
+        let mut pointer = String::new();
+        for p in parts {
+            let part = match p {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            pointer.push('/');
+            pointer.push_str(&part.replace('~', "~0").replace('/', "~1"));
+        }
+        *loc = serde_json::Value::String(pointer);
+    }
+    item
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fastapi_bodies_become_problems_and_others_do_not() {
+        let body = br#"{"detail":[{"type":"missing","loc":["body","price"],"msg":"Field required","input":{"name":"x"}},{"type":"int_parsing","loc":["query","limit"],"msg":"bad","input":"a"}]}"#;
+        let (out, code) = from_fastapi(422, body, "r1").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(code, "validation_failed");
+        assert_eq!(v["status"], 422);
+        assert_eq!(v["code"], "validation_failed");
+        assert_eq!(v["request_id"], "r1");
+        assert_eq!(v["errors"][0]["loc"], "/body/price");
+        assert_eq!(v["errors"][0]["input"]["name"], "x");
+        assert_eq!(v["errors"][1]["loc"], "/query/limit");
+        let (out, code) = from_fastapi(404, br#"{"detail":"Item not found"}"#, "r2").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((code, v["detail"].as_str().unwrap(), v["title"].as_str().unwrap()), ("not_found", "Item not found", "Not Found"));
+        assert!(from_fastapi(400, br#"{"detail":"x","other":1}"#, "r").is_none());
+        assert!(from_fastapi(400, br#"{"error":"x"}"#, "r").is_none());
+        assert!(from_fastapi(400, b"not json", "r").is_none());
+        assert!(from_fastapi(400, br#"["detail"]"#, "r").is_none());
+        assert_eq!(pointer_loc(serde_json::json!({"loc": ["body", 0, "a/b"]}))["loc"], "/body/0/a~1b");
+    }
 
     #[test]
     fn renders_rfc9457_body() {

@@ -11,6 +11,7 @@ use crate::config::plan::{Plan, PolicyDef, RouteDef, ServerDef};
 use crate::policy::body::BodyLimits;
 use crate::policy::cache::CacheRoute;
 use crate::policy::concurrency::{Concurrency, ConcurrencyPolicy};
+use crate::policy::errors::NormalizeErrors;
 use crate::policy::forwarding::Forwarding;
 use crate::policy::ratelimit::{RateLimit, RateLimits};
 use crate::policy::server_limits::ServerLimits;
@@ -122,6 +123,9 @@ fn route(
         invalidate_tags,
         invalidate,
         slow_threshold,
+        pagination,
+        fields,
+        normalize_errors,
     } = policy.clone();
     let before = before.map(|r| &r.policies);
 
@@ -171,6 +175,9 @@ fn route(
             tag_header: cache.tag_header.clone(),
         }),
         compress,
+        pagination,
+        fields,
+        errors: normalize_errors.then_some(NormalizeErrors),
     };
     Ok(Route {
         name,

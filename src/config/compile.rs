@@ -7,7 +7,7 @@ use super::plan::{
     TelemetryDef, UpstreamDef,
 };
 use super::raw::{
-    PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawHealthCheck, RawMatch, RawQueue,
+    PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawFields, RawHealthCheck, RawMatch, RawPagination, RawQueue,
     RawRateLimit, RawRoute, RawServer, RawTelemetry, RawUpstream, RawWarm, Toggle,
 };
 use super::units::{Dur, EnvString, Size, Ttl};
@@ -16,6 +16,8 @@ use crate::cache::{CachePolicy, CacheSettings, TagTemplate, WarmRequest};
 use crate::policy::builtin;
 use crate::policy::compress::{self, CompressPolicy};
 use crate::policy::concurrency::{ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
+use crate::policy::fields::{self, FieldSelection};
+use crate::policy::pagination::{Excess, Pagination};
 use crate::policy::ratelimit::{KeySource, OnMissing, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::timeout::Timeouts;
@@ -590,6 +592,23 @@ fn compile_policy(
         }
     };
 
+    let pagination = pick(route.pagination, defaults.pagination).and_then(|p| compile_pagination(cx, p.get_ref()));
+    let fields = match pick(route.fields, defaults.fields) {
+        None => None,
+        Some(f) => match f.get_ref() {
+            Toggle::Off => None,
+            Toggle::On(raw) => compile_fields(cx, raw.as_ref()),
+        },
+    };
+    let normalize_errors = pick(route.normalize_errors, defaults.normalize_errors).is_some_and(Spanned::into_inner);
+    // the cache stores the whole response and filters per request: the selector is not in the key
+    let mut cache = cache;
+    if let (Some(c), Some(f)) = (cache.as_mut(), fields.as_ref())
+        && !c.ignore_query.contains(&f.param)
+    {
+        c.ignore_query.push(f.param.clone());
+    }
+
     if cx.errors.len() > errors_before {
         return None;
     }
@@ -610,7 +629,53 @@ fn compile_policy(
         invalidate_tags,
         invalidate,
         slow_threshold,
+        pagination,
+        fields,
+        normalize_errors,
     })
+}
+
+fn query_name(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: &str, key: &str) -> Option<String> {
+    let Some(v) = v else { return Some(default.to_string()) };
+    let name = v.get_ref().trim();
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Some(name.to_string())
+    } else {
+        cx.error(v.span(), format!("`{key}` must be a query parameter name, found {name:?}"), format!("letters, digits, `_`, `-` and `.`, e.g. \"{default}\""))
+    }
+}
+
+fn compile_pagination(cx: &mut Ctx<'_>, raw: &RawPagination) -> Option<Pagination> {
+    let RawPagination { param, default, max, on_excess, offset_param, max_offset } = raw;
+    let param = query_name(cx, param, "limit", "param");
+    let offset_param = query_name(cx, offset_param, "offset", "offset_param");
+    let max_value = *max.get_ref();
+    if max_value == 0 {
+        cx.error::<()>(max.span(), "`max` must be above zero", "the largest page a client may ask for, e.g. max = 200");
+    }
+    if let Some(d) = default.as_ref().filter(|d| *d.get_ref() > max_value || *d.get_ref() == 0) {
+        cx.error::<()>(d.span(), format!("`default` must be 1 to `max` ({max_value})"), "the page size a request without one gets, e.g. default = 50");
+    }
+    let on_excess = match on_excess.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
+        None | Some((_, "clamp")) => Excess::Clamp,
+        Some((_, "reject")) => Excess::Reject,
+        Some((span, other)) => return cx.error(span, format!("unknown `on_excess` {other:?}"), "\"clamp\" (lower it to `max`) or \"reject\" (400)"),
+    };
+    Some(Pagination {
+        param: param?,
+        default: default.as_ref().map(|d| *d.get_ref()),
+        max: max_value,
+        on_excess,
+        offset_param: offset_param?,
+        max_offset: max_offset.as_ref().map(|m| *m.get_ref()),
+    })
+}
+
+fn compile_fields(cx: &mut Ctx<'_>, raw: Option<&RawFields>) -> Option<FieldSelection> {
+    let param = query_name(cx, &raw.and_then(|r| r.param.clone()), fields::DEFAULT_PARAM, "param")?;
+    let max_body = raw.and_then(|r| r.max_body.as_ref()).map_or(fields::DEFAULT_MAX_BODY, |s| s.get_ref().0);
+    Some(FieldSelection { param, max_body })
 }
 
 /// Refuses path parameters the route's template does not declare.

@@ -5,6 +5,8 @@
 use crate::cache::{CachePolicy, CacheSettings, TagTemplate};
 use crate::policy::compress::CompressPolicy;
 use crate::policy::concurrency::ConcurrencyDef;
+use crate::policy::fields::FieldSelection;
+use crate::policy::pagination::Pagination;
 use crate::policy::ratelimit::RateLimitDef;
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::timeout::Timeouts;
@@ -100,6 +102,9 @@ pub struct PolicyDef {
     /// What a successful write invalidates besides its own path and `Location`.
     pub invalidate: Vec<crate::cache::invalidate::InvalidateRule>,
     pub slow_threshold: Duration,
+    pub pagination: Option<Pagination>,
+    pub fields: Option<FieldSelection>,
+    pub normalize_errors: bool,
 }
 
 impl Default for PolicyDef {
@@ -117,6 +122,9 @@ impl Default for PolicyDef {
             invalidate_tags: Vec::new(),
             invalidate: crate::cache::invalidate::default_rules(),
             slow_threshold: crate::policy::builtin::SLOW_THRESHOLD,
+            pagination: None,
+            fields: None,
+            normalize_errors: false,
         }
     }
 }

@@ -177,6 +177,36 @@ policy_keys! {
     invalidate: Vec<Spanned<String>>,
     /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
     slow_threshold: Spanned<Dur>,
+    /// Page-size default and cap, and an offset cap, for a list endpoint.
+    pagination: Spanned<RawPagination>,
+    /// `?fields=a,b.c` selects members of JSON responses: `"on"`, `"off"` or a table.
+    fields: Spanned<Toggle<RawFields>>,
+    /// Rewrite FastAPI error bodies (`{"detail": ...}`) into the gateway's problem+json.
+    normalize_errors: Spanned<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagination {
+    /// The page-size parameter; `limit` unless given.
+    pub param: Option<Spanned<String>>,
+    /// Added when a request has none.
+    pub default: Option<Spanned<u64>>,
+    pub max: Spanned<u64>,
+    /// `"clamp"` (the default) or `"reject"`.
+    pub on_excess: Option<Spanned<String>>,
+    /// The offset parameter; `offset` unless given.
+    pub offset_param: Option<Spanned<String>>,
+    pub max_offset: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFields {
+    /// The query parameter; `fields` unless given.
+    pub param: Option<Spanned<String>>,
+    /// Larger responses pass unfiltered.
+    pub max_body: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

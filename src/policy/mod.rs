@@ -19,7 +19,11 @@ pub mod body;
 pub mod cache;
 pub mod compress;
 pub mod concurrency;
+pub mod errors;
+pub mod fields;
 pub mod forwarding;
+pub mod pagination;
+pub mod query;
 pub mod ratelimit;
 pub mod server_limits;
 pub mod timeout;
@@ -209,12 +213,18 @@ chain! {
     body: body::BodyLimits,
     /// Stacked rate limits; their `RateLimit` fields go on every response.
     rate_limit: ratelimit::RateLimits,
+    /// Page-size default and caps, offset cap.
+    pagination: pagination::Pagination,
     /// Timeouts: connect, read, the total deadline, and stream detection.
     timeout: timeout::Timeouts,
     /// Route and upstream concurrency slots, taken only by requests that go upstream.
     concurrency: concurrency::ConcurrencyPolicy,
     /// Response caching: bypass, validators, `X-Cache`, invalidation after writes.
     cache: cache::CacheRoute,
+    /// `?fields=` selection from JSON bodies (after the cache, before compression).
+    fields: fields::FieldSelection,
+    /// FastAPI error bodies rewritten as problem+json (before compression).
+    errors: errors::NormalizeErrors,
     /// Response compression, chosen per client and per response.
     compress: compress::CompressPolicy,
 }

@@ -38,6 +38,7 @@ pub struct Metrics {
     registry: Registry,
     request_duration: HistogramVec,
     gateway_errors: IntCounterVec,
+    backend_errors: IntCounterVec,
     in_flight: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
@@ -80,6 +81,13 @@ impl Metrics {
         )?;
         let gateway_errors = IntCounterVec::new(
             Opts::new("fastgate_gateway_errors_total", "Responses the gateway produced itself, by problem code."),
+            &["route", "code"],
+        )?;
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "fastgate_backend_errors_total",
+                "Backend error bodies rewritten into problem+json (normalize_errors), by route and code.",
+            ),
             &["route", "code"],
         )?;
         let in_flight = IntGaugeVec::new(
@@ -181,6 +189,7 @@ impl Metrics {
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(gateway_errors.clone()))?;
+        registry.register(Box::new(backend_errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         // Series that alerts use with increase() must exist from the start at 0.
@@ -195,6 +204,7 @@ impl Metrics {
             registry,
             request_duration,
             gateway_errors,
+            backend_errors,
             in_flight,
             config_reloads,
             config_info,
@@ -245,6 +255,10 @@ impl Metrics {
 
     pub fn gateway_error(&self, route: &str, code: &str) {
         self.gateway_errors.with_label_values(&[route, code]).inc();
+    }
+
+    pub fn backend_error(&self, route: &str, code: &str) {
+        self.backend_errors.with_label_values(&[route, code]).inc();
     }
 
     pub fn rate_limited(&self, route: &str, limit: &str) {

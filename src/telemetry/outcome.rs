@@ -40,6 +40,12 @@ pub struct Outcome {
     pub upstream_error: Option<&'static str>,
     pub connect: Option<Duration>,
     pub ttfb: Option<Duration>,
+    /// `clamped` when a page size over the route's maximum was lowered.
+    pub pagination: Option<&'static str>,
+    /// The code a backend error body was normalized to (`validation_failed`, `not_found`...).
+    pub backend_error: Option<&'static str>,
+    /// `selected` when field selection filtered the body, `passed` when it could not.
+    pub fields: Option<&'static str>,
 }
 
 /// The rest of what is known when a request ends, borrowed from the request.
@@ -101,6 +107,9 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
         }
         if let Some(limit) = &out.limited_by {
             metrics.rate_limited(&route.name, limit);
+        }
+        if let Some(code) = out.backend_error {
+            metrics.backend_error(&route.name, code);
         }
         if let Some(scope) = out.shed {
             metrics.shed(&route.name, scope);
@@ -169,6 +178,9 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
         bytes_in = f.bytes_in,
         bytes_out = f.bytes_out,
         cache = out.cache,
+        pagination = out.pagination,
+        fields = out.fields,
+        backend_error = out.backend_error,
         upstream = out.upstream.map(tracing::field::display),
         upstream_ttfb_ms = out.ttfb.map(ms),
         problem = out.problem,
