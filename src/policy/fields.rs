@@ -3,9 +3,8 @@
 //! never reaches the backend, and the cache stores the whole response (the parameter is not in
 //! the key), so one stored entry serves every selection.
 //!
-//! The body is filtered without building a tree: each object is read as (key, raw value)
-//! pairs, and what is kept is copied as the backend wrote it; only the members a nested
-//! selector goes into are parsed further.
+//! The body is filtered in one pass without building a tree: what is kept is copied as the
+//! backend wrote it, the rest skipped (`bench/callgrind` modes `big` and `fields`).
 //!
 //! A response that cannot be filtered passes untouched: not JSON, not 2xx, content-coded, a
 //! range, or over the route's `max_body`. The header goes out before the body is read, so
@@ -20,10 +19,6 @@ use crate::telemetry::outcome::Outcome;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use pingora::http::{RequestHeader, ResponseHeader};
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
-use std::collections::BTreeMap;
-use std::fmt;
 
 /// Longest selector accepted, and most fields in one.
 const MAX_SELECTOR: usize = 2048;
@@ -44,7 +39,8 @@ pub const DEFAULT_MAX_BODY: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
     All,
-    Members(BTreeMap<String, Selector>),
+    /// Names (as bytes: compared with the raw key, no decoding) and what to keep of each.
+    Members(Vec<(Box<[u8]>, Selector)>),
 }
 
 impl Selector {
@@ -54,7 +50,7 @@ impl Selector {
             return Err(format!("the selector is longer than {MAX_SELECTOR} characters"));
         }
         let decoded = s.replace("%2C", ",").replace("%2c", ",");
-        let mut root = BTreeMap::new();
+        let mut root = Vec::new();
         let mut count = 0;
         for field in decoded.split(',') {
             let field = field.trim();
@@ -82,90 +78,218 @@ fn valid_name(p: &str) -> bool {
     !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn insert(map: &mut BTreeMap<String, Selector>, parts: &[&str]) {
+fn insert(members: &mut Vec<(Box<[u8]>, Selector)>, parts: &[&str]) {
     let Some((first, rest)) = parts.split_first() else { return };
+    let at = match members.iter().position(|(k, _)| **k == *first.as_bytes()) {
+        Some(at) => at,
+        None => {
+            members.push((first.as_bytes().into(), Selector::Members(Vec::new())));
+            members.len() - 1
+        }
+    };
+    let entry = &mut members[at].1;
     if rest.is_empty() {
-        map.insert(first.to_string(), Selector::All);
-        return;
-    }
-    let entry = map.entry(first.to_string()).or_insert_with(|| Selector::Members(BTreeMap::new()));
-    if let Selector::Members(children) = entry {
+        *entry = Selector::All;
+    } else if let Selector::Members(children) = entry {
         insert(children, rest);
     }
 }
 
-/// An object's members in order, values unparsed.
-struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+const fn table(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
 
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Members<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
+/// The bytes a skip over a container stops at, and those that end a number or literal.
+static STRUCTURAL: [bool; 256] = table(b"\"{}[]");
+static DELIMITER: [bool; 256] = table(b",}] \t\n\r");
+
+/// A JSON text read once, front to back: what is kept is copied as the backend wrote it, the
+/// rest skipped without decoding. Not a validator: the backend said JSON; a structure that
+/// does not hold (unbalanced, truncated) is an error and the body passes as it came.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotJson;
+
+impl Scan<'_> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Result<u8, NotJson> {
+        self.b.get(self.i).copied().ok_or(NotJson)
+    }
+
+    /// At a `"`: moves past the closing one.
+    fn string(&mut self) -> Result<(), NotJson> {
+        self.i += 1;
+        loop {
+            let at = memchr::memchr2(b'"', b'\\', self.b.get(self.i..).ok_or(NotJson)?).ok_or(NotJson)?;
+            self.i += at;
+            if self.b[self.i] == b'"' {
+                self.i += 1;
+                return Ok(());
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Members<'a>, M::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some((k, v)) = m.next_entry::<std::borrow::Cow<'de, str>, &'de RawValue>()? {
-                    out.push((k, v));
+            self.i += 2;
+        }
+    }
+
+    /// Moves past one value of any kind.
+    fn skip(&mut self) -> Result<(), NotJson> {
+        match self.peek()? {
+            b'"' => self.string(),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    // to the next byte that matters: a quote or a bracket
+                    let rest = self.b.get(self.i..).ok_or(NotJson)?;
+                    self.i += rest.iter().position(|c| STRUCTURAL[usize::from(*c)]).ok_or(NotJson)?;
+                    match self.b[self.i] {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        _ => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Ok(());
+                            }
+                        }
+                    }
+                    self.i += 1;
                 }
-                Ok(Members(out))
+            }
+            _ => {
+                // a number or a literal: up to the next delimiter
+                let rest = &self.b[self.i..];
+                let n = rest.iter().position(|c| DELIMITER[usize::from(*c)]).unwrap_or(rest.len());
+                self.i += n;
+                if n == 0 { Err(NotJson) } else { Ok(()) }
             }
         }
-        d.deserialize_map(V(std::marker::PhantomData))
+    }
+
+    /// Writes what `sel` keeps of the value here to `out`.
+    fn select(&mut self, sel: &Selector, out: &mut Vec<u8>) -> Result<(), NotJson> {
+        self.ws();
+        let members = match (sel, self.peek()?) {
+            (Selector::Members(m), b'{') => m,
+            (Selector::Members(_), b'[') => return self.select_array(sel, out),
+            // the whole value, or a scalar (no members to select): copied as it is
+            _ => {
+                let start = self.i;
+                self.skip()?;
+                out.extend_from_slice(&self.b[start..self.i]);
+                return Ok(());
+            }
+        };
+        self.i += 1;
+        out.push(b'{');
+        let mut first = true;
+        loop {
+            self.ws();
+            match self.peek()? {
+                b'}' => break,
+                b'"' => {}
+                _ => return Err(NotJson),
+            }
+            let key_start = self.i;
+            self.string()?;
+            let key = &self.b[key_start..self.i];
+            self.ws();
+            if self.peek()? != b':' {
+                return Err(NotJson);
+            }
+            self.i += 1;
+            match member(members, key) {
+                Some(child) => {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(key);
+                    out.push(b':');
+                    self.select(child, out)?;
+                }
+                None => {
+                    self.ws();
+                    self.skip()?;
+                }
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => break,
+                _ => return Err(NotJson),
+            }
+        }
+        self.i += 1;
+        out.push(b'}');
+        Ok(())
+    }
+
+    fn select_array(&mut self, sel: &Selector, out: &mut Vec<u8>) -> Result<(), NotJson> {
+        self.i += 1;
+        out.push(b'[');
+        self.ws();
+        if self.peek()? == b']' {
+            self.i += 1;
+            out.push(b']');
+            return Ok(());
+        }
+        loop {
+            self.select(sel, out)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    out.push(b',');
+                }
+                b']' => {
+                    self.i += 1;
+                    out.push(b']');
+                    return Ok(());
+                }
+                _ => return Err(NotJson),
+            }
+        }
     }
 }
 
-/// Writes what `sel` keeps of `raw` to `out`.
-fn select(raw: &RawValue, sel: &Selector, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let text = raw.get();
-    let members = match sel {
-        Selector::All => {
-            out.extend_from_slice(text.as_bytes());
-            return Ok(());
-        }
-        Selector::Members(m) => m,
-    };
-    match text.as_bytes().first() {
-        Some(b'{') => {
-            let Members(pairs) = serde_json::from_str(text)?;
-            out.push(b'{');
-            let mut first = true;
-            for (k, v) in &pairs {
-                let Some(child) = members.get(k.as_ref()) else { continue };
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                serde_json::to_writer(&mut *out, k.as_ref())?;
-                out.push(b':');
-                select(v, child, out)?;
-            }
-            out.push(b'}');
-        }
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text)?;
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                select(item, sel, out)?;
-            }
-            out.push(b']');
-        }
-        // a scalar has no members to select: kept as it is
-        _ => out.extend_from_slice(text.as_bytes()),
+/// The selector for the member whose quoted key is `key`. Selector names are plain ASCII, so a
+/// key with an escape is decoded before comparing (rare), any other compared as it is.
+fn member<'s>(members: &'s [(Box<[u8]>, Selector)], key: &[u8]) -> Option<&'s Selector> {
+    let inner = &key[1..key.len() - 1];
+    let find = |k: &[u8]| members.iter().find(|(name, _)| **name == *k).map(|(_, sel)| sel);
+    if !inner.contains(&b'\\') {
+        return find(inner);
     }
-    Ok(())
+    let decoded: String = serde_json::from_slice(key).ok()?;
+    find(decoded.as_bytes())
 }
 
 /// The selection of a whole JSON document.
-pub fn filter(body: &[u8], sel: &Selector) -> Result<Vec<u8>, serde_json::Error> {
-    let raw: &RawValue = serde_json::from_slice(body)?;
+pub fn filter(body: &[u8], sel: &Selector) -> Result<Vec<u8>, NotJson> {
+    let mut scan = Scan { b: body, i: 0 };
     let mut out = Vec::with_capacity(body.len() / 2);
-    select(raw, sel, &mut out)?;
+    scan.select(sel, &mut out)?;
+    scan.ws();
+    if scan.i != body.len() {
+        return Err(NotJson);
+    }
     Ok(out)
 }
 
@@ -176,12 +300,18 @@ pub struct FieldsState {
     raw: String,
     gathering: bool,
     body: BytesMut,
+    /// The response's `Content-Length`: the gathering buffer is allocated once.
+    expected: usize,
     result: Option<&'static str>,
 }
 
 /// FNV-1a, for a short stable tag of the selection in the derived `ETag`.
 fn fnv(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn content_length(resp: &ResponseHeader) -> Option<u64> {
+    resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse().ok())
 }
 
 impl FieldSelection {
@@ -197,11 +327,7 @@ impl FieldSelection {
             .and_then(|v| v.split(';').next())
             .map(|t| t.trim().to_ascii_lowercase())
             .is_some_and(|t| t == "application/json" || t.ends_with("+json"));
-        let fits = resp
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .is_some_and(|n| n <= self.max_body);
+        let fits = content_length(resp).is_some_and(|n| n <= self.max_body);
         json && fits
     }
 }
@@ -247,6 +373,7 @@ impl Policy for FieldSelection {
             return Ok(());
         }
         st.gathering = true;
+        st.expected = content_length(resp).unwrap_or(0) as usize;
         resp.remove_header(&CONTENT_LENGTH);
         let tag = fnv(&st.raw);
         let etag = resp.headers.get(ETAG).and_then(|v| v.to_str().ok()).map(|e| {
@@ -269,6 +396,9 @@ impl Policy for FieldSelection {
             return Ok(());
         }
         if let Some(chunk) = body.take() {
+            if st.body.capacity() == 0 {
+                st.body.reserve(st.expected.max(chunk.len()));
+            }
             st.body.extend_from_slice(&chunk);
         }
         if !eos {
@@ -319,6 +449,14 @@ mod tests {
         assert_eq!(sel("items.id,total", page), r#"{"items":[{"id":1}],"total":1}"#);
         assert_eq!(sel("id", "\"just a string\""), "\"just a string\"");
         assert!(filter(b"{not json", &Selector::parse("id").unwrap()).is_err());
+        assert!(filter(br#"{"id":1"#, &Selector::parse("id").unwrap()).is_err());
+        assert!(filter(br#"{"id":1} x"#, &Selector::parse("id").unwrap()).is_err());
+        // whitespace, escaped keys and strings holding structure
+        let spaced = " { \"a\\u0062\" : [ 1 , 2 ] , \"s\" : \"}]{[\\\"\" , \"id\" : { \"x\" : true } } ";
+        assert_eq!(sel("ab,id", spaced), r#"{"a\u0062":[ 1 , 2 ],"id":{ "x" : true }}"#);
+        assert_eq!(sel("s", spaced), r#"{"s":"}]{[\""}"#);
+        assert_eq!(sel("id", "[]"), "[]");
+        assert_eq!(sel("id.x", r#"{"id":[{"x":1,"y":2},3]}"#), r#"{"id":[{"x":1},3]}"#);
     }
 
     #[test]
