@@ -1,4 +1,5 @@
-//! The `fastgate` command: `run` the gateway or `check` a routes file.
+//! The `fastgate` command: `run` the gateway, `check` a routes file, `init` one from the
+//! backend's OpenAPI document, `probe` an admin URL.
 
 use clap::{Parser, Subcommand};
 use fastgate::telemetry::logging::{self, LogFormat};
@@ -45,6 +46,21 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Write a commented routes file from the backend's OpenAPI document.
+    Init {
+        /// The document: `http://HOST:PORT/openapi.json` or a file.
+        #[arg(long = "from-openapi", value_name = "URL|FILE")]
+        from_openapi: String,
+        /// The backend, `HOST:PORT`; taken from the document's URL unless given.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// The gateway's public address.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// GET an admin URL and exit 0 on a 2xx answer: a container HEALTHCHECK without curl.
     Probe {
         #[arg(default_value = "http://127.0.0.1:9090/healthz")]
@@ -57,6 +73,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config.config),
         Command::Probe { url } => probe(&url),
+        Command::Init { from_openapi, upstream, listen, output } => init(&from_openapi, upstream, listen, output),
         Command::Run { config, log_format, upgrade } => {
             bootstrap::guard_sighup();
             logging::init(log_format);
@@ -154,41 +171,46 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A bare HTTP/1.1 GET over a plain socket, so the runtime image needs no curl.
+/// The admin URL's status over a plain socket (`client::get`): the runtime image needs no curl.
 fn probe(url: &str) -> ExitCode {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    let Some(rest) = url.strip_prefix("http://") else {
-        eprintln!("probe: only http:// URLs");
-        return ExitCode::FAILURE;
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let result = (|| -> std::io::Result<u16> {
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?
-            .next()
-            .ok_or_else(|| std::io::Error::other("no address"))?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 16];
-        let n = s.read(&mut head)?;
-        std::str::from_utf8(&head[..n])
-            .ok()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other("not an HTTP response"))
-    })();
-    match result {
-        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
-        Ok(status) => {
+    match fastgate::client::get(url, std::time::Duration::from_secs(2)) {
+        Ok((status, _)) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok((status, _)) => {
             eprintln!("probe: {url} answered {status}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("probe: {url}: {e}");
+            eprintln!("probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(source: &str, upstream: Option<String>, listen: String, output: Option<PathBuf>) -> ExitCode {
+    use fastgate::openapi::{init, Document};
+    let doc = match Document::load(source) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("fastgate init: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(upstream) = upstream.or_else(|| init::upstream_from_url(source)) else {
+        eprintln!("fastgate init: the document is a file: say where the backend is with --upstream HOST:PORT");
+        return ExitCode::FAILURE;
+    };
+    let text = init::generate(&doc, &init::InitOptions { source: source.to_string(), upstream, listen });
+    let written = match &output {
+        Some(path) => std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            use std::io::Write as _;
+            std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| e.to_string())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fastgate init: {e}");
             ExitCode::FAILURE
         }
     }

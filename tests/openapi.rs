@@ -1,0 +1,152 @@
+//! `fastgate init --from-openapi` on the example backend's real `/openapi.json`: the file it
+//! writes passes `check`, proxies the backend's routes as the backend answers them, and keeps
+//! reads right after writes across related resources with caching on (the rules it derived
+//! from the schema graph and from the router the app includes twice).
+
+mod common;
+
+use common::{fastgate_command, Backend, Gateway};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "Bearer admin";
+
+fn init(args: &[&str]) -> std::process::Output {
+    fastgate_command().arg("init").args(args).output().unwrap()
+}
+
+fn generated(backend: &Backend) -> String {
+    let out = init(&["--from-openapi", &backend.url("/openapi.json")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Four reads of `path`: pooled and new connections, anonymous and with a token.
+async fn reads(gw: &Gateway, pooled: &reqwest::Client, path: &str) -> Vec<(u16, Value, String)> {
+    let mut out = Vec::new();
+    for auth in [None, Some("Bearer user-alice")] {
+        for fresh in [false, true] {
+            let c = if fresh { reqwest::Client::new() } else { pooled.clone() };
+            let mut req = c.get(gw.url(path));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            let xc = r.headers().get("x-cache").map_or("-", |v| v.to_str().unwrap()).to_string();
+            out.push((r.status().as_u16(), r.json().await.unwrap_or(Value::Null), xc));
+        }
+    }
+    out
+}
+
+async fn direct(backend: &Backend, path: &str) -> (u16, Value) {
+    let r = reqwest::get(backend.url(path)).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn same_as_backend(backend: &Backend, gw: &Gateway, c: &reqwest::Client, path: &str, after: &str) {
+    let (status, truth) = direct(backend, path).await;
+    for (s, v, xc) in reads(gw, c, path).await {
+        assert_eq!((s, &v), (status, &truth), "{path} after {after} (x-cache {xc})");
+    }
+}
+
+#[tokio::test]
+async fn init_writes_a_file_that_runs_the_backend_and_keeps_reads_after_writes() {
+    let backend = Backend::start();
+    let text = generated(&backend);
+    let checked = common::check_config(&text);
+    assert!(checked.status.success(), "{}\n{text}", String::from_utf8_lossy(&checked.stdout));
+    // what the schema says, in the file
+    assert!(text.contains("pagination = { param = \"limit\", max = 100, default = 20, max_offset = 10000 }"), "{text}");
+    assert!(text.contains("max_body = \"1KiB\""), "UserIn bounds the rename body:\n{text}");
+    assert!(text.contains("health_check = { path = \"/healthz\""), "{text}");
+    assert!(text.contains("\"/api/v1/items/**\"") && text.contains("a router included twice"), "{text}");
+
+    let gw = Gateway::start_file(
+        |port, admin| {
+            text.replace(
+                "listen = \"0.0.0.0:8080\"",
+                &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"1s\""),
+            )
+        },
+        &[],
+    );
+    let c = reqwest::Client::new();
+    // the backend's routes, answered as the backend answers them
+    for p in ["/api/v1/items?limit=3", "/api/items/3", "/api/v1/categories", "/api/users/alice/profile"] {
+        same_as_backend(&backend, &gw, &c, p, "nothing").await;
+    }
+    // the backend's errors, in the gateway's shape with the backend's words
+    let (status, truth) = direct(&backend, "/api/v1/items/999").await;
+    for (s, v, _) in reads(&gw, &c, "/api/v1/items/999").await {
+        assert_eq!((s, &v["detail"], &v["code"]), (status, &truth["detail"], &json!("not_found")));
+    }
+    // undeclared paths reach the backend through the catch-all: its own 404, normalized
+    let r = c.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+    let r = c.get(gw.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // cached, under both prefixes the app serves the catalog at
+    let related = ["/api/items/3", "/api/v1/items/3", "/api/items?limit=5", "/api/v1/items?limit=5", "/api/v1/items/3/reviews"];
+    for p in related {
+        reads(&gw, &c, p).await;
+        assert_eq!(reads(&gw, &c, p).await[0].2, "HIT", "{p} is cached");
+    }
+    // a change of price under one prefix is seen under the other
+    let s = c.patch(gw.url("/api/v1/items/3")).header("authorization", ADMIN).json(&json!({"price": 42.5})).send().await.unwrap();
+    assert_eq!(s.status(), 200);
+    for p in related {
+        same_as_backend(&backend, &gw, &c, p, "the price change").await;
+    }
+    assert_eq!(reads(&gw, &c, "/api/items/3").await[0].1["price"], 42.5);
+    // a review (a sub-resource written by POST) changes the item under both prefixes
+    for p in related {
+        reads(&gw, &c, p).await;
+    }
+    let s = c.post(gw.url("/api/items/3/reviews")).header("authorization", ADMIN).json(&json!({"stars": 5})).send().await.unwrap();
+    assert_eq!(s.status(), 201);
+    for p in related {
+        same_as_backend(&backend, &gw, &c, p, "the review").await;
+    }
+    assert_eq!(reads(&gw, &c, "/api/v1/items/3").await[0].1["review_count"], 1);
+    // renaming the owner changes every item that embeds them (the schema graph: Owner)
+    for p in related {
+        reads(&gw, &c, p).await;
+    }
+    let owner = direct(&backend, "/api/items/3").await.1["owner"]["id"].as_str().unwrap().to_string();
+    let s = c
+        .put(gw.url(&format!("/api/v1/users/{owner}/profile")))
+        .header("authorization", ADMIN)
+        .json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.status(), 200);
+    for p in related.iter().copied().chain([format!("/api/users/{owner}/profile").as_str()]) {
+        same_as_backend(&backend, &gw, &c, p, "the rename").await;
+    }
+    assert_eq!(reads(&gw, &c, "/api/items/3").await[0].1["owner"]["name"], "Renamed");
+}
+
+#[tokio::test]
+async fn init_refuses_what_it_cannot_use() {
+    let backend = Backend::start();
+    let out = init(&["--from-openapi", &backend.url("/api/market")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an OpenAPI 3 document"), "{out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    let doc = reqwest::get(backend.url("/openapi.json")).await.unwrap().text().await.unwrap();
+    std::fs::write(&file, doc).unwrap();
+    let out = init(&["--from-openapi", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"), "{out:?}");
+    let written = dir.path().join("fastgate.toml");
+    let out = init(&["--from-openapi", file.to_str().unwrap(), "--upstream", &backend.addr(), "-o", written.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(text.contains(&format!("servers = [\"{}\"]", backend.addr())), "{text}");
+    assert!(common::check_config(&text).status.success());
+}
