@@ -27,6 +27,12 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -45,6 +51,12 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also audit the routes against the backend's OpenAPI document (URL or file).
+        #[arg(long, value_name = "URL|FILE")]
+        openapi: Option<String>,
+        /// `json`: the findings (and config errors) as one JSON object, for CI.
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
     },
     /// Write a commented routes file from the backend's OpenAPI document.
     Init {
@@ -71,7 +83,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config.config),
+        Command::Check { config, openapi, format } => check(&config.config, openapi.as_deref(), format),
         Command::Probe { url } => probe(&url),
         Command::Init { from_openapi, upstream, listen, output } => init(&from_openapi, upstream, listen, output),
         Command::Run { config, log_format, upgrade } => {
@@ -133,18 +145,40 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> ExitCode {
     use std::fmt::Write as _;
     use std::io::Write as _;
+    let json = format == CheckFormat::Json;
+    let print = |text: &str| {
+        // Built whole, written once: a closed pipe (`| head`) is not an error worth a panic.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    };
     let plan = match config::load(path) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{e}");
+            if json {
+                print(&format!("{}\n", serde_json::json!({"ok": false, "config_error": e.to_string(), "findings": []})));
+            } else {
+                eprintln!("{e}");
+            }
             return ExitCode::FAILURE;
         }
     };
+    let findings = match openapi.map(fastgate::openapi::Document::load) {
+        None => Vec::new(),
+        Some(Ok(doc)) => fastgate::openapi::audit::audit(&doc, &plan),
+        Some(Err(e)) => {
+            eprintln!("fastgate check: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let failed = findings.iter().any(|f| f.severity == fastgate::openapi::audit::Severity::Error);
+    if json {
+        let warnings: Vec<String> = plan.warnings.iter().map(ToString::to_string).collect();
+        print(&format!("{}\n", serde_json::json!({"ok": !failed, "hash": plan.hash, "warnings": warnings, "findings": findings})));
+        return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+    }
     let s = &plan.settings;
-    // Built whole, written once: a closed pipe (`| head`) is not an error worth a panic.
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok (hash {})", path.display(), plan.hash);
     let _ = writeln!(
@@ -167,8 +201,18 @@ fn check(path: &std::path::Path) -> ExitCode {
     for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    ExitCode::SUCCESS
+    for f in &findings {
+        let level = if f.severity == fastgate::openapi::audit::Severity::Error { "error" } else { "warning" };
+        let route = f.route.as_deref().map(|r| format!(" route `{r}`")).unwrap_or_default();
+        let op = f.operation.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+        let _ = writeln!(out, "{level}: [{}]{route}{op}: {}", f.kind, f.message);
+    }
+    if openapi.is_some() {
+        let errors = findings.iter().filter(|f| f.severity == fastgate::openapi::audit::Severity::Error).count();
+        let _ = writeln!(out, "audit: {errors} error(s), {} warning(s)", findings.len() - errors);
+    }
+    print(&out);
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// The admin URL's status over a plain socket (`client::get`): the runtime image needs no curl.

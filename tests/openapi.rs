@@ -150,3 +150,94 @@ async fn init_refuses_what_it_cannot_use() {
     assert!(text.contains(&format!("servers = [\"{}\"]", backend.addr())), "{text}");
     assert!(common::check_config(&text).status.success());
 }
+
+#[tokio::test]
+async fn check_audits_the_routes_against_the_backend() {
+    let backend = Backend::start();
+    let doc = backend.url("/openapi.json");
+    let audit = |text: &str, format: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fastgate.toml");
+        std::fs::write(&path, text).unwrap();
+        fastgate_command()
+            .args(["check", "-c", path.to_str().unwrap(), "--openapi", &doc, "--format", format])
+            .output()
+            .unwrap()
+    };
+    // init's own output: warnings (the router the app includes twice), no error
+    let clean = audit(&generated(&backend), "text");
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{stdout}");
+    assert!(stdout.contains("warning: [duplicate_operation]") && stdout.contains("`get_item` is reachable under /api/items/{item_id} and /api/v1/items/{item_id}"), "{stdout}");
+    assert!(stdout.contains("audit: 0 error(s)"), "{stdout}");
+
+    // a file written to have each finding
+    let text = format!(
+        r#"[upstreams.app]
+servers = ["{}"]
+
+[[routes]]
+name = "typo"
+match = {{ path = "/api/v2/items" }}
+upstream = "app"
+
+[[routes]]
+name = "market-all"
+match = {{ path_prefix = "/api/market" }}
+upstream = "app"
+
+[[routes]]
+name = "market"
+match = {{ path = "/api/market" }}
+upstream = "app"
+
+[[routes]]
+name = "quote"
+match = {{ path = "/api/market/{{symbol}}" }}
+upstream = "app"
+
+[[routes]]
+name = "trades"
+match = {{ path = "/api/trades", methods = ["POST"] }}
+upstream = "app"
+cache = {{ ttl = "10s" }}
+
+[[routes]]
+name = "items"
+match = {{ path = "/api/v1/items" }}
+upstream = "app"
+pagination = {{ max = 500 }}
+
+[[routes]]
+name = "rest"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+"#,
+        backend.addr()
+    );
+    let out = audit(&text, "json");
+    assert!(!out.status.success(), "errors exit non-zero");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let findings = v["findings"].as_array().unwrap();
+    let has = |kind: &str, severity: &str, route: Option<&str>, op: Option<&str>| {
+        findings.iter().any(|f| {
+            f["kind"] == kind
+                && f["severity"] == severity
+                && route.is_none_or(|r| f["route"] == r)
+                && op.is_none_or(|o| f["operation"] == o)
+        })
+    };
+    assert!(has("no_operation", "error", Some("typo"), None), "{v:#}");
+    assert!(has("shadowed", "error", Some("market-all"), None), "{v:#}");
+    assert!(has("uncovered", "warning", Some("rest"), Some("GET /api/instruments")), "{v:#}");
+    assert!(has("cache_on_writes_only", "warning", Some("trades"), Some("POST /api/trades")), "{v:#}");
+    assert!(has("looser_than_schema", "warning", Some("items"), Some("GET /api/v1/items")), "{v:#}");
+    assert!(has("duplicate_operation", "warning", None, Some("GET /api/items/{item_id}")), "{v:#}");
+    assert!(!has("uncovered", "warning", Some("rest"), Some("GET /api/market")), "served by its own route: {v:#}");
+    // text format: one line per finding, errors first in the exit code
+    let out = audit(&text, "text");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("error: [no_operation] route `typo`: `* /api/v2/items` matches no operation"), "{stdout}");
+}

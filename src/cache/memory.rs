@@ -62,6 +62,14 @@ fn unindex(index: &Index, name: &str, key: &StoreKey) {
     }
 }
 
+/// What the weighed contents may reach for a `max_size` of `max_bytes`: a tenth is left for
+/// what weights cannot see (the allocator's part-used pages, per-entry bookkeeping), so that
+/// resident memory, not only the weighed sum, stays near `max_size` (measured by the test
+/// `max_size_bounds_resident_memory_under_overfill`).
+fn weighed_bound(max_bytes: u64) -> u64 {
+    max_bytes - max_bytes / 10
+}
+
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
         let by_url: Arc<Index> = Arc::default();
@@ -70,7 +78,7 @@ impl MemoryStore {
         let evictions = Arc::new(AtomicU64::new(0));
         let (u, t, p, e) = (by_url.clone(), by_tag.clone(), by_path.clone(), evictions.clone());
         let cache = Cache::builder()
-            .max_capacity(max_bytes)
+            .max_capacity(weighed_bound(max_bytes))
             .weigher(|_k: &StoreKey, v: &Entry| u32::try_from(v.obj.weight()).unwrap_or(u32::MAX))
             .expire_after(Expiry)
             .eviction_listener(move |key: Arc<StoreKey>, v: Entry, cause| {

@@ -33,7 +33,7 @@ fn q(s: &str) -> String {
 
 /// FastAPI's operation id is the function name + the path's characters as `_` + the method:
 /// the function name is what a reader knows the endpoint by.
-fn function_name(op: &Operation) -> String {
+pub(crate) fn function_name(op: &Operation) -> String {
     let path_part: String = op.path.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     if let Some(id) = &op.operation_id {
         if let Some((head, _method)) = id.rsplit_once('_')
@@ -183,7 +183,7 @@ struct Graph<'a> {
 
 /// `a` and `b` are the same template under two literal prefixes: they end alike from their
 /// first parameter (or last segment) on.
-fn twin(a: &str, b: &str) -> bool {
+pub(crate) fn twin(a: &str, b: &str) -> bool {
     let tail = |p: &str| -> String {
         let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
         let first = segs.iter().position(|s| s.starts_with('{')).map_or(segs.len().saturating_sub(1), |i| i.saturating_sub(1));

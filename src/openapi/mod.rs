@@ -2,6 +2,7 @@
 //! or a file, reduced to what the gateway's tools need (operations, their parameters and
 //! schemas, which are secured) plus walks over the schema graph.
 
+pub mod audit;
 pub mod init;
 
 use serde_json::Value;

@@ -1,0 +1,180 @@
+//! `fastgate check --openapi`: the routes file against the backend's own description. Each
+//! operation is routed as a request would be (a sample path, its method, the table's
+//! precedence), which tells which route serves it, which routes serve nothing, and which
+//! never win.
+
+use super::init::function_name;
+use super::{Document, Operation};
+use crate::config::plan::{Plan, RouteDef};
+use crate::routing::{in_precedence_order, PathMatch};
+use http::Method;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable, for CI: `no_operation`, `uncovered`, `shadowed`, `duplicate_operation`,
+    /// `cache_on_writes_only`, `looser_than_schema`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    pub message: String,
+}
+
+fn finding(severity: Severity, kind: &'static str, route: Option<&str>, op: Option<&Operation>, message: String) -> Finding {
+    Finding {
+        severity,
+        kind,
+        route: route.map(str::to_string),
+        operation: op.map(|o| format!("{} {}", o.method, o.path)),
+        message,
+    }
+}
+
+/// A path the operation's template matches: each parameter as `1` (every convertor but
+/// `uuid` takes it).
+fn sample(path: &str) -> String {
+    path.split('/')
+        .map(|s| if s.starts_with('{') && s.ends_with('}') { "1" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn catch_all(r: &RouteDef) -> bool {
+    matches!(&r.matcher.path, PathMatch::Prefix(p) if p.is_empty() || p == "/")
+}
+
+pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
+    use Severity::{Error, Warning};
+    let mut out = Vec::new();
+    let ordered = in_precedence_order(&plan.routes, |r| &r.matcher);
+    // which route each operation reaches, and every route that would match it
+    let mut wins: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut matched: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in &doc.operations {
+        let path = sample(&op.path);
+        let Ok(method) = Method::from_bytes(op.method.as_bytes()) else { continue };
+        let candidates: Vec<&&RouteDef> = ordered.iter().filter(|r| r.matcher.matches(&method, None, &path).is_some()).collect();
+        for r in &candidates {
+            matched.entry(r.name.as_str()).or_default().push(op);
+        }
+        match candidates.first() {
+            Some(winner) if !catch_all(winner) => *wins.entry(winner.name.as_str()).or_default() += 1,
+            Some(winner) => out.push(finding(
+                Warning,
+                "uncovered",
+                Some(&winner.name),
+                Some(op),
+                format!("only the catch-all route `{}` serves it: it gets no policy of its own", winner.name),
+            )),
+            None => out.push(finding(Error, "uncovered", None, Some(op), "no route serves it: the gateway answers 404".into())),
+        }
+        if let Some(r) = candidates.first() {
+            limits(&mut out, r, op);
+        }
+    }
+    for r in &plan.routes {
+        if catch_all(r) {
+            continue;
+        }
+        match matched.get(r.name.as_str()) {
+            None => out.push(finding(
+                Error,
+                "no_operation",
+                Some(&r.name),
+                None,
+                format!("`{}` matches no operation of the backend: a typo, or a route the app no longer has", r.matcher),
+            )),
+            Some(ops) if !wins.contains_key(r.name.as_str()) => {
+                let op = ops[0];
+                let path = sample(&op.path);
+                let method = Method::from_bytes(op.method.as_bytes()).unwrap_or(Method::GET);
+                let winner = ordered.iter().find(|w| w.matcher.matches(&method, None, &path).is_some()).map_or("?", |w| w.name.as_str());
+                out.push(finding(
+                    Error,
+                    "shadowed",
+                    Some(&r.name),
+                    Some(op),
+                    format!("every operation it matches is served by a more specific route (`{winner}` here): it never applies"),
+                ));
+            }
+            Some(ops) => {
+                let cached = r.policy.cache.is_some();
+                if cached && !ops.iter().any(|o| o.method == "GET" || o.method == "HEAD") {
+                    out.push(finding(
+                        Warning,
+                        "cache_on_writes_only",
+                        Some(&r.name),
+                        Some(ops[0]),
+                        "caching is on, but every operation here is a write: nothing is ever stored (writes are never cached)".into(),
+                    ));
+                }
+            }
+        }
+    }
+    duplicates(&mut out, doc);
+    out
+}
+
+/// The same endpoint function and method under two paths that differ only in their prefix:
+/// a router included twice.
+fn duplicates(out: &mut Vec<Finding>, doc: &Document) {
+    let mut by_fn: BTreeMap<(String, &str), Vec<&Operation>> = BTreeMap::new();
+    for op in &doc.operations {
+        by_fn.entry((function_name(op), op.method.as_str())).or_default().push(op);
+    }
+    for ((name, _), ops) in by_fn {
+        if ops.len() < 2 || !ops.iter().all(|o| super::init::twin(&o.path, &ops[0].path)) {
+            continue;
+        }
+        let paths: Vec<&str> = ops.iter().map(|o| o.path.as_str()).collect();
+        out.push(finding(
+            Severity::Warning,
+            "duplicate_operation",
+            None,
+            Some(ops[0]),
+            format!("`{name}` is reachable under {}: a router included twice?", paths.join(" and ")),
+        ));
+    }
+}
+
+/// Limits in the route looser than the operation's schema.
+fn limits(out: &mut Vec<Finding>, r: &RouteDef, op: &Operation) {
+    if op.method != "GET" {
+        return;
+    }
+    let Some(p) = &r.policy.pagination else { return };
+    if let Some(max) = op.query.iter().find(|q| q.name == p.param).and_then(|q| q.maximum)
+        && p.max > max
+    {
+        out.push(finding(
+            Severity::Warning,
+            "looser_than_schema",
+            Some(&r.name),
+            Some(op),
+            format!("`pagination.max` is {} but the schema's `{}` maximum is {max}: pages between are refused by the backend (422)", p.max, p.param),
+        ));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples() {
+        assert_eq!(sample("/api/items/{item_id}/reviews"), "/api/items/1/reviews");
+        assert_eq!(sample("/"), "/");
+    }
+}
