@@ -14,7 +14,8 @@
 use super::{Cut, Directives, Exchange, Policy};
 use crate::problem::{self, GatewayError};
 use crate::telemetry::outcome::Outcome;
-use bytes::{Bytes, BytesMut};
+use super::gather::{self, Gather, Gathered};
+use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use pingora::http::ResponseHeader;
 
@@ -27,9 +28,7 @@ pub struct NormalizeErrors;
 
 #[derive(Debug, Default)]
 pub struct ErrorsState {
-    /// The body is being gathered for rewriting.
-    gathering: bool,
-    body: BytesMut,
+    body: Gather,
     request_id: String,
     status: u16,
     /// The code the body was rewritten to.
@@ -41,17 +40,8 @@ fn rewritable(resp: &ResponseHeader, head: bool) -> bool {
     if head || resp.status.as_u16() < 400 || resp.headers.contains_key(CONTENT_ENCODING) {
         return false;
     }
-    let json = resp
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    let small = resp
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
-        .is_none_or(|n| n <= MAX_ERROR_BODY);
+    let json = gather::media_type(resp).is_some_and(|t| t == "application/json");
+    let small = gather::content_length(resp).is_none_or(|n| n <= MAX_ERROR_BODY as u64);
     json && small
 }
 
@@ -66,7 +56,7 @@ impl Policy for NormalizeErrors {
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         if rewritable(resp, x.req.method == http::Method::HEAD) {
-            st.gathering = true;
+            st.body.start(gather::content_length(resp), MAX_ERROR_BODY);
             st.status = resp.status.as_u16();
             st.request_id = x.request_id.to_string();
             resp.remove_header(&CONTENT_LENGTH);
@@ -76,21 +66,7 @@ impl Policy for NormalizeErrors {
     }
 
     fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut ErrorsState) -> Result<(), Cut> {
-        if !st.gathering {
-            return Ok(());
-        }
-        if let Some(chunk) = body.take() {
-            st.body.extend_from_slice(&chunk);
-        }
-        if st.body.len() > MAX_ERROR_BODY {
-            // longer than its header said, or it said nothing: the rest passes as it comes
-            st.gathering = false;
-            *body = Some(std::mem::take(&mut st.body).freeze());
-            return Ok(());
-        }
-        if eos {
-            st.gathering = false;
-            let original = std::mem::take(&mut st.body).freeze();
+        if let Gathered::Whole(original) = st.body.push(body, eos) {
             *body = Some(match problem::from_fastapi(st.status, &original, &st.request_id) {
                 Some((rewritten, code)) => {
                     st.code = Some(code);
@@ -135,7 +111,8 @@ mod tests {
     #[test]
     fn a_body_in_pieces_is_rewritten_once_at_the_end() {
         let p = NormalizeErrors;
-        let mut st = ErrorsState { gathering: true, status: 404, request_id: "r".into(), ..Default::default() };
+        let mut st = ErrorsState { status: 404, request_id: "r".into(), ..Default::default() };
+        st.body.start(None, MAX_ERROR_BODY);
         let mut first = Some(Bytes::from_static(b"{\"detail\":"));
         p.on_response_body(&mut first, false, &mut st).unwrap();
         assert!(first.is_none());

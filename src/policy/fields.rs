@@ -16,8 +16,9 @@
 use super::{query, Cut, Directives, Exchange, Flow, Policy};
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
-use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use super::gather::{self, Gather, Gathered};
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Longest selector accepted, and most fields in one.
@@ -298,10 +299,7 @@ pub struct FieldsState {
     selector: Option<Selector>,
     /// The raw selector, for the derived `ETag`.
     raw: String,
-    gathering: bool,
-    body: BytesMut,
-    /// The response's `Content-Length`: the gathering buffer is allocated once.
-    expected: usize,
+    body: Gather,
     result: Option<&'static str>,
 }
 
@@ -310,24 +308,14 @@ fn fnv(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
-fn content_length(resp: &ResponseHeader) -> Option<u64> {
-    resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse().ok())
-}
-
 impl FieldSelection {
     fn filterable(&self, resp: &ResponseHeader) -> bool {
         let status = resp.status.as_u16();
         if !(200..300).contains(&status) || status == 206 || resp.headers.contains_key(CONTENT_ENCODING) {
             return false;
         }
-        let json = resp
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|t| t.trim().to_ascii_lowercase())
-            .is_some_and(|t| t == "application/json" || t.ends_with("+json"));
-        let fits = content_length(resp).is_some_and(|n| n <= self.max_body);
+        let json = gather::media_type(resp).is_some_and(|t| t == "application/json" || t.ends_with("+json"));
+        let fits = gather::content_length(resp).is_some_and(|n| n <= self.max_body);
         json && fits
     }
 }
@@ -372,8 +360,9 @@ impl Policy for FieldSelection {
             st.result = Some("passed");
             return Ok(());
         }
-        st.gathering = true;
-        st.expected = content_length(resp).unwrap_or(0) as usize;
+        // the header said it fits: the limit is never crossed unless the length was wrong
+        let len = gather::content_length(resp);
+        st.body.start(len, usize::try_from(self.max_body).unwrap_or(usize::MAX));
         resp.remove_header(&CONTENT_LENGTH);
         let tag = fnv(&st.raw);
         let etag = resp.headers.get(ETAG).and_then(|v| v.to_str().ok()).map(|e| {
@@ -392,20 +381,17 @@ impl Policy for FieldSelection {
     }
 
     fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut FieldsState) -> Result<(), Cut> {
-        if !st.gathering {
-            return Ok(());
-        }
-        if let Some(chunk) = body.take() {
-            if st.body.capacity() == 0 {
-                st.body.reserve(st.expected.max(chunk.len()));
+        let original = match st.body.push(body, eos) {
+            Gathered::Whole(b) => b,
+            Gathered::Held => return Ok(()),
+            // given up: longer than its Content-Length said
+            Gathered::Passing => {
+                if st.selector.is_some() && st.result.is_none() {
+                    st.result = Some("passed");
+                }
+                return Ok(());
             }
-            st.body.extend_from_slice(&chunk);
-        }
-        if !eos {
-            return Ok(());
-        }
-        st.gathering = false;
-        let original = std::mem::take(&mut st.body).freeze();
+        };
         let Some(sel) = &st.selector else { return Ok(()) };
         *body = Some(match filter(&original, sel) {
             Ok(selected) => {

@@ -22,6 +22,7 @@ pub mod concurrency;
 pub mod errors;
 pub mod fields;
 pub mod forwarding;
+pub mod gather;
 pub mod pagination;
 pub mod query;
 pub mod ratelimit;
