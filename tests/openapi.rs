@@ -241,3 +241,71 @@ upstream = "app"
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("error: [no_operation] route `typo`: `* /api/v2/items` matches no operation"), "{stdout}");
 }
+
+/// The `[[routes]]` block of `text` whose match is `path`.
+fn block<'a>(text: &'a str, path: &str) -> &'a str {
+    let needle = format!("match = {{ path = \"{path}\"");
+    text.split("[[routes]]").find(|b| b.contains(&needle)).unwrap_or_else(|| panic!("no route for {path}:\n{text}"))
+}
+
+#[tokio::test]
+async fn init_on_a_second_app_with_oauth2_page_numbers_and_a_stream() {
+    let backend = Backend::start_app("tests/apps/library");
+    let text = generated(&backend);
+    let checked = common::check_config(&text);
+    assert!(checked.status.success(), "{}\n{text}", String::from_utf8_lossy(&checked.stdout));
+    // the token endpoint: a tight limit, never cached; its JSON body is bounded by the schema
+    let token = block(&text, "/auth/token");
+    assert!(token.contains("name = \"auth\"") && !token.contains("cache ="), "{token}");
+    assert!(token.contains("max_body = "), "{token}");
+    // the caller's own loans require the OAuth2 scheme: one cache entry per caller
+    assert!(block(&text, "/v1/me/loans").contains("key = { headers = [\"authorization\"] }"), "{text}");
+    // page numbers: the size capped at the schema's maximum, the page number too
+    assert!(
+        block(&text, "/v1/books").contains(
+            "pagination = { param = \"page_size\", max = 50, default = 10, offset_param = \"page\", max_offset = 20 }"
+        ),
+        "{text}"
+    );
+    // a declared event stream streams and is never cached
+    let events = block(&text, "/v1/events");
+    assert!(events.contains("streaming = true") && !events.contains("cache ="), "{events}");
+    // renaming an author (returns Author) drops the books and loans that embed one
+    let author = block(&text, "/v1/authors/{author_id}");
+    assert!(author.contains("\"/v1/books/**\"") && author.contains("\"/v1/me/loans\""), "{author}");
+    assert!(author.contains("cache = { ttl") && !author.contains("name = \"auth\""), "authors are not auth: {author}");
+
+    let gw = Gateway::start_file(
+        |port, admin| {
+            text.replace(
+                "listen = \"0.0.0.0:8080\"",
+                &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"1s\""),
+            )
+        },
+        &[],
+    );
+    let c = reqwest::Client::new();
+    let r = c.post(gw.url("/auth/token")).json(&json!({"username": "librarian", "password": "secret"})).send().await.unwrap();
+    let librarian = format!("Bearer {}", r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap());
+    for p in ["/v1/books/3", "/v1/books?page=1&page_size=5"] {
+        reads(&gw, &c, p).await;
+        assert_eq!(reads(&gw, &c, p).await[0].2, "HIT", "{p} is cached");
+    }
+    let r = c.put(gw.url("/v1/authors/2")).header("authorization", &librarian).json(&json!({"name": "Calvino"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for p in ["/v1/books/3", "/v1/books?page=1&page_size=5"] {
+        same_as_backend(&backend, &gw, &c, p, "the rename").await;
+    }
+    assert_eq!(reads(&gw, &c, "/v1/books/3").await[0].1["author"]["name"], "Calvino");
+    // the backend's page-size cap, held at the gateway: lowered, not refused
+    let r = c.get(gw.url("/v1/books?page_size=500")).send().await.unwrap();
+    assert_eq!(r.headers()["fastgate-pagination"], "page_size=50; requested=500");
+    assert_eq!(r.json::<Value>().await.unwrap()["page_size"], 50);
+    // the stream arrives whole, as the backend sent it
+    let body = c.get(gw.url("/v1/events")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "data: tick 0\n\ndata: tick 1\n\ndata: tick 2\n\n");
+    // a wrong password: the backend's 401, in the gateway's shape
+    let r = c.post(gw.url("/auth/token")).json(&json!({"username": "x", "password": "no"})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "unauthorized");
+}

@@ -19,7 +19,14 @@ pub struct InitOptions {
 const TTL: &str = "10s";
 const PAGE_SIZE: [&str; 5] = ["limit", "page_size", "size", "per_page", "pagesize"];
 const OFFSET: [&str; 4] = ["offset", "skip", "page", "start"];
-const AUTH_WORDS: [&str; 8] = ["login", "logout", "token", "auth", "signin", "signup", "register", "password"];
+/// Whole words of a path or tag that mark an auth endpoint (`/auth/token`, `/users/login`;
+/// not `/authors`).
+const AUTH_WORDS: [&str; 10] = ["login", "logout", "token", "auth", "oauth", "oauth2", "signin", "signup", "register", "password"];
+
+fn auth_endpoint(path: &str, ops: &[&Operation]) -> bool {
+    let is_auth = |text: &str| text.to_ascii_lowercase().split(|c: char| !c.is_ascii_alphanumeric()).any(|w| AUTH_WORDS.contains(&w));
+    is_auth(path) || ops.iter().any(|o| o.tags.iter().any(|t| is_auth(t)))
+}
 
 /// The backend address from the document's URL (`http://host:port/openapi.json`), if it is one.
 pub fn upstream_from_url(source: &str) -> Option<String> {
@@ -215,9 +222,7 @@ fn route(out: &mut String, doc: &Document, path: &str, ops: &[&Operation], graph
     let _ = writeln!(out, "match = {{ path = {}, methods = [{}] }}", q(path), list.join(", "));
     let _ = writeln!(out, "upstream = \"app\"");
 
-    let auth = AUTH_WORDS.iter().any(|w| {
-        path.to_ascii_lowercase().contains(w) || ops.iter().any(|o| o.tags.iter().any(|t| t.to_ascii_lowercase().contains(w)))
-    });
+    let auth = auth_endpoint(path, ops);
     let streaming = ops.iter().any(|o| o.event_stream);
     if auth {
         let _ = writeln!(out, "# an auth endpoint: a tight per-client limit against credential stuffing; never cached");
@@ -363,5 +368,7 @@ mod tests {
         assert!(twin("/api/v1/items/{item_id}/reviews", "/api/items/{item_id}/reviews"));
         assert!(twin("/api/v1/items", "/api/items"));
         assert!(!twin("/api/v1/items", "/api/v1/users"));
+        assert!(auth_endpoint("/auth/token", &[]) && auth_endpoint("/api/users/login", &[]) && auth_endpoint("/oauth2/authorize", &[]));
+        assert!(!auth_endpoint("/v1/authors/{author_id}", &[]) && !auth_endpoint("/api/tokenizer", &[]));
     }
 }

@@ -195,6 +195,13 @@ impl Backend {
         Self::spawn(Command::new(python), env, Duration::from_secs(30))
     }
 
+    /// Another FastAPI app of the repository: `app:app` in `dir` (e.g. `tests/apps/library`).
+    #[allow(dead_code)]
+    pub fn start_app(dir: &str) -> Backend {
+        let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        Self::spawn_in(Command::new(python), &[], Duration::from_secs(30), dir)
+    }
+
     /// The same app under OpenTelemetry's zero-code instrumentation (what the
     /// `opentelemetry-instrument` command runs, called through the interpreter so no console
     /// script needs to be on PATH), configured by the `OTEL_*` variables in `env`. The app
@@ -213,7 +220,11 @@ impl Backend {
         Self::spawn(Command::new(python), env, Duration::ZERO)
     }
 
-    fn spawn(mut cmd: Command, env: &[(&str, &str)], wait: Duration) -> Backend {
+    fn spawn(cmd: Command, env: &[(&str, &str)], wait: Duration) -> Backend {
+        Self::spawn_in(cmd, env, wait, "examples/backend")
+    }
+
+    fn spawn_in(mut cmd: Command, env: &[(&str, &str)], wait: Duration, dir: &str) -> Backend {
         use std::os::fd::AsRawFd;
         let listener = claimed_listener();
         let port = listener.local_addr().expect("local addr").port();
@@ -228,7 +239,7 @@ impl Backend {
             date = os.environ.get('BACKEND_DATE_HEADER', '1') != '0'\n\
             uvicorn.Server(uvicorn.Config('app:app', log_level='warning', proxy_headers=False, date_header=date)).run(sockets=[sock])\n";
         cmd.args(["-c", SERVE_FD, &fd.to_string()])
-            .current_dir(repo().join("examples/backend"))
+            .current_dir(repo().join(dir))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
