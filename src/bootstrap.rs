@@ -206,6 +206,9 @@ impl BackgroundService for Warming {
     }
 }
 
+/// How long nothing may be in flight before a drain ends.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+
 /// On shutdown, waits for in-flight requests to finish (up to the grace period), then exits.
 /// pingora alone would always wait the whole grace period, even when idle.
 struct Drain {
@@ -221,10 +224,18 @@ impl BackgroundService for Drain {
         let started = Instant::now();
         let grace = self.app.settings.shutdown_grace;
         tracing::info!(in_flight = self.app.in_flight(), grace_s = grace.as_secs(), "draining");
-        // Give connections that were accepted just before the signal a moment to register.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while self.app.in_flight() > 0 && started.elapsed() < grace {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Done when nothing has been in flight for a quiet window: a connection accepted just
+        // before the signal counts only once its request is read, which on a busy machine can
+        // take tens of milliseconds (a 50 ms pause once dropped one in a few thousand requests
+        // during an upgrade).
+        let mut quiet_since = Instant::now();
+        while started.elapsed() < grace {
+            if self.app.in_flight() > 0 {
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= DRAIN_QUIET {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = self.app.in_flight();
         if left > 0 {

@@ -209,6 +209,11 @@ upstream = "app"
 pagination = {{ max = 500 }}
 
 [[routes]]
+name = "profile"
+match = {{ path = "/api/v1/users/{{user_id}}/profile" }}
+upstream = "app"
+
+[[routes]]
 name = "rest"
 match = {{ path_prefix = "/" }}
 upstream = "app"
@@ -233,6 +238,8 @@ upstream = "app"
     assert!(has("uncovered", "warning", Some("rest"), Some("GET /api/instruments")), "{v:#}");
     assert!(has("cache_on_writes_only", "warning", Some("trades"), Some("POST /api/trades")), "{v:#}");
     assert!(has("looser_than_schema", "warning", Some("items"), Some("GET /api/v1/items")), "{v:#}");
+    // the rename body (UserIn) is bounded; the built-in 10 MiB cap is far above it
+    assert!(has("looser_than_schema", "warning", Some("profile"), Some("PUT /api/v1/users/{user_id}/profile")), "{v:#}");
     assert!(has("duplicate_operation", "warning", None, Some("GET /api/items/{item_id}")), "{v:#}");
     assert!(!has("uncovered", "warning", Some("rest"), Some("GET /api/market")), "served by its own route: {v:#}");
     // text format: one line per finding, errors first in the exit code

@@ -79,8 +79,8 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
             )),
             None => out.push(finding(Error, "uncovered", None, Some(op), "no route serves it: the gateway answers 404".into())),
         }
-        if let Some(r) = candidates.first() {
-            limits(&mut out, r, op);
+        if let Some(r) = candidates.first().filter(|r| !catch_all(r)) {
+            limits(&mut out, doc, r, op);
         }
     }
     for r in &plan.routes {
@@ -149,7 +149,23 @@ fn duplicates(out: &mut Vec<Finding>, doc: &Document) {
 }
 
 /// Limits in the route looser than the operation's schema.
-fn limits(out: &mut Vec<Finding>, r: &RouteDef, op: &Operation) {
+fn limits(out: &mut Vec<Finding>, doc: &Document, r: &RouteDef, op: &Operation) {
+    if let Some(bound) = op.request.as_ref().and_then(|s| doc.max_json_size(s)) {
+        // `init` writes twice the bound (whitespace and key order are the client's)
+        let cap = (bound * 2).max(1024);
+        if r.policy.max_body > cap * 4 {
+            out.push(finding(
+                Severity::Warning,
+                "looser_than_schema",
+                Some(&r.name),
+                Some(op),
+                format!(
+                    "`max_body` is {} bytes but the request schema allows at most {bound} bytes of JSON: a cap near {cap} refuses oversized bodies before the backend reads them",
+                    r.policy.max_body
+                ),
+            ));
+        }
+    }
     if op.method != "GET" {
         return;
     }
