@@ -83,13 +83,14 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -
     let ServerDef {
         trusted_proxies,
         remove_request_headers,
+        forwarded,
         admin_token,
         limits,
     } = server;
     Ok(Runtime {
         routes: RouteTable::new(table),
         upstreams: live,
-        forwarding: Forwarding { trusted_proxies, remove_request_headers },
+        forwarding: Forwarding { trusted_proxies, remove_request_headers, forwarded },
         limits,
         admin_token,
         hash,

@@ -113,6 +113,21 @@ async fn sighup_with_a_broken_file_keeps_the_old_config() {
     }
     assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200);
 
+    // An empty file (what `cat > file` leaves for an instant), and one cut after its server
+    // table: refused, not a gateway that answers 404 to everything.
+    let server_only: String = good.lines().take_while(|l| !l.starts_with("[upstreams")).collect::<Vec<_>>().join("\n");
+    for (n, text) in [(3.0, String::new()), (4.0, server_only)] {
+        gw.write_raw_config(&text);
+        gw.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metric_value(&gw.metrics().await, "fastgate_config_reloads_total{result=\"failed\"}") != Some(n) {
+            assert!(Instant::now() < deadline, "{text:?} not refused");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reqwest::get(gw.url("/api/market/AAPL")).await.unwrap().status(), 200);
+    }
+    assert!(gw.log().contains("no `[upstreams.NAME]` and no `[[routes]]`"), "{}", gw.log());
+
     // And a fixed file is picked up again.
     gw.write_raw_config(&format!("{good}\n# touched\n"));
     gw.signal("HUP");

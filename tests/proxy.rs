@@ -243,6 +243,8 @@ async fn forwarded_headers_trust_only_trusted_proxies() {
         .header("X-Forwarded-For", "6.6.6.6")
         .header("X-Forwarded-Proto", "https")
         .header("X-Forwarded-Host", "evil.example")
+        .header("X-Real-IP", "1.2.3.4")
+        .header("Forwarded", "for=1.2.3.4;host=evil.example")
         .send()
         .await
         .unwrap();
@@ -250,16 +252,39 @@ async fn forwarded_headers_trust_only_trusted_proxies() {
     assert_eq!(header_values(&echo, "x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(header_values(&echo, "x-forwarded-proto"), vec!["http"]);
     assert_eq!(header_values(&echo, "x-forwarded-host"), vec![gw.addr()]);
+    assert_eq!(header_values(&echo, "x-real-ip"), vec!["127.0.0.1"], "the peer, not the client's claim");
+    assert!(header_values(&echo, "forwarded").is_empty(), "an untrusted Forwarded is dropped");
     assert_eq!(header_values(&echo, "host"), vec![gw.addr()], "Host passes through");
     drop(gw);
 
+    // RFC 7239 only: this hop's element, no X-Forwarded-*, whatever the client claimed.
+    let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "forwarded = \"rfc7239\"", &[]);
+    let r = c
+        .get(gw.url("/debug/echo"))
+        .header("Forwarded", "for=1.2.3.4")
+        .header("X-Forwarded-For", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = r.json().await.unwrap();
+    let own = format!("for=127.0.0.1;proto=http;host=\"{}\"", gw.addr());
+    assert_eq!(header_values(&echo, "forwarded"), vec![own.as_str()]);
+    assert!(header_values(&echo, "x-forwarded-for").is_empty() && header_values(&echo, "x-forwarded-host").is_empty());
+    drop(gw);
+
     // Trusted (the test client is 127.0.0.1): the chain is extended, proto and host kept.
-    let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "trusted_proxies = [\"127.0.0.1\"]", &[]);
+    let gw = Gateway::start_with(
+        &config_for(&backend.addr(), CATCH_ALL),
+        "trusted_proxies = [\"127.0.0.1\"]\nforwarded = \"both\"",
+        &[],
+    );
     let r = c
         .get(gw.url("/debug/echo"))
         .header("X-Forwarded-For", "203.0.113.7, 10.0.0.2")
         .header("X-Forwarded-Proto", "https")
         .header("X-Forwarded-Host", "api.example.com")
+        .header("X-Real-IP", "1.2.3.4")
+        .header("Forwarded", "for=203.0.113.7")
         .send()
         .await
         .unwrap();
@@ -267,6 +292,10 @@ async fn forwarded_headers_trust_only_trusted_proxies() {
     assert_eq!(header_values(&echo, "x-forwarded-for"), vec!["203.0.113.7, 10.0.0.2, 127.0.0.1"]);
     assert_eq!(header_values(&echo, "x-forwarded-proto"), vec!["https"]);
     assert_eq!(header_values(&echo, "x-forwarded-host"), vec!["api.example.com"]);
+    // the real client: the last address of the chain the gateway does not trust
+    assert_eq!(header_values(&echo, "x-real-ip"), vec!["10.0.0.2"]);
+    let own = format!("for=203.0.113.7, for=127.0.0.1;proto=http;host=\"{}\"", gw.addr());
+    assert_eq!(header_values(&echo, "forwarded"), vec![own.as_str()], "a trusted Forwarded is extended");
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use crate::policy::builtin;
 use crate::policy::compress::{self, CompressPolicy};
 use crate::policy::concurrency::{ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
 use crate::policy::fields::{self, FieldSelection};
+use crate::policy::forwarding::ForwardedMode;
 use crate::policy::pagination::{Excess, Pagination};
 use crate::policy::ratelimit::{KeySource, OnMissing, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
@@ -83,6 +84,17 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
 
     let mut server = server;
     let remove_request_headers = compile_removed_headers(&mut cx, std::mem::take(&mut server.remove_request_headers));
+    let forwarded = match server.forwarded.take() {
+        None => ForwardedMode::XForwarded,
+        Some(v) => match v.get_ref().as_str() {
+            "x-forwarded" => ForwardedMode::XForwarded,
+            "rfc7239" => ForwardedMode::Rfc7239,
+            "both" => ForwardedMode::Both,
+            other => cx
+                .error(v.span(), format!("unknown `forwarded` {other:?}"), "\"x-forwarded\" (X-Forwarded-For/-Proto/-Host), \"rfc7239\" (Forwarded) or \"both\"")
+                .unwrap_or(ForwardedMode::XForwarded),
+        },
+    };
     let (settings, trusted_proxies, admin_token, limits) = compile_server(&mut cx, server);
     let upstreams = compile_upstreams(&mut cx, upstreams);
     let defaults = defaults.policy_keys();
@@ -116,6 +128,22 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         }
     }
 
+    // An empty or cut-short file (what a non-atomic write leaves for an instant) must not
+    // become a gateway that answers every request with 404.
+    let end = src.text.len()..src.text.len();
+    if upstreams.is_empty() && routes.is_empty() {
+        cx.error::<()>(
+            end.clone(),
+            "the file has no `[upstreams.NAME]` and no `[[routes]]`: every request would be answered 404",
+            "an empty or truncated file is refused; replace a config atomically: write a new file beside it, then `mv` it over",
+        );
+    } else if routes.is_empty() {
+        cx.error::<()>(
+            end,
+            "the file has no `[[routes]]`: every request would be answered 404 `no_route`",
+            "add a route, e.g. [[routes]] name = \"all\" match = { path_prefix = \"/\" } upstream = \"app\"",
+        );
+    }
     let telemetry = compile_telemetry(&mut cx, telemetry);
     let cache_settings = compile_cache_settings(&mut cx, cache);
     if !cx.errors.is_empty() {
@@ -129,6 +157,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         server: ServerDef {
             trusted_proxies,
             remove_request_headers,
+            forwarded,
             admin_token,
             limits,
         },
@@ -182,6 +211,7 @@ fn compile_server(
         upgrade_sock,
         access_log,
         remove_request_headers: _,
+        forwarded: _,
     } = server;
     let d = ServerLimits::default();
     let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {

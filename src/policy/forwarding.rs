@@ -102,8 +102,21 @@ pub fn new_request_id() -> String {
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_REAL_IP: &str = "x-real-ip";
+const FORWARDED: &str = "forwarded";
 static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// Which forwarding fields the backend gets (`[server] forwarded`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedMode {
+    /// `X-Forwarded-For/-Proto/-Host` (what uvicorn's `--proxy-headers` reads).
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded` only.
+    Rfc7239,
+    Both,
+}
 
 /// `[server] trusted_proxies`: whose forwarding headers are believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +125,23 @@ pub struct Forwarding {
     /// Fields no request keeps: they change what a framework serves without being part of
     /// the target, so a cached answer to one could be served for another.
     pub remove_request_headers: Vec<http::HeaderName>,
+    pub forwarded: ForwardedMode,
+}
+
+/// One RFC 7239 element for this hop: `for` the peer (IPv6 bracketed and quoted), `proto`,
+/// `host` quoted (it may carry a port).
+fn forwarded_element(peer: IpAddr, host: Option<&[u8]>) -> String {
+    let mut e = match peer {
+        IpAddr::V4(ip) => format!("for={ip};proto=http"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
+    };
+    // a host with a quote or a backslash is not a valid host: left out rather than escaped
+    if let Some(h) = host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.contains(['"', '\\'])) {
+        e.push_str(";host=\"");
+        e.push_str(h);
+        e.push('"');
+    }
+    e
 }
 
 /// Fields that make common frameworks and middleware serve another target than the URL
@@ -168,6 +198,33 @@ impl Policy for Forwarding {
                 None => {
                     up.remove_header(X_FORWARDED_HOST);
                 }
+            }
+        }
+        // `X-Real-IP` is the client as the gateway established it, whoever sent one
+        match x.client_ip {
+            Some(ip) => up.insert_header(X_REAL_IP, client_ip_value(ip)).map_err(fail)?,
+            None => {
+                up.remove_header(X_REAL_IP);
+            }
+        }
+        // `Forwarded`: a trusted proxy's is kept (and extended), anyone else's dropped
+        let earlier = if trusted { up.headers.get(FORWARDED).and_then(|v| v.to_str().ok()).map(str::to_string) } else { None };
+        up.remove_header(FORWARDED);
+        if self.forwarded != ForwardedMode::XForwarded {
+            if let Some(ip) = x.peer_ip {
+                let own = forwarded_element(ip, up.headers.get(http::header::HOST).map(|h| h.as_bytes()));
+                let value = match earlier {
+                    Some(e) if !e.trim().is_empty() => format!("{e}, {own}"),
+                    _ => own,
+                };
+                up.insert_header(FORWARDED, value).map_err(fail)?;
+            }
+        } else if let Some(e) = earlier {
+            up.insert_header(FORWARDED, e).map_err(fail)?;
+        }
+        if self.forwarded == ForwardedMode::Rfc7239 {
+            for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+                up.remove_header(name);
             }
         }
         Ok(())
@@ -243,7 +300,7 @@ mod tests {
 
     #[test]
     fn untrusted_peers_get_their_forwarding_headers_replaced() {
-        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], remove_request_headers: Vec::new() };
+        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], remove_request_headers: Vec::new(), forwarded: ForwardedMode::XForwarded };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
         req.insert_header("x-forwarded-proto", "https").unwrap();
