@@ -41,6 +41,8 @@ pub enum Problem {
     PaginationLimit,
     /// A malformed `fields` selector.
     BadFieldSelector,
+    /// A method the gateway does not know (or takes for a mistake): RFC 9110 15.6.2.
+    NotImplemented,
 }
 
 impl Problem {
@@ -57,6 +59,7 @@ impl Problem {
             Problem::RateLimited => 429,
             Problem::HeadersTooLarge => 431,
             Problem::Internal => 500,
+            Problem::NotImplemented => 501,
             Problem::UpstreamFailed | Problem::UpstreamUnreachable | Problem::ResponseTooLarge => 502,
             Problem::NoHealthyUpstream | Problem::Overloaded => 503,
             Problem::UpstreamTimeout | Problem::NotCached => 504,
@@ -88,6 +91,7 @@ impl Problem {
             Problem::NotCached => "not_cached",
             Problem::PaginationLimit => "pagination_limit",
             Problem::BadFieldSelector => "bad_field_selector",
+            Problem::NotImplemented => "not_implemented",
         }
     }
 
@@ -115,6 +119,7 @@ impl Problem {
             Problem::NotCached => "Not in cache",
             Problem::PaginationLimit => "Page outside this route's limits",
             Problem::BadFieldSelector => "Malformed field selector",
+            Problem::NotImplemented => "Method not implemented",
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct GatewayError {
     pub detail: Cow<'static, str>,
     /// Seconds, for `Retry-After`.
     pub retry_after: Option<u64>,
+    /// The methods allowed, for the `Allow` field of a 405.
+    pub allow: Option<Cow<'static, str>>,
 }
 
 impl GatewayError {
@@ -134,7 +141,13 @@ impl GatewayError {
             problem,
             detail: detail.into(),
             retry_after: None,
+            allow: None,
         }
+    }
+
+    pub fn allow(mut self, methods: impl Into<Cow<'static, str>>) -> Self {
+        self.allow = Some(methods.into());
+        self
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -246,6 +259,9 @@ fn render_with(
     let _ = header.insert_header(REQUEST_ID_HEADER, request_id);
     if let Some(secs) = err.retry_after {
         let _ = header.insert_header(http::header::RETRY_AFTER, secs);
+    }
+    if let Some(allow) = &err.allow {
+        let _ = header.insert_header(http::header::ALLOW, allow.as_ref());
     }
     (header, body)
 }

@@ -2,7 +2,8 @@
 //! point is bytes: 400 `bad_request` (a bad `%` escape, a target that is not a path; an
 //! invalid `Content-Length` is pingora's own 400), 502 `upstream_failed` from a backend that answers garbage,
 //! `fastgate_upstream_errors_total{kind}`, request-id limits, and the hop-by-hop request fields
-//! (`Upgrade`, `Trailer`) that never reach the backend.
+//! (`Upgrade`, `Trailer`) that never reach the backend, and the server's method list (405 with
+//! `Allow`, 501 for a method it does not know).
 
 mod common;
 
@@ -130,4 +131,33 @@ async fn upgrade_and_trailer_request_fields_never_reach_the_backend() {
         assert!(!names.contains(&gone.to_string()), "{gone} reached the backend: {names:?}");
     }
     assert!(names.contains(&"x-kept".to_string()), "{names:?}");
+}
+
+#[tokio::test]
+async fn methods_outside_the_server_list_never_reach_the_backend() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    let before = backend.total_hits().await;
+    // TRACE: a method that exists, not allowed here: 405 with `Allow`, the connection kept
+    let resp = raw(&gw.addr(), "TRACE /debug/echo HTTP/1.1\r\nHost: t\r\nCookie: session=secret\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("\r\nallow: get, head, post, put, patch, delete, options\r\n"), "{resp}");
+    assert_eq!(problem_body(&resp)["code"], "method_not_allowed");
+    assert!(!resp.contains("secret"), "nothing of the request is echoed: {resp}");
+    // a made-up method, and a 64 KiB one: 501, the connection closed
+    for method in ["BREW".to_string(), "X".repeat(64 * 1024)] {
+        let resp = raw(&gw.addr(), &format!("{method} /debug/echo HTTP/1.1\r\nHost: t\r\n\r\n")).await;
+        assert!(resp.starts_with("HTTP/1.1 501"), "{}", &resp[..resp.len().min(300)]);
+        let v = problem_body(&resp);
+        assert_eq!(v["code"], "not_implemented");
+        assert!(v["detail"].as_str().unwrap().len() < 200, "the method is not echoed back whole");
+    }
+    assert_eq!(backend.total_hits().await, before, "none reached the backend");
+    // a server may allow more
+    let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "methods = [\"GET\", \"PROPFIND\"]", &[]);
+    let resp = raw(&gw.addr(), "PROPFIND /debug/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 405"), "FastAPI's own 405 for a method its route lacks: {resp}");
+    assert!(!resp.contains("urn:fastgate"), "the backend's answer, not the gateway's: {resp}");
+    let resp = raw(&gw.addr(), "POST /debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 405") && resp.to_ascii_lowercase().contains("\r\nallow: get, propfind\r\n"), "{resp}");
 }

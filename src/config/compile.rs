@@ -212,6 +212,7 @@ fn compile_server(
         access_log,
         remove_request_headers: _,
         forwarded: _,
+        methods,
     } = server;
     let d = ServerLimits::default();
     let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
@@ -229,7 +230,27 @@ fn compile_server(
         client_body_timeout: positive(cx, client_body_timeout.as_ref(), "client_body_timeout", d.client_body_timeout),
         keepalive_timeout: positive(cx, keepalive_timeout.as_ref(), "keepalive_timeout", d.keepalive_timeout),
         access_log: access_log.is_none_or(Spanned::into_inner),
+        methods: d.methods.clone(),
+        allow: d.allow.clone(),
     };
+    let mut limits = limits;
+    if let Some(list) = methods {
+        let mut parsed = Vec::new();
+        for m in &list {
+            let text = m.get_ref().trim();
+            match http::Method::from_bytes(text.as_bytes()) {
+                Ok(method) if text.bytes().all(|b| b.is_ascii_uppercase()) => parsed.push(method),
+                _ => {
+                    cx.error::<()>(m.span(), format!("{text:?} is not a method name"), "upper-case method names, e.g. methods = [\"GET\", \"POST\"]");
+                }
+            }
+        }
+        if list.is_empty() {
+            cx.error::<()>(0..0, "`methods` is empty: every request would be refused", "leave `methods` out for the default set");
+        }
+        limits.allow = ServerLimits::allow_value(&parsed);
+        limits.methods = parsed;
+    }
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
     let admin_listen = parse_addr(cx, admin_listen.as_ref(), DEFAULT_ADMIN_LISTEN, "admin_listen");
     let threads = match threads {

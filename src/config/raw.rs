@@ -74,6 +74,8 @@ pub struct RawServer {
     /// built-in ones that make frameworks rewrite the target (`X-Original-URL`...).
     #[serde(default)]
     pub remove_request_headers: Vec<Spanned<String>>,
+    /// Methods any route may see (default: the ones FastAPI serves, no TRACE or CONNECT).
+    pub methods: Option<Vec<Spanned<String>>>,
     /// Which forwarding fields the backend gets: `"x-forwarded"` (default), `"rfc7239"`
     /// (`Forwarded` only) or `"both"`.
     pub forwarded: Option<Spanned<String>>,

@@ -6,7 +6,20 @@
 
 use super::{Directives, Exchange, Flow, Policy};
 use crate::problem::{GatewayError, Problem};
+use http::Method;
 use std::time::Duration;
+
+/// The methods FastAPI routes serve; not TRACE (a naive backend echoes the request, cookies
+/// included) nor CONNECT.
+pub const DEFAULT_METHODS: [Method; 7] =
+    [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+
+/// Methods RFC 9110 and WebDAV define: refused with 405 (the method exists, this server does
+/// not allow it); anything else is 501 (not a method this server knows).
+const KNOWN_METHODS: [&str; 17] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "PROPPATCH", "MKCOL",
+    "COPY", "MOVE", "LOCK", "UNLOCK", "TRACK",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
@@ -16,6 +29,16 @@ pub struct ServerLimits {
     pub client_body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub access_log: bool,
+    /// Methods any route may see; others are refused before routing.
+    pub methods: Vec<Method>,
+    /// `methods` as an `Allow` value.
+    pub allow: String,
+}
+
+impl ServerLimits {
+    pub fn allow_value(methods: &[Method]) -> String {
+        methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+    }
 }
 
 impl Default for ServerLimits {
@@ -27,6 +50,8 @@ impl Default for ServerLimits {
             client_body_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
             access_log: true,
+            methods: DEFAULT_METHODS.to_vec(),
+            allow: ServerLimits::allow_value(&DEFAULT_METHODS),
         }
     }
 }
@@ -40,6 +65,17 @@ impl Policy for ServerLimits {
             d.close = true;
             Flow::Respond(GatewayError::new(problem, detail))
         };
+        if !self.methods.contains(&req.method) {
+            let m = req.method.as_str();
+            // a method name is no place for data: a long one is only echoed by its length
+            let shown = if m.len() > 32 { format!("a {}-byte method", m.len()) } else { format!("method {m}") };
+            return if KNOWN_METHODS.contains(&m) {
+                let detail = format!("{shown} is not allowed here; allowed: {}", self.allow);
+                Flow::Respond(GatewayError::new(Problem::MethodNotAllowed, detail).allow(self.allow.clone()))
+            } else {
+                refuse(d, Problem::NotImplemented, format!("{shown} is not one this server implements"))
+            };
+        }
         let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > self.max_uri_length {
             let detail = format!("request target is {target_len} bytes; the limit is {}", self.max_uri_length);
@@ -49,7 +85,7 @@ impl Policy for ServerLimits {
             let detail = format!("{} header fields; the limit is {}", req.headers.len(), self.max_header_count);
             return refuse(d, Problem::HeadersTooLarge, detail);
         }
-        let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+        let bytes: usize = req.method.as_str().len() + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>();
         if bytes > self.max_header_bytes {
             let detail = format!("header fields total {bytes} bytes; the limit is {}", self.max_header_bytes);
             return refuse(d, Problem::HeadersTooLarge, detail);
@@ -81,5 +117,21 @@ mod tests {
             Flow::Respond(e) => assert_eq!(e.problem.status(), 431),
             Flow::Continue => panic!("not refused"),
         }
+    }
+
+    #[test]
+    fn methods_outside_the_list_are_405_or_501() {
+        let limits = ServerLimits::default();
+        let status = |m: &str| {
+            let req = pingora::http::RequestHeader::build(m, b"/", None).unwrap();
+            match limits.on_request(&exchange(&req), &mut (), &mut Directives::default()) {
+                Flow::Respond(e) => (e.problem.status(), e.allow.map(|a| a.to_string())),
+                Flow::Continue => (0, None),
+            }
+        };
+        assert_eq!(status("GET").0, 0);
+        assert_eq!(status("TRACE"), (405, Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into())));
+        assert_eq!(status("FOO").0, 501);
+        assert_eq!(status(&"X".repeat(70000)).0, 501);
     }
 }
