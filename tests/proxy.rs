@@ -186,7 +186,28 @@ upstream = "api"
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     assert!(resp.contains("no_route"), "{resp}");
     assert_eq!(backend.hits("/debug/stats").await, before + 1, "the climbing request reached /debug/stats");
-    // Reserved escapes stay escaped.
+    // Other reserved escapes stay escaped.
+    let resp = raw_get(&gw.addr(), "/debug/echo/public/a%3Bb").await;
+    assert!(resp.contains("\"raw_path\":\"/debug/echo/public/a%3Bb\""), "{resp}");
+    // An encoded `/` or `\` is refused by default: a backend that decodes it before resolving
+    // dot segments would reach another path than the one routed.
+    let before = backend.total_hits().await;
+    for raw in ["/debug/echo/public/..%2f..%2fstats", "/debug/echo/public/a%2Fb", "/debug/echo/public/..%5C..%5Cstats"] {
+        let resp = raw_get(&gw.addr(), raw).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{raw}: {resp}");
+        assert!(resp.contains("\"code\":\"bad_request\"") && resp.contains("encoded"), "{raw}: {resp}");
+    }
+    assert_eq!(backend.total_hits().await, before, "none reached the backend");
+    drop(gw);
+    // "decode": decoded before dot segments, so routed as the backend would resolve it
+    let gw = Gateway::start_with(&config_for(&backend.addr(), routes), "encoded_slash = \"decode\"", &[]);
+    let resp = raw_get(&gw.addr(), "/debug/echo/public/x%2f..%2fy").await;
+    assert!(resp.contains("\"raw_path\":\"/debug/echo/public/y\""), "{resp}");
+    let resp = raw_get(&gw.addr(), "/debug/echo/public/..%2f..%2fstats").await;
+    assert!(resp.starts_with("HTTP/1.1 404") && resp.contains("no_route"), "{resp}");
+    drop(gw);
+    // "keep": an opaque part of its segment, as before
+    let gw = Gateway::start_with(&config_for(&backend.addr(), routes), "encoded_slash = \"keep\"", &[]);
     let resp = raw_get(&gw.addr(), "/debug/echo/public/a%2Fb").await;
     assert!(resp.contains("\"raw_path\":\"/debug/echo/public/a%2Fb\""), "{resp}");
 }

@@ -22,7 +22,7 @@ use crate::policy::pagination::{Excess, Pagination};
 use crate::policy::ratelimit::{KeySource, OnMissing, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::timeout::Timeouts;
-use crate::routing::normalize::normalize;
+use crate::routing::normalize::{normalize, EncodedSlash};
 use crate::routing::template::{PathTemplate, TemplateError};
 use crate::routing::{Matcher, PathMatch};
 use ipnet::IpNet;
@@ -213,6 +213,7 @@ fn compile_server(
         remove_request_headers: _,
         forwarded: _,
         methods,
+        encoded_slash,
     } = server;
     let d = ServerLimits::default();
     let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
@@ -232,6 +233,14 @@ fn compile_server(
         access_log: access_log.is_none_or(Spanned::into_inner),
         methods: d.methods.clone(),
         allow: d.allow.clone(),
+        encoded_slash: match encoded_slash.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
+            None | Some((_, "reject")) => EncodedSlash::Reject,
+            Some((_, "decode")) => EncodedSlash::Decode,
+            Some((_, "keep")) => EncodedSlash::Keep,
+            Some((span, other)) => cx
+                .error(span, format!("unknown `encoded_slash` {other:?}"), "\"reject\" (400), \"decode\" (to `/`, before dot segments) or \"keep\"")
+                .unwrap_or_default(),
+        },
     };
     let mut limits = limits;
     if let Some(list) = methods {

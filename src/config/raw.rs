@@ -74,6 +74,8 @@ pub struct RawServer {
     /// built-in ones that make frameworks rewrite the target (`X-Original-URL`...).
     #[serde(default)]
     pub remove_request_headers: Vec<Spanned<String>>,
+    /// `"reject"` (default), `"decode"` or `"keep"` a `%2F`/`%5C` in a path.
+    pub encoded_slash: Option<Spanned<String>>,
     /// Methods any route may see (default: the ones FastAPI serves, no TRACE or CONNECT).
     pub methods: Option<Vec<Spanned<String>>>,
     /// Which forwarding fields the backend gets: `"x-forwarded"` (default), `"rfc7239"`

@@ -33,6 +33,7 @@ pub struct ServerLimits {
     pub methods: Vec<Method>,
     /// `methods` as an `Allow` value.
     pub allow: String,
+    pub encoded_slash: crate::routing::normalize::EncodedSlash,
 }
 
 impl ServerLimits {
@@ -52,6 +53,7 @@ impl Default for ServerLimits {
             access_log: true,
             methods: DEFAULT_METHODS.to_vec(),
             allow: ServerLimits::allow_value(&DEFAULT_METHODS),
+            encoded_slash: Default::default(),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::app::App;
 use crate::cache;
 use crate::policy::{forwarding, Cut, Directives, Exchange, Flow, Policy};
 use crate::problem::{self, GatewayError, Problem};
-use crate::routing::{normalize::normalize, request_host};
+use crate::routing::{normalize::{normalize_with, PathError}, request_host};
 use crate::telemetry::outcome::{self, Finished, Sinks};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -152,7 +152,11 @@ impl ProxyHttp for Gateway {
             Flow::Respond(err) => Decision::Rejected { err, route: None },
             Flow::Continue => {
                 let req = session.req_header();
-                match normalize(req.uri.path()) {
+                match normalize_with(req.uri.path(), rt.limits.encoded_slash) {
+                    Err(PathError::EncodedSlash) => {
+                        let detail = "an encoded `/` or `\\` (%2F, %5C) in the path is refused: a backend that decodes it would see another path than the one routed";
+                        Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None }
+                    }
                     Err(e) => {
                         d.close = true;
                         let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));

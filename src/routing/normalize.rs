@@ -15,18 +15,38 @@ pub enum PathError {
     NotOriginForm,
     /// A `%` not followed by two hex digits.
     BadEscape,
+    /// `%2F` or `%5C` under `encoded_slash = "reject"`.
+    EncodedSlash,
+}
+
+/// What an encoded `/` (`%2F`) or `\` (`%5C`) in a path does (`[server] encoded_slash`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EncodedSlash {
+    /// 400: a backend or middleware that decodes it before resolving dot segments would reach
+    /// another path than the one routed (`/api/..%2fadmin`).
+    #[default]
+    Reject,
+    /// Decoded to `/` before dot segments are resolved: routed as the backend will see it.
+    Decode,
+    /// Kept encoded (upper-cased), as an opaque part of its segment.
+    Keep,
 }
 
 /// The normalized form of `path` (without query). Borrows when nothing changes, which is the
 /// common case, so the hot path does not allocate.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    normalize_with(path, EncodedSlash::Keep)
+}
+
+/// `normalize` with a choice for encoded slashes: what the proxy routes requests with.
+pub fn normalize_with(path: &str, slash: EncodedSlash) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotOriginForm);
     }
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(path)?;
+    let decoded = decode_unreserved(path, slash)?;
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
@@ -39,7 +59,7 @@ fn is_normal(path: &str) -> bool {
         && !path.ends_with("/..")
 }
 
-fn decode_unreserved(path: &str) -> Result<String, PathError> {
+fn decode_unreserved(path: &str, slash: EncodedSlash) -> Result<String, PathError> {
     let b = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
@@ -51,6 +71,10 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             let byte = (hi * 16 + lo) as u8;
             if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
                 out.push(byte as char);
+            } else if matches!(byte, b'/' | b'\\') && slash == EncodedSlash::Reject {
+                return Err(PathError::EncodedSlash);
+            } else if matches!(byte, b'/' | b'\\') && slash == EncodedSlash::Decode {
+                out.push('/');
             } else {
                 out.push('%');
                 out.push(hex[0].to_ascii_uppercase() as char);
@@ -144,5 +168,17 @@ mod tests {
         assert_eq!(normalize("/bad%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/bad%2"), Err(PathError::BadEscape));
         assert_eq!(normalize("*"), Err(PathError::NotOriginForm));
+    }
+
+    #[test]
+    fn encoded_slashes_rejected_decoded_or_kept() {
+        let with = |p, s| normalize_with(p, s).map(Cow::into_owned);
+        assert_eq!(with("/api/..%2fadmin", EncodedSlash::Reject), Err(PathError::EncodedSlash));
+        assert_eq!(with("/api/..%5Cadmin", EncodedSlash::Reject), Err(PathError::EncodedSlash));
+        // decoded before dot segments: routed as a decoding backend resolves it
+        assert_eq!(with("/api/..%2fadmin", EncodedSlash::Decode).unwrap(), "/admin");
+        assert_eq!(with("/a%5cb", EncodedSlash::Decode).unwrap(), "/a/b");
+        assert_eq!(with("/api/..%2fadmin", EncodedSlash::Keep).unwrap(), "/api/..%2Fadmin");
+        assert_eq!(with("/api/%6darket", EncodedSlash::Reject).unwrap(), "/api/market");
     }
 }
