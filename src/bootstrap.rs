@@ -224,10 +224,9 @@ impl BackgroundService for Drain {
         let started = Instant::now();
         let grace = self.app.settings.shutdown_grace;
         tracing::info!(in_flight = self.app.in_flight(), grace_s = grace.as_secs(), "draining");
-        // Done when nothing has been in flight for a quiet window: a connection accepted just
-        // before the signal counts only once its request is read, which on a busy machine can
-        // take tens of milliseconds (a 50 ms pause once dropped one in a few thousand requests
-        // during an upgrade).
+        // Done when nothing has been in flight for a quiet window: a request accepted just
+        // before the signal counts only once its head is read, which on a busy machine can
+        // take tens of milliseconds.
         let mut quiet_since = Instant::now();
         while started.elapsed() < grace {
             if self.app.in_flight() > 0 {

@@ -113,3 +113,19 @@ async fn idle_keys_are_evicted_and_counted() {
     // an evicted key starts again with a full budget; a kept one remembers
     assert_eq!(status(&c, &gw, Some("a")).await.headers()["ratelimit"].to_str().unwrap().split(';').nth(1), Some("r=3"));
 }
+
+#[tokio::test]
+async fn a_key_spelled_differently_is_the_same_client() {
+    let backend = Backend::start();
+    let limit = "rate_limit = [{ rate = \"1/h\", burst = 1, key = \"query:api_key\" }]";
+    let gw = Gateway::start(&config_for(&backend.addr(), &route(limit)));
+    let c = reqwest::Client::new();
+    let get = |q: &str| c.get(gw.url(&format!("/api/market/AAPL?{q}"))).send();
+    assert_eq!(get("api_key=abc").await.unwrap().status(), 200);
+    // FastAPI reads each of these as `abc`: so does the limit
+    for q in ["api_key=%61bc", "api_key=a%62c", "api%5Fkey=abc", "api_key=other&api_key=abc"] {
+        assert_eq!(get(q).await.unwrap().status(), 429, "{q}");
+    }
+    // and the first of two is not the one that counts (the backend reads the last)
+    assert_eq!(get("api_key=abc&api_key=fresh").await.unwrap().status(), 200);
+}

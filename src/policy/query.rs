@@ -3,6 +3,7 @@
 //! parameters these policies read are numbers and field lists, which need no decoding.
 
 use http::Uri;
+use std::borrow::Cow;
 use pingora::http::RequestHeader;
 
 /// The value of the last `name=` in `query`: a backend (Starlette) reads the last one too.
@@ -13,6 +14,42 @@ pub fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             (k == name).then_some(v)
         })
+}
+
+/// `%XX` escapes decoded (and `+` as a space when `plus`), as Starlette decodes query strings
+/// (`parse_qsl`) and path parameters; invalid UTF-8 is replaced, a malformed escape kept as is.
+pub fn decode(s: &str, plus: bool) -> Cow<'_, str> {
+    if !(s.contains('%') || plus && s.contains('+')) {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else if plus && b[i] == b'+' {
+            out.push(b' ');
+            i += 1;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The value of parameter `name` as the backend reads it: names and values decoded, the last
+/// occurrence winning (Starlette's `QueryParams`). A client cannot be two keys by spelling.
+pub fn param_decoded<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    query?.rsplit('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (decode(k, true) == name).then(|| decode(v, true))
+    })
 }
 
 /// `query` with every `name=` removed and, when `value` is given, one `name=value` appended.
@@ -65,5 +102,18 @@ mod tests {
         assert_eq!(up.uri.to_string(), "/api/items?x=1");
         set_param(&mut up, "x", None).unwrap();
         assert_eq!(up.uri.to_string(), "/api/items");
+    }
+
+    #[test]
+    fn decoded_as_the_backend_reads_them() {
+        for q in ["api_key=abc", "api_key=%61bc", "api_key=a%62c", "api%5Fkey=abc", "api_key=x&api_key=abc"] {
+            assert_eq!(param_decoded(Some(q), "api_key").as_deref(), Some("abc"), "{q}");
+        }
+        assert_eq!(decode("a+b%20c", true), "a b c");
+        assert_eq!(decode("a+b", false), "a+b");
+        assert_eq!(decode("100%", true), "100%");
+        assert_eq!(decode("%zz%4", true), "%zz%4");
+        assert_eq!(decode("%C3%A9", false), "é");
+        assert_eq!(decode("%FF", false), "\u{FFFD}");
     }
 }

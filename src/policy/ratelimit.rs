@@ -13,7 +13,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::routing::template::Params;
-use super::{Directives, Exchange, Flow, Policy};
+use super::{query, Directives, Exchange, Flow, Policy};
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use governor::clock::{Clock, DefaultClock};
@@ -300,22 +300,28 @@ fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<LimitKey> {
     match source {
         KeySource::Route => Some(LimitKey::Shared),
         KeySource::ClientIp => req.client_ip.map(LimitKey::Ip),
+        // Each key in the form the backend reads it (Starlette), so that one client cannot be
+        // several by spelling its key differently: the first header value; the last cookie of
+        // the name, unquoted; the last query parameter of the name, decoded; path parameters
+        // decoded.
         KeySource::Header(name) => req
             .headers
             .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
             .filter(|v| !v.is_empty())
-            .map(|v| text(&String::from_utf8_lossy(v.as_bytes()))),
-        KeySource::Cookie(name) => req.headers.get_all(COOKIE).iter().find_map(|v| {
-            v.to_str().ok()?.split(';').find_map(|pair| {
+            .map(|v| LimitKey::Text(v.into())),
+        KeySource::Cookie(name) => req.headers.get_all(COOKIE).iter().rev().find_map(|v| {
+            v.to_str().ok()?.rsplit(';').find_map(|pair| {
                 let (k, val) = pair.trim().split_once('=')?;
-                (k == name && !val.is_empty()).then(|| text(val))
+                let val = val.trim();
+                let val = val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(val);
+                (k.trim() == name && !val.is_empty()).then(|| text(val))
             })
         }),
-        KeySource::Query(name) => req.query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name && !v.is_empty()).then(|| text(v))
-        }),
-        KeySource::Path(name) => req.params.get(req.path, name).filter(|v| !v.is_empty()).map(text),
+        KeySource::Query(name) => query::param_decoded(req.query, name).filter(|v| !v.is_empty()).map(|v| text(&v)),
+        KeySource::Path(name) => {
+            req.params.get(req.path, name).filter(|v| !v.is_empty()).map(|v| text(&query::decode(v, false)))
+        }
     }
 }
 
@@ -451,6 +457,18 @@ mod tests {
         assert_eq!(extract_key(&KeySource::Cookie("session".into()), &view), Some(LimitKey::Text("abc".into())));
         assert_eq!(extract_key(&KeySource::Query("token".into()), &view), Some(LimitKey::Text("t9".into())));
         assert_eq!(extract_key(&KeySource::Query("nope".into()), &view), None);
+        // one client, however it spells its key
+        let key = |q: &'static str| {
+            let view = RequestView { client_ip: None, headers: &h, query: Some(q), path: "/", params: &NO_PARAMS };
+            extract_key(&KeySource::Query("api_key".into()), &view)
+        };
+        for q in ["api_key=abc", "api_key=%61bc", "api_key=a%62c", "api_key=zzz&api_key=abc"] {
+            assert_eq!(key(q), Some(LimitKey::Text("abc".into())), "{q}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("session=old; session=\"abc\""));
+        let view = RequestView { client_ip: None, headers: &h, query: None, path: "/", params: &NO_PARAMS };
+        assert_eq!(extract_key(&KeySource::Cookie("session".into()), &view), Some(LimitKey::Text("abc".into())));
     }
 
 }
