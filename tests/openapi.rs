@@ -20,6 +20,19 @@ fn generated(backend: &Backend) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `init`'s file as it was written, on the ports the harness chose.
+fn run_generated(text: &str) -> Gateway {
+    Gateway::start_file(
+        |port, admin| {
+            text.replace(
+                "listen = \"0.0.0.0:8080\"",
+                &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"1s\""),
+            )
+        },
+        &[],
+    )
+}
+
 /// Four reads of `path`: pooled and new connections, anonymous and with a token.
 async fn reads(gw: &Gateway, pooled: &reqwest::Client, path: &str) -> Vec<(u16, Value, String)> {
     let mut out = Vec::new();
@@ -62,15 +75,7 @@ async fn init_writes_a_file_that_runs_the_backend_and_keeps_reads_after_writes()
     assert!(text.contains("health_check = { path = \"/healthz\""), "{text}");
     assert!(text.contains("\"/api/v1/items/**\"") && text.contains("a router included twice"), "{text}");
 
-    let gw = Gateway::start_file(
-        |port, admin| {
-            text.replace(
-                "listen = \"0.0.0.0:8080\"",
-                &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"1s\""),
-            )
-        },
-        &[],
-    );
+    let gw = run_generated(&text);
     let c = reqwest::Client::new();
     // the backend's routes, answered as the backend answers them
     for p in ["/api/v1/items?limit=3", "/api/items/3", "/api/v1/categories", "/api/users/alice/profile"] {
@@ -282,15 +287,7 @@ async fn init_on_a_second_app_with_oauth2_page_numbers_and_a_stream() {
     assert!(author.contains("\"/v1/books/**\"") && author.contains("\"/v1/me/loans\""), "{author}");
     assert!(author.contains("cache = { ttl") && !author.contains("name = \"auth\""), "authors are not auth: {author}");
 
-    let gw = Gateway::start_file(
-        |port, admin| {
-            text.replace(
-                "listen = \"0.0.0.0:8080\"",
-                &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"1s\""),
-            )
-        },
-        &[],
-    );
+    let gw = run_generated(&text);
     let c = reqwest::Client::new();
     let r = c.post(gw.url("/auth/token")).json(&json!({"username": "librarian", "password": "secret"})).send().await.unwrap();
     let librarian = format!("Bearer {}", r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap());

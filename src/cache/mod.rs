@@ -277,10 +277,12 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
 }
 
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(COOKIE).iter().find_map(|v| {
-        v.to_str().ok()?.split(';').find_map(|pair| {
+    // as the backend reads it (Starlette): the last cookie of the name, trimmed, unquoted
+    headers.get_all(COOKIE).iter().rev().find_map(|v| {
+        v.to_str().ok()?.rsplit(';').find_map(|pair| {
             let (k, val) = pair.trim().split_once('=')?;
-            (k == name).then_some(val)
+            let val = val.trim();
+            (k.trim() == name).then(|| val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(val))
         })
     })
 }

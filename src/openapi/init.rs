@@ -4,6 +4,9 @@
 //! cached GETs whose responses embed an `Owner`).
 
 use super::{top_names, Document, Operation};
+use crate::routing::template::PathTemplate;
+use crate::routing::PathMatch;
+use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
@@ -58,24 +61,24 @@ fn literal_prefix(path: &str, segments: usize) -> String {
     path.split('/').filter(|s| !s.is_empty() && !s.starts_with('{')).take(segments).collect::<Vec<_>>().join("-")
 }
 
-fn params(path: &str) -> BTreeSet<&str> {
-    path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).map(|p| p.split(':').next().unwrap_or(p)).collect()
+fn params(path: &str) -> BTreeSet<String> {
+    PathTemplate::parse(path).map(|t| t.names().map(str::to_string).collect()).unwrap_or_default()
 }
 
-/// What `resource` invalidates for a write on `path` (`cache::invalidate::resource_root`):
-/// a template's literal part before its first parameter, or an exact path itself.
+/// What `resource` invalidates for a write on `path`: the route table's own rule
+/// (`cache::invalidate::resource_root`) for the template the route will have.
 fn resource_root(path: &str) -> String {
-    if !path.contains('{') {
-        return path.to_string();
-    }
-    let lits: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).take_while(|s| !s.starts_with('{')).collect();
-    format!("/{}", lits.join("/"))
+    let matcher = match PathTemplate::parse(path) {
+        Ok(t) if path.contains('{') => PathMatch::Template(Arc::new(t)),
+        _ => PathMatch::Exact(path.to_string()),
+    };
+    crate::cache::invalidate::resource_root(&matcher, path)
 }
 
 /// An invalidation pattern for cached GETs of `target` from a write on `writer`: the target's
 /// own parameters that the writer also has are kept; at the first one it lacks, the pattern
 /// becomes that subtree.
-fn pattern(target: &str, writer_params: &BTreeSet<&str>) -> String {
+fn pattern(target: &str, writer_params: &BTreeSet<String>) -> String {
     let mut out = String::new();
     for seg in target.split('/').filter(|s| !s.is_empty()) {
         match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -355,7 +358,7 @@ mod tests {
         };
         assert_eq!(function_name(&op("get_item_api_v1_items__item_id__get", "/api/v1/items/{item_id}")), "get_item");
         assert_eq!(function_name(&op("custom", "/x")), "custom");
-        let w: BTreeSet<&str> = ["user_id"].into();
+        let w: BTreeSet<String> = ["user_id".to_string()].into();
         assert_eq!(pattern("/api/items/{item_id}", &w), "/api/items/**");
         assert_eq!(pattern("/api/users/{user_id}/profile", &w), "/api/users/{user_id}/profile");
         assert_eq!(pattern("/api/items", &w), "/api/items");

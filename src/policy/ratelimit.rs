@@ -20,7 +20,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::ResponseHeader;
 use std::net::IpAddr;
@@ -310,14 +310,7 @@ fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<LimitKey> {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
             .filter(|v| !v.is_empty())
             .map(|v| LimitKey::Text(v.into())),
-        KeySource::Cookie(name) => req.headers.get_all(COOKIE).iter().rev().find_map(|v| {
-            v.to_str().ok()?.rsplit(';').find_map(|pair| {
-                let (k, val) = pair.trim().split_once('=')?;
-                let val = val.trim();
-                let val = val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(val);
-                (k.trim() == name && !val.is_empty()).then(|| text(val))
-            })
-        }),
+        KeySource::Cookie(name) => crate::cache::cookie_value(req.headers, name).filter(|v| !v.is_empty()).map(text),
         KeySource::Query(name) => query::param_decoded(req.query, name).filter(|v| !v.is_empty()).map(|v| text(&v)),
         KeySource::Path(name) => {
             req.params.get(req.path, name).filter(|v| !v.is_empty()).map(|v| text(&query::decode(v, false)))
@@ -383,6 +376,7 @@ impl Policy for RateLimits {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
 
     fn def(rate: &str, burst: u32, key: &str) -> RateLimitDef {
         let (count, per) = RateLimitDef::parse_rate(rate).unwrap();
