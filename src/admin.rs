@@ -1,9 +1,15 @@
 //! The admin listener (separate address, loopback by default):
 //! - `GET /healthz`  the process is alive; never looks at the backend.
-//! - `GET /readyz`   config loaded and every routed upstream has a healthy server.
+//! - `GET /readyz`   config loaded and every routed upstream has passed a health check.
 //! - `GET /metrics`  Prometheus text format.
-//! - `/admin/...`    the admin API, behind `server.admin_token` when one is set:
-//!   `GET /admin/config` (the compiled route table), `POST /admin/reload` (same as SIGHUP).
+//! - `GET /`, `/status.json`  the status page (the same figures as the metrics).
+//! - `/admin/...`    the admin API: `GET /admin/config` (the compiled route table),
+//!   `POST /admin/reload` (same as SIGHUP), `POST /admin/cache/purge`. With
+//!   `server.admin_token` set it needs that bearer token from every peer; without one, only
+//!   loopback peers reach it (and config refuses a non-loopback `admin_listen` without one).
+//!
+//! `server.probe_listen` serves the read-only views above and nothing under `/admin/`, so
+//! probes and scrapers can reach it off the host while the admin API stays on loopback.
 
 use crate::app::App;
 use crate::policy::forwarding::new_request_id;
@@ -18,12 +24,24 @@ use std::sync::Arc;
 
 pub struct Admin {
     app: Arc<App>,
+    /// The probe listener: read-only views only.
+    probes_only: bool,
 }
 
 impl Admin {
     pub fn new(app: Arc<App>) -> Self {
-        Admin { app }
+        Admin { app, probes_only: false }
     }
+
+    pub fn probes(app: Arc<App>) -> Self {
+        Admin { app, probes_only: true }
+    }
+}
+
+/// The views any peer that reaches the listener may read: they change nothing and show no
+/// more than the metrics do.
+fn read_only(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/" | "/status.json")
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -85,17 +103,29 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 }
 
 impl Admin {
-    fn authorized(&self, session: &ServerSession) -> bool {
+    /// The admin API's gate: the bearer token when one is set, else a loopback peer.
+    fn authorized(&self, session: &ServerSession) -> Result<(), GatewayError> {
         let runtime = self.app.runtime();
         let Some(token) = runtime.admin_token.as_deref() else {
-            return true;
+            let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+            return match peer {
+                Some(ip) if ip.is_loopback() => Ok(()),
+                _ => Err(GatewayError::new(
+                    Problem::Forbidden,
+                    "without server.admin_token the admin API answers loopback peers only",
+                )),
+            };
         };
-        session
+        let given = session
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|given| token_matches(given, token.as_bytes()))
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if given.is_some_and(|given| token_matches(given, token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(GatewayError::new(Problem::Unauthorized, "admin API needs `Authorization: Bearer <server.admin_token>`"))
+        }
     }
 
     fn readiness(&self) -> Response<Vec<u8>> {
@@ -274,6 +304,15 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if !read_only(&path) {
+            if self.probes_only {
+                let detail = format!("no endpoint {path} here: the probe listener serves /healthz, /readyz, /metrics and the status page");
+                return problem_response(GatewayError::new(Problem::NotFound, detail));
+            }
+            if let Err(e) = self.authorized(session) {
+                return problem_response(e);
+            }
+        }
         let body = match read_body(session, MAX_ADMIN_BODY).await {
             Ok(b) => b,
             Err(resp) => return resp,
@@ -289,10 +328,6 @@ impl ServeHttp for Admin {
             (&Method::GET | &Method::HEAD, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => self.metrics(),
-            (_, p) if p.starts_with("/admin/") && !self.authorized(session) => problem_response(GatewayError::new(
-                Problem::Unauthorized,
-                "admin API needs `Authorization: Bearer <server.admin_token>`",
-            )),
             (&Method::GET, "/admin/config") => self.config_table(),
             (&Method::POST, "/admin/cache/purge") => self.purge(&body).await,
             (&Method::POST, "/admin/reload") => match reload::reload(&self.app) {

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::app::App;
+use crate::proxy::conn::Edge;
 use crate::proxy::Gateway;
 use crate::reload;
 use async_trait::async_trait;
@@ -29,10 +30,33 @@ pub fn guard_sighup() {
     }
 }
 
+/// A listening address fastgate cannot have.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (server.{key}): {source}")]
+pub struct ListenError {
+    key: &'static str,
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
+}
+
+/// Binds each address once and lets it go, so a taken port stops start-up at once with one
+/// line: pingora, given a taken address, retries for 30 s, panics, and leaves a live process
+/// with no listener.
+fn check_addresses(s: &crate::config::Settings) -> Result<(), ListenError> {
+    let probe = s.probe_listen.map(|a| ("probe_listen", a));
+    for (key, addr) in [("listen", s.listen), ("admin_listen", s.admin_listen)].into_iter().chain(probe) {
+        std::net::TcpListener::bind(addr).map_err(|source| ListenError { key, addr, source })?;
+    }
+    Ok(())
+}
+
 /// Runs the gateway until it is told to stop. With `upgrade`, the listening sockets come from
 /// the running fastgate that receives SIGQUIT (over `server.upgrade_sock`), not from `bind`.
-pub fn run(app: Arc<App>, upgrade: bool) {
+pub fn run(app: Arc<App>, upgrade: bool) -> Result<(), ListenError> {
     let s = &app.settings;
+    if !upgrade {
+        check_addresses(s)?;
+    }
     let conf = ServerConf {
         threads: s.threads,
         // Upper bound only: the drain watcher exits as soon as in-flight requests are done,
@@ -50,7 +74,8 @@ pub fn run(app: Arc<App>, upgrade: bool) {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(app.clone()), "fastgate proxy");
+    let http = pingora::proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
+    let mut proxy = Service::new("fastgate proxy".to_string(), Edge::new(http, app.clone()));
     proxy.add_tcp(&s.listen.to_string());
 
     let mut admin = Service::new("fastgate admin".to_string(), Admin::new(app.clone()));
@@ -58,6 +83,11 @@ pub fn run(app: Arc<App>, upgrade: bool) {
 
     server.add_service(proxy);
     server.add_service(admin);
+    if let Some(addr) = s.probe_listen {
+        let mut probes = Service::new("fastgate probes".to_string(), Admin::probes(app.clone()));
+        probes.add_tcp(&addr.to_string());
+        server.add_service(probes);
+    }
     server.add_service(background_service("health checks", HealthChecks { app: app.clone() }));
     server.add_service(background_service("drain", Drain { app: app.clone() }));
     server.add_service(background_service("maintenance", Maintenance { app: app.clone() }));
@@ -68,6 +98,7 @@ pub fn run(app: Arc<App>, upgrade: bool) {
     tracing::info!(
         listen = %s.listen,
         admin = %s.admin_listen,
+        probes = ?s.probe_listen,
         config = %app.config_path.display(),
         hash = %app.runtime().hash,
         "fastgate starting"
@@ -75,6 +106,7 @@ pub fn run(app: Arc<App>, upgrade: bool) {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { app }),
     });
+    Ok(())
 }
 
 /// Runs each upstream's health checks when due, over the config in force.

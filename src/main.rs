@@ -141,8 +141,13 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache), upgrade);
-    ExitCode::SUCCESS
+    match bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache), upgrade) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fastgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> ExitCode {

@@ -43,6 +43,10 @@ pub enum Problem {
     BadFieldSelector,
     /// A method the gateway does not know (or takes for a mistake): RFC 9110 15.6.2.
     NotImplemented,
+    /// A route with `action = "deny"` (403 form; the 404 form answers `NotFound`).
+    Forbidden,
+    /// `server.max_connections` or `max_connections_per_client` reached.
+    TooManyConnections,
 }
 
 impl Problem {
@@ -50,6 +54,7 @@ impl Problem {
         match self {
             Problem::BadRequest | Problem::KeyMissing | Problem::PaginationLimit | Problem::BadFieldSelector => 400,
             Problem::Unauthorized | Problem::KeyRequired => 401,
+            Problem::Forbidden => 403,
             Problem::NoRoute | Problem::NotFound => 404,
             Problem::MethodNotAllowed => 405,
             Problem::RequestTimeout => 408,
@@ -61,7 +66,7 @@ impl Problem {
             Problem::Internal => 500,
             Problem::NotImplemented => 501,
             Problem::UpstreamFailed | Problem::UpstreamUnreachable | Problem::ResponseTooLarge => 502,
-            Problem::NoHealthyUpstream | Problem::Overloaded => 503,
+            Problem::NoHealthyUpstream | Problem::Overloaded | Problem::TooManyConnections => 503,
             Problem::UpstreamTimeout | Problem::NotCached => 504,
         }
     }
@@ -92,6 +97,8 @@ impl Problem {
             Problem::PaginationLimit => "pagination_limit",
             Problem::BadFieldSelector => "bad_field_selector",
             Problem::NotImplemented => "not_implemented",
+            Problem::Forbidden => "forbidden",
+            Problem::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -120,6 +127,8 @@ impl Problem {
             Problem::PaginationLimit => "Page outside this route's limits",
             Problem::BadFieldSelector => "Malformed field selector",
             Problem::NotImplemented => "Method not implemented",
+            Problem::Forbidden => "Forbidden",
+            Problem::TooManyConnections => "Too many connections",
         }
     }
 }
@@ -230,6 +239,28 @@ pub fn http_response(
         resp.headers_mut().insert(k.clone(), v.clone());
     }
     resp
+}
+
+/// `err` as a whole HTTP/1.1 message that closes the connection, for answers written to a
+/// socket before any HTTP session exists (a connection refused, a head that never completed).
+pub fn http1_bytes(err: &GatewayError, request_id: &str) -> Vec<u8> {
+    let (header, body) = render_with(err, request_id, None);
+    let status = header.status;
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in header.headers.iter() {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(&body);
+    out
 }
 
 fn render_with(

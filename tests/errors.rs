@@ -144,14 +144,19 @@ async fn methods_outside_the_server_list_never_reach_the_backend() {
     assert!(resp.to_ascii_lowercase().contains("\r\nallow: get, head, post, put, patch, delete, options\r\n"), "{resp}");
     assert_eq!(problem_body(&resp)["code"], "method_not_allowed");
     assert!(!resp.contains("secret"), "nothing of the request is echoed: {resp}");
-    // a made-up method, and a 64 KiB one: 501, the connection closed
-    for method in ["BREW".to_string(), "X".repeat(64 * 1024)] {
+    // a made-up method: 501, the connection closed; a 4 KiB one too, reported by its length
+    for method in ["BREW".to_string(), "X".repeat(4 * 1024)] {
         let resp = raw(&gw.addr(), &format!("{method} /debug/echo HTTP/1.1\r\nHost: t\r\n\r\n")).await;
         assert!(resp.starts_with("HTTP/1.1 501"), "{}", &resp[..resp.len().min(300)]);
         let v = problem_body(&resp);
         assert_eq!(v["code"], "not_implemented");
         assert!(v["detail"].as_str().unwrap().len() < 200, "the method is not echoed back whole");
     }
+    // a 64 KiB method makes the head larger than any head the limits allow: 431 before parsing
+    let resp = raw(&gw.addr(), &format!("{} /debug/echo HTTP/1.1\r\nHost: t\r\n\r\n", "X".repeat(64 * 1024))).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{}", &resp[..resp.len().min(300)]);
+    assert_eq!(problem_body(&resp)["code"], "headers_too_large");
+    assert!(resp.len() < 2048, "the method is not echoed back");
     assert_eq!(backend.total_hits().await, before, "none reached the backend");
     // a server may allow more
     let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "methods = [\"GET\", \"PROPFIND\"]", &[]);

@@ -479,7 +479,10 @@ async fn admin_endpoints() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["routes"][0]["name"], "all");
 
+    // an unknown path is behind the token too: no endpoint list for whoever reaches the port
     let r = c.get(gw.admin_url("/nope")).send().await.unwrap();
+    assert_problem(r, 401, "unauthorized").await;
+    let r = c.get(gw.admin_url("/nope")).bearer_auth("t0k3n").send().await.unwrap();
     assert_problem(r, 404, "not_found").await;
 
     c.get(gw.url("/api/market/AAPL")).send().await.unwrap();

@@ -208,6 +208,10 @@ fn compile_server(
         max_header_bytes,
         client_body_timeout,
         keepalive_timeout,
+        header_timeout,
+        max_connections,
+        max_connections_per_client,
+        probe_listen,
         upgrade_sock,
         access_log,
         remove_request_headers: _,
@@ -230,6 +234,9 @@ fn compile_server(
         max_header_bytes: at_least_one(cx, size(max_header_bytes).as_ref(), "max_header_bytes", d.max_header_bytes),
         client_body_timeout: positive(cx, client_body_timeout.as_ref(), "client_body_timeout", d.client_body_timeout),
         keepalive_timeout: positive(cx, keepalive_timeout.as_ref(), "keepalive_timeout", d.keepalive_timeout),
+        header_timeout: positive(cx, header_timeout.as_ref(), "header_timeout", d.header_timeout),
+        max_connections: at_least_one(cx, max_connections.as_ref(), "max_connections", d.max_connections),
+        max_connections_per_client: at_least_one(cx, max_connections_per_client.as_ref(), "max_connections_per_client", d.max_connections_per_client),
         access_log: access_log.is_none_or(Spanned::into_inner),
         methods: d.methods.clone(),
         allow: d.allow.clone(),
@@ -261,6 +268,7 @@ fn compile_server(
         limits.methods = parsed;
     }
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_LISTEN, "listen");
+    let admin_listen_span = admin_listen.as_ref().map(Spanned::span);
     let admin_listen = parse_addr(cx, admin_listen.as_ref(), DEFAULT_ADMIN_LISTEN, "admin_listen");
     let threads = match threads {
         Some(t) if *t.get_ref() == 0 => cx.error(t.span(), "`threads` must be at least 1", "threads = 1 serves well on one core; use the number of cores at most"),
@@ -282,10 +290,25 @@ fn compile_server(
         }
     }
     let admin_token = admin_token.map(|t| t.into_inner().0).filter(|t| !t.is_empty());
-    let settings = match (listen, admin_listen, threads) {
-        (Some(listen), Some(admin_listen), Some(threads)) => Some(Settings {
+    if let (Some(addr), None) = (admin_listen, &admin_token)
+        && !addr.ip().is_loopback()
+    {
+        let span = admin_listen_span.unwrap_or(0..0);
+        cx.error::<()>(
+            span,
+            format!("the admin API would listen on {addr}, off loopback, with no `admin_token`: anyone who reaches it could reload the config and purge the cache"),
+            "keep admin_listen on 127.0.0.1 and serve probes and metrics with probe_listen = \"0.0.0.0:9091\", or set admin_token (e.g. \"${FASTGATE_ADMIN_TOKEN}\")",
+        );
+    }
+    let probe_listen = match &probe_listen {
+        Some(v) => parse_addr(cx, Some(v), "", "probe_listen").map(Some),
+        None => Some(None),
+    };
+    let settings = match (listen, admin_listen, threads, probe_listen) {
+        (Some(listen), Some(admin_listen), Some(threads), Some(probe_listen)) => Some(Settings {
             listen,
             admin_listen,
+            probe_listen,
             threads,
             shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.get_ref().0),
             upgrade_sock: upgrade_sock.map_or_else(|| DEFAULT_UPGRADE_SOCK.to_string(), |s| s.into_inner().0),

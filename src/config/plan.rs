@@ -37,6 +37,8 @@ pub struct Plan {
 pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Serves only the probes and metrics, so they can be public while the admin API is not.
+    pub probe_listen: Option<SocketAddr>,
     pub threads: usize,
     pub shutdown_grace: Duration,
     /// The Unix socket a graceful upgrade (SIGQUIT, `run --upgrade`) passes listeners over.

@@ -65,6 +65,15 @@ pub struct RawServer {
     pub client_body_timeout: Option<Spanned<Dur>>,
     /// How long an idle client keep-alive connection stays open.
     pub keepalive_timeout: Option<Spanned<Dur>>,
+    /// Deadline for a whole request head -> 408, closed.
+    pub header_timeout: Option<Spanned<Dur>>,
+    /// Client connections open at once -> 503, closed.
+    pub max_connections: Option<Spanned<usize>>,
+    /// Client connections open at once from one untrusted address -> 503, closed.
+    pub max_connections_per_client: Option<Spanned<usize>>,
+    /// A second admin address serving only `/healthz`, `/readyz` and `/metrics`, for probes
+    /// and scrapers off the host while the admin API stays on loopback.
+    pub probe_listen: Option<Spanned<EnvString>>,
     /// Where a new process started with `run --upgrade` waits for the listening sockets that
     /// this one hands over on SIGQUIT.
     pub upgrade_sock: Option<Spanned<EnvString>>,

@@ -28,6 +28,14 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     pub client_body_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// The whole request head must arrive within this, counted from the connection's accept
+    /// (first request) or from the request's first byte (later ones): 408, closed.
+    pub header_timeout: Duration,
+    /// Client connections open at once on the proxy listener; more are answered 503, closed.
+    pub max_connections: usize,
+    /// Connections open at once from one untrusted peer address (trusted proxies are exempt:
+    /// every client behind them shares their address).
+    pub max_connections_per_client: usize,
     pub access_log: bool,
     /// Methods any route may see; others are refused before routing.
     pub methods: Vec<Method>,
@@ -50,6 +58,9 @@ impl Default for ServerLimits {
             max_header_bytes: 32 * 1024,
             client_body_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_client: 256,
             access_log: true,
             methods: DEFAULT_METHODS.to_vec(),
             allow: ServerLimits::allow_value(&DEFAULT_METHODS),

@@ -23,6 +23,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod conn;
 pub mod ctx;
 pub mod respond;
 
@@ -375,6 +376,10 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         resp.insert_header(problem::REQUEST_ID_HEADER, ctx.core.request_id.as_str())?;
+        if session.is_process_shutting_down() {
+            // draining: the client learns from this response not to send another here
+            session.set_keepalive(None);
+        }
         let Some(route) = ctx.decision.route() else { return Ok(()) };
         route.policies.decorate(resp, &ctx.record.states);
         let mut d = Directives::default();

@@ -14,6 +14,9 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) ->
         route.policies.decorate(&mut header, &ctx.record.states);
     }
     note(ctx, err);
+    if session.is_process_shutting_down() {
+        session.set_keepalive(None);
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(header), head_only).await?;
     if !head_only {

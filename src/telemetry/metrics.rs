@@ -60,6 +60,8 @@ pub struct Metrics {
     upstream_active: IntGaugeVec,
     compression_bytes: IntCounterVec,
     slow: IntCounterVec,
+    connections_open: IntGauge,
+    connections_refused: IntCounterVec,
 }
 
 /// Body sizes: 64 B to 16 MiB, by powers of four.
@@ -121,6 +123,16 @@ impl Metrics {
             "Spans whose OTLP export failed (collector unreachable or refusing).",
         )?;
         registry.register(Box::new(otlp_dropped.clone()))?;
+        let connections_open = IntGauge::new("fastgate_connections_open", "Client connections open on the proxy listener.")?;
+        registry.register(Box::new(connections_open.clone()))?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "fastgate_connections_refused_total",
+                "Client connections closed before a request reached the proxy, by reason (max_connections, max_connections_per_client, header_timeout, malformed_head, head_too_large).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         let cache_results = IntCounterVec::new(
             Opts::new("fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS)."),
             &["route", "result"],
@@ -226,6 +238,8 @@ impl Metrics {
             upstream_active,
             compression_bytes,
             slow,
+            connections_open,
+            connections_refused,
         })
     }
 
@@ -330,6 +344,18 @@ impl Metrics {
 
     pub fn otlp_export_failed(&self, spans: usize) {
         self.otlp_dropped.inc_by(spans as u64);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     pub fn set_rate_limit_keys(&self, n: usize) {
