@@ -33,6 +33,8 @@ pub struct App {
     /// Sliding window behind the status page (one minute, a snapshot every 10 s).
     pub status: crate::telemetry::status::StatusWindow,
     in_flight: AtomicI64,
+    /// New connections whose first request is being read or served (`track_connection`).
+    connecting: AtomicI64,
     started: std::time::Instant,
     warmed: std::sync::atomic::AtomicBool,
     last_load: Mutex<LoadStatus>,
@@ -60,6 +62,7 @@ impl App {
             errors: Default::default(),
             status: crate::telemetry::status::StatusWindow::new(7),
             in_flight: AtomicI64::new(0),
+            connecting: AtomicI64::new(0),
             started: std::time::Instant::now(),
             warmed: std::sync::atomic::AtomicBool::new(false),
             last_load: Mutex::new(LoadStatus {
@@ -117,6 +120,18 @@ impl App {
         InFlight(self.clone())
     }
 
+    /// Counts a new connection until the guard drops: a drain waits for it too, so a client
+    /// that connected just before the signal still gets its answer.
+    pub fn track_connection(self: &Arc<Self>) -> Connecting {
+        self.connecting.fetch_add(1, Ordering::AcqRel);
+        Connecting(self.clone())
+    }
+
+    /// Requests in flight plus new connections still reading or serving their first request.
+    pub fn busy(&self) -> i64 {
+        self.in_flight() + self.connecting.load(Ordering::Acquire)
+    }
+
     /// Readiness waits for the first cache-warming round, but never longer than
     /// `[cache] warm_ready_timeout`.
     pub fn warm_done(&self) -> bool {
@@ -140,6 +155,15 @@ impl App {
 
 #[must_use]
 pub struct InFlight(Arc<App>);
+
+#[must_use]
+pub struct Connecting(Arc<App>);
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

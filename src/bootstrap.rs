@@ -256,19 +256,19 @@ impl BackgroundService for Drain {
         let started = Instant::now();
         let grace = self.app.settings.shutdown_grace;
         tracing::info!(in_flight = self.app.in_flight(), grace_s = grace.as_secs(), "draining");
-        // Done when nothing has been in flight for a quiet window: a request accepted just
-        // before the signal counts only once its head is read, which on a busy machine can
-        // take tens of milliseconds.
+        // Done when nothing has been in flight for a quiet window. A new connection counts
+        // from its accept (until its first request is answered), the quiet window covers one
+        // accepted by the kernel but not yet by pingora's accept loop.
         let mut quiet_since = Instant::now();
         while started.elapsed() < grace {
-            if self.app.in_flight() > 0 {
+            if self.app.busy() > 0 {
                 quiet_since = Instant::now();
             } else if quiet_since.elapsed() >= DRAIN_QUIET {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let left = self.app.in_flight();
+        let left = self.app.busy();
         if left > 0 {
             tracing::warn!(in_flight = left, "grace period over; exiting with requests in flight");
         } else {

@@ -143,8 +143,13 @@ async fn heads_pingora_would_refuse_with_an_empty_400_are_problems() {
         many.extend_from_slice(format!("X-F{i}: 1\r\n").as_bytes());
     }
     many.extend_from_slice(b"\r\n");
-    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
+    let cases: [(&str, Vec<u8>, u16, &str); 11] = [
         ("a space in the target", b"GET /debug/echo a HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400, "bad_request"),
+        ("two Host fields", b"GET /debug/echo HTTP/1.1\r\nHost: t\r\nHost: evil\r\n\r\n".to_vec(), 400, "bad_request"),
+        ("two lengths", b"POST /debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(), 400, "bad_request"),
+        ("a signed length", b"POST /debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc".to_vec(), 400, "bad_request"),
+        ("chunked in HTTP/1.0", b"POST /debug/echo HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400, "bad_request"),
+        ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), 405, "method_not_allowed"),
         ("a field name with a space", b"GET /debug/echo HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n".to_vec(), 400, "bad_request"),
         ("a control byte in a value", b"GET /debug/echo HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n".to_vec(), 400, "bad_request"),
         ("not HTTP at all", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400, "bad_request"),
@@ -158,7 +163,7 @@ async fn heads_pingora_would_refuse_with_an_empty_400_are_problems() {
     }
     assert_eq!(backend.total_hits().await, before, "none reached the backend");
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, "fastgate_connections_refused_total{reason=\"malformed_head\"}"), Some(5.0), "{m}");
+    assert_eq!(metric_value(&m, "fastgate_connections_refused_total{reason=\"malformed_head\"}"), Some(10.0), "{m}");
 }
 
 #[tokio::test]

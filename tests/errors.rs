@@ -1,6 +1,6 @@
 //! The gateway's own answers as README's error table lists them, over raw sockets where the
 //! point is bytes: 400 `bad_request` (a bad `%` escape, a target that is not a path; an
-//! invalid `Content-Length` is pingora's own 400), 502 `upstream_failed` from a backend that answers garbage,
+//! invalid `Content-Length` is refused before pingora sees it, see edge.rs), 502 `upstream_failed` from a backend that answers garbage,
 //! `fastgate_upstream_errors_total{kind}`, request-id limits, and the hop-by-hop request fields
 //! (`Upgrade`, `Trailer`) that never reach the backend, and the server's method list (405 with
 //! `Allow`, 501 for a method it does not know).

@@ -265,9 +265,9 @@ async fn sigquit_hands_the_listeners_to_a_new_process_without_refusing_a_request
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // a new connection each time: the listener itself must never be missing
                 let mut answer = reqwest::Client::new().get(&url).send().await;
-                // pingora drops a connection still waiting for its request head when the old
-                // process stops (README, SIGQUIT): a GET closed without an answer is retried
-                // once, as browsers retry idempotent requests; it must then succeed
+                // A connection the old process accepted in its last instant, whose head had not
+                // arrived yet, was closed unanswered while pingora read heads (it drops them at
+                // shutdown). The connection layer now serves it: counted, and must not happen.
                 if answer.as_ref().is_err_and(|e| format!("{e:?}").contains("IncompleteMessage")) {
                     retried += 1;
                     answer = reqwest::Client::new().get(&url).send().await;
@@ -291,7 +291,7 @@ async fn sigquit_hands_the_listeners_to_a_new_process_without_refusing_a_request
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, retried, failed) = load.await.unwrap();
     assert!(failed.is_empty(), "{} failed of {}: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(3)]);
-    assert!(retried <= 2, "{retried} connections closed without an answer during the hand-over");
+    assert!(retried == 0, "{retried} connections closed without an answer during the hand-over");
     assert!(ok > 10, "{ok}");
     assert!(old.log().contains("listener sockets sent"), "{}", old.log());
     let new_log = std::fs::read_to_string(&log).unwrap();

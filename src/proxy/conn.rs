@@ -131,6 +131,11 @@ async fn read_head(stream: &mut Stream, limits: &ServerLimits, fresh: bool, shut
                 let err = GatewayError::new(Problem::BadRequest, format!("malformed request head: {why}"));
                 return Head::Refused(err, "malformed_head");
             }
+            Parsed::Connect => {
+                let err = GatewayError::new(Problem::MethodNotAllowed, format!("CONNECT is not served here; allowed: {}", limits.allow))
+                    .allow(limits.allow.clone());
+                return Head::Refused(err, "malformed_head");
+            }
             Parsed::TooManyFields => {
                 let err = GatewayError::new(Problem::HeadersTooLarge, format!("more than {MAX_FIELDS} header fields"));
                 return Head::Refused(err, "head_too_large");
@@ -156,28 +161,79 @@ enum Parsed {
     Complete,
     Partial,
     TooManyFields,
+    Connect,
     Invalid(&'static str),
 }
 
-/// The head in `buf`, checked with httparse as pingora will parse it. pingora percent-encodes
-/// a request target with spaces, quotes or angle brackets and tries again; those are refused
-/// here instead, as RFC 9112 3.2 and nginx do: no client that follows the RFC sends them.
+/// The head in `buf`, checked with httparse as pingora will parse it, and for the framing and
+/// authority faults pingora's `validate_request` refuses, so that every refusal is ours.
+/// pingora percent-encodes a request target with spaces, quotes or angle brackets and tries
+/// again; those are refused here instead, as RFC 9112 3.2 and nginx do.
 fn check(buf: &[u8]) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(_)) => Parsed::Complete,
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => Parsed::TooManyFields,
-        Err(e) => Parsed::Invalid(match e {
-            httparse::Error::Token => "invalid character in the request line",
-            httparse::Error::Version => "not an HTTP/1.x request line",
-            httparse::Error::HeaderName => "invalid header field name",
-            httparse::Error::HeaderValue => "invalid header field value",
-            httparse::Error::NewLine => "invalid line ending",
-            _ => "unparseable",
-        }),
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyFields,
+        Err(e) => {
+            return Parsed::Invalid(match e {
+                httparse::Error::Token => "invalid character in the request line",
+                httparse::Error::Version => "not an HTTP/1.x request line",
+                httparse::Error::HeaderName => "invalid header field name",
+                httparse::Error::HeaderValue => "invalid header field value",
+                httparse::Error::NewLine => "invalid line ending",
+                _ => "unparseable",
+            })
+        }
     }
+    if req.method == Some("CONNECT") {
+        return Parsed::Connect;
+    }
+    match framing(&req) {
+        Some(why) => Parsed::Invalid(why),
+        None => Parsed::Complete,
+    }
+}
+
+/// What is wrong with a parsed head's `Host`, `Content-Length` or `Transfer-Encoding`, as
+/// RFC 9110 8.6, RFC 9112 6.1 and 6.3 and pingora judge them.
+fn framing(req: &httparse::Request<'_, '_>) -> Option<&'static str> {
+    let (mut hosts, mut length, mut coding) = (0, None::<u64>, None::<&[u8]>);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            // identical duplicates (lines or a comma list) are one length; anything else is not
+            for part in h.value.split(|b| *b == b',') {
+                let part = part.trim_ascii();
+                let n = match std::str::from_utf8(part).ok().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+                    Some(p) => p.parse::<u64>().ok(),
+                    None => None,
+                };
+                match (n, length) {
+                    (None, _) => return Some("invalid Content-Length"),
+                    (Some(n), Some(l)) if n != l => return Some("differing Content-Length values"),
+                    (n, _) => length = n,
+                }
+            }
+        }
+    }
+    if hosts > 1 {
+        return Some("more than one Host field");
+    }
+    if let Some(coding) = coding {
+        if req.version == Some(0) {
+            return Some("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        let last = coding.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+        if !last.eq_ignore_ascii_case(b"chunked") {
+            return Some("the final transfer coding is not chunked");
+        }
+    }
+    None
 }
 
 /// Writes `err` on a connection no session owns yet, then closes it. What the client already
@@ -223,6 +279,10 @@ where
         loop {
             // the limits in force now: a reload applies from the next request
             let runtime = self.app.runtime();
+            // A new connection counts as in flight until its first head is read: a drain
+            // that starts meanwhile waits for it (up to header_timeout) instead of closing a
+            // connection whose client has already written, or is about to.
+            let waiting = fresh.then(|| self.app.track_connection());
             let head = match read_head(&mut stream, &runtime.limits, fresh, &mut shutdown_rx).await {
                 Head::Ready(head) => head,
                 Head::Gone => return None,
@@ -244,7 +304,10 @@ where
                 }
             }
             session.set_pipelined_prefix(head);
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let reused = self.proxy.process_new_http(session, shutdown).await;
+            // held until the request has its own count (from its context), so there is no gap
+            drop(waiting);
+            let reused = reused?;
             (stream, persistent) = reused.consume();
             fresh = false;
         }
@@ -267,6 +330,25 @@ mod tests {
         assert!(matches!(check(b"GET /a b HTTP/1.1\r\n\r\n"), Parsed::Invalid(_)));
         assert!(matches!(check(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Parsed::Invalid(_)));
         assert!(matches!(check(b"GET / FTP/1.1\r\n\r\n"), Parsed::Invalid(_)));
+        assert!(matches!(check(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), Parsed::Connect));
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        ] {
+            assert!(matches!(check(bad), Parsed::Invalid(_)), "{}", String::from_utf8_lossy(bad));
+        }
+        for good in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+        ] {
+            assert!(matches!(check(good), Parsed::Complete), "{}", String::from_utf8_lossy(good));
+        }
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..300 {
             many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
