@@ -68,10 +68,16 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -
     } = plan;
     let mut live = BTreeMap::new();
     for (name, def) in upstreams {
-        let reused = previous.and_then(|p| p.upstreams.get(&name)).filter(|u| u.def == def).cloned();
-        let upstream = match reused {
-            Some(u) => u,
-            None => Arc::new(Upstream::new(&name, def).map_err(|source| StateError::Upstream { name: name.clone(), source })?),
+        let before = previous.and_then(|p| p.upstreams.get(&name));
+        let upstream = match before {
+            Some(u) if u.def == def => u.clone(),
+            _ => {
+                let up = Upstream::new(&name, def).map_err(|source| StateError::Upstream { name: name.clone(), source })?;
+                if let Some(before) = before {
+                    up.inherit(before);
+                }
+                Arc::new(up)
+            }
         };
         live.insert(name, upstream);
     }

@@ -3,13 +3,19 @@
 //!
 //! Built on pingora's load balancer and health check. Server addresses are resolved when the
 //! config is compiled, never on the request path. An upstream whose definition is unchanged
-//! across a reload is carried over whole, so its health state survives the reload.
+//! across a reload is carried over whole, so its health state survives the reload; one whose
+//! definition changed inherits its readiness and which servers have passed a check.
+//!
+//! Readiness needs a *passed* check: pingora starts every server healthy and marks it down
+//! only after `unhealthy_threshold` failures, so its health alone would call an upstream
+//! whose backend is not up yet ready for the first few checks.
 
 pub use crate::config::plan::{HealthCheckSpec, UpstreamDef};
 use crate::policy::concurrency::Concurrency;
 use std::sync::Arc;
 use pingora::http::RequestHeader;
-use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
+use pingora::lb::Backend;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use std::net::SocketAddr;
@@ -26,6 +32,10 @@ pub struct Upstream {
     pub metrics: crate::telemetry::metrics::UpstreamHandles,
     /// Set once the first round of health checks has finished (or at once without checks).
     checked: AtomicBool,
+    /// Which servers have passed a check since this upstream (or the one it replaced) was built.
+    passed: Arc<Passed>,
+    /// Readiness until the first round: that of the upstream this one replaced on a reload.
+    inherited_ready: AtomicBool,
     /// Milliseconds since `epoch()` at which the next check is due.
     next_check_ms: AtomicU64,
 }
@@ -62,6 +72,7 @@ impl Upstream {
             return Err(UpstreamError::NoServers);
         }
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(def.servers.iter().copied())?;
+        let passed = Arc::new(Passed(def.servers.iter().map(|a| (*a, AtomicBool::new(false))).collect()));
         if let Some(hc) = &def.health_check {
             let mut check = HttpHealthCheck::new("localhost", false);
             let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
@@ -74,7 +85,7 @@ impl Upstream {
             check.peer_template.options.read_timeout = Some(hc.timeout);
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
-            lb.set_health_check(Box::new(check));
+            lb.set_health_check(Box::new(Recorded { inner: check, passed: passed.clone() }));
         }
         let checked = AtomicBool::new(def.health_check.is_none());
         Ok(Upstream {
@@ -84,8 +95,22 @@ impl Upstream {
             def,
             lb,
             checked,
+            passed,
+            inherited_ready: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Takes over what `previous` (the same name, another definition) knew: its readiness,
+    /// until this one's first round of checks, and which of the same servers passed, so a
+    /// reload does not make `/readyz` fall while the new upstream runs its first check.
+    pub fn inherit(&self, previous: &Upstream) {
+        self.inherited_ready.store(previous.is_ready(), Ordering::Release);
+        for (addr, ok) in &self.passed.0 {
+            if previous.passed.get(*addr) {
+                ok.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// The next healthy server, round-robin; `None` when every server is unhealthy.
@@ -106,9 +131,16 @@ impl Upstream {
             .collect()
     }
 
-    /// At least one server is healthy, after the first round of checks.
+    /// At least one server is healthy and has passed a check (without checks: always). Before
+    /// this upstream's first round, what the upstream it replaced said.
     pub fn is_ready(&self) -> bool {
-        self.checked.load(Ordering::Acquire) && self.server_health().iter().any(|(_, ok)| *ok)
+        if self.def.health_check.is_none() {
+            return true;
+        }
+        if !self.checked.load(Ordering::Acquire) {
+            return self.inherited_ready.load(Ordering::Acquire);
+        }
+        self.server_health().iter().any(|(addr, ok)| *ok && self.passed.get(*addr))
     }
 
     /// Runs a health check round if one is due. Called from the health-check service.
@@ -148,3 +180,43 @@ impl Upstream {
     }
 }
 
+/// Per server: has it passed a health check yet.
+#[derive(Debug)]
+struct Passed(Vec<(SocketAddr, AtomicBool)>);
+
+impl Passed {
+    fn get(&self, addr: SocketAddr) -> bool {
+        self.0.iter().any(|(a, ok)| *a == addr && ok.load(Ordering::Acquire))
+    }
+
+    fn set(&self, addr: SocketAddr) {
+        if let Some((_, ok)) = self.0.iter().find(|(a, _)| *a == addr) {
+            ok.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// pingora's HTTP check, noting each server's first pass for readiness.
+struct Recorded {
+    inner: HttpHealthCheck,
+    passed: Arc<Passed>,
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for Recorded {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        self.inner.check(target).await?;
+        if let Some(addr) = target.addr.as_inet() {
+            self.passed.set(*addr);
+        }
+        Ok(())
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
+}

@@ -168,3 +168,43 @@ async fn health_state_survives_a_reload_that_keeps_the_upstream() {
     gw.signal("HUP");
     assert!(common::wait_for_status(&gw.admin_url("/readyz"), 200, Duration::from_millis(1500)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_waits_for_a_passed_check_not_for_pingoras_benefit_of_the_doubt() {
+    // pingora starts a server healthy and marks it down after `unhealthy_threshold` (here the
+    // default, 2) failed checks: readiness must not believe it while no check has passed
+    let mut backend = Backend::start_unready(&[("BACKEND_STARTUP_DELAY", "2.5")]);
+    let gw = Gateway::start(&(upstream(&backend.addr(), "health_check = { interval = \"200ms\", timeout = \"300ms\" }") + CATCH_ALL));
+    let c = reqwest::Client::new();
+    let t = Instant::now();
+    let mut polls = 0;
+    while t.elapsed() < Duration::from_millis(1500) {
+        let r = c.get(gw.admin_url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 503, "ready {:?} after start with the backend still starting", t.elapsed());
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(polls > 20, "{polls}");
+    tokio::task::block_in_place(|| backend.wait_healthy(Duration::from_secs(10)));
+    assert!(common::wait_for_status(&gw.admin_url("/readyz"), 200, Duration::from_secs(3)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_rebuilds_an_upstream_keeps_it_ready() {
+    let backend = Backend::start();
+    let body = |idle: &str| upstream(&backend.addr(), &format!("health_check = {{ interval = \"1s\" }}\nidle_timeout = \"{idle}\"")) + CATCH_ALL;
+    let gw = Gateway::start(&body("60s"));
+    gw.wait_ready();
+    for idle in ["30s", "20s", "10s"] {
+        // a changed definition: a new upstream, whose own first check is up to 100 ms away
+        gw.write_config(&body(idle));
+        gw.signal("HUP");
+        let t = Instant::now();
+        let c = reqwest::Client::new();
+        while t.elapsed() < Duration::from_millis(600) {
+            assert_eq!(c.get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200, "readiness fell {:?} after a reload", t.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(gw.log().matches("config reloaded").count(), 3, "{}", gw.log());
+}
