@@ -133,7 +133,7 @@ impl Admin {
         let mut ready = true;
         let mut upstreams = serde_json::Map::new();
         for up in runtime.upstreams.values() {
-            let used = runtime.routes.iter().any(|r| Arc::ptr_eq(&r.upstream, up));
+            let used = runtime.routes.iter().any(|r| r.upstream().is_some_and(|u| Arc::ptr_eq(u, up)));
             let up_ready = up.is_ready();
             if used && !up_ready {
                 ready = false;
@@ -165,7 +165,7 @@ impl Admin {
                 json!({
                     "name": r.name,
                     "match": r.matcher.to_string(),
-                    "upstream": r.upstream.name,
+                    "upstream": r.target_name(),
                     "policy": r.def.to_string(),
                     "requests_total": w.map_or(0.0, |w| w.requests_total),
                     "rps": w.map_or(0.0, |w| w.rps),
@@ -219,7 +219,7 @@ impl Admin {
                 json!({
                     "name": r.name,
                     "match": r.matcher.to_string(),
-                    "upstream": r.upstream.name,
+                    "upstream": r.target_name(),
                     "policy": r.def.to_string(),
                     "timeout_ms": t.total.as_millis() as u64,
                     "connect_timeout_ms": t.connect.as_millis() as u64,

@@ -200,7 +200,7 @@ fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> 
     }
     let _ = writeln!(out, "routes, in precedence order:");
     for (i, r) in routing::in_precedence_order(&plan.routes, |r| &r.matcher).into_iter().enumerate() {
-        let _ = writeln!(out, "  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.upstream);
+        let _ = writeln!(out, "  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.target);
         let _ = writeln!(out, "      {}", r.policy);
     }
     for w in &plan.warnings {

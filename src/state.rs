@@ -7,7 +7,7 @@
 //! concurrency limit keeps its slots (requests in flight on the old config still hold them).
 
 use crate::cache::store::CacheStore;
-use crate::config::plan::{Plan, PolicyDef, RouteDef, ServerDef};
+use crate::config::plan::{Plan, PolicyDef, RouteDef, RouteTarget, ServerDef};
 use crate::policy::body::BodyLimits;
 use crate::policy::cache::CacheRoute;
 use crate::policy::concurrency::{Concurrency, ConcurrencyPolicy};
@@ -16,7 +16,8 @@ use crate::policy::forwarding::Forwarding;
 use crate::policy::ratelimit::{RateLimit, RateLimits};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::RoutePolicies;
-use crate::routing::{Route, RouteTable};
+use crate::problem::Problem;
+use crate::routing::{Route, RouteTable, Target};
 use crate::upstream::{Upstream, UpstreamError};
 use http::HeaderName;
 use std::collections::BTreeMap;
@@ -112,11 +113,20 @@ fn route(
     let RouteDef {
         name,
         matcher,
-        upstream,
+        target,
         policy,
     } = def;
-    let Some(upstream) = upstreams.get(&upstream).cloned() else {
-        return Err(StateError::MissingUpstream { route: name, upstream });
+    let target = match target {
+        RouteTarget::Upstream(upstream) => match upstreams.get(&upstream) {
+            Some(u) => Target::Upstream(u.clone()),
+            None => return Err(StateError::MissingUpstream { route: name, upstream }),
+        },
+        RouteTarget::Deny(403) => Target::Deny(Problem::Forbidden),
+        RouteTarget::Deny(_) => Target::Deny(Problem::NotFound),
+    };
+    let upstream_slots = match &target {
+        Target::Upstream(u) => u.concurrency.clone(),
+        Target::Deny(_) => None,
     };
     let PolicyDef {
         timeouts,
@@ -163,7 +173,6 @@ fn route(
             .filter(|c| c.def == d)
             .unwrap_or_else(|| Arc::new(Concurrency::new(d)))
     });
-    let upstream_slots = upstream.concurrency.clone();
     let concurrency = (route_slots.is_some() || upstream_slots.is_some()).then_some(ConcurrencyPolicy {
         route: route_slots,
         upstream: upstream_slots,
@@ -189,7 +198,7 @@ fn route(
     Ok(Route {
         name,
         matcher,
-        upstream,
+        target,
         def: policy,
         policies,
         streaming,

@@ -245,3 +245,51 @@ fn a_taken_address_stops_start_up_at_once_with_one_line() {
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port} (server.listen)")), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[tokio::test]
+async fn a_denied_path_is_refused_in_every_spelling() {
+    let backend = Backend::start();
+    let routes = format!(
+        "{CATCH_ALL}\n[[routes]]\nname = \"no-admin\"\nmatch = {{ path_prefix = \"/admin\" }}\naction = \"deny\"\n\n\
+         [[routes]]\nname = \"no-docs\"\nmatch = {{ path_prefix = \"/docs\" }}\naction = \"deny\"\ndeny_status = 403\n"
+    );
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let before = backend.total_hits().await;
+    let spellings = [
+        "/admin",
+        "/admin/users",
+        "/ADMIN/users",
+        "/Admin",
+        "/admin;jsessionid=x/users",
+        "/%61dmin",
+        "/%61%64%6D%69%6E/users",
+        "//admin",
+        "/x/../admin",
+        "/api/%2e%2e/admin",
+        "/./admin/./users",
+    ];
+    for path in spellings {
+        let resp = raw(&gw.addr(), format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 404 "), "{path}: {resp}");
+        assert_eq!(problem_body(&resp)["code"], "not_found", "{path}");
+    }
+    let resp = raw(&gw.addr(), b"GET /Docs HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 403 "), "{resp}");
+    assert_eq!(problem_body(&resp)["code"], "forbidden");
+    // spellings no path decodes to: refused before routing
+    for path in ["/admin%2Fusers", "/%C0%AE%C0%AE/admin", "/adm%C0%69n"] {
+        let resp = raw(&gw.addr(), format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 400 "), "{path}: {resp}");
+    }
+    assert_eq!(backend.total_hits().await, before, "no spelling reached the backend");
+    // the rest is served
+    let resp = raw(&gw.addr(), b"GET /api/market/AAPL HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let m = gw.metrics().await;
+    assert!(m.contains("route=\"no-admin\",status_class=\"4xx\""), "{m}");
+
+    // a deny route takes no upstream, and says so
+    let out = check_config(&config_for(&backend.addr(), "[[routes]]\nname = \"x\"\nmatch = { path = \"/x\" }\naction = \"deny\"\nupstream = \"api\"\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `upstream`") || String::from_utf8_lossy(&out.stdout).contains("has no `upstream`"));
+}

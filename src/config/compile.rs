@@ -3,7 +3,7 @@
 
 use super::diag::{suggest, Diagnostic, Source};
 use super::plan::{
-    HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, SamplerSpec, ServerDef, Settings,
+    HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, SamplerSpec, ServerDef, Settings,
     TelemetryDef, UpstreamDef,
 };
 use super::raw::{
@@ -460,6 +460,8 @@ fn compile_route(
         name,
         r#match,
         upstream,
+        action,
+        deny_status,
         ..
     } = route;
 
@@ -482,12 +484,28 @@ fn compile_route(
             "add match = { path_prefix = \"/\" } for a catch-all",
         ),
     };
-    let upstream = match upstream {
-        None => {
+    let deny = match action.as_ref().map(|a| (a.span(), a.get_ref().as_str())) {
+        None | Some((_, "proxy")) => None,
+        Some((_, "deny")) => Some(match deny_status {
+            None => 404,
+            Some(s) if matches!(*s.get_ref(), 403 | 404) => *s.get_ref(),
+            Some(s) => cx.error(s.span(), format!("`deny_status` {} is not 403 or 404", s.get_ref()), "403 says the path exists and is refused; 404 (the default) says nothing").unwrap_or(404),
+        }),
+        Some((span, other)) => cx.error(span, format!("unknown `action` {other:?}"), "\"proxy\" (the default) or \"deny\""),
+    };
+    if deny.is_none()
+        && let Some(s) = deny_status
+    {
+        cx.error::<()>(s.span(), "`deny_status` without action = \"deny\"", "add action = \"deny\", or remove deny_status");
+    }
+    let upstream = match (deny, upstream) {
+        (Some(_), Some(u)) => cx.error(u.span(), format!("route `{name_str}` denies its requests: it has no `upstream`"), "remove upstream, or action = \"deny\""),
+        (Some(_), None) => Some(String::new()),
+        (None, None) => {
             let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
             cx.error(span.clone(), format!("route `{name_str}` has no `upstream`"), format!("add upstream = \"...\", one of: {}", names.join(", ")))
         }
-        Some(u) => match upstreams.get(u.get_ref()) {
+        (None, Some(u)) => match upstreams.get(u.get_ref()) {
             Some(_) => Some(u.get_ref().clone()),
             None => {
                 let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
@@ -505,7 +523,10 @@ fn compile_route(
         RouteDef {
             name: name_str,
             matcher: matcher?,
-            upstream: upstream?,
+            target: match deny {
+                Some(status) => RouteTarget::Deny(status),
+                None => RouteTarget::Upstream(upstream?),
+            },
             policy: policy?,
         },
         span,

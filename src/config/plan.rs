@@ -82,9 +82,26 @@ pub struct UpstreamDef {
 pub struct RouteDef {
     pub name: String,
     pub matcher: Matcher,
-    /// A key of `Plan::upstreams` (checked by the compiler).
-    pub upstream: String,
+    pub target: RouteTarget,
     pub policy: PolicyDef,
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteTarget {
+    /// A key of `Plan::upstreams` (checked by the compiler).
+    Upstream(String),
+    /// `action = "deny"`: answered with this status (403 or 404), never forwarded.
+    Deny(u16),
+}
+
+impl std::fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTarget::Upstream(name) => f.write_str(name),
+            RouteTarget::Deny(status) => write!(f, "deny ({status})"),
+        }
+    }
 }
 
 /// Every policy of a route, `[defaults]` merged with the route's own keys.

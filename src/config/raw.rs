@@ -141,6 +141,10 @@ macro_rules! policy_keys {
             pub name: Option<Spanned<String>>,
             pub r#match: Option<Spanned<RawMatch>>,
             pub upstream: Option<Spanned<String>>,
+            /// `"proxy"` (the default) or `"deny"`: answered by the gateway, never forwarded.
+            pub action: Option<Spanned<String>>,
+            /// The status a `deny` route answers: 404 (the default: nothing to see) or 403.
+            pub deny_status: Option<Spanned<u16>>,
             $( $(#[$fm])* pub $key: Option<$ty>, )*
         }
 

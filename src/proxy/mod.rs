@@ -31,7 +31,7 @@ use crate::app::App;
 use crate::cache;
 use crate::policy::{forwarding, Cut, Directives, Exchange, Flow, Policy};
 use crate::problem::{self, GatewayError, Problem};
-use crate::routing::{normalize::{normalize_with, PathError}, request_host};
+use crate::routing::{normalize::{normalize_with, PathError}, request_host, Target};
 use crate::telemetry::outcome::{self, Finished, Sinks};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -158,6 +158,10 @@ impl ProxyHttp for Gateway {
                         let detail = "an encoded `/` or `\\` (%2F, %5C) in the path is refused: a backend that decodes it would see another path than the one routed";
                         Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None }
                     }
+                    Err(PathError::BadUtf8) => {
+                        let detail = "escaped bytes in the path are not UTF-8 (an overlong or cut sequence such as %C0%AE): a lenient decoder would see another path than the one routed";
+                        Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None }
+                    }
                     Err(e) => {
                         d.close = true;
                         let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));
@@ -183,7 +187,17 @@ impl ProxyHttp for Gateway {
                 t.set_route(&route.name, route.matcher.template().map(|t| t.as_str()), &session.req_header().method);
             }
             ctx.core.streaming = route.streaming || session.is_upgrade_req();
-            if let Flow::Respond(err) = route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d)
+            let refusal = match route.target {
+                Target::Deny(problem) => {
+                    let req = session.req_header();
+                    Some(GatewayError::new(problem, format!("{} {} is not served here", req.method, req.uri.path())))
+                }
+                Target::Upstream(_) => match route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d) {
+                    Flow::Respond(err) => Some(err),
+                    Flow::Continue => None,
+                },
+            };
+            if let Some(err) = refusal
                 && let Decision::Routed(route) = std::mem::replace(&mut ctx.decision, Decision::Pending)
             {
                 ctx.decision = Decision::Rejected { err, route: Some(route) };
@@ -248,7 +262,9 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.decision.route() else {
             return Err(Error::explain(ErrorType::InternalError, "upstream_peer without a route"));
         };
-        let upstream = &route.upstream;
+        let Some(upstream) = route.upstream() else {
+            return Err(Error::explain(ErrorType::InternalError, "upstream_peer on a route that denies"));
+        };
         let Some(addr) = upstream.select() else {
             let retry = upstream.def.health_check.as_ref().map_or(1, |hc| hc.interval.as_secs().max(1));
             let detail = format!("no healthy server in upstream `{}`", upstream.name);

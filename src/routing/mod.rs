@@ -20,6 +20,7 @@ use crate::config::plan::PolicyDef;
 use crate::policy::RoutePolicies;
 use crate::upstream::Upstream;
 use http::Method;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::fmt;
 use std::sync::Arc;
@@ -125,7 +126,7 @@ impl fmt::Display for Matcher {
 pub struct Route {
     pub name: String,
     pub matcher: Matcher,
-    pub upstream: Arc<Upstream>,
+    pub target: Target,
     /// The policy as configured, for `check`, the admin API and the status page.
     pub def: PolicyDef,
     /// The policies, materialized, in the order they run.
@@ -137,10 +138,38 @@ pub struct Route {
     pub metrics: crate::telemetry::metrics::RouteHandles,
 }
 
+/// Where a route's requests go.
+#[derive(Debug)]
+pub enum Target {
+    Upstream(Arc<Upstream>),
+    /// `action = "deny"`: refused with this problem (403 `forbidden` or 404 `not_found`).
+    Deny(crate::problem::Problem),
+}
+
+impl Route {
+    /// The upstream requests go to; `None` for a route that denies them.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.target {
+            Target::Upstream(u) => Some(u),
+            Target::Deny(_) => None,
+        }
+    }
+
+    /// What the route's target is called in the admin API and `check`.
+    pub fn target_name(&self) -> &str {
+        match &self.target {
+            Target::Upstream(u) => &u.name,
+            Target::Deny(_) => "(deny)",
+        }
+    }
+}
+
 /// Routes in precedence order.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Some route denies: other spellings of a path are checked against the deny routes.
+    has_deny: bool,
 }
 
 /// `items` sorted by their matchers' precedence; equal ranks keep file order (a stable sort).
@@ -154,11 +183,31 @@ impl RouteTable {
     pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
         // stable: equal ranks keep file order
         routes.sort_by_key(|r| Reverse(r.matcher.rank()));
-        RouteTable { routes }
+        let has_deny = routes.iter().any(|r| matches!(r.target, Target::Deny(_)));
+        RouteTable { routes, has_deny }
     }
 
     /// The route for a request and its path parameters. `path` must already be normalized.
+    ///
+    /// When the table denies some paths, the path is also looked up in its folded spelling
+    /// (lower case, `;` parameters cut from segments), and a deny route found that way wins:
+    /// `/ADMIN` and `/admin;x=1` are denied with `/admin` whatever the backend makes of them.
     pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&Arc<Route>, Params)> {
+        let found = self.find(method, host, path);
+        if !self.has_deny || found.as_ref().is_some_and(|(r, _)| matches!(r.target, Target::Deny(_))) {
+            return found;
+        }
+        if let Cow::Owned(folded) = fold(path)
+            && let Some((r, _)) = self.find(method, host, &folded)
+            && matches!(r.target, Target::Deny(_))
+        {
+            // the parameters would index the folded path; a denied request uses none
+            return Some((r, Params::default()));
+        }
+        found
+    }
+
+    fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&Arc<Route>, Params)> {
         self.routes
             .iter()
             .find_map(|r| Some((r, r.matcher.matches(method, host, path)?)))
@@ -175,6 +224,28 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+}
+
+/// `path` lower-cased with `;` parameters cut from its segments; borrowed when that changes
+/// nothing.
+fn fold(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut in_params = false;
+    for c in path.chars() {
+        match c {
+            '/' => {
+                in_params = false;
+                out.push('/');
+            }
+            ';' => in_params = true,
+            c if !in_params => out.push(c.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// The host a request was sent to, lower-cased by the caller's comparison, without port.
@@ -216,7 +287,7 @@ mod tests {
                     Arc::new(Route {
                         name: name.into(),
                         matcher,
-                        upstream: up.clone(),
+                        target: Target::Upstream(up.clone()),
                         def: PolicyDef::default(),
                         policies: Default::default(),
                         streaming: false,
@@ -230,6 +301,29 @@ mod tests {
 
     fn hit(t: &RouteTable, method: &str, host: Option<&str>, path: &str) -> Option<String> {
         t.lookup(&method.parse().unwrap(), host, path).map(|(r, _)| r.name.clone())
+    }
+
+    #[test]
+    fn a_denied_path_is_denied_in_any_case_and_with_segment_parameters() {
+        let mut t = table(vec![
+            ("all", m(PathMatch::Prefix(String::new()), None, None)),
+            ("admin", m(PathMatch::Prefix("/admin".into()), None, None)),
+            ("public", m(PathMatch::Exact("/admin/public".into()), None, None)),
+        ]);
+        for r in &mut t.routes {
+            if r.name == "admin" {
+                Arc::get_mut(r).unwrap().target = Target::Deny(crate::problem::Problem::NotFound);
+            }
+        }
+        t.has_deny = true;
+        for p in ["/admin", "/ADMIN", "/Admin/users", "/admin;jsessionid=1/users", "/admin;x"] {
+            assert_eq!(hit(&t, "GET", None, p).as_deref(), Some("admin"), "{p}");
+        }
+        // a more specific route still wins, and other paths are untouched
+        assert_eq!(hit(&t, "GET", None, "/admin/public").as_deref(), Some("public"));
+        assert_eq!(hit(&t, "GET", None, "/Other;x").as_deref(), Some("all"));
+        assert_eq!(fold("/A;b/C;d=e/f"), "/a/c/f");
+        assert!(matches!(fold("/plain/path"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum PathError {
     BadEscape,
     /// `%2F` or `%5C` under `encoded_slash = "reject"`.
     EncodedSlash,
+    /// Escaped bytes that are not UTF-8: an overlong form (`%C0%AE` for `.`, `%C0%AF` for
+    /// `/`), a surrogate or a stray continuation byte. A backend that decodes them leniently
+    /// would see another path than the one routed; no client has a reason to send them.
+    BadUtf8,
 }
 
 /// What an encoded `/` (`%2F`) or `\` (`%5C`) in a path does (`[server] encoded_slash`).
@@ -46,8 +50,40 @@ pub fn normalize_with(path: &str, slash: EncodedSlash) -> Result<Cow<'_, str>, P
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
+    check_escaped_utf8(path)?;
     let decoded = decode_unreserved(path, slash)?;
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// Each run of escaped non-ASCII bytes (`%E2%82%AC`) must decode to UTF-8.
+fn check_escaped_utf8(path: &str) -> Result<(), PathError> {
+    let b = path.as_bytes();
+    let mut run = Vec::new();
+    let mut i = 0;
+    loop {
+        let byte = (b.get(i) == Some(&b'%'))
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|byte| *byte >= 0x80);
+        match byte {
+            Some(byte) => {
+                run.push(byte);
+                i += 3;
+            }
+            None => {
+                if !run.is_empty() {
+                    std::str::from_utf8(&run).map_err(|_| PathError::BadUtf8)?;
+                    run.clear();
+                }
+                if i >= b.len() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
+    }
 }
 
 fn is_normal(path: &str) -> bool {
@@ -143,6 +179,14 @@ mod tests {
     fn already_normal_paths_are_borrowed() {
         for p in ["/", "/api/market", "/api/market/", "/a.b/c..d/.e"] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn escaped_bytes_must_be_utf8() {
+        assert_eq!(n("/caf%C3%A9/%E2%82%AC"), "/caf%C3%A9/%E2%82%AC");
+        for bad in ["/a/%C0%AE%C0%AE/admin", "/a%C0%AFadmin", "/%ED%A0%80", "/%80", "/%E2%82"] {
+            assert_eq!(normalize(bad), Err(PathError::BadUtf8), "{bad}");
         }
     }
 

@@ -83,12 +83,13 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
     if let Some(route) = f.route {
         metrics.request_finished(&route.name, &route.metrics, f.method, f.status, secs);
         metrics.body_sizes(&route.name, &route.metrics, f.bytes_in, f.bytes_out);
-        if out.upstream_started {
-            let up = &route.upstream;
-            metrics.upstream_finished(&up.name, &up.metrics, out.ttfb.map(|t| t.as_secs_f64()));
-        }
-        if let Some(kind) = out.upstream_error {
-            metrics.upstream_error(&route.upstream.name, kind);
+        if let Some(up) = route.upstream() {
+            if out.upstream_started {
+                metrics.upstream_finished(&up.name, &up.metrics, out.ttfb.map(|t| t.as_secs_f64()));
+            }
+            if let Some(kind) = out.upstream_error {
+                metrics.upstream_error(&up.name, kind);
+            }
         }
         if let Some(status) = out.cache {
             // the metric keeps `X-Cache`'s values, which dashboards key on
