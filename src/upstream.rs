@@ -19,7 +19,7 @@ use pingora::lb::Backend;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -32,8 +32,9 @@ pub struct Upstream {
     pub metrics: crate::telemetry::metrics::UpstreamHandles,
     /// Set once the first round of health checks has finished (or at once without checks).
     checked: AtomicBool,
-    /// Which servers have passed a check since this upstream (or the one it replaced) was built.
-    passed: Arc<Passed>,
+    /// Per server: has it passed a check since this upstream (or the one it replaced) was
+    /// built; its run of failed exchanges and ejection (passive health).
+    servers: Arc<Servers>,
     /// Readiness until the first round: that of the upstream this one replaced on a reload.
     inherited_ready: AtomicBool,
     /// Milliseconds since `epoch()` at which the next check is due.
@@ -72,7 +73,7 @@ impl Upstream {
             return Err(UpstreamError::NoServers);
         }
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(def.servers.iter().copied())?;
-        let passed = Arc::new(Passed(def.servers.iter().map(|a| (*a, AtomicBool::new(false))).collect()));
+        let servers = Arc::new(Servers(def.servers.iter().map(|a| ServerState::new(*a)).collect()));
         if let Some(hc) = &def.health_check {
             let mut check = HttpHealthCheck::new("localhost", false);
             let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
@@ -85,7 +86,7 @@ impl Upstream {
             check.peer_template.options.read_timeout = Some(hc.timeout);
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
-            lb.set_health_check(Box::new(Recorded { inner: check, passed: passed.clone() }));
+            lb.set_health_check(Box::new(Recorded { inner: check, servers: servers.clone() }));
         }
         let checked = AtomicBool::new(def.health_check.is_none());
         Ok(Upstream {
@@ -95,7 +96,7 @@ impl Upstream {
             def,
             lb,
             checked,
-            passed,
+            servers,
             inherited_ready: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
         })
@@ -106,19 +107,60 @@ impl Upstream {
     /// reload does not make `/readyz` fall while the new upstream runs its first check.
     pub fn inherit(&self, previous: &Upstream) {
         self.inherited_ready.store(previous.is_ready(), Ordering::Release);
-        for (addr, ok) in &self.passed.0 {
-            if previous.passed.get(*addr) {
-                ok.store(true, Ordering::Release);
+        for server in &self.servers.0 {
+            if previous.servers.get(server.addr).is_some_and(|s| s.passed.load(Ordering::Acquire)) {
+                server.passed.store(true, Ordering::Release);
             }
         }
     }
 
-    /// The next healthy server, round-robin; `None` when every server is unhealthy.
-    pub fn select(&self) -> Option<SocketAddr> {
+    /// The next healthy server, round-robin, leaving out `avoid` (a server that just failed
+    /// this request) and servers ejected by passive health while another is available;
+    /// `None` when every server fails its health check.
+    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
         let n = self.def.servers.len();
+        if n == 1 {
+            // nothing to choose between: only the health check can take it out
+            return self.lb.select(b"", 1).and_then(|b| b.addr.as_inet().copied());
+        }
+        let now = now_ms();
+        let usable = |b: &Backend, healthy: bool| {
+            healthy
+                && b.addr.as_inet().is_some_and(|a| Some(*a) != avoid && self.servers.get(*a).is_none_or(|s| !s.ejected(now)))
+        };
         self.lb
-            .select(b"", n)
+            .select_with(b"", n, usable)
+            .or_else(|| self.lb.select(b"", n))
             .and_then(|b| b.addr.as_inet().copied())
+    }
+
+    /// Notes an exchange with `addr` that failed (connect, reset, timeout): after
+    /// `eject_after` in a row the server is left out for `eject_for`. Returns true when this
+    /// failure ejected it.
+    pub fn failed(&self, addr: SocketAddr) -> bool {
+        let Some(s) = self.servers.get(addr) else { return false };
+        let fails = s.fails.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.def.eject_after == 0 || fails < self.def.eject_after || self.def.servers.len() == 1 {
+            return false;
+        }
+        s.fails.store(0, Ordering::Release);
+        s.ejected_until_ms.store(now_ms() + self.def.eject_for.as_millis() as u64, Ordering::Release);
+        tracing::warn!(upstream = %self.name, server = %addr, failures = fails, eject_s = self.def.eject_for.as_secs_f64(), "server ejected by passive health");
+        true
+    }
+
+    /// Notes an exchange with `addr` that worked: its run of failures ends.
+    pub fn succeeded(&self, addr: SocketAddr) {
+        if let Some(s) = self.servers.get(addr)
+            && s.fails.load(Ordering::Relaxed) != 0
+        {
+            s.fails.store(0, Ordering::Release);
+        }
+    }
+
+    /// Servers that may get another attempt after a connect failure.
+    pub fn failover_attempts(&self) -> usize {
+        (self.def.servers.len() - 1).min(2)
     }
 
     /// Servers with their current health.
@@ -140,7 +182,9 @@ impl Upstream {
         if !self.checked.load(Ordering::Acquire) {
             return self.inherited_ready.load(Ordering::Acquire);
         }
-        self.server_health().iter().any(|(addr, ok)| *ok && self.passed.get(*addr))
+        self.server_health()
+            .iter()
+            .any(|(addr, ok)| *ok && self.servers.get(*addr).is_some_and(|s| s.passed.load(Ordering::Acquire)))
     }
 
     /// Runs a health check round if one is due. Called from the health-check service.
@@ -174,40 +218,57 @@ impl Upstream {
                 idle_timeout: std::time::Duration::from_secs(60),
                 health_check: None,
                 concurrency: None,
+                eject_after: 3,
+                eject_for: std::time::Duration::from_secs(10),
             },
         )
         .expect("valid test upstream")
     }
 }
 
-/// Per server: has it passed a health check yet.
+/// What fastgate knows of each server beside pingora's health.
 #[derive(Debug)]
-struct Passed(Vec<(SocketAddr, AtomicBool)>);
+struct Servers(Vec<ServerState>);
 
-impl Passed {
-    fn get(&self, addr: SocketAddr) -> bool {
-        self.0.iter().any(|(a, ok)| *a == addr && ok.load(Ordering::Acquire))
+#[derive(Debug)]
+struct ServerState {
+    addr: SocketAddr,
+    /// It has passed a health check.
+    passed: AtomicBool,
+    /// Failed exchanges in a row.
+    fails: AtomicU32,
+    /// Left out until then (milliseconds since `epoch()`).
+    ejected_until_ms: AtomicU64,
+}
+
+impl ServerState {
+    fn new(addr: SocketAddr) -> Self {
+        ServerState { addr, passed: AtomicBool::new(false), fails: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) }
     }
 
-    fn set(&self, addr: SocketAddr) {
-        if let Some((_, ok)) = self.0.iter().find(|(a, _)| *a == addr) {
-            ok.store(true, Ordering::Release);
-        }
+    fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Acquire) > now_ms
+    }
+}
+
+impl Servers {
+    fn get(&self, addr: SocketAddr) -> Option<&ServerState> {
+        self.0.iter().find(|s| s.addr == addr)
     }
 }
 
 /// pingora's HTTP check, noting each server's first pass for readiness.
 struct Recorded {
     inner: HttpHealthCheck,
-    passed: Arc<Passed>,
+    servers: Arc<Servers>,
 }
 
 #[async_trait::async_trait]
 impl HealthCheck for Recorded {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
         self.inner.check(target).await?;
-        if let Some(addr) = target.addr.as_inet() {
-            self.passed.set(*addr);
+        if let Some(s) = target.addr.as_inet().and_then(|a| self.servers.get(*a)) {
+            s.passed.store(true, Ordering::Release);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Backend, Gateway, CATCH_ALL};
+use common::{free_port, Backend, Gateway, CATCH_ALL};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -207,4 +207,29 @@ async fn a_reload_that_rebuilds_an_upstream_keeps_it_ready() {
         }
     }
     assert_eq!(gw.log().matches("config reloaded").count(), 3, "{}", gw.log());
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_over_and_passive_health_ejects_the_server() {
+    let backend = Backend::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let body = format!(
+        "[upstreams.api]\nservers = [\"{dead}\", \"{}\"]\neject_after = 2\neject_for = \"30s\"\n\n{CATCH_ALL}",
+        backend.addr()
+    );
+    let gw = Gateway::start(&body);
+    let c = reqwest::Client::new();
+    // round-robin sends every other request to the dead server first: each is retried on the
+    // live one (nothing was sent, so a POST may be retried too)
+    for i in 0..20 {
+        let r = if i % 2 == 0 { c.get(gw.url("/api/market/AAPL")).send().await } else { c.post(gw.url("/debug/echo")).body("x").send().await };
+        assert_eq!(r.unwrap().status(), 200, "request {i}");
+    }
+    let log = gw.log();
+    let ejected: Vec<&str> = log.lines().filter(|l| l.contains("server ejected by passive health")).collect();
+    assert_eq!(ejected.len(), 1, "ejected once, then left out: {ejected:?}");
+    assert!(ejected[0].contains(&dead), "{}", ejected[0]);
+    // no final error: every failure was absorbed by the failover
+    let m = gw.metrics().await;
+    assert!(!m.contains("fastgate_upstream_errors_total{"), "{m}");
 }

@@ -33,6 +33,10 @@ use toml::Spanned;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Passive health: a server failing this many exchanges in a row is left out...
+pub const DEFAULT_EJECT_AFTER: u32 = 3;
+/// ...for this long (then it gets traffic again; one more failure ejects it again).
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/fastgate-upgrade.sock";
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
@@ -360,6 +364,8 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
             health_check,
             max_concurrent,
             queue,
+            eject_after,
+            eject_for,
         } = spanned.into_inner();
         let concurrency = compile_concurrency(cx, max_concurrent.as_ref(), queue.as_ref());
         if servers.is_empty() {
@@ -394,6 +400,8 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
             idle_timeout: positive(cx, idle_timeout.as_ref(), "idle_timeout", DEFAULT_IDLE),
             health_check,
             concurrency: concurrency.flatten(),
+            eject_after: eject_after.map_or(DEFAULT_EJECT_AFTER, Spanned::into_inner),
+            eject_for: positive(cx, eject_for.as_ref(), "eject_for", DEFAULT_EJECT_FOR),
         };
         out.insert(name, def);
     }

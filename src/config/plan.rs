@@ -76,6 +76,9 @@ pub struct UpstreamDef {
     pub health_check: Option<HealthCheckSpec>,
     /// In-flight requests across every route that uses this upstream.
     pub concurrency: Option<ConcurrencyDef>,
+    /// Passive health: consecutive failures that eject a server (0: never), and for how long.
+    pub eject_after: u32,
+    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -101,6 +101,10 @@ pub struct RawUpstream {
     /// In-flight requests to this upstream across all routes.
     pub max_concurrent: Option<Spanned<usize>>,
     pub queue: Option<Spanned<RawQueue>>,
+    /// Consecutive failed exchanges (connect refused or timed out, a reset, a read timeout)
+    /// after which a server is left out for `eject_for`; 0 never ejects.
+    pub eject_after: Option<Spanned<u32>>,
+    pub eject_for: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,7 +42,7 @@ use pingora::cache::{CacheMeta, CacheOptionOverrides, ForcedFreshness, NoCacheRe
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -265,7 +265,7 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = route.upstream() else {
             return Err(Error::explain(ErrorType::InternalError, "upstream_peer on a route that denies"));
         };
-        let Some(addr) = upstream.select() else {
+        let Some(addr) = upstream.select(ctx.core.failed_server) else {
             let retry = upstream.def.health_check.as_ref().map_or(1, |hc| hc.interval.as_secs().max(1));
             let detail = format!("no healthy server in upstream `{}`", upstream.name);
             return Err(fail(ctx, GatewayError::new(Problem::NoHealthyUpstream, detail).retry_after(retry)));
@@ -281,6 +281,22 @@ impl ProxyHttp for Gateway {
         route.policies.on_peer(&exchange(session, &ctx.core), &mut ctx.record.states, &mut peer.options);
         ctx.core.upstream_at = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    /// A connect failure is noted against the server (passive health) and, while the upstream
+    /// has another server to try, retried there: nothing of the request was sent, so any
+    /// method may be retried.
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        let (Some(upstream), Some(addr)) = (ctx.decision.route().and_then(|r| r.upstream()), peer.address().as_inet()) else {
+            return e;
+        };
+        upstream.failed(*addr);
+        if ctx.core.connect_failures < upstream.failover_attempts() {
+            ctx.core.connect_failures += 1;
+            ctx.core.failed_server = Some(*addr);
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn connected_to_upstream(
@@ -435,6 +451,12 @@ impl ProxyHttp for Gateway {
             Problem::UpstreamFailed => Some("failed"),
             _ => None,
         };
+        // connect failures were noted per attempt in `fail_to_connect`
+        if matches!(err.problem, Problem::UpstreamTimeout | Problem::UpstreamFailed)
+            && let (Some(up), Some(addr)) = (ctx.decision.route().and_then(|r| r.upstream()), ctx.record.outcome.upstream)
+        {
+            up.failed(addr);
+        }
         if session.response_written().is_some() {
             // Too late for a problem body; note it and let the connection close.
             respond::note(ctx, err);
@@ -450,6 +472,12 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.record.outcome.client_ip = ctx.core.client_ip;
+        if ctx.record.outcome.ttfb.is_some()
+            && ctx.record.outcome.upstream_error.is_none()
+            && let (Some(up), Some(addr)) = (ctx.decision.route().and_then(|r| r.upstream()), ctx.record.outcome.upstream)
+        {
+            up.succeeded(addr);
+        }
         if let Some(route) = ctx.decision.route() {
             route.policies.on_done(&ctx.record.states, &mut ctx.record.outcome);
         }
