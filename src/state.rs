@@ -131,6 +131,7 @@ fn route(
     let PolicyDef {
         timeouts,
         max_body,
+        buffer_request_body,
         max_response_body,
         streaming,
         rate_limits,
@@ -178,7 +179,7 @@ fn route(
         upstream: upstream_slots,
     });
     let policies = RoutePolicies {
-        body: Some(BodyLimits { max_body, max_response_body }),
+        body: Some(BodyLimits { max_body, max_response_body, buffer: buffer_request_body }),
         rate_limit,
         timeout: Some(timeouts),
         concurrency,

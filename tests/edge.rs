@@ -31,13 +31,13 @@ fn problem_body(resp: &str) -> Value {
 }
 
 /// The head of `resp`, lower-cased, for field checks.
-fn head(resp: &str) -> String {
+fn head_of(resp: &str) -> String {
     resp[..resp.find("\r\n\r\n").unwrap_or(resp.len())].to_ascii_lowercase()
 }
 
 fn assert_gateway_problem(resp: &str, status: u16, code: &str) {
     assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{}", &resp[..resp.len().min(400)]);
-    let h = head(resp);
+    let h = head_of(resp);
     assert!(h.contains("\r\ncontent-type: application/problem+json"), "{h}");
     assert!(h.contains("\r\nx-request-id: "), "{h}");
     assert!(h.contains("\r\nconnection: close"), "{h}");
@@ -93,7 +93,7 @@ async fn on_a_kept_alive_connection_the_head_deadline_starts_with_the_next_reque
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
         let resp = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-        assert!(!head(&resp).contains("connection: close"), "{resp}");
+        assert!(!head_of(&resp).contains("connection: close"), "{resp}");
         // idle longer than header_timeout, within keepalive_timeout: still open
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
@@ -108,7 +108,7 @@ async fn connections_over_the_limits_get_a_503_and_the_slots_come_back() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let resp = raw(&gw.addr(), b"GET /debug/echo HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_gateway_problem(&resp, 503, "too_many_connections");
-    assert!(head(&resp).contains("\r\nretry-after: 1"), "{resp}");
+    assert!(head_of(&resp).contains("\r\nretry-after: 1"), "{resp}");
     assert!(problem_body(&resp)["detail"].as_str().unwrap().contains("max_connections_per_client"), "{resp}");
     drop(a);
     drop(b);
@@ -176,7 +176,7 @@ async fn responses_sent_while_draining_close_the_connection() {
     gw.signal("TERM");
     let resp = read_all(&mut s, Duration::from_secs(5)).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(head(&resp).contains("\r\nconnection: close"), "{resp}");
+    assert!(head_of(&resp).contains("\r\nconnection: close"), "{resp}");
 }
 
 #[tokio::test]
@@ -292,4 +292,54 @@ async fn a_denied_path_is_refused_in_every_spelling() {
     let out = check_config(&config_for(&backend.addr(), "[[routes]]\nname = \"x\"\nmatch = { path = \"/x\" }\naction = \"deny\"\nupstream = \"api\"\n"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no `upstream`") || String::from_utf8_lossy(&out.stdout).contains("has no `upstream`"));
+}
+
+#[tokio::test]
+async fn a_buffered_body_is_checked_whole_before_the_backend_sees_the_request() {
+    let backend = Backend::start();
+    let routes = format!(
+        "[[routes]]\nname = \"buffered\"\nmatch = {{ path_prefix = \"/debug/echo\" }}\nupstream = \"api\"\nbuffer_request_body = \"1KiB\"\n\n{CATCH_ALL}"
+    );
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let hits = || backend.hits("/debug/echo");
+    let before = hits().await;
+    let head = "POST /debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (what, body, status) in [
+        ("a hex prefix", "0x5\r\nhello\r\n0\r\n\r\n", 400),
+        ("a negative size", "-5\r\nhello\r\n0\r\n\r\n", 400),
+        ("an overflowing size", "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n", 400),
+        ("more than the buffer", &format!("{:x}\r\n{}\r\n0\r\n\r\n", 2000, "a".repeat(2000)), 413),
+    ] {
+        let resp = raw(&gw.addr(), format!("{head}{body}").as_bytes()).await;
+        assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {resp}");
+        assert!(head_of(&resp).contains("application/problem+json"), "{what}: {resp}");
+    }
+    // a body cut short: the client stops writing
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(format!("{head}5\r\nhel").as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let resp = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    // a declared length over the buffer is refused before a byte of the body is read
+    let resp = raw(&gw.addr(), b"POST /debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 413 "), "{resp}");
+    assert_eq!(hits().await, before, "the backend saw none of these");
+
+    // good bodies arrive whole, chunked or not
+    let resp = raw(&gw.addr(), format!("{head}5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").replace("Host: t\r\n", "Host: t\r\nConnection: close\r\n").as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert_eq!(problem_body(&resp)["body_len"], 11, "{resp}");
+    // Expect: 100-continue is answered by the gateway, which then reads the body
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.expect("100 Continue in time").unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 "), "{}", String::from_utf8_lossy(&buf[..n]));
+    s.write_all(b"hello").await.unwrap();
+    let resp = read_all(&mut s, Duration::from_secs(5)).await;
+    let resp = resp.trim_start_matches("\r\n");
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(!resp.contains("HTTP/1.1 100"), "one 100 only: {resp}");
+    assert_eq!(problem_body(resp)["body_len"], 5, "{resp}");
+    assert_eq!(hits().await, before + 2);
 }

@@ -650,6 +650,15 @@ fn compile_policy(
         .unwrap_or(builtin::SLOW_THRESHOLD);
     let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
     let max_response_body = pick(route.max_response_body, defaults.max_response_body).map(|s| s.get_ref().0);
+    let buffer_request_body = match pick(route.buffer_request_body, defaults.buffer_request_body) {
+        Some(b) if b.get_ref().0 == 0 || b.get_ref().0 > builtin::MAX_BUFFERED_BODY => cx.error(
+            b.span(),
+            format!("`buffer_request_body` must be between 1 byte and {} KiB", builtin::MAX_BUFFERED_BODY / 1024),
+            "pingora replays a buffered body from a 64 KiB buffer; larger bodies stream (max_body still caps them)",
+        ),
+        Some(b) => Some(b.get_ref().0),
+        None => None,
+    };
     let streaming = pick(route.streaming, defaults.streaming).is_some_and(Spanned::into_inner);
 
     let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
@@ -732,6 +741,7 @@ fn compile_policy(
             stream_idle,
         },
         max_body,
+        buffer_request_body,
         max_response_body,
         streaming,
         rate_limits,

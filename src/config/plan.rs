@@ -113,6 +113,8 @@ pub struct PolicyDef {
     pub timeouts: Timeouts,
     /// Request body cap in bytes.
     pub max_body: u64,
+    /// Bodies up to this many bytes are read whole before the request goes upstream.
+    pub buffer_request_body: Option<u64>,
     /// Response body cap in bytes.
     pub max_response_body: Option<u64>,
     /// The route streams: no total timeout, `stream_idle` between reads.
@@ -136,6 +138,7 @@ impl Default for PolicyDef {
         PolicyDef {
             timeouts: Timeouts::default(),
             max_body: crate::policy::builtin::MAX_BODY,
+            buffer_request_body: None,
             max_response_body: None,
             streaming: false,
             rate_limits: None,
@@ -226,6 +229,9 @@ impl std::fmt::Display for PolicyDef {
             write!(f, "timeout {:?} (connect {:?}, read {:?})", t.total, t.connect, t.read)?;
         }
         write!(f, ", max_body {}", bytesize::ByteSize(self.max_body).display().iec())?;
+        if let Some(b) = self.buffer_request_body {
+            write!(f, ", buffer_request_body {}", bytesize::ByteSize(b).display().iec())?;
+        }
         if let Some(cap) = self.max_response_body {
             write!(f, ", max_response_body {}", bytesize::ByteSize(cap).display().iec())?;
         }

@@ -178,6 +178,9 @@ policy_keys! {
     /// Longest wait between two reads from the upstream.
     read_timeout: Spanned<Dur>,
     max_body: Spanned<Size>,
+    /// Request bodies up to this are read whole, framing checked, before the backend sees
+    /// the request; larger ones are refused (413). At most 64 KiB.
+    buffer_request_body: Spanned<Size>,
     /// Cap on the response body the backend may send.
     max_response_body: Spanned<Size>,
     /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.

@@ -17,6 +17,9 @@ pub struct BodyLimits {
     pub max_body: u64,
     /// Response body cap in bytes.
     pub max_response_body: Option<u64>,
+    /// `buffer_request_body`: bodies up to this are read whole (by the proxy, which owns the
+    /// session) before the request goes upstream.
+    pub buffer: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn declared_too_large_is_refused_and_closes() {
-        let p = BodyLimits { max_body: 4, max_response_body: None };
+        let p = BodyLimits { max_body: 4, max_response_body: None, buffer: None };
         let mut req = pingora::http::RequestHeader::build("POST", b"/x", None).unwrap();
         req.insert_header("content-length", "5").unwrap();
         let (mut st, mut d) = (BodyState::default(), Directives::default());
@@ -159,7 +162,7 @@ mod tests {
 
     #[test]
     fn streamed_request_body_drops_the_crossing_chunk() {
-        let p = BodyLimits { max_body: 4, max_response_body: None };
+        let p = BodyLimits { max_body: 4, max_response_body: None, buffer: None };
         let mut st = BodyState::default();
         let mut chunk = Some(Bytes::from_static(b"abc"));
         assert!(p.on_request_body(&mut chunk, &mut st).is_ok());
@@ -170,7 +173,7 @@ mod tests {
 
     #[test]
     fn streamed_response_over_the_cap_is_cut() {
-        let p = BodyLimits { max_body: 4, max_response_body: Some(3) };
+        let p = BodyLimits { max_body: 4, max_response_body: Some(3), buffer: None };
         let mut st = BodyState::default();
         let mut body = Some(Bytes::from_static(b"abcd"));
         assert_eq!(p.on_response_body(&mut body, false, &mut st).unwrap_err().code, "response_too_large");

@@ -47,6 +47,8 @@ pub mod builtin {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+    /// The largest `buffer_request_body`: the size of the buffer pingora replays a body from.
+    pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
     pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
 }
 

@@ -99,6 +99,55 @@ fn apply(session: &mut Session, d: Directives) -> Result<()> {
     Ok(())
 }
 
+/// `buffer_request_body`: reads a request body whole into pingora's replay buffer, which
+/// pingora then sends upstream in one piece, so a body with broken framing (a bad chunk size,
+/// a connection cut short) or over the limit is refused before the backend sees the head.
+async fn buffer_body(session: &mut Session, limit: u64) -> std::result::Result<(), GatewayError> {
+    let req = session.req_header();
+    let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !chunked && declared.unwrap_or(0) == 0 {
+        return Ok(());
+    }
+    let too_large = || GatewayError::new(Problem::PayloadTooLarge, format!("request bodies on this route are read whole before they are forwarded, up to buffer_request_body ({limit} bytes)"));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let expects_continue = req
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let downstream = session.as_downstream_mut();
+    if expects_continue {
+        downstream
+            .write_continue_response()
+            .await
+            .map_err(|e| GatewayError::new(Problem::BadRequest, format!("cannot answer Expect: 100-continue: {e}")))?;
+    }
+    downstream.enable_retry_buffering();
+    if expects_continue {
+        // answered here: the backend gets the whole body at once and must not answer again
+        session.req_header_mut().remove_header(&http::header::EXPECT);
+    }
+    let downstream = session.as_downstream_mut();
+    let mut total = 0u64;
+    loop {
+        match downstream.read_request_body().await {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(too_large());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                return Err(GatewayError::new(Problem::RequestTimeout, "the request body did not arrive within client_body_timeout"));
+            }
+            Err(e) => return Err(GatewayError::new(Problem::BadRequest, format!("malformed request body: {}", e.etype().as_str()))),
+        }
+    }
+}
+
 /// Keeps `err` for `fail_to_proxy` to answer and returns the pingora error that ends the phase.
 fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
     let e = err.to_pingora();
@@ -208,7 +257,17 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let err = match &ctx.decision {
-            Decision::Routed(_) => return Ok(false),
+            Decision::Routed(route) => match route.policies.body.as_ref().and_then(|b| b.buffer) {
+                None => return Ok(false),
+                Some(limit) => match buffer_body(session, limit).await {
+                    Ok(()) => return Ok(false),
+                    Err(err) => {
+                        // what is left of the body is unread: the connection cannot be reused
+                        session.set_keepalive(None);
+                        err
+                    }
+                },
+            },
             Decision::Rejected { err, .. } => err.clone(),
             Decision::Pending | Decision::NoRoute => {
                 let req = session.req_header();
