@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod fuzzing;
 pub mod openapi;
 pub mod policy;
 pub mod problem;

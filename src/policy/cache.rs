@@ -62,7 +62,7 @@ pub struct ClientDirectives {
 }
 
 impl ClientDirectives {
-    fn parse(req: &RequestHeader) -> Self {
+    pub(crate) fn parse(req: &RequestHeader) -> Self {
         let Some(cc) = CacheControl::from_req_headers(req) else { return Self::default() };
         ClientDirectives {
             no_cache: cc.no_cache(),
