@@ -459,10 +459,18 @@ impl ProxyHttp for Gateway {
         cache::variance(meta, req)
     }
 
-    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+    fn should_serve_stale(&self, session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
         // None: stale-while-revalidate (pingora has checked the entry's window); an upstream
         // error or 5xx: stale-if-error. Never for the gateway's own refusals.
-        error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
+        let serve = error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream);
+        if serve && error.is_some() {
+            // pingora closes the client connection after a stale-if-error answer (it passes
+            // the failed upstream attempt's "no reuse" on), but would write the answer with
+            // keep-alive: the client's next request on it then meets a closed connection.
+            // Say so in the answer instead (found by bench/soak, under kill -9 of the backend).
+            session.set_keepalive(None);
+        }
+        serve
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
