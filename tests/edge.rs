@@ -343,3 +343,26 @@ async fn a_buffered_body_is_checked_whole_before_the_backend_sees_the_request() 
     assert_eq!(problem_body(resp)["body_len"], 5, "{resp}");
     assert_eq!(hits().await, before + 2);
 }
+
+#[tokio::test]
+async fn a_backend_dying_mid_response_closes_the_client_connection_and_nothing_else_breaks() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    // a slow export: the header and the first rows arrive, then the backend is killed
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /api/export?rows=20&delay=0.2 HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut first)).await.unwrap().unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&first[..n]));
+    drop(backend);
+    // the client sees the connection end (no terminating chunk): a clean close, within moments
+    let started = Instant::now();
+    let rest = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    assert!(!rest.ends_with("0\r\n\r\n"), "a cut body must not look complete: {rest:?}");
+    // the next request is answered as a problem, on a new connection, and the process is fine
+    let resp = raw(&gw.addr(), b"GET /api/market/AAPL HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 502 ") || resp.starts_with("HTTP/1.1 503 "), "{resp}");
+    assert_eq!(problem_body(&resp)["code"].as_str().map(|c| c.starts_with("upstream_") || c == "no_healthy_upstream"), Some(true), "{resp}");
+    assert!(!gw.log().contains("panicked"), "{}", gw.log());
+}
