@@ -308,6 +308,8 @@ async fn a_buffered_body_is_checked_whole_before_the_backend_sees_the_request() 
         ("a hex prefix", "0x5\r\nhello\r\n0\r\n\r\n", 400),
         ("a negative size", "-5\r\nhello\r\n0\r\n\r\n", 400),
         ("an overflowing size", "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n", 400),
+        ("an empty size", "5\r\nhello\r\n\r\n", 400),
+        ("an empty size with an extension", "5\r\nhello\r\n;ext\r\n\r\n", 400),
         ("more than the buffer", &format!("{:x}\r\n{}\r\n0\r\n\r\n", 2000, "a".repeat(2000)), 413),
     ] {
         let resp = raw(&gw.addr(), format!("{head}{body}").as_bytes()).await;
@@ -365,4 +367,44 @@ async fn a_backend_dying_mid_response_closes_the_client_connection_and_nothing_e
     assert!(resp.starts_with("HTTP/1.1 502 ") || resp.starts_with("HTTP/1.1 503 "), "{resp}");
     assert_eq!(problem_body(&resp)["code"].as_str().map(|c| c.starts_with("upstream_") || c == "no_healthy_upstream"), Some(true), "{resp}");
     assert!(!gw.log().contains("panicked"), "{}", gw.log());
+}
+
+#[tokio::test]
+async fn keep_alive_follows_the_message() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
+    // (request, the connection stays open)
+    let cases: [(&str, &[u8], bool); 5] = [
+        ("HTTP/1.1", b"GET /debug/echo HTTP/1.1\r\nHost: t\r\n\r\n", true),
+        ("HTTP/1.1 with Connection: close", b"GET /debug/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", false),
+        ("HTTP/1.0", b"GET /debug/echo HTTP/1.0\r\nHost: t\r\n\r\n", false),
+        ("HTTP/1.0 with keep-alive", b"GET /debug/echo HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n", true),
+        // RFC 9112 6.1: a server that gets both must close after the response
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST /debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            false,
+        ),
+    ];
+    for (what, request, kept) in cases {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        let resp = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(resp.contains(" 200 OK\r\n"), "{what}: {resp}");
+        if what.starts_with("Content-Length") {
+            assert_eq!(problem_body(&resp)["body_len"], 3, "the chunked body counts, not the length: {resp}");
+        }
+        // closed: the read ends at once; kept: it waits for the next request
+        let more = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+        match (kept, more) {
+            (true, Err(_)) => {}
+            (false, Ok(Ok(0))) => {}
+            (kept, other) => panic!("{what}: expected the connection {}, got {other:?}", if kept { "kept" } else { "closed" }),
+        }
+        if !kept {
+            assert!(head_of(&resp).contains("\r\nconnection: close"), "{what}: {resp}");
+        }
+    }
 }
