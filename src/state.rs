@@ -141,6 +141,7 @@ fn route(
         invalidate_tags,
         invalidate,
         slow_threshold,
+        retry: _,
         pagination,
         fields,
         normalize_errors,

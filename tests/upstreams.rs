@@ -233,3 +233,52 @@ async fn a_refused_connection_fails_over_and_passive_health_ejects_the_server() 
     let m = gw.metrics().await;
     assert!(!m.contains("fastgate_upstream_errors_total{"), "{m}");
 }
+
+/// A server that reads each request and closes the connection without a word.
+async fn closing_server() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_retry_moves_a_safe_request_past_a_reset() {
+    let backend = Backend::start();
+    let closing = closing_server().await;
+    let upstream = format!("[upstreams.api]\nservers = [\"{closing}\", \"{}\"]\neject_after = 0\n\n", backend.addr());
+    let route = |extra: &str| format!("[[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"api\"\n{extra}\n");
+    let c = reqwest::Client::new();
+
+    // without `retry`: every other request meets the closing server and fails
+    let gw = Gateway::start(&(upstream.clone() + &route("")));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 3, "{statuses:?}");
+    drop(gw);
+
+    // with it: a GET is retried on the other server; a POST, which the backend may have acted
+    // on, is not
+    let gw = Gateway::start(&(upstream + &route("retry = { attempts = 1, on = [\"connect\", \"reset\"] }")));
+    for i in 0..6 {
+        assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200, "GET {i}");
+    }
+    let mut posts = Vec::new();
+    for _ in 0..6 {
+        posts.push(c.post(gw.url("/debug/echo")).body("x").send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(posts.iter().filter(|s| **s == 502).count(), 3, "{posts:?}");
+    let out = common::check_config("[upstreams.api]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nmatch = { path = \"/a\" }\nupstream = \"api\"\nretry = { attempts = 9, on = [\"sometimes\"] }\n");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("retry.attempts") && text.contains("unknown retry condition"), "{text}");
+}

@@ -354,6 +354,34 @@ fn positive(cx: &mut Ctx<'_>, v: Option<&Spanned<Dur>>, key: &str, default: Dura
     }
 }
 
+fn compile_retry(cx: &mut Ctx<'_>, r: &Spanned<super::raw::RawRetry>) -> Option<crate::policy::timeout::Retry> {
+    use crate::policy::timeout::Retry;
+    let raw = r.get_ref();
+    let attempts = *raw.attempts.get_ref();
+    // every error of the table is reported, not only the first
+    let mut ok = true;
+    if attempts == 0 || attempts > Retry::MAX_ATTEMPTS {
+        ok = false;
+        cx.error::<()>(raw.attempts.span(), format!("`retry.attempts` must be 1 to {}", Retry::MAX_ATTEMPTS), "attempts after the first: 1 or 2 is usual");
+    }
+    let mut retry = Retry { attempts, connect: true, reset: false, timeout: false };
+    if let Some(on) = &raw.on {
+        retry.connect = false;
+        for kind in on {
+            match kind.get_ref().as_str() {
+                "connect" => retry.connect = true,
+                "reset" => retry.reset = true,
+                "timeout" => retry.timeout = true,
+                other => {
+                    ok = false;
+                    cx.error::<()>(kind.span(), format!("unknown retry condition {other:?}"), "\"connect\" (refused or timed out), \"reset\" (closed before a response), \"timeout\" (no response in read_timeout)");
+                }
+            }
+        }
+    }
+    ok.then_some(retry)
+}
+
 fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> BTreeMap<String, UpstreamDef> {
     let mut out = BTreeMap::new();
     for (name, spanned) in raw {
@@ -646,6 +674,7 @@ fn compile_policy(
     }
     let stream_idle = dur(cx, pick(route.stream_idle_timeout, defaults.stream_idle_timeout), "stream_idle_timeout")
         .unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
+    let retry = pick(route.retry, defaults.retry).and_then(|r| compile_retry(cx, &r));
     let slow_threshold = dur(cx, pick(route.slow_threshold, defaults.slow_threshold), "slow_threshold")
         .unwrap_or(builtin::SLOW_THRESHOLD);
     let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
@@ -751,6 +780,7 @@ fn compile_policy(
         invalidate_tags,
         invalidate,
         slow_threshold,
+        retry,
         pagination,
         fields,
         normalize_errors,

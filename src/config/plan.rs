@@ -127,6 +127,9 @@ pub struct PolicyDef {
     /// What a successful write invalidates besides its own path and `Location`.
     pub invalidate: Vec<crate::cache::invalidate::InvalidateRule>,
     pub slow_threshold: Duration,
+    /// `retry`: more attempts for failed exchanges; `None`: only a failed connect moves on to
+    /// another server of the upstream.
+    pub retry: Option<crate::policy::timeout::Retry>,
     pub pagination: Option<Pagination>,
     pub fields: Option<FieldSelection>,
     pub normalize_errors: bool,
@@ -148,6 +151,7 @@ impl Default for PolicyDef {
             invalidate_tags: Vec::new(),
             invalidate: crate::cache::invalidate::default_rules(),
             slow_threshold: crate::policy::builtin::SLOW_THRESHOLD,
+            retry: None,
             pagination: None,
             fields: None,
             normalize_errors: false,

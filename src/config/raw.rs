@@ -204,6 +204,8 @@ policy_keys! {
     invalidate: Vec<Spanned<String>>,
     /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
     slow_threshold: Spanned<Dur>,
+    /// More attempts for a failed exchange: `{ attempts = 2, on = ["connect", "reset", "timeout"] }`.
+    retry: Spanned<RawRetry>,
     /// Page-size default and cap, and an offset cap, for a list endpoint.
     pagination: Spanned<RawPagination>,
     /// `?fields=a,b.c` selects members of JSON responses: `"on"`, `"off"` or a table.
@@ -307,6 +309,13 @@ pub struct RawRateLimit {
     pub missing_key_status: Option<Spanned<u16>>,
     /// Label in `RateLimit-Policy` and metrics; defaults to the key.
     pub name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Spanned<u32>,
+    pub on: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,6 +18,23 @@ use pingora::http::ResponseHeader;
 use pingora::upstreams::peer::PeerOptions;
 use std::time::{Duration, Instant};
 
+/// A route's `retry`: more attempts for an exchange that failed before any of the response
+/// reached the client. A failed connect is retried for every method (nothing was sent); a
+/// reset or a timeout after the request was sent only for GET, HEAD and OPTIONS, which a
+/// backend may see twice. Another server of the upstream is tried first when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts after the first.
+    pub attempts: u32,
+    pub connect: bool,
+    pub reset: bool,
+    pub timeout: bool,
+}
+
+impl Retry {
+    pub const MAX_ATTEMPTS: u32 = 5;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     /// Whole upstream exchange, from connect to the last body byte (not for streams).

@@ -43,9 +43,9 @@ pub struct Core {
     pub streaming: bool,
     /// When `upstream_peer` chose a server: connect time and time to the response header.
     pub upstream_at: Option<Instant>,
-    /// Connect failures of this request so far, and the server of the last: the next attempt
-    /// goes elsewhere.
-    pub connect_failures: usize,
+    /// Failed attempts of this request retried so far, and the server of the last: the next
+    /// attempt goes elsewhere when the upstream has another server.
+    pub retries: usize,
     pub failed_server: Option<std::net::SocketAddr>,
     /// The backend's 304 to a revalidation, until the stored header is updated from it.
     pub not_modified: Option<Box<pingora::http::ResponseHeader>>,
@@ -96,7 +96,7 @@ impl Ctx {
                 trusted_peer: false,
                 streaming: false,
                 upstream_at: None,
-                connect_failures: 0,
+                retries: 0,
                 failed_server: None,
                 not_modified: None,
             },

@@ -342,18 +342,59 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    /// A connect failure is noted against the server (passive health) and, while the upstream
-    /// has another server to try, retried there: nothing of the request was sent, so any
-    /// method may be retried.
+    /// A connect failure is noted against the server (passive health) and retried: nothing
+    /// of the request was sent, so any method may be. Without a route `retry`, only while the
+    /// upstream has another server to try; with one, up to its `attempts` when it lists
+    /// `connect`.
     fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-        let (Some(upstream), Some(addr)) = (ctx.decision.route().and_then(|r| r.upstream()), peer.address().as_inet()) else {
+        let Some(route) = ctx.decision.route() else { return e };
+        let (Some(upstream), Some(addr)) = (route.upstream(), peer.address().as_inet()) else {
             return e;
         };
         upstream.failed(*addr);
-        if ctx.core.connect_failures < upstream.failover_attempts() {
-            ctx.core.connect_failures += 1;
+        let attempts = match route.def.retry {
+            Some(r) if r.connect => r.attempts as usize,
+            Some(_) => 0,
+            None => upstream.failover_attempts(),
+        };
+        if ctx.core.retries < attempts {
+            ctx.core.retries += 1;
             ctx.core.failed_server = Some(*addr);
             e.set_retry(true);
+        }
+        e
+    }
+
+    /// An exchange that failed after the connect: retried only on a route whose `retry`
+    /// names the failure, for a safe method, and before any of the response went out.
+    /// Otherwise pingora's own rule stands (a reused pooled connection that turned out dead is
+    /// retried once).
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = &session.req_header().method;
+        let safe = matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
+        if !method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        let retry = ctx.decision.route().and_then(|r| r.def.retry);
+        if let Some(r) = retry
+            && safe
+            && e.esource() == &pingora::ErrorSource::Upstream
+            && session.response_written().is_none()
+            && ctx.core.retries < r.attempts as usize
+        {
+            let kind_listed = match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => r.timeout,
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => r.reset,
+                _ => false,
+            };
+            if kind_listed {
+                ctx.core.retries += 1;
+                ctx.core.failed_server = peer.address().as_inet().copied();
+                e.set_retry(true);
+            }
         }
         e
     }
