@@ -52,18 +52,7 @@ async fn malformed_requests_get_400_problems_and_never_reach_the_backend() {
 #[tokio::test]
 async fn a_backend_answering_garbage_is_a_502_upstream_failed() {
     // a "backend" that reads a request and answers something that is not HTTP
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n").await;
-            });
-        }
-    });
+    let addr = common::raw_backend(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n").await;
     let gw = Gateway::start(&config_for(&addr, CATCH_ALL));
     let r = reqwest::get(gw.url("/x")).await.unwrap();
     assert_eq!(r.status(), 502);

@@ -234,26 +234,11 @@ async fn a_refused_connection_fails_over_and_passive_health_ejects_the_server() 
     assert!(!m.contains("fastgate_upstream_errors_total{"), "{m}");
 }
 
-/// A server that reads each request and closes the connection without a word.
-async fn closing_server() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_retry_moves_a_safe_request_past_a_reset() {
     let backend = Backend::start();
-    let closing = closing_server().await;
+    // reads each request and closes the connection without a word
+    let closing = common::raw_backend(b"").await;
     let upstream = format!("[upstreams.api]\nservers = [\"{closing}\", \"{}\"]\neject_after = 0\n\n", backend.addr());
     let route = |extra: &str| format!("[[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"api\"\n{extra}\n");
     let c = reqwest::Client::new();

@@ -573,3 +573,22 @@ pub fn check_config(text: &str) -> std::process::Output {
     std::fs::write(&path, text).unwrap();
     fastgate_command().args(["check", "-c", path.to_str().unwrap()]).output().unwrap()
 }
+
+/// A raw TCP "backend" on a free port: it reads each request, writes `answer` (nothing, for a
+/// server that closes without a word) and closes. Returns its address.
+pub async fn raw_backend(answer: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
