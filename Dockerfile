@@ -9,8 +9,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake pkg-config g++ make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them. vendor/ holds the patched httparse
+# that Cargo.toml's [patch.crates-io] points to.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src
@@ -25,7 +27,8 @@ RUN groupadd --system --gid 10001 fastgate \
  && mkdir -p /etc/fastgate
 COPY --from=build /src/target/release/fastgate /usr/local/bin/fastgate
 COPY config/fastgate.toml /etc/fastgate/fastgate.toml
-USER fastgate
+# Numeric, so a pod's runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 ENV FASTGATE_CONFIG=/etc/fastgate/fastgate.toml \
     FASTGATE_LOG_FORMAT=json
 EXPOSE 8080 9090

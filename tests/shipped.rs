@@ -77,3 +77,25 @@ async fn the_shipped_config_serves_the_example_backend() {
     let doc: Value = r.json().await.unwrap();
     assert!(doc["paths"]["/api/v1/items"].is_object());
 }
+
+/// The image as the Dockerfile builds it: a numeric non-root user (a pod with `runAsNonRoot`
+/// cannot verify a user name), and every path the build needs copied in before the first
+/// `cargo build` (a `[patch]` path missing from the image fails the build).
+#[test]
+fn the_dockerfile_builds_what_cargo_needs_and_runs_as_a_numeric_user() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docker = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let users: Vec<&str> = docker.lines().filter_map(|l| l.trim().strip_prefix("USER ")).collect();
+    let last = users.last().expect("a USER line");
+    let (uid, gid) = last.split_once(':').unwrap_or((last, "0"));
+    assert!(uid.parse::<u32>().is_ok_and(|u| u > 0) && gid.parse::<u32>().is_ok(), "USER {last}: numeric uid:gid, not root");
+    assert!(docker.contains(&format!("--uid {uid}")), "the user {uid} is created in the image");
+    let manifest = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    let first_build = docker.find("cargo build").unwrap();
+    for line in manifest.lines().filter(|l| l.contains("path = \"")) {
+        let path = line.split("path = \"").nth(1).and_then(|p| p.split('"').next()).unwrap();
+        let top = path.split('/').next().unwrap();
+        let copied = docker[..first_build].lines().any(|l| l.starts_with("COPY ") && l.split_whitespace().nth(1) == Some(top));
+        assert!(copied, "Cargo.toml needs {path}: the Dockerfile must COPY {top} before the first cargo build");
+    }
+}
