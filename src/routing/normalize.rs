@@ -50,40 +50,8 @@ pub fn normalize_with(path: &str, slash: EncodedSlash) -> Result<Cow<'_, str>, P
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
-    check_escaped_utf8(path)?;
     let decoded = decode_unreserved(path, slash)?;
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
-}
-
-/// Each run of escaped non-ASCII bytes (`%E2%82%AC`) must decode to UTF-8.
-fn check_escaped_utf8(path: &str) -> Result<(), PathError> {
-    let b = path.as_bytes();
-    let mut run = Vec::new();
-    let mut i = 0;
-    loop {
-        let byte = (b.get(i) == Some(&b'%'))
-            .then(|| b.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .filter(|byte| *byte >= 0x80);
-        match byte {
-            Some(byte) => {
-                run.push(byte);
-                i += 3;
-            }
-            None => {
-                if !run.is_empty() {
-                    std::str::from_utf8(&run).map_err(|_| PathError::BadUtf8)?;
-                    run.clear();
-                }
-                if i >= b.len() {
-                    return Ok(());
-                }
-                i += 1;
-            }
-        }
-    }
 }
 
 fn is_normal(path: &str) -> bool {
@@ -95,9 +63,13 @@ fn is_normal(path: &str) -> bool {
         && !path.ends_with("/..")
 }
 
+/// Decodes unreserved escapes and checks that each run of escaped non-ASCII bytes
+/// (`%E2%82%AC`) is UTF-8 (those stay escaped).
 fn decode_unreserved(path: &str, slash: EncodedSlash) -> Result<String, PathError> {
     let b = path.as_bytes();
     let mut out = String::with_capacity(path.len());
+    // the current run of escaped bytes >= 0x80, checked when it ends
+    let mut run: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
@@ -105,6 +77,11 @@ fn decode_unreserved(path: &str, slash: EncodedSlash) -> Result<String, PathErro
             let hi = (hex[0] as char).to_digit(16).ok_or(PathError::BadEscape)?;
             let lo = (hex[1] as char).to_digit(16).ok_or(PathError::BadEscape)?;
             let byte = (hi * 16 + lo) as u8;
+            if byte >= 0x80 {
+                run.push(byte);
+            } else {
+                end_run(&mut run)?;
+            }
             if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
                 out.push(byte as char);
             } else if matches!(byte, b'/' | b'\\') && slash == EncodedSlash::Reject {
@@ -118,13 +95,25 @@ fn decode_unreserved(path: &str, slash: EncodedSlash) -> Result<String, PathErro
             }
             i += 3;
         } else {
+            end_run(&mut run)?;
             // path is &str, so copying whole UTF-8 sequences byte by byte stays valid
             let ch_len = utf8_len(b[i]);
             out.push_str(&path[i..i + ch_len]);
             i += ch_len;
         }
     }
+    end_run(&mut run)?;
     Ok(out)
+}
+
+/// An overlong form (`%C0%AE` for `.`), a surrogate or a stray continuation byte: a lenient
+/// decoder in the backend would see another path than the one routed.
+fn end_run(run: &mut Vec<u8>) -> Result<(), PathError> {
+    if !run.is_empty() {
+        std::str::from_utf8(run).map_err(|_| PathError::BadUtf8)?;
+        run.clear();
+    }
+    Ok(())
 }
 
 fn utf8_len(first: u8) -> usize {
