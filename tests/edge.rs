@@ -131,6 +131,18 @@ async fn connections_over_the_limits_get_a_503_and_the_slots_come_back() {
     assert_gateway_problem(&resp, 503, "too_many_connections");
     assert!(problem_body(&resp)["detail"].as_str().unwrap().contains("server.max_connections "), "{resp}");
     drop(held);
+
+    // a trusted proxy is exempt from the per-client bound: every client behind it shares its address
+    let gw = Gateway::start_with(
+        &config_for(&backend.addr(), CATCH_ALL),
+        "max_connections_per_client = 1\ntrusted_proxies = [\"127.0.0.1\"]",
+        &[],
+    );
+    let held = TcpStream::connect(gw.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = raw(&gw.addr(), b"GET /debug/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
 }
 
 #[tokio::test]

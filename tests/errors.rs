@@ -52,7 +52,7 @@ async fn malformed_requests_get_400_problems_and_never_reach_the_backend() {
 #[tokio::test]
 async fn a_backend_answering_garbage_is_a_502_upstream_failed() {
     // a "backend" that reads a request and answers something that is not HTTP
-    let addr = common::raw_backend(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n").await;
+    let addr = common::raw_backend(Some(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n")).await;
     let gw = Gateway::start(&config_for(&addr, CATCH_ALL));
     let r = reqwest::get(gw.url("/x")).await.unwrap();
     assert_eq!(r.status(), 502);

@@ -238,7 +238,7 @@ async fn a_refused_connection_fails_over_and_passive_health_ejects_the_server() 
 async fn a_route_retry_moves_a_safe_request_past_a_reset() {
     let backend = Backend::start();
     // reads each request and closes the connection without a word
-    let closing = common::raw_backend(b"").await;
+    let closing = common::raw_backend(Some(b"")).await;
     let upstream = format!("[upstreams.api]\nservers = [\"{closing}\", \"{}\"]\neject_after = 0\n\n", backend.addr());
     let route = |extra: &str| format!("[[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"api\"\n{extra}\n");
     let c = reqwest::Client::new();
@@ -263,6 +263,23 @@ async fn a_route_retry_moves_a_safe_request_past_a_reset() {
         posts.push(c.post(gw.url("/debug/echo")).body("x").send().await.unwrap().status().as_u16());
     }
     assert_eq!(posts.iter().filter(|s| **s == 502).count(), 3, "{posts:?}");
+    drop(gw);
+
+    // `timeout`: a server that never answers costs one read_timeout, then the other answers;
+    // a POST is not replayed and gets the 504
+    let hanging = common::raw_backend(None).await;
+    let upstream = format!("[upstreams.api]\nservers = [\"{hanging}\", \"{}\"]\neject_after = 0\n\n", backend.addr());
+    let gw = Gateway::start(&(upstream + &route("read_timeout = \"300ms\"\nretry = { attempts = 1, on = [\"timeout\"] }")));
+    for i in 0..4 {
+        let started = Instant::now();
+        assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200, "GET {i}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    let mut posts = Vec::new();
+    for _ in 0..4 {
+        posts.push(c.post(gw.url("/debug/echo")).body("x").send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(posts.iter().filter(|s| **s == 504).count(), 2, "{posts:?}");
     let out = common::check_config("[upstreams.api]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nmatch = { path = \"/a\" }\nupstream = \"api\"\nretry = { attempts = 9, on = [\"sometimes\"] }\n");
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("retry.attempts") && text.contains("unknown retry condition"), "{text}");

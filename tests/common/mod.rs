@@ -575,8 +575,9 @@ pub fn check_config(text: &str) -> std::process::Output {
 }
 
 /// A raw TCP "backend" on a free port: it reads each request, writes `answer` (nothing, for a
-/// server that closes without a word) and closes. Returns its address.
-pub async fn raw_backend(answer: &'static [u8]) -> String {
+/// server that closes without a word) and closes; with `None` it never answers nor closes.
+/// Returns its address.
+pub async fn raw_backend(answer: Option<&'static [u8]>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -586,7 +587,12 @@ pub async fn raw_backend(answer: &'static [u8]) -> String {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(answer).await;
+                match answer {
+                    Some(answer) => {
+                        let _ = s.write_all(answer).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                }
             });
         }
     });
