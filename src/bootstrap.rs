@@ -3,13 +3,15 @@
 
 use crate::admin::Admin;
 use crate::app::App;
-use crate::proxy::conn::Edge;
+use crate::proxy::conn::{Connections, Edge, Listener};
 use crate::proxy::Gateway;
 use crate::reload;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
 use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,12 +41,25 @@ pub struct ListenError {
     source: std::io::Error,
 }
 
+impl ListenError {
+    fn tls(addr: std::net::SocketAddr, e: impl std::fmt::Display) -> Self {
+        ListenError { key: "tls", addr, source: std::io::Error::other(e.to_string()) }
+    }
+}
+
+/// The HTTPS listener needs no handshake callbacks; pingora's settings builder asks for some.
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
+
 /// Binds each address once and lets it go, so a taken port stops start-up at once with one
 /// line: pingora, given a taken address, retries for 30 s, panics, and leaves a live process
 /// with no listener.
 fn check_addresses(s: &crate::config::Settings) -> Result<(), ListenError> {
     let probe = s.probe_listen.map(|a| ("probe_listen", a));
-    for (key, addr) in [("listen", s.listen), ("admin_listen", s.admin_listen)].into_iter().chain(probe) {
+    let tls = s.tls.as_ref().map(|t| ("tls.listen", t.listen));
+    for (key, addr) in [("listen", s.listen), ("admin_listen", s.admin_listen)].into_iter().chain(probe).chain(tls) {
         std::net::TcpListener::bind(addr).map_err(|source| ListenError { key, addr, source })?;
     }
     Ok(())
@@ -74,9 +89,19 @@ pub fn run(app: Arc<App>, upgrade: bool) -> Result<(), ListenError> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    let conns = Arc::new(Connections::default());
     let http = pingora::proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
-    let mut proxy = Service::new("fastgate proxy".to_string(), Edge::new(http, app.clone()));
+    let mut proxy = Service::new("fastgate proxy".to_string(), Edge::new(http, app.clone(), conns.clone(), Listener::Plain));
     proxy.add_tcp(&s.listen.to_string());
+    if let Some(tls) = &s.tls {
+        let http = pingora::proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
+        let mut https = Service::new("fastgate https".to_string(), Edge::new(http, app.clone(), conns, Listener::Tls));
+        let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| ListenError::tls(tls.listen, e))?;
+        settings.set_cert_resolver(Arc::new(crate::tls::Resolver::new(app.clone())));
+        settings.set_alpn(if tls.http2 { ALPN::H2H1 } else { ALPN::H1 });
+        https.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+        server.add_service(https);
+    }
 
     let mut admin = Service::new("fastgate admin".to_string(), Admin::new(app.clone()));
     admin.add_tcp(&s.admin_listen.to_string());
@@ -89,6 +114,7 @@ pub fn run(app: Arc<App>, upgrade: bool) -> Result<(), ListenError> {
         server.add_service(probes);
     }
     server.add_service(background_service("health checks", HealthChecks { app: app.clone() }));
+    server.add_service(background_service("discovery", Discovery { app: app.clone() }));
     server.add_service(background_service("drain", Drain { app: app.clone() }));
     server.add_service(background_service("maintenance", Maintenance { app: app.clone() }));
     if !app.cache.settings.warm.is_empty() {
@@ -107,6 +133,28 @@ pub fn run(app: Arc<App>, upgrade: bool) -> Result<(), ListenError> {
         shutdown_signal: Box::new(Signals { app }),
     });
     Ok(())
+}
+
+/// Resolves upstream names again every `resolve_interval`, over the config in force.
+struct Discovery {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for Discovery {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let interval = self.app.runtime().resolve_interval;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let runtime = self.app.runtime();
+            for up in runtime.upstreams.values() {
+                up.rediscover(&runtime.resolver).await;
+            }
+        }
+    }
 }
 
 /// Runs each upstream's health checks when due, over the config in force.

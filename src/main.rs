@@ -81,6 +81,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // before any TLS client or listener exists: every one of them takes the process default
+    fastgate::tls::install_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config, openapi, format } => check(&config.config, openapi.as_deref(), format),
@@ -177,9 +179,27 @@ fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> 
             return ExitCode::FAILURE;
         }
     };
-    let failed = findings.iter().any(|f| f.severity == fastgate::openapi::audit::Severity::Error);
+    // What only the machine that runs the gateway can tell: names are a warning here (a
+    // cluster's names do not resolve on a laptop), unreadable certificates an error.
+    let mut live_warnings = Vec::new();
+    let resolver = fastgate::discovery::Resolver { server: plan.server.resolver };
+    for (name, up) in &plan.upstreams {
+        if let Err(e) = resolver.lookup_all_blocking(&up.servers) {
+            live_warnings.push(format!("upstream `{name}`: {e}; resolved again at start-up and every resolve_interval"));
+        }
+    }
+    let tls_error = match plan.server.certificates.is_empty() {
+        true => None,
+        false => fastgate::tls::Certificates::load(&plan.server.certificates).err().map(|e| format!("server.tls: {e}")),
+    };
+    let failed = findings.iter().any(|f| f.severity == fastgate::openapi::audit::Severity::Error) || tls_error.is_some();
     if json {
-        let warnings: Vec<String> = plan.warnings.iter().map(ToString::to_string).collect();
+        let mut warnings: Vec<String> = plan.warnings.iter().map(ToString::to_string).collect();
+        warnings.extend(live_warnings);
+        if let Some(e) = &tls_error {
+            print(&format!("{}\n", serde_json::json!({"ok": false, "config_error": e, "findings": []})));
+            return ExitCode::FAILURE;
+        }
         print(&format!("{}\n", serde_json::json!({"ok": !failed, "hash": plan.hash, "warnings": warnings, "findings": findings})));
         return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
@@ -205,6 +225,12 @@ fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> 
     }
     for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
+    }
+    for w in &live_warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    if let Some(e) = &tls_error {
+        let _ = writeln!(out, "error: {e}");
     }
     for f in &findings {
         let level = if f.severity == fastgate::openapi::audit::Severity::Error { "error" } else { "warning" };

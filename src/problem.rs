@@ -263,6 +263,15 @@ pub fn http1_bytes(err: &GatewayError, request_id: &str) -> Vec<u8> {
     out
 }
 
+/// The plain listener's answer under `redirect_to_https`: 308 (the method and body are kept
+/// on the way to HTTPS), then close.
+pub fn redirect_http1_bytes(location: &str, request_id: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\n{REQUEST_ID_HEADER}: {request_id}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 fn render_with(
     err: &GatewayError,
     request_id: &str,

@@ -18,6 +18,8 @@ use crate::policy::server_limits::ServerLimits;
 use crate::policy::RoutePolicies;
 use crate::problem::Problem;
 use crate::routing::{Route, RouteTable, Target};
+use crate::discovery::Resolver;
+use crate::tls::{Certificates, TlsError};
 use crate::upstream::{Upstream, UpstreamError};
 use http::HeaderName;
 use std::collections::BTreeMap;
@@ -31,6 +33,13 @@ pub struct Runtime {
     pub forwarding: Forwarding,
     pub limits: ServerLimits,
     pub admin_token: Option<String>,
+    /// The HTTPS listener's certificates, read at this load.
+    pub certificates: Option<Arc<Certificates>>,
+    /// The plain listener answers with a redirect to HTTPS on this port.
+    pub redirect_https: Option<u16>,
+    /// Where upstream names are resolved, and how often again.
+    pub resolver: Resolver,
+    pub resolve_interval: std::time::Duration,
     /// Hex digest of the file's text: tells which config is loaded.
     pub hash: String,
 }
@@ -48,6 +57,8 @@ pub enum StateError {
     Rate { route: String, limit: String },
     #[error("route `{route}` names upstream `{upstream}`, which the plan lacks")]
     MissingUpstream { route: String, upstream: String },
+    #[error("server.tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What every route's cache policy shares: the process's store and its tag field.
@@ -67,13 +78,24 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -
         hash,
         warnings: _,
     } = plan;
+    // Read at every load, unchanged paths too: a renewal rewrites the files in place.
+    let certificates = match server.certificates.is_empty() {
+        true => None,
+        false => Some(Arc::new(Certificates::load(&server.certificates)?)),
+    };
+    let resolver = Resolver { server: server.resolver };
     let mut live = BTreeMap::new();
     for (name, def) in upstreams {
         let before = previous.and_then(|p| p.upstreams.get(&name));
+        // Names resolve again at every load; an upstream whose definition and addresses are
+        // both unchanged is kept whole.
+        let addrs = resolver
+            .lookup_all_blocking(&def.servers)
+            .map_err(|e| StateError::Upstream { name: name.clone(), source: e.into() })?;
         let upstream = match before {
-            Some(u) if u.def == def => u.clone(),
+            Some(u) if u.def == def && u.addresses() == addrs => u.clone(),
             _ => {
-                let up = Upstream::new(&name, def).map_err(|source| StateError::Upstream { name: name.clone(), source })?;
+                let up = Upstream::new(&name, def, addrs).map_err(|source| StateError::Upstream { name: name.clone(), source })?;
                 if let Some(before) = before {
                     up.inherit(before);
                 }
@@ -93,6 +115,10 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -
         forwarded,
         admin_token,
         limits,
+        redirect_https,
+        certificates: _,
+        resolver: _,
+        resolve_interval,
     } = server;
     Ok(Runtime {
         routes: RouteTable::new(table),
@@ -100,6 +126,10 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -
         forwarding: Forwarding { trusted_proxies, remove_request_headers, forwarded },
         limits,
         admin_token,
+        certificates,
+        redirect_https,
+        resolver,
+        resolve_interval,
         hash,
     })
 }
@@ -145,6 +175,7 @@ fn route(
         pagination,
         fields,
         normalize_errors,
+        hsts,
     } = policy.clone();
     let before = before.map(|r| &r.policies);
 
@@ -196,6 +227,7 @@ fn route(
         pagination,
         fields,
         errors: normalize_errors.then_some(NormalizeErrors),
+        hsts: hsts.as_deref().and_then(crate::policy::hsts::Hsts::new),
     };
     Ok(Route {
         name,

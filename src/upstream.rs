@@ -11,22 +11,31 @@
 //! whose backend is not up yet ready for the first few checks.
 
 pub use crate::config::plan::{HealthCheckSpec, UpstreamDef};
+use crate::discovery::{LookupError, Resolver};
 use crate::policy::concurrency::Concurrency;
-use std::sync::Arc;
+use crate::tls::{TlsError, UpstreamTls};
+use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
-use pingora::lb::Backend;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::upstreams::peer::{HttpPeer, PeerOptions};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 pub struct Upstream {
     pub name: String,
     pub def: UpstreamDef,
     lb: LoadBalancer<RoundRobin>,
+    /// The addresses discovery found last; the load balancer's discovery reads it.
+    found: Arc<ArcSwap<BTreeSet<Backend>>>,
+    /// How many servers discovery found (the request path's count, without a set lookup).
+    count: AtomicUsize,
+    tls: Option<UpstreamTls>,
     pub concurrency: Option<Arc<Concurrency>>,
     /// Metric series of this upstream, resolved on first use.
     pub metrics: crate::telemetry::metrics::UpstreamHandles,
@@ -39,6 +48,8 @@ pub struct Upstream {
     inherited_ready: AtomicBool,
     /// Milliseconds since `epoch()` at which the next check is due.
     next_check_ms: AtomicU64,
+    /// A failed discovery round was logged; the next success logs the recovery.
+    lookup_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -53,9 +64,13 @@ pub enum UpstreamError {
     #[error("upstream has no servers")]
     NoServers,
     #[error("cannot build load balancer: {0}")]
-    Balancer(#[from] std::io::Error),
+    Balancer(String),
     #[error("invalid health check request: {0}")]
     HealthRequest(String),
+    #[error("{0}")]
+    Lookup(#[from] LookupError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 fn epoch() -> Instant {
@@ -67,39 +82,148 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
+fn backend(addr: SocketAddr) -> Backend {
+    Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr), weight: 1, ext: Default::default() }
+}
+
+/// pingora's discovery hook, answering what fastgate's own discovery found last.
+struct Found(Arc<ArcSwap<BTreeSet<Backend>>>);
+
+#[async_trait::async_trait]
+impl ServiceDiscovery for Found {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        Ok((BTreeSet::clone(&self.0.load()), HashMap::new()))
+    }
+}
+
+/// Drives a future that cannot wait (the load balancer's update over `Found`) to its end.
+fn run_ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
 impl Upstream {
-    pub fn new(name: &str, def: UpstreamDef) -> Result<Self, UpstreamError> {
-        if def.servers.is_empty() {
+    /// The upstream of `def` over `addrs`, the addresses its servers resolved to at this load.
+    pub fn new(name: &str, def: UpstreamDef, addrs: Vec<SocketAddr>) -> Result<Self, UpstreamError> {
+        if addrs.is_empty() {
             return Err(UpstreamError::NoServers);
         }
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(def.servers.iter().copied())?;
-        let servers = Arc::new(Servers(def.servers.iter().map(|a| ServerState::new(*a)).collect()));
-        if let Some(hc) = &def.health_check {
-            let mut check = HttpHealthCheck::new("localhost", false);
-            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
-                .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
-            req.insert_header("Host", "localhost")
-                .and_then(|_| req.insert_header("User-Agent", "fastgate-health-check"))
-                .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
-            check.req = req;
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.read_timeout = Some(hc.timeout);
-            check.consecutive_success = hc.healthy_threshold;
-            check.consecutive_failure = hc.unhealthy_threshold;
-            lb.set_health_check(Box::new(Recorded { inner: check, servers: servers.clone() }));
-        }
-        let checked = AtomicBool::new(def.health_check.is_none());
-        Ok(Upstream {
+        let tls = def.tls.as_ref().map(UpstreamTls::load).transpose()?;
+        let set: BTreeSet<Backend> = addrs.iter().copied().map(backend).collect();
+        let found = Arc::new(ArcSwap::from_pointee(set));
+        let lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(Found(found.clone()))));
+        run_ready(lb.update())
+            .ok_or_else(|| UpstreamError::Balancer("the first update did not complete".into()))?
+            .map_err(|e| UpstreamError::Balancer(e.to_string()))?;
+        let servers = Arc::new(Servers(ArcSwap::from_pointee(addrs.iter().map(|a| Arc::new(ServerState::new(*a))).collect())));
+        let mut upstream = Upstream {
             name: name.to_string(),
             concurrency: def.concurrency.clone().map(|c| Arc::new(Concurrency::new(c))),
             metrics: Default::default(),
+            checked: AtomicBool::new(def.health_check.is_none()),
+            count: AtomicUsize::new(addrs.len()),
+            found,
+            tls,
             def,
             lb,
-            checked,
             servers,
             inherited_ready: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
-        })
+            lookup_failing: AtomicBool::new(false),
+        };
+        if let Some(hc) = &upstream.def.health_check {
+            let check = upstream.health_check(hc)?;
+            upstream.lb.set_health_check(Box::new(Recorded { inner: check, servers: upstream.servers.clone() }));
+        }
+        Ok(upstream)
+    }
+
+    fn health_check(&self, hc: &HealthCheckSpec) -> Result<HttpHealthCheck, UpstreamError> {
+        let host = self.sni().unwrap_or("localhost").to_string();
+        let mut check = HttpHealthCheck::new(&host, self.tls.is_some());
+        let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
+        req.insert_header("Host", host)
+            .and_then(|_| req.insert_header("User-Agent", "fastgate-health-check"))
+            .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
+        check.req = req;
+        self.tls_options(&mut check.peer_template.options);
+        check.peer_template.options.connection_timeout = Some(hc.timeout);
+        check.peer_template.options.read_timeout = Some(hc.timeout);
+        check.consecutive_success = hc.healthy_threshold;
+        check.consecutive_failure = hc.unhealthy_threshold;
+        Ok(check)
+    }
+
+    /// The name sent (SNI) and verified over TLS: the configured one, else the first server's
+    /// host name when it is a name.
+    fn sni(&self) -> Option<&str> {
+        let tls = self.tls.as_ref()?;
+        tls.sni.as_deref().or_else(|| self.def.servers.iter().find(|s| s.literal().is_none()).map(|s| s.host.as_str()))
+    }
+
+    fn tls_options(&self, o: &mut PeerOptions) {
+        if let Some(tls) = &self.tls {
+            o.ca = tls.ca.clone();
+            o.verify_cert = tls.verify;
+            o.verify_hostname = tls.verify;
+        }
+    }
+
+    /// The peer for one exchange with `addr`.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.tls.is_some(), self.sni().unwrap_or_default().to_string());
+        peer.options.idle_timeout = Some(self.def.idle_timeout);
+        self.tls_options(&mut peer.options);
+        if let Some(client) = self.tls.as_ref().and_then(|t| t.client.clone()) {
+            peer.client_cert_key = Some(client);
+        }
+        peer
+    }
+
+    /// The addresses in force.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.servers.0.load().iter().map(|s| s.addr).collect()
+    }
+
+    /// Resolves the servers' names again; when the addresses changed, the balancer moves to the
+    /// new set (servers kept keep their health and passive-health state). A failed lookup
+    /// keeps the addresses in force, logged once until lookups work again.
+    pub async fn rediscover(&self, resolver: &Resolver) {
+        if self.def.servers.iter().all(|s| s.literal().is_some()) {
+            return;
+        }
+        let addrs = match resolver.lookup_all(&self.def.servers).await {
+            Ok(a) => a,
+            Err(e) => {
+                if !self.lookup_failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(upstream = %self.name, error = %e, "upstream discovery failed; keeping the servers in force");
+                }
+                return;
+            }
+        };
+        if self.lookup_failing.swap(false, Ordering::AcqRel) {
+            tracing::info!(upstream = %self.name, "upstream discovery works again");
+        }
+        let before = self.addresses();
+        if addrs.is_empty() || addrs == before {
+            return;
+        }
+        let old = self.servers.0.load_full();
+        let states: Vec<Arc<ServerState>> = addrs
+            .iter()
+            .map(|a| old.iter().find(|s| s.addr == *a).cloned().unwrap_or_else(|| Arc::new(ServerState::new(*a))))
+            .collect();
+        self.servers.0.store(Arc::new(states));
+        self.found.store(Arc::new(addrs.iter().copied().map(backend).collect()));
+        if let Err(e) = self.lb.update().await {
+            tracing::warn!(upstream = %self.name, error = %e, "cannot apply discovered servers");
+            return;
+        }
+        self.count.store(addrs.len(), Ordering::Release);
+        tracing::info!(upstream = %self.name, before = ?before, after = ?addrs, "upstream servers changed");
     }
 
     /// Takes over what `previous` (the same name, another definition) knew: its readiness,
@@ -107,7 +231,7 @@ impl Upstream {
     /// reload does not make `/readyz` fall while the new upstream runs its first check.
     pub fn inherit(&self, previous: &Upstream) {
         self.inherited_ready.store(previous.is_ready(), Ordering::Release);
-        for server in &self.servers.0 {
+        for server in self.servers.0.load().iter() {
             if previous.servers.get(server.addr).is_some_and(|s| s.passed.load(Ordering::Acquire)) {
                 server.passed.store(true, Ordering::Release);
             }
@@ -118,15 +242,18 @@ impl Upstream {
     /// this request) and servers ejected by passive health while another is available;
     /// `None` when every server fails its health check.
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
-        let n = self.def.servers.len();
+        let n = self.count.load(Ordering::Relaxed);
         if n == 1 {
             // nothing to choose between: only the health check can take it out
             return self.lb.select(b"", 1).and_then(|b| b.addr.as_inet().copied());
         }
         let now = now_ms();
+        let servers = self.servers.0.load();
         let usable = |b: &Backend, healthy: bool| {
             healthy
-                && b.addr.as_inet().is_some_and(|a| Some(*a) != avoid && self.servers.get(*a).is_none_or(|s| !s.ejected(now)))
+                && b.addr.as_inet().is_some_and(|a| {
+                    Some(*a) != avoid && servers.iter().find(|s| s.addr == *a).is_none_or(|s| !s.ejected(now))
+                })
         };
         self.lb
             .select_with(b"", n, usable)
@@ -140,7 +267,7 @@ impl Upstream {
     pub fn failed(&self, addr: SocketAddr) -> bool {
         let Some(s) = self.servers.get(addr) else { return false };
         let fails = s.fails.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.def.eject_after == 0 || fails < self.def.eject_after || self.def.servers.len() == 1 {
+        if self.def.eject_after == 0 || fails < self.def.eject_after || self.count.load(Ordering::Relaxed) == 1 {
             return false;
         }
         s.fails.store(0, Ordering::Release);
@@ -160,7 +287,7 @@ impl Upstream {
 
     /// Servers that may get another attempt after a connect failure.
     pub fn failover_attempts(&self) -> usize {
-        (self.def.servers.len() - 1).min(2)
+        self.count.load(Ordering::Relaxed).saturating_sub(1).min(2)
     }
 
     /// Servers with their current health.
@@ -214,21 +341,24 @@ impl Upstream {
         Upstream::new(
             "test",
             UpstreamDef {
-                servers: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+                servers: vec![crate::config::plan::ServerSpec { host: "127.0.0.1".into(), port: 1 }],
+                tls: None,
                 idle_timeout: std::time::Duration::from_secs(60),
                 health_check: None,
                 concurrency: None,
                 eject_after: 3,
                 eject_for: std::time::Duration::from_secs(10),
             },
+            vec![SocketAddr::from(([127, 0, 0, 1], 1))],
         )
         .expect("valid test upstream")
     }
 }
 
-/// What fastgate knows of each server beside pingora's health.
+/// What fastgate knows of each server beside pingora's health; replaced when discovery
+/// changes the set.
 #[derive(Debug)]
-struct Servers(Vec<ServerState>);
+struct Servers(ArcSwap<Vec<Arc<ServerState>>>);
 
 #[derive(Debug)]
 struct ServerState {
@@ -252,8 +382,8 @@ impl ServerState {
 }
 
 impl Servers {
-    fn get(&self, addr: SocketAddr) -> Option<&ServerState> {
-        self.0.iter().find(|s| s.addr == addr)
+    fn get(&self, addr: SocketAddr) -> Option<Arc<ServerState>> {
+        self.0.load().iter().find(|s| s.addr == addr).cloned()
     }
 }
 

@@ -3,12 +3,12 @@
 
 use super::diag::{suggest, Diagnostic, Source};
 use super::plan::{
-    HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, SamplerSpec, ServerDef, Settings,
-    TelemetryDef, UpstreamDef,
+    CertSpec, HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, SamplerSpec, ServerDef, ServerSpec,
+    Settings, TelemetryDef, TlsListenDef, UpstreamDef, UpstreamTlsDef,
 };
 use super::raw::{
     PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawFields, RawHealthCheck, RawMatch, RawPagination, RawQueue,
-    RawRateLimit, RawRoute, RawServer, RawTelemetry, RawUpstream, RawWarm, Toggle,
+    RawHsts, RawRateLimit, RawRoute, RawServer, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm, Toggle,
 };
 use super::units::{Dur, EnvString, Size, Ttl};
 use crate::cache::invalidate::{self, InvalidateRule};
@@ -27,7 +27,8 @@ use crate::routing::template::{PathTemplate, TemplateError};
 use crate::routing::{Matcher, PathMatch};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -40,6 +41,11 @@ pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/fastgate-upgrade.sock";
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+pub const DEFAULT_TLS_LISTEN: &str = "0.0.0.0:8443";
+/// Upstream names are resolved again this often (and on every reload).
+const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// `hsts = "on"`: one year, the value preload lists ask for.
+const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Collects diagnostics while compiling.
 struct Ctx<'a> {
@@ -99,15 +105,33 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
                 .unwrap_or(ForwardedMode::XForwarded),
         },
     };
+    let redirect = server.redirect_to_https.take();
+    let resolver = server.resolver.take();
+    let resolve_interval = server.resolve_interval.take();
+    let tls = server.tls.take();
     let (settings, trusted_proxies, admin_token, limits) = compile_server(&mut cx, server);
-    let upstreams = compile_upstreams(&mut cx, upstreams);
+    let (tls, certificates) = match tls {
+        Some(t) => compile_tls(&mut cx, t),
+        None => (None, Vec::new()),
+    };
+    let redirect_https = match (redirect, &tls) {
+        (Some(r), None) if *r.get_ref() => cx.error(r.span(), "`redirect_to_https` without a `[server.tls]` listener", "add [server.tls] with listen and certificates"),
+        (Some(r), Some(t)) if *r.get_ref() => Some(t.public_port),
+        _ => None,
+    };
+    let resolver = resolver.and_then(|r| match r.get_ref().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => cx.error(r.span(), format!("`resolver` is not an IP address and port: {:?}", r.get_ref().0), "write the DNS server's address, e.g. \"10.96.0.10:53\"; leave it out for the system resolver"),
+    });
+    let resolve_interval = positive(&mut cx, resolve_interval.as_ref(), "resolve_interval", DEFAULT_RESOLVE_INTERVAL);
+    let (upstreams, broken_upstreams) = compile_upstreams(&mut cx, upstreams);
     let defaults = defaults.policy_keys();
     // `[defaults]` alone first: its errors are reported at its own lines, and once.
     compile_policy(&mut cx, &defaults, &defaults, None);
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &routes {
-        if let Some(r) = compile_route(&mut cx, route, &defaults, &upstreams, &mut seen_names) {
+        if let Some(r) = compile_route(&mut cx, route, &defaults, (&upstreams, &broken_upstreams), &mut seen_names) {
             compiled_routes.push(r);
         }
     }
@@ -156,6 +180,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     let mut settings = settings.ok_or_else(Vec::new)?;
     settings.telemetry = telemetry;
     settings.cache = cache_settings;
+    settings.tls = tls;
     Ok(Plan {
         settings,
         server: ServerDef {
@@ -164,6 +189,10 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
             forwarded,
             admin_token,
             limits,
+            redirect_https,
+            certificates,
+            resolver,
+            resolve_interval,
         },
         upstreams,
         routes: compiled_routes.into_iter().map(|(r, _)| r).collect(),
@@ -222,6 +251,10 @@ fn compile_server(
         forwarded: _,
         methods,
         encoded_slash,
+        tls: _,
+        redirect_to_https: _,
+        resolver: _,
+        resolve_interval: _,
     } = server;
     let d = ServerLimits::default();
     let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
@@ -318,6 +351,7 @@ fn compile_server(
             upgrade_sock: upgrade_sock.map_or_else(|| DEFAULT_UPGRADE_SOCK.to_string(), |s| s.into_inner().0),
             telemetry: TelemetryDef::default(),
             cache: CacheSettings::default(),
+            tls: None,
         }),
         _ => None,
     };
@@ -382,10 +416,12 @@ fn compile_retry(cx: &mut Ctx<'_>, r: &Spanned<super::raw::RawRetry>) -> Option<
     ok.then_some(retry)
 }
 
-fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> BTreeMap<String, UpstreamDef> {
+fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> (BTreeMap<String, UpstreamDef>, HashSet<String>) {
     let mut out = BTreeMap::new();
+    let mut broken = HashSet::new();
     for (name, spanned) in raw {
         let span = spanned.span();
+        let errors_before = cx.errors.len();
         let RawUpstream {
             servers,
             idle_timeout,
@@ -394,46 +430,166 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
             queue,
             eject_after,
             eject_for,
+            tls,
         } = spanned.into_inner();
         let concurrency = compile_concurrency(cx, max_concurrent.as_ref(), queue.as_ref());
         if servers.is_empty() {
             cx.error::<()>(span.clone(), format!("upstream `{name}` has no servers"), "add servers = [\"127.0.0.1:8000\"]");
-            continue;
         }
-        let mut addrs = Vec::new();
+        // Names are not resolved here: resolution is discovery's (at every load, then on an
+        // interval), and `check` must not fail on a name only the cluster resolves.
+        let mut specs = Vec::new();
+        let mut https = None::<bool>;
         for s in &servers {
-            // Resolved here, once per load: pingora resolves blocking on the request path otherwise.
-            match s.get_ref().to_socket_addrs() {
-                Ok(mut it) => match it.next() {
-                    Some(a) => addrs.push(a),
-                    None => {
-                        cx.error::<()>(s.span(), format!("server {:?} resolved to no address", s.get_ref().0), "use a name this machine resolves, or an IP address");
+            match parse_server(s.get_ref()) {
+                Ok((spec, tls)) => {
+                    if https.is_some_and(|h| h != tls) {
+                        cx.error::<()>(s.span(), format!("upstream `{name}` mixes http:// and https:// servers"), "give every server of an upstream the same scheme");
                     }
-                },
-                Err(e) => {
-                    cx.error::<()>(
-                        s.span(),
-                        format!("server {:?} of upstream `{name}`: {e}", s.get_ref().0),
-                        "write host:port, e.g. \"127.0.0.1:8000\"",
-                    );
+                    https = Some(tls);
+                    specs.push(spec);
+                }
+                Err(why) => {
+                    cx.error::<()>(s.span(), format!("server {:?} of upstream `{name}`: {why}", s.get_ref().0), "write host:port, e.g. \"127.0.0.1:8000\", \"app:8000\" or \"https://api.internal:443\"");
                 }
             }
         }
+        let tls = match (tls, https.unwrap_or(false)) {
+            (Some(t), _) => compile_upstream_tls(cx, t),
+            (None, true) => Some(UpstreamTlsDef { ca_file: None, client_cert: None, sni: None, verify: true }),
+            (None, false) => None,
+        };
         let health_check = health_check.and_then(|hc| compile_health(cx, hc));
-        if addrs.len() != servers.len() {
+        let idle_timeout = positive(cx, idle_timeout.as_ref(), "idle_timeout", DEFAULT_IDLE);
+        let eject_for = positive(cx, eject_for.as_ref(), "eject_for", DEFAULT_EJECT_FOR);
+        if cx.errors.len() > errors_before {
+            broken.insert(name);
             continue;
         }
         let def = UpstreamDef {
-            servers: addrs,
-            idle_timeout: positive(cx, idle_timeout.as_ref(), "idle_timeout", DEFAULT_IDLE),
+            servers: specs,
+            tls,
+            idle_timeout,
             health_check,
             concurrency: concurrency.flatten(),
             eject_after: eject_after.map_or(DEFAULT_EJECT_AFTER, Spanned::into_inner),
-            eject_for: positive(cx, eject_for.as_ref(), "eject_for", DEFAULT_EJECT_FOR),
+            eject_for,
         };
         out.insert(name, def);
     }
-    out
+    (out, broken)
+}
+
+/// `host:port`, `http://host:port` or `https://host[:port]` (443 by default): the server and
+/// whether it speaks TLS.
+fn parse_server(text: &str) -> Result<(ServerSpec, bool), String> {
+    let text = text.trim();
+    let (rest, tls, default_port) = if let Some(r) = text.strip_prefix("https://") {
+        (r, true, Some(443))
+    } else if let Some(r) = text.strip_prefix("http://") {
+        (r, false, Some(80))
+    } else {
+        (text, false, None)
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') {
+        return Err("a server is an address, without a path".into());
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (ip, after) = v6.split_once(']').ok_or("unclosed `[` in an IPv6 address")?;
+        (format!("[{ip}]"), after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    let port = match (port, default_port) {
+        (Some(p), _) => p.parse::<u16>().map_err(|_| format!("invalid port {p:?}"))?,
+        (None, Some(p)) => p,
+        (None, None) => return Err("no port".into()),
+    };
+    let name_ok = !host.is_empty()
+        && (host.starts_with('[') || host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    if !name_ok {
+        return Err(format!("invalid host {host:?}"));
+    }
+    let spec = ServerSpec { host, port };
+    if spec.host.starts_with('[') && spec.literal().is_none() {
+        return Err("invalid IPv6 address".into());
+    }
+    Ok((spec, tls))
+}
+
+fn compile_upstream_tls(cx: &mut Ctx<'_>, raw: Spanned<RawUpstreamTls>) -> Option<UpstreamTlsDef> {
+    let span = raw.span();
+    let RawUpstreamTls { ca_file, cert, key, sni, verify } = raw.into_inner();
+    let path = |v: Option<Spanned<EnvString>>| v.map(|p| PathBuf::from(p.into_inner().0));
+    let client_cert = match (path(cert), path(key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return cx.error(span, "`tls.cert` and `tls.key` go together", "give both the client certificate chain and its key, or neither"),
+    };
+    Some(UpstreamTlsDef {
+        ca_file: path(ca_file),
+        client_cert,
+        sni: sni.map(|s| s.into_inner().0).filter(|s| !s.is_empty()),
+        verify: verify.is_none_or(Spanned::into_inner),
+    })
+}
+
+/// `[server.tls]`: the listener, and its certificates (files are read when the plan is made
+/// live, so that a reload serves a renewed certificate).
+fn compile_tls(cx: &mut Ctx<'_>, raw: Spanned<RawTls>) -> (Option<TlsListenDef>, Vec<CertSpec>) {
+    let span = raw.span();
+    let RawTls { listen, certificates, http2, public_port } = raw.into_inner();
+    let listen = parse_addr(cx, listen.as_ref(), DEFAULT_TLS_LISTEN, "tls.listen");
+    if certificates.is_empty() {
+        cx.error::<()>(span, "`[server.tls]` has no certificates", "certificates = [{ cert = \"/etc/fastgate/tls/tls.crt\", key = \"/etc/fastgate/tls/tls.key\" }]");
+    }
+    let mut certs = Vec::new();
+    for c in certificates {
+        let c = c.into_inner();
+        let mut names = Vec::new();
+        for n in c.names.unwrap_or_default() {
+            let name = n.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            let label_ok = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let ok = match name.strip_prefix("*.") {
+                Some(rest) => rest.split('.').all(label_ok),
+                None => name.split('.').all(label_ok),
+            };
+            if ok {
+                names.push(name);
+            } else {
+                cx.error::<()>(n.span(), format!("{:?} is not a server name", n.get_ref()), "a DNS name, or a wildcard such as \"*.example.com\"");
+            }
+        }
+        certs.push(CertSpec { cert: PathBuf::from(c.cert.into_inner().0), key: PathBuf::from(c.key.into_inner().0), names });
+    }
+    let tls = listen.map(|listen| TlsListenDef {
+        listen,
+        http2: http2.is_none_or(Spanned::into_inner),
+        public_port: public_port.map_or(listen.port(), Spanned::into_inner),
+    });
+    (tls, certs)
+}
+
+fn compile_hsts(cx: &mut Ctx<'_>, raw: Option<&RawHsts>) -> Option<String> {
+    let max_age = match raw.and_then(|r| r.max_age.as_ref()) {
+        Some(d) if d.get_ref().0.is_zero() => {
+            return cx.error(d.span(), "`hsts.max_age` must be above zero", "hsts = \"off\" sends no Strict-Transport-Security");
+        }
+        Some(d) => d.get_ref().0,
+        None => DEFAULT_HSTS_MAX_AGE,
+    };
+    let mut v = format!("max-age={}", max_age.as_secs());
+    if raw.and_then(|r| r.include_subdomains.as_ref()).is_some_and(|b| *b.get_ref()) {
+        v.push_str("; includeSubDomains");
+    }
+    if raw.and_then(|r| r.preload.as_ref()).is_some_and(|b| *b.get_ref()) {
+        v.push_str("; preload");
+    }
+    Some(v)
 }
 
 fn compile_health(cx: &mut Ctx<'_>, hc: Spanned<RawHealthCheck>) -> Option<HealthCheckSpec> {
@@ -485,7 +641,7 @@ fn compile_route(
     cx: &mut Ctx<'_>,
     spanned: &Spanned<RawRoute>,
     defaults: &PolicyKeys<'_>,
-    upstreams: &BTreeMap<String, UpstreamDef>,
+    (upstreams, broken): (&BTreeMap<String, UpstreamDef>, &HashSet<String>),
     seen: &mut HashSet<String>,
 ) -> Option<(RouteDef, std::ops::Range<usize>)> {
     let span = spanned.span();
@@ -543,10 +699,13 @@ fn compile_route(
         }
         (None, Some(u)) => match upstreams.get(u.get_ref()) {
             Some(_) => Some(u.get_ref().clone()),
+            // defined, with errors of its own already reported: one error, not one per route
+            None if broken.contains(u.get_ref()) => None,
             None => {
                 let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
                 let hint = match suggest(u.get_ref(), &names) {
                     Some(s) => format!("did you mean `{s}`?"),
+                    None if names.is_empty() => "no upstream is defined: add [upstreams.NAME] with servers = [\"127.0.0.1:8000\"]".to_string(),
                     None => format!("defined upstreams: {}", names.join(", ")),
                 };
                 cx.error(u.span(), format!("unknown upstream `{}`", u.get_ref()), hint)
@@ -751,6 +910,13 @@ fn compile_policy(
         },
     };
     let normalize_errors = pick(route.normalize_errors, defaults.normalize_errors).is_some_and(Spanned::into_inner);
+    let hsts = match pick(route.hsts, defaults.hsts) {
+        None => None,
+        Some(h) => match h.get_ref() {
+            Toggle::Off => None,
+            Toggle::On(raw) => compile_hsts(cx, raw.as_ref()),
+        },
+    };
     // the cache stores the whole response and filters per request: the selector is not in the key
     let mut cache = cache;
     if let (Some(c), Some(f)) = (cache.as_mut(), fields.as_ref())
@@ -784,6 +950,7 @@ fn compile_policy(
         pagination,
         fields,
         normalize_errors,
+        hsts,
     })
 }
 
@@ -1184,6 +1351,7 @@ fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> TelemetryDef {
         sampler_arg,
         resource_attributes,
         latency_buckets,
+        ca_file,
     } = t;
     let latency_buckets = latency_buckets.and_then(|b| {
         let list = b.get_ref().clone();
@@ -1213,5 +1381,6 @@ fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> TelemetryDef {
         sampler,
         resource_attributes: resource_attributes.into_iter().map(|(k, v)| (k, v.into_inner().0)).collect(),
         latency_buckets,
+        ca_file: ca_file.map(|f| PathBuf::from(f.into_inner().0)),
     }
 }

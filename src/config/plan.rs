@@ -14,6 +14,7 @@ use crate::routing::Matcher;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diag::Diagnostic;
@@ -45,6 +46,59 @@ pub struct Settings {
     pub upgrade_sock: String,
     pub telemetry: TelemetryDef,
     pub cache: CacheSettings,
+    /// `[server.tls]`: the HTTPS listener (its certificates reload; the address does not).
+    pub tls: Option<TlsListenDef>,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsListenDef {
+    pub listen: SocketAddr,
+    /// HTTP/2 offered by ALPN.
+    pub http2: bool,
+    /// The port in redirects to HTTPS.
+    pub public_port: u16,
+}
+
+/// One certificate of the HTTPS listener, as configured: read (again) at every load, so a
+/// renewed file is served after a SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Names it answers for SNI; empty: the certificate's own DNS names.
+    pub names: Vec<String>,
+}
+
+/// An upstream server as written: an address or a name resolved by discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerSpec {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerSpec {
+    /// The address when `host` is an IP literal: nothing to resolve.
+    pub fn literal(&self) -> Option<SocketAddr> {
+        self.host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl std::fmt::Display for ServerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// HTTPS to an upstream's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsDef {
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Name sent and verified; `None`: the server's host name when it is a name.
+    pub sni: Option<String>,
+    pub verify: bool,
 }
 
 /// `[server]` values that may change on reload.
@@ -56,6 +110,13 @@ pub struct ServerDef {
     pub forwarded: crate::policy::forwarding::ForwardedMode,
     pub admin_token: Option<String>,
     pub limits: ServerLimits,
+    /// The plain listener redirects to HTTPS on this port.
+    pub redirect_https: Option<u16>,
+    /// The HTTPS listener's certificates, the default first.
+    pub certificates: Vec<CertSpec>,
+    /// Where upstream names are resolved: a DNS server, or the system resolver.
+    pub resolver: Option<SocketAddr>,
+    pub resolve_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +131,9 @@ pub struct HealthCheckSpec {
 /// What an upstream is, as configured; two equal definitions share one live upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamDef {
-    pub servers: Vec<SocketAddr>,
+    /// Names resolve to every address they have, each a server with its own health.
+    pub servers: Vec<ServerSpec>,
+    pub tls: Option<UpstreamTlsDef>,
     /// How long an idle pooled connection to a server is kept.
     pub idle_timeout: Duration,
     pub health_check: Option<HealthCheckSpec>,
@@ -133,6 +196,8 @@ pub struct PolicyDef {
     pub pagination: Option<Pagination>,
     pub fields: Option<FieldSelection>,
     pub normalize_errors: bool,
+    /// `Strict-Transport-Security` value for responses over HTTPS.
+    pub hsts: Option<String>,
 }
 
 impl Default for PolicyDef {
@@ -155,6 +220,7 @@ impl Default for PolicyDef {
             pagination: None,
             fields: None,
             normalize_errors: false,
+            hsts: None,
         }
     }
 }
@@ -180,6 +246,8 @@ pub struct TelemetryDef {
     pub resource_attributes: Vec<(String, String)>,
     /// `None`: the built-in buckets.
     pub latency_buckets: Option<Vec<f64>>,
+    /// Extra CA bundle for an `https://` collector.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

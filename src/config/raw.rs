@@ -43,6 +43,9 @@ pub struct RawTelemetry {
     pub resource_attributes: BTreeMap<String, Spanned<EnvString>>,
     /// Upper bounds (seconds) of the request duration histogram.
     pub latency_buckets: Option<Spanned<Vec<f64>>>,
+    /// PEM CA bundle for an `https://` collector, added to the system roots
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE` when unset).
+    pub ca_file: Option<Spanned<EnvString>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +93,54 @@ pub struct RawServer {
     /// Which forwarding fields the backend gets: `"x-forwarded"` (default), `"rfc7239"`
     /// (`Forwarded` only) or `"both"`.
     pub forwarded: Option<Spanned<String>>,
+    /// `[server.tls]`: an HTTPS listener beside `listen`.
+    pub tls: Option<Spanned<RawTls>>,
+    /// The plain listener answers every request (but ACME HTTP-01 challenges) with a 308 to
+    /// the HTTPS listener.
+    pub redirect_to_https: Option<Spanned<bool>>,
+    /// A DNS server (`"10.0.0.10:53"`) for upstream names instead of the system resolver.
+    pub resolver: Option<Spanned<EnvString>>,
+    /// How often upstream names are resolved again (default 30s).
+    pub resolve_interval: Option<Spanned<Dur>>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<Spanned<EnvString>>,
+    /// The first is the default; the others are chosen by SNI.
+    pub certificates: Vec<Spanned<RawCertificate>>,
+    /// Offer HTTP/2 by ALPN (default true).
+    pub http2: Option<Spanned<bool>>,
+    /// The port clients reach the HTTPS listener on, for redirects (default: `listen`'s).
+    pub public_port: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM chain, leaf first.
+    pub cert: Spanned<EnvString>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<EnvString>,
+    /// Server names this certificate answers; default: its subjectAltName DNS names.
+    pub names: Option<Vec<Spanned<String>>>,
+}
+
+/// `[upstreams.NAME.tls]`: HTTPS to the servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA bundle the servers' certificates are verified against (default: system roots).
+    pub ca_file: Option<Spanned<EnvString>>,
+    /// Client certificate chain and key, for servers that require mutual TLS.
+    pub cert: Option<Spanned<EnvString>>,
+    pub key: Option<Spanned<EnvString>>,
+    /// Server name sent and verified (default: the server's host name; none for an IP).
+    pub sni: Option<Spanned<EnvString>>,
+    /// Verify the server's certificate and name (default true).
+    pub verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +156,7 @@ pub struct RawUpstream {
     /// after which a server is left out for `eject_for`; 0 never ejects.
     pub eject_after: Option<Spanned<u32>>,
     pub eject_for: Option<Spanned<Dur>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +264,16 @@ policy_keys! {
     fields: Spanned<Toggle<RawFields>>,
     /// Rewrite FastAPI error bodies (`{"detail": ...}`) into the gateway's problem+json.
     normalize_errors: Spanned<bool>,
+    /// `Strict-Transport-Security` on HTTPS responses: `"on"` (one year), `"off"`, or a table.
+    hsts: Spanned<Toggle<RawHsts>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub max_age: Option<Spanned<Dur>>,
+    pub include_subdomains: Option<Spanned<bool>>,
+    pub preload: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

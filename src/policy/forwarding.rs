@@ -130,10 +130,11 @@ pub struct Forwarding {
 
 /// One RFC 7239 element for this hop: `for` the peer (IPv6 bracketed and quoted), `proto`,
 /// `host` quoted (it may carry a port).
-fn forwarded_element(peer: IpAddr, host: Option<&[u8]>) -> String {
+fn forwarded_element(peer: IpAddr, tls: bool, host: Option<&[u8]>) -> String {
+    let proto = if tls { "https" } else { "http" };
     let mut e = match peer {
-        IpAddr::V4(ip) => format!("for={ip};proto=http"),
-        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
+        IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
     };
     // a host with a quote or a backslash is not a valid host: left out rather than escaped
     if let Some(h) = host.and_then(|h| std::str::from_utf8(h).ok()).filter(|h| !h.contains(['"', '\\'])) {
@@ -190,7 +191,8 @@ impl Policy for Forwarding {
             }
         }
         if !(trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
-            up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http")).map_err(fail)?;
+            let proto = if x.tls { "https" } else { "http" };
+            up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto)).map_err(fail)?;
         }
         if !(trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
             match up.headers.get(http::header::HOST).cloned() {
@@ -212,7 +214,7 @@ impl Policy for Forwarding {
         up.remove_header(FORWARDED);
         if self.forwarded != ForwardedMode::XForwarded {
             if let Some(ip) = x.peer_ip {
-                let own = forwarded_element(ip, up.headers.get(http::header::HOST).map(|h| h.as_bytes()));
+                let own = forwarded_element(ip, x.tls, up.headers.get(http::header::HOST).map(|h| h.as_bytes()));
                 let value = match earlier {
                     Some(e) if !e.trim().is_empty() => format!("{e}, {own}"),
                     _ => own,

@@ -23,6 +23,7 @@ pub mod errors;
 pub mod fields;
 pub mod forwarding;
 pub mod gather;
+pub mod hsts;
 pub mod pagination;
 pub mod query;
 pub mod ratelimit;
@@ -70,6 +71,8 @@ pub struct Exchange<'a> {
     pub request_id: &'a str,
     /// The TCP peer.
     pub peer_ip: Option<IpAddr>,
+    /// The request came over TLS (the HTTPS listener).
+    pub tls: bool,
     /// The client: the peer, or the address trusted proxies forwarded for it.
     pub client_ip: Option<IpAddr>,
     /// The peer is one of `[server] trusted_proxies`.
@@ -230,6 +233,7 @@ chain! {
     errors: errors::NormalizeErrors,
     /// Response compression, chosen per client and per response.
     compress: compress::CompressPolicy,
+    hsts: hsts::Hsts,
 }
 
 #[cfg(test)]
@@ -246,6 +250,7 @@ pub(crate) mod tests {
             params: &NO_PARAMS,
             request_id: "test",
             peer_ip: None,
+            tls: false,
             client_ip: None,
             trusted_peer: false,
             started: Instant::now(),

@@ -37,31 +37,46 @@ use tokio::time::Instant;
 /// never refused by pingora's parser for its count.
 const MAX_FIELDS: usize = 256;
 
-/// Wraps the HTTP proxy app `A` with the connection layer.
-pub struct Edge<A> {
-    proxy: Arc<A>,
-    app: Arc<App>,
+/// Client connections open, across the plain and the HTTPS listener.
+#[derive(Default)]
+pub struct Connections {
     open: AtomicUsize,
     per_client: DashMap<IpAddr, usize>,
 }
 
+/// Which listener an `Edge` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Plain,
+    Tls,
+}
+
+/// Wraps the HTTP proxy app `A` with the connection layer.
+pub struct Edge<A> {
+    proxy: Arc<A>,
+    app: Arc<App>,
+    conns: Arc<Connections>,
+    listener: Listener,
+}
+
 impl<A> Edge<A> {
-    pub fn new(proxy: A, app: Arc<App>) -> Self {
-        Edge { proxy: Arc::new(proxy), app, open: AtomicUsize::new(0), per_client: DashMap::new() }
+    pub fn new(proxy: A, app: Arc<App>, conns: Arc<Connections>, listener: Listener) -> Self {
+        Edge { proxy: Arc::new(proxy), app, conns, listener }
     }
 
     /// Takes a connection slot, or says which limit is reached.
-    fn admit(&self, peer: Option<IpAddr>, limits: &ServerLimits, trusted: bool) -> Result<Slot<'_, A>, &'static str> {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+    fn admit(&self, peer: Option<IpAddr>, limits: &ServerLimits, trusted: bool) -> Result<Slot<'_>, &'static str> {
+        let c = &*self.conns;
+        if c.open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            c.open.fetch_sub(1, Ordering::AcqRel);
             return Err("max_connections");
         }
         let client = match peer.filter(|_| !trusted) {
             Some(ip) => {
-                let mut n = self.per_client.entry(ip).or_insert(0);
+                let mut n = c.per_client.entry(ip).or_insert(0);
                 if *n >= limits.max_connections_per_client {
                     drop(n);
-                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    c.open.fetch_sub(1, Ordering::AcqRel);
                     return Err("max_connections_per_client");
                 }
                 *n += 1;
@@ -70,28 +85,54 @@ impl<A> Edge<A> {
             None => None,
         };
         self.app.metrics.connection_opened();
-        Ok(Slot { edge: self, client })
+        Ok(Slot { conns: c, app: &self.app, client })
     }
 }
 
 /// A connection's place in the counts, given back when it closes.
-struct Slot<'a, A> {
-    edge: &'a Edge<A>,
+struct Slot<'a> {
+    conns: &'a Connections,
+    app: &'a App,
     client: Option<IpAddr>,
 }
 
-impl<A> Drop for Slot<'_, A> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if let Some(ip) = self.client {
             // the entry goes with its last connection: the map holds live clients only
-            self.edge.per_client.remove_if_mut(&ip, |_, n| {
+            self.conns.per_client.remove_if_mut(&ip, |_, n| {
                 *n -= 1;
                 *n == 0
             });
         }
-        self.edge.open.fetch_sub(1, Ordering::AcqRel);
-        self.edge.app.metrics.connection_closed();
+        self.conns.open.fetch_sub(1, Ordering::AcqRel);
+        self.app.metrics.connection_closed();
     }
+}
+
+/// Where the plain listener sends a request under `redirect_to_https`, or `None` for one that
+/// stays on plain HTTP: an ACME HTTP-01 challenge (a certificate is issued over port 80), or a
+/// head without a usable Host.
+fn https_location(head: &[u8], port: u16) -> Option<String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    req.parse(head).ok()?;
+    let target = req.path?;
+    if target.starts_with("/.well-known/acme-challenge/") || !target.starts_with('/') {
+        return None;
+    }
+    let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host"))?.value;
+    let host = std::str::from_utf8(host).ok()?.trim();
+    // the name without its port; an IPv6 literal keeps its brackets
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b));
+    if !valid {
+        return None;
+    }
+    Some(if port == 443 { format!("https://{name}{target}") } else { format!("https://{name}:{port}{target}") })
 }
 
 /// How reading a head ended.
@@ -299,6 +340,18 @@ where
                     return None;
                 }
             };
+            if self.listener == Listener::Plain
+                && let Some(port) = runtime.redirect_https
+                && let Some(location) = https_location(&head, port)
+            {
+                let bytes = problem::redirect_http1_bytes(&location, &new_request_id());
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+                return None;
+            }
             drop(runtime);
             let mut session = ServerSession::new_http1(stream);
             match persistent.take() {

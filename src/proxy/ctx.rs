@@ -36,6 +36,8 @@ pub struct Core {
     /// The route template's parameters, as ranges of the normalized path.
     pub params: crate::routing::template::Params,
     pub peer_ip: Option<IpAddr>,
+    /// The request came over the HTTPS listener.
+    pub tls: bool,
     /// The client behind trusted proxies (the peer otherwise).
     pub client_ip: Option<IpAddr>,
     pub trusted_peer: bool,
@@ -92,6 +94,7 @@ impl Ctx {
                 rewritten_path: None,
                 params: Default::default(),
                 peer_ip: None,
+                tls: false,
                 client_ip: None,
                 trusted_peer: false,
                 streaming: false,

@@ -68,6 +68,7 @@ fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a> {
         params: &core.params,
         request_id: &core.request_id,
         peer_ip: core.peer_ip,
+        tls: core.tls,
         client_ip: core.client_ip,
         trusted_peer: core.trusted_peer,
         started: core.started,
@@ -180,6 +181,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         ctx.core.request_id = forwarding::Forwarding::request_id(req);
         ctx.core.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.core.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.core.trusted_peer = ctx.core.peer_ip.is_some_and(|ip| rt.forwarding.is_trusted(ip));
         ctx.core.client_ip = rt.forwarding.client_ip(ctx.core.peer_ip, req);
         if let Some(t) = &self.app.tracing {
@@ -331,8 +333,7 @@ impl ProxyHttp for Gateway {
             ctx.record.outcome.upstream_started = true;
             self.app.metrics.upstream_started(&upstream.name, &upstream.metrics);
         }
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.idle_timeout = Some(upstream.def.idle_timeout);
+        let mut peer = upstream.peer(addr);
         route.policies.on_peer(&exchange(session, &ctx.core), &mut ctx.record.states, &mut peer.options);
         ctx.core.upstream_at = Some(Instant::now());
         Ok(Box::new(peer))

@@ -12,6 +12,13 @@
 #![allow(dead_code)]
 
 use std::io::Read;
+
+/// The process's rustls provider (ring, as in fastgate), before any test builds a client: the
+/// HTTP client's TLS takes the process default.
+#[ctor::ctor]
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
