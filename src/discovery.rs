@@ -98,7 +98,10 @@ impl Resolver {
                     .enable_all()
                     .build()
                     .map_err(|e| LookupError { server: String::new(), why: format!("cannot start a resolver runtime: {e}") })?;
-                rt.block_on(self.lookup_all(specs))
+                let result = rt.block_on(self.lookup_all(specs));
+                // a getaddrinfo call that outlived the timeout is not waited for
+                rt.shutdown_timeout(Duration::from_millis(100));
+                result
             });
             handle.join().unwrap_or_else(|_| Err(LookupError { server: String::new(), why: "resolver thread panicked".into() }))
         })

@@ -50,6 +50,10 @@ pub struct Upstream {
     next_check_ms: AtomicU64,
     /// A failed discovery round was logged; the next success logs the recovery.
     lookup_failing: AtomicBool,
+    /// Keeps this upstream's pooled connections its own: pingora's pool key leaves out the
+    /// CA a TLS connection was verified against, so two upstreams on one address with other
+    /// trust would otherwise share connections.
+    pool_group: u64,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -96,6 +100,15 @@ impl ServiceDiscovery for Found {
     }
 }
 
+/// The pool key part of an upstream: its name and TLS definition.
+fn pool_group(name: &str, def: &UpstreamDef) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    format!("{:?}", def.tls).hash(&mut h);
+    h.finish()
+}
+
 /// Drives a future that cannot wait (the load balancer's update over `Found`) to its end.
 fn run_ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
@@ -112,6 +125,7 @@ impl Upstream {
             return Err(UpstreamError::NoServers);
         }
         let tls = def.tls.as_ref().map(UpstreamTls::load).transpose()?;
+        let pool_group = pool_group(name, &def);
         let set: BTreeSet<Backend> = addrs.iter().copied().map(backend).collect();
         let found = Arc::new(ArcSwap::from_pointee(set));
         let lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(Found(found.clone()))));
@@ -133,6 +147,7 @@ impl Upstream {
             inherited_ready: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
             lookup_failing: AtomicBool::new(false),
+            pool_group,
         };
         if let Some(hc) = &upstream.def.health_check {
             let check = upstream.health_check(hc)?;
@@ -176,6 +191,7 @@ impl Upstream {
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, self.tls.is_some(), self.sni().unwrap_or_default().to_string());
         peer.options.idle_timeout = Some(self.def.idle_timeout);
+        peer.group_key = self.pool_group;
         self.tls_options(&mut peer.options);
         if let Some(client) = self.tls.as_ref().and_then(|t| t.client.clone()) {
             peer.client_cert_key = Some(client);

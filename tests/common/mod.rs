@@ -13,6 +13,8 @@
 
 use std::io::Read;
 
+pub mod pki;
+
 /// The process's rustls provider (ring, as in fastgate), before any test builds a client: the
 /// HTTP client's TLS takes the process default.
 #[ctor::ctor]
@@ -189,6 +191,8 @@ fn blocking_status(url: &str) -> std::io::Result<u16> {
 
 pub struct Backend {
     pub port: u16,
+    /// The loopback address it serves (127.0.0.1 unless started with `start_on`).
+    pub ip: std::net::IpAddr,
     child: Child,
 }
 
@@ -227,24 +231,39 @@ impl Backend {
         Self::spawn(Command::new(python), env, Duration::ZERO)
     }
 
+    /// The example app serving `listener` (another loopback address than 127.0.0.1, for
+    /// discovery tests), not waited for.
+    pub fn start_on(listener: TcpListener, env: &[(&str, &str)]) -> Backend {
+        let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        Self::spawn_listener(Command::new(python), env, Duration::ZERO, "examples/backend", listener)
+    }
+
     fn spawn(cmd: Command, env: &[(&str, &str)], wait: Duration) -> Backend {
         Self::spawn_in(cmd, env, wait, "examples/backend")
     }
 
-    fn spawn_in(mut cmd: Command, env: &[(&str, &str)], wait: Duration, dir: &str) -> Backend {
+    fn spawn_in(cmd: Command, env: &[(&str, &str)], wait: Duration, dir: &str) -> Backend {
+        Self::spawn_listener(cmd, env, wait, dir, claimed_listener())
+    }
+
+    fn spawn_listener(mut cmd: Command, env: &[(&str, &str)], wait: Duration, dir: &str, listener: TcpListener) -> Backend {
         use std::os::fd::AsRawFd;
-        let listener = claimed_listener();
-        let port = listener.local_addr().expect("local addr").port();
+        let local = listener.local_addr().expect("local addr");
+        let (port, ip) = (local.port(), local.ip());
         let fd = listener.as_raw_fd();
         // uvicorn's own `--fd` takes every inherited socket for a Unix one (its clients then
         // show no port); serving a socket object made from the fd keeps its family. Proxy
         // headers are off so `/debug/echo` reports the TCP peer (the gateway's pooled
         // connection), not the address the gateway forwards in `X-Forwarded-For`.
         // BACKEND_DATE_HEADER=0 leaves `Date` to the app (uvicorn would add a second one).
-        const SERVE_FD: &str = "import os, socket, sys, uvicorn\n\
+        // BACKEND_TLS_CERT/_KEY serve HTTPS; BACKEND_TLS_CLIENT_CA requires a client
+        // certificate signed by it (uvicorn's own TLS, as a backend team would run it).
+        const SERVE_FD: &str = "import os, socket, ssl, sys, uvicorn\n\
             sock = socket.socket(fileno=int(sys.argv[1]))\n\
             date = os.environ.get('BACKEND_DATE_HEADER', '1') != '0'\n\
-            uvicorn.Server(uvicorn.Config('app:app', log_level='warning', proxy_headers=False, date_header=date)).run(sockets=[sock])\n";
+            ca = os.environ.get('BACKEND_TLS_CLIENT_CA')\n\
+            tls = dict(ssl_certfile=os.environ.get('BACKEND_TLS_CERT'), ssl_keyfile=os.environ.get('BACKEND_TLS_KEY'), ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED if ca else ssl.CERT_NONE)\n\
+            uvicorn.Server(uvicorn.Config('app:app', log_level='warning', proxy_headers=False, date_header=date, **tls)).run(sockets=[sock])\n";
         cmd.args(["-c", SERVE_FD, &fd.to_string()])
             .current_dir(repo().join(dir))
             .stdout(Stdio::null())
@@ -265,7 +284,7 @@ impl Backend {
         let child = cmd.spawn().expect("spawn uvicorn (is the example backend installed?)");
         // The child has its copy of the socket; ours closes.
         drop(listener);
-        let mut b = Backend { port, child };
+        let mut b = Backend { port, ip, child };
         if !wait.is_zero() {
             b.wait_healthy(wait);
         }
@@ -281,11 +300,11 @@ impl Backend {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.ip, self.port)
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// How many requests for `path` the backend has seen.
