@@ -144,8 +144,49 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// The same two receivers behind TLS, serving `leaf` (a hosted collector's set-up).
+    async fn start_tls(leaf: &common::pki::Leaf) -> Receiver {
+        let store: Store = Arc::default();
+        let (cert, key) = (std::fs::read(&leaf.cert).unwrap(), std::fs::read(&leaf.key).unwrap());
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
+        let svc = TraceServiceServer::new(GrpcReceiver(store.clone()));
+        let identity = tonic::transport::Identity::from_pem(&cert, &key);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+                .await
+                .unwrap();
+        });
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert).map(Result::unwrap).collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap();
+        let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let st = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = http.accept().await else { return };
+                let (acceptor, st) = (acceptor.clone(), st.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(conn).await {
+                        serve_http(tls, st).await;
+                    }
+                });
+            }
+        });
+        Receiver { grpc: format!("https://{grpc_addr}"), http: format!("https://{http_addr}"), store }
+    }
+}
+
 /// OTLP/HTTP: `POST /v1/traces` with a protobuf body, keep-alive.
-async fn serve_http(mut conn: tokio::net::TcpStream, store: Store) {
+async fn serve_http(mut conn: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, store: Store) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -436,4 +477,46 @@ async fn sampler_ratio_from_the_file_and_from_the_environment() {
     assert_eq!(spans[0].resource["region"], "eu");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(rx.spans().is_empty(), "ratio 0 exported {} spans", rx.spans().len());
+}
+
+#[tokio::test]
+async fn spans_reach_a_collector_over_tls_by_grpc_and_by_http() {
+    let pki = common::pki::Pki::new("collector");
+    let leaf = pki.issue("collector", &["127.0.0.1"]);
+    let rx = Receiver::start_tls(&leaf).await;
+    let backend = Backend::start();
+    let ca = pki.ca().display().to_string();
+    // gRPC: the CA from the file; http/protobuf: from the standard variable
+    let grpc = format!("{}\nca_file = \"{ca}\"\n\n", telemetry(&rx.grpc, "grpc").trim_end());
+    let by_grpc = Gateway::start_with(&(grpc + &config_for(&backend.addr(), CATCH_ALL)), "", FAST_EXPORT);
+    let env = [FAST_EXPORT[0], ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str())];
+    let by_http = Gateway::start_with(&(telemetry(&rx.http, "http/protobuf") + &config_for(&backend.addr(), CATCH_ALL)), "", &env);
+    let http = reqwest::Client::new();
+    for (gw, path) in [(&by_grpc, "/healthz?via=grpc"), (&by_http, "/healthz?via=http")] {
+        assert_eq!(http.get(gw.url(path)).send().await.unwrap().status(), 200);
+    }
+    let spans = rx
+        .wait_for("a server span from each gateway", |s| {
+            s.iter().filter(|s| s.kind == KIND_SERVER && s.attrs.get("url.path").is_some_and(|p| p == "/healthz")).count() >= 2
+        })
+        .await;
+    assert!(spans.iter().all(|s| s.service == "fastgate-test"));
+    for gw in [&by_grpc, &by_http] {
+        assert_eq!(common::metric_value(&gw.metrics().await, "fastgate_otlp_spans_dropped_total").unwrap_or(0.0), 0.0);
+    }
+
+    // without the CA, the collector's certificate is not trusted: spans are dropped and
+    // counted, requests are not slowed
+    let untrusting = Gateway::start_with(&(telemetry(&rx.http, "http/protobuf") + &config_for(&backend.addr(), CATCH_ALL)), "", FAST_EXPORT);
+    assert_eq!(http.get(untrusting.url("/healthz?via=untrusted")).send().await.unwrap().status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let failed = common::metric_value(&untrusting.metrics().await, "fastgate_otlp_spans_dropped_total").unwrap_or(0.0);
+        if failed >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no export failure counted; log:\n{}", common::tail(&untrusting.log(), 10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!rx.spans().iter().any(|s| s.attrs.get("url.query").is_some_and(|q| q.contains("untrusted"))));
 }

@@ -29,6 +29,17 @@ pub struct TraceSettings {
     /// `None`: the SDK reads `OTEL_TRACES_SAMPLER` / `_ARG` (default parent-based, always on).
     pub sampler: Option<SamplerSpec>,
     pub resource_attributes: Vec<(String, String)>,
+    /// Extra CA bundle for an `https://` collector (`ca_file`, else
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`), trusted beside the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key for a collector that asks for one
+    /// (`OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` and `_CLIENT_KEY`).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// A trace-specific `OTEL_EXPORTER_OTLP_TRACES_*` variable, else the general one.
+fn otlp_env(suffix: &str) -> Option<String> {
+    env_nonempty(&format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}")).or_else(|| env_nonempty(&format!("OTEL_EXPORTER_OTLP_{suffix}")))
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -59,6 +70,8 @@ impl TraceSettings {
             service_name: def.service_name.clone(),
             sampler: def.sampler.clone(),
             resource_attributes: def.resource_attributes.clone(),
+            ca_file: def.ca_file.clone().or_else(|| otlp_env("CERTIFICATE").map(Into::into)),
+            client_cert: otlp_env("CLIENT_CERTIFICATE").zip(otlp_env("CLIENT_KEY")).map(|(c, k)| (c.into(), k.into())),
         })
     }
 }
@@ -81,6 +94,52 @@ pub enum OtelError {
     Runtime(#[from] std::io::Error),
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
+    #[error("OTLP TLS: {path}: {why}")]
+    Tls { path: std::path::PathBuf, why: String },
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, OtelError> {
+    std::fs::read(path).map_err(|e| OtelError::Tls { path: path.to_path_buf(), why: e.to_string() })
+}
+
+impl TraceSettings {
+    /// The endpoint the exporter will use: the file's, else the standard variables'.
+    fn effective_endpoint(&self) -> Option<String> {
+        self.endpoint.clone().or_else(|| otlp_env("ENDPOINT"))
+    }
+
+    fn is_https(&self) -> bool {
+        self.effective_endpoint().is_some_and(|e| e.trim_start().to_ascii_lowercase().starts_with("https://"))
+    }
+
+    /// gRPC over TLS: the system roots plus `ca_file`, and a client identity if configured.
+    fn tonic_tls(&self) -> Result<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig, OtelError> {
+        use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            tls = tls.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        }
+        Ok(tls)
+    }
+
+    /// The HTTP client for http/protobuf: the system roots plus `ca_file`.
+    fn http_client(&self) -> Result<reqwest::Client, OtelError> {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = &self.ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&read_pem(ca)?).map_err(|e| OtelError::Tls { path: ca.clone(), why: e.to_string() })?;
+            b = b.tls_certs_merge(certs);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            let mut pem = read_pem(cert)?;
+            pem.extend_from_slice(&read_pem(key)?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| OtelError::Tls { path: cert.clone(), why: e.to_string() })?;
+            b = b.identity(id);
+        }
+        b.build().map_err(|e| OtelError::Exporter(e.to_string()))
+    }
 }
 
 /// The tracer and what keeps its exporter alive.
@@ -133,15 +192,21 @@ impl Tracing {
         let _guard = runtime.enter();
         let exporter = match s.protocol {
             OtlpProtocol::Grpc => {
+                use opentelemetry_otlp::WithTonicConfig;
                 let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
                 if let Some(e) = &s.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
+                if s.is_https() {
+                    b = b.with_tls_config(s.tonic_tls()?);
+                }
                 b.build()
             }
             OtlpProtocol::HttpProtobuf => {
+                use opentelemetry_otlp::WithHttpConfig;
                 let mut b = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
+                    .with_http_client(s.http_client()?)
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
                 if let Some(e) = &s.endpoint {
                     // A base URL, like OTEL_EXPORTER_OTLP_ENDPOINT: the signal path is ours to add.
