@@ -8,7 +8,7 @@ run, divided by the requests served), and RSS. Results go to bench/results/<date
 Markdown table printed at the end (paste into bench/README.md).
 
 Environment: QUICK=1 (short smoke run), DURATION (s per measurement), REPEATS (median of),
-CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers).
+CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers; 7 is HTTPS termination).
 """
 
 import csv
@@ -246,6 +246,10 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
     top = ""
     if mode == "gzip":
         route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 2, min_size = 1024 }'
+    elif mode == "zstd":
+        route_extra = 'compress = { algorithms = ["zstd"], zstd_level = 1, min_size = 1024 }'
+    elif mode == "brotli":
+        route_extra = 'compress = { algorithms = ["br"], brotli_level = 4, min_size = 1024 }'
     elif mode == "cache":
         route_extra = 'cache = { ttl = "10m" }'
     elif mode == "fields":
@@ -275,6 +279,7 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         access_log = false
         shutdown_grace = "2s"
         {top}
+        {tls_table(extra_env) if mode == "tls" else ""}
         [upstreams.up]
         servers = ["{up}"]
         [defaults]
@@ -291,6 +296,54 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
     wait_http(f"http://127.0.0.1:{admin}/healthz", timeout=60)
     time.sleep(0.2)
     return p, port, admin
+
+
+def tls_table(extra_env):
+    return textwrap.dedent(f"""
+        [server.tls]
+        listen = "127.0.0.1:{extra_env['tls_port']}"
+        certificates = [{{ cert = "{extra_env['cert']}", key = "{extra_env['key']}" }}]
+        """)
+
+
+def make_cert():
+    """A P-256 certificate for 127.0.0.1 (what a modern site serves), made with openssl."""
+    d = os.path.join(WORK, "tls")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    os.chmod(key, 0o644)
+    return cert, key
+
+
+def start_nginx_tls(up_port, cert, key):
+    d = os.path.join(WORK, "nginx-tls")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o777)
+    port = free_port()
+    conf = textwrap.dedent(f"""
+        worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+        events {{ worker_connections 8192; }}
+        http {{
+          access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+          upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+          server {{ listen 127.0.0.1:{port} ssl reuseport backlog=4096;
+            ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;
+            ssl_session_cache off; ssl_session_tickets off;
+            location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                         proxy_set_header X-Forwarded-For $remote_addr; }} }}
+        }}""")
+    open(os.path.join(d, "nginx.conf"), "w").write(conf)
+    p = spawn([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")], PROXY_CPU)
+    deadline = time.time() + 30
+    while subprocess.run(["curl", "-sk", "-o", "/dev/null", f"https://127.0.0.1:{port}/small"]).returncode != 0:
+        if time.time() > deadline:
+            raise RuntimeError("nginx tls did not start")
+        time.sleep(0.1)
+    return p, port
 
 
 def start_bare(up, wrap=()):
@@ -338,7 +391,7 @@ def proxied_scenarios(rows):
         (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
     ]
     wanted = os.environ.get("SCENARIOS")
-    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5}
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7}
     for num, title, mode, path, headers, _ in plan:
         if num not in wanted:
             continue
@@ -368,10 +421,33 @@ def proxied_scenarios(rows):
             rows.append(row(num, title, "bare pingora", r))
             stop(bp)
     if 2 in wanted:
+        # the other encodings fastgate offers, on the same body: size and CPU beside gzip
+        for mode, accept in [("zstd", "zstd"), ("brotli", "br")]:
+            fg, fg_port, _ = start_fastgate(upstream, mode)
+            headers = [f"Accept-Encoding: {accept}"]
+            r = measure(f"fastgate {mode}", f"http://127.0.0.1:{fg_port}/big", server_pids(fg), headers=headers)
+            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{fg_port}/big", headers)
+            rows.append(row(2, f"20 KiB JSON, {mode}", f"fastgate {mode}", r))
+            stop(fg)
         fg, fg_port, _ = start_fastgate(upstream, "plain")
         r = measure("fastgate, compression off", f"http://127.0.0.1:{fg_port}/big", server_pids(fg), headers=["Accept-Encoding: gzip"])
         rows.append(row(2, "20 KiB JSON, compression off (cost of gzip)", "fastgate no-gzip", r))
         stop(fg)
+    if 7 in wanted:
+        # HTTPS termination: keep-alive (the cost of encryption) and a new connection per
+        # request (a full handshake each: the difference in CPU per request is its cost);
+        # no session resumption on either side, so every new connection is a full handshake
+        print("scenario 7: HTTPS, keep-alive and a handshake per request", flush=True)
+        cert, key = make_cert()
+        for title, headers, conns in [("HTTPS keep-alive 1 KiB", [], CONNECTIONS),
+                                      ("HTTPS new connection per request", ["Connection: close"], 8)]:
+            ng, ng_port = start_nginx_tls(up_port, cert, key)
+            rows.append(row(7, title, "nginx", measure("nginx 1 worker", f"https://127.0.0.1:{ng_port}/small", server_pids(ng), headers=headers, conns=conns)))
+            stop(ng)
+            tls_port = free_port()
+            fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
+            rows.append(row(7, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), headers=headers, conns=conns)))
+            stop(fg)
     if 5 in wanted:
         print("scenario 5: policies on vs pass-through", flush=True)
         sink, sink_port = start_sink()

@@ -308,6 +308,9 @@ fn decode(encoding: &str, body: &[u8]) -> Vec<u8> {
             flate2::read::GzDecoder::new(body).read_to_end(&mut out).unwrap();
         }
         "zstd" => out = zstd::decode_all(body).unwrap(),
+        "br" => {
+            brotli::Decompressor::new(body, 4096).read_to_end(&mut out).unwrap();
+        }
         other => panic!("unexpected encoding {other}"),
     }
     out
@@ -319,7 +322,7 @@ async fn compression_by_q_value_decodes_to_the_identical_body() {
     let routes = route(
         "all",
         "{ path_prefix = \"/\" }",
-        "compress = { algorithms = [\"zstd\", \"gzip\"], min_size = \"1KiB\" }",
+        "compress = { algorithms = [\"zstd\", \"br\", \"gzip\"], min_size = \"1KiB\" }",
     );
     let gw = Gateway::start(&config_for(&backend.addr(), &routes));
     // reqwest without its decompression features: bodies arrive as sent.
@@ -332,7 +335,8 @@ async fn compression_by_q_value_decodes_to_the_identical_body() {
 
     for (accept, expected) in [
         ("gzip", "gzip"),
-        ("gzip, br", "gzip"),
+        ("gzip, br", "br"),
+        ("br", "br"),
         ("gzip, deflate, br, zstd", "zstd"),
         ("gzip;q=1.0, br;q=0.5, zstd;q=0.1", "gzip"),
         ("br;q=0.2, zstd", "zstd"),

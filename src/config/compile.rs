@@ -1299,16 +1299,9 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
     if let Some(list) = algorithms {
         for a in list {
             match compress::parse_algorithm(a.get_ref()) {
-                Some(pingora::protocols::http::compression::Algorithm::Brotli) => {
-                    cx.error::<()>(
-                        a.span(),
-                        "brotli is not available: pingora 0.9.1 never finishes brotli streams (cloudflare/pingora#1013)",
-                        "use \"zstd\" (smaller and faster than brotli at its default level) or \"gzip\"",
-                    );
-                }
                 Some(alg) => algs.push(alg),
                 None => {
-                    cx.error::<()>(a.span(), format!("unknown compression algorithm {:?}", a.get_ref()), "use \"zstd\" or \"gzip\"");
+                    cx.error::<()>(a.span(), format!("unknown compression algorithm {:?}", a.get_ref()), "use \"zstd\", \"br\" or \"gzip\"");
                 }
             }
         }

@@ -188,11 +188,12 @@ max_body = "1MiB"
     }
 
     #[test]
-    fn brotli_is_refused_with_the_reason() {
-        let text = format!("{BASE}compress = {{ algorithms = [\"br\", \"gzip\"] }}\n");
+    fn an_unknown_algorithm_is_refused_with_the_choices() {
+        let text = format!("{BASE}compress = {{ algorithms = [\"br\", \"deflate\"] }}\n");
         let d = one_error(&text);
-        assert_eq!((d.line, d.column), (9, 28));
-        assert!(d.message.contains("pingora#1013"), "{}", d.message);
+        assert_eq!((d.line, d.column), (9, 34));
+        assert!(d.message.contains("deflate"), "{}", d.message);
+        assert!(d.hint.as_deref().is_some_and(|h| h.contains("\"br\"")), "{:?}", d.hint);
     }
 
     #[test]
