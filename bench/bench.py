@@ -249,7 +249,7 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
     elif mode == "zstd":
         route_extra = 'compress = { algorithms = ["zstd"], zstd_level = 1, min_size = 1024 }'
     elif mode == "brotli":
-        route_extra = 'compress = { algorithms = ["br"], brotli_level = 4, min_size = 1024 }'
+        route_extra = f'compress = {{ algorithms = ["br"], brotli_level = {os.environ.get("BROTLI_LEVEL", "2")}, min_size = 1024 }}'
     elif mode == "cache":
         route_extra = 'cache = { ttl = "10m" }'
     elif mode == "fields":
@@ -439,14 +439,14 @@ def proxied_scenarios(rows):
         # no session resumption on either side, so every new connection is a full handshake
         print("scenario 7: HTTPS, keep-alive and a handshake per request", flush=True)
         cert, key = make_cert()
-        for title, headers, conns in [("HTTPS keep-alive 1 KiB", [], CONNECTIONS),
-                                      ("HTTPS new connection per request", ["Connection: close"], 8)]:
+        for num, title, headers, conns in [(7, "HTTPS keep-alive 1 KiB", [], CONNECTIONS),
+                                           (8, "HTTPS new connection per request (full handshake)", ["Connection: close"], 8)]:
             ng, ng_port = start_nginx_tls(up_port, cert, key)
-            rows.append(row(7, title, "nginx", measure("nginx 1 worker", f"https://127.0.0.1:{ng_port}/small", server_pids(ng), headers=headers, conns=conns)))
+            rows.append(row(num, title, "nginx", measure("nginx 1 worker", f"https://127.0.0.1:{ng_port}/small", server_pids(ng), headers=headers, conns=conns)))
             stop(ng)
             tls_port = free_port()
             fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
-            rows.append(row(7, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), headers=headers, conns=conns)))
+            rows.append(row(num, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), headers=headers, conns=conns)))
             stop(fg)
     if 5 in wanted:
         print("scenario 5: policies on vs pass-through", flush=True)

@@ -99,3 +99,17 @@ fn the_dockerfile_builds_what_cargo_needs_and_runs_as_a_numeric_user() {
         assert!(copied, "Cargo.toml needs {path}: the Dockerfile must COPY {top} before the first cargo build");
     }
 }
+
+/// The compose routes file names the `backend` service, which resolves only on the compose
+/// network: `check` says so as a warning and passes, with no error per route.
+#[test]
+fn check_passes_the_compose_config_off_its_network_with_a_warning() {
+    let out = common::fastgate_command().args(["check", "-c", "deploy/fastgate.compose.toml"]).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    if !said.contains("warning: upstream `api`: cannot resolve backend:8000") {
+        // a machine whose resolver knows a host called `backend` resolves it: no warning then
+        assert!(!said.contains("error"), "{said}");
+    }
+    assert!(!said.contains("unknown upstream"), "{said}");
+}
