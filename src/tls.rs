@@ -20,7 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +74,26 @@ fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
     x509_parser::parse_x509_certificate(leaf).ok().map(|(_, c)| c.validity().not_after.timestamp())
 }
 
+/// Logs each certificate at load with the days it has left; a warning under 14 days (a renewal
+/// that is not happening), an error once expired.
+fn log_expiry(path: &Path, names: &[String], not_after: Option<i64>) {
+    let Some(t) = not_after else { return };
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let days = (t - now) / 86_400;
+    let cert = path.display();
+    if t <= now {
+        tracing::error!(%cert, ?names, "TLS certificate has expired");
+    } else if days < 14 {
+        tracing::warn!(%cert, ?names, days_left = days, "TLS certificate expires soon");
+    } else {
+        tracing::info!(%cert, ?names, days_left = days, "TLS certificate loaded");
+    }
+}
+
 /// One loaded certificate and the names it answers.
 struct Entry {
     names: Vec<String>,
     key: Arc<CertifiedKey>,
-    not_after: Option<i64>,
     source: PathBuf,
 }
 
@@ -109,7 +124,8 @@ impl Certificates {
             if key.keys_match().is_err() {
                 return Err(TlsError::Mismatch { cert: spec.cert.clone(), key: spec.key.clone() });
             }
-            entries.push(Entry { names, key: Arc::new(key), not_after, source: spec.cert.clone() });
+            log_expiry(&spec.cert, &names, not_after);
+            entries.push(Entry { names, key: Arc::new(key), source: spec.cert.clone() });
         }
         Ok(Certificates { entries })
     }
@@ -128,18 +144,6 @@ impl Certificates {
             }
         }
         self.entries.first().map(|e| e.key.clone())
-    }
-
-    /// Each certificate's file and the time left before it expires (negative once expired).
-    pub fn expiry(&self) -> Vec<(&Path, Option<Duration>, bool)> {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.entries
-            .iter()
-            .map(|e| {
-                let left = e.not_after.map(|t| t - now);
-                (e.source.as_path(), left.map(|s| Duration::from_secs(s.unsigned_abs())), left.is_some_and(|s| s < 0))
-            })
-            .collect()
     }
 }
 

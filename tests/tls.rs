@@ -160,6 +160,9 @@ async fn a_renewed_certificate_is_served_after_sighup_while_open_connections_kee
     let tls_port = free_port();
     let gw = start(&config_for(&backend.addr(), CATCH_ALL), "", &tls_table(tls_port, &[(&first.cert, &first.key)]));
 
+    // each certificate is logged at load with the days it has left (rcgen's default validity
+    // runs to 4096, so no warning)
+    assert!(gw.log().contains("TLS certificate loaded") && gw.log().contains("days_left"), "{}", common::tail(&gw.log(), 5));
     let mut held = connect(tls_port, "a.test", &pki.ca()).await;
     assert_eq!(get(&mut held, "/healthz").await, 200);
     assert_eq!(served_cert(&held), first.der);
