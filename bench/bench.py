@@ -260,6 +260,22 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         route_extra = 'cache = { ttl = "10m" }'
     elif mode == "ratelimit":
         route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+    elif mode.startswith("redis-"):
+        # shared state: the limiter or the cache in Redis (scenario 9)
+        lease = 100 if mode == "redis-lease" else 1
+        l1 = '"1KiB"' if mode == "redis-l2" else '"32MiB"'
+        top = textwrap.dedent(f"""
+            [state]
+            backend = "redis"
+            [state.redis]
+            url = "redis://127.0.0.1:{extra_env['redis']}/0"
+            lease = {lease}
+            local_cache_size = {l1}
+            """)
+        if mode in ("redis-exact", "redis-lease"):
+            route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+        else:
+            route_extra = 'cache = { ttl = "10m" }'
     elif mode in ("policies", "trace100", "trace1"):
         if mode == "policies":
             route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
@@ -391,7 +407,7 @@ def proxied_scenarios(rows):
         (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
     ]
     wanted = os.environ.get("SCENARIOS")
-    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7}
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9}
     for num, title, mode, path, headers, _ in plan:
         if num not in wanted:
             continue
@@ -448,6 +464,28 @@ def proxied_scenarios(rows):
             fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
             rows.append(row(num, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), headers=headers, conns=conns)))
             stop(fg)
+    if 9 in wanted:
+        print("scenario 9: shared state in Redis vs in the process", flush=True)
+        redis_port = free_port()
+        rd = spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU)
+        deadline = time.time() + 10
+        while subprocess.run(["redis-cli", "-p", str(redis_port), "PING"], capture_output=True, text=True).stdout.strip() != "PONG":
+            if time.time() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        for mode, title in [
+            ("plain", "no limit, no cache"),
+            ("ratelimit", "rate limit, local"),
+            ("redis-exact", "rate limit in Redis, exact (a round trip per request)"),
+            ("redis-lease", "rate limit in Redis, lease = 100"),
+            ("cache", "cache hit, memory store"),
+            ("redis-l1", "cache hit, Redis store, from the L1"),
+            ("redis-l2", "cache hit, Redis store, from Redis (L1 too small)"),
+        ]:
+            fg, fg_port, _ = start_fastgate(upstream, mode, {"redis": redis_port})
+            rows.append(row(9, title, f"fastgate {mode}", measure(f"fastgate {mode}", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
+            stop(fg)
+        stop(rd)
     if 5 in wanted:
         print("scenario 5: policies on vs pass-through", flush=True)
         sink, sink_port = start_sink()

@@ -122,8 +122,7 @@ def check_kubernetes():
                             f"its preStop does not wait for fastgate (probe port {probe_port}) to exit: it would stop during the drain")
 
 
-def check_compose():
-    path = "deploy/docker-compose.yml"
+def check_compose(path):
     doc = yaml.safe_load(open(path))
     services = doc.get("services", {})
     for name, svc in services.items():
@@ -146,7 +145,8 @@ def check_compose():
 
 
 check_kubernetes()
-check_compose()
+for compose in sorted(glob.glob("deploy/docker-compose*.yml")):
+    check_compose(compose)
 for p in problems:
     print(p)
 print(f"deploy/check: {len(problems)} problem(s)")

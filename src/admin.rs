@@ -150,7 +150,7 @@ impl Admin {
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         json_response(
             status,
-            json!({"ready": ready, "config_hash": runtime.hash, "cache_warmed": warmed, "upstreams": upstreams}),
+            json!({"ready": ready, "config_hash": runtime.hash, "cache_warmed": warmed, "upstreams": upstreams, "state": self.state_json()}),
         )
     }
 
@@ -205,8 +205,19 @@ impl Admin {
                 "window_s": window_s,
                 "routes": routes,
                 "upstreams": upstreams,
+                "state": self.state_json(),
             }),
         )
+    }
+
+    /// Where shared state lives and whether it answers. Readiness does not depend on it: every
+    /// replica shares the one Redis, so failing readiness would take them all out together,
+    /// while the routes keep serving per `on_state_error`.
+    fn state_json(&self) -> serde_json::Value {
+        match &self.app.redis {
+            None => json!({"backend": "memory", "up": true}),
+            Some(r) => serde_json::to_value(r.health_view()).unwrap_or_default(),
+        }
     }
 
     fn config_table(&self) -> Response<Vec<u8>> {
@@ -272,7 +283,12 @@ impl Admin {
         for sel in &selectors {
             match self.app.cache.purge(sel).await {
                 Ok(n) => purged += n,
-                Err(e) => return problem_response(GatewayError::new(Problem::Internal, format!("purge failed: {e}"))),
+                Err(e) => {
+                    return problem_response(GatewayError::new(
+                        Problem::StateUnavailable,
+                        format!("purge failed: {e}; this replica's local copies were dropped, the shared store and other replicas were not reached"),
+                    ))
+                }
             }
         }
         self.app.metrics.cache_purged("admin", purged);
@@ -283,6 +299,11 @@ impl Admin {
     fn metrics(&self) -> Response<Vec<u8>> {
         let st = self.app.cache.store.stats();
         self.app.metrics.set_cache_stats(st.entries, st.bytes, st.evictions);
+        if let Some(r) = &self.app.redis {
+            use std::sync::atomic::Ordering::Relaxed;
+            let h = &r.health;
+            self.app.metrics.set_state(h.is_up(), h.errors.load(Relaxed), h.timeouts.load(Relaxed), h.skipped.load(Relaxed));
+        }
         let runtime = self.app.runtime();
         self.app.metrics.reset_upstream_health();
         for up in runtime.upstreams.values() {

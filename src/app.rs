@@ -2,7 +2,7 @@
 //! behind an atomic pointer, metrics, and process counters.
 
 use crate::config::Settings;
-use crate::state::{CacheParts, Runtime};
+use crate::state::{ProcessParts, Runtime};
 use crate::cache::Cache;
 use crate::telemetry::otel::Tracing;
 use crate::telemetry::Metrics;
@@ -29,6 +29,8 @@ pub struct App {
     /// OTLP tracing, when configured.
     pub tracing: Option<Tracing>,
     pub cache: Cache,
+    /// The Redis connections, when `[state] backend = "redis"`.
+    pub redis: Option<Arc<crate::shared::Redis>>,
     pub errors: crate::telemetry::errorlog::ErrorLog,
     /// Sliding window behind the status page (one minute, a snapshot every 10 s).
     pub status: crate::telemetry::status::StatusWindow,
@@ -50,6 +52,7 @@ impl App {
         metrics: Arc<Metrics>,
         tracing: Option<Tracing>,
         cache: Cache,
+        redis: Option<Arc<crate::shared::Redis>>,
     ) -> Arc<Self> {
         metrics.config_loaded(&runtime.hash);
         Arc::new(App {
@@ -59,6 +62,7 @@ impl App {
             metrics,
             tracing,
             cache,
+            redis,
             errors: Default::default(),
             status: crate::telemetry::status::StatusWindow::new(7),
             in_flight: AtomicI64::new(0),
@@ -75,10 +79,11 @@ impl App {
     }
 
     /// What every route's cache policy shares, for materializing a plan.
-    pub fn cache_parts(&self) -> CacheParts {
-        CacheParts {
+    pub fn process_parts(&self) -> ProcessParts {
+        ProcessParts {
             store: self.cache.store.clone(),
             tag_header: self.cache.settings.tag_header.clone(),
+            redis: self.redis.clone(),
         }
     }
 

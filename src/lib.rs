@@ -19,6 +19,7 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod shared;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

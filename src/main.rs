@@ -130,11 +130,28 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
         },
     };
     let cache_settings = settings.cache.clone();
-    let store = std::sync::Arc::new(fastgate::cache::memory::MemoryStore::new(cache_settings.max_size));
+    let redis = match &settings.state {
+        fastgate::config::plan::StateDef::Memory => None,
+        fastgate::config::plan::StateDef::Redis(def) => match fastgate::shared::Redis::start(def.clone()) {
+            Ok(r) => {
+                tracing::info!(url = %def.display_url(), lease = def.lease, "shared state in redis");
+                Some(r)
+            }
+            Err(e) => {
+                eprintln!("fastgate: [state.redis]: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let store: std::sync::Arc<dyn fastgate::cache::store::CacheStore> = match &redis {
+        None => std::sync::Arc::new(fastgate::cache::memory::MemoryStore::new(cache_settings.max_size)),
+        Some(r) => fastgate::cache::shared::SharedStore::new(r.clone()),
+    };
     let cache = fastgate::cache::Cache::new(cache_settings, store.clone());
-    let parts = state::CacheParts {
+    let parts = state::ProcessParts {
         store,
         tag_header: cache.settings.tag_header.clone(),
+        redis: redis.clone(),
     };
     let runtime = match state::materialize(plan, None, &parts) {
         Ok(r) => r,
@@ -143,7 +160,7 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache), upgrade) {
+    match bootstrap::run(App::new(path, settings, runtime, metrics, tracing, cache, redis), upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fastgate: {e}");

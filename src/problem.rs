@@ -47,6 +47,8 @@ pub enum Problem {
     Forbidden,
     /// `server.max_connections` or `max_connections_per_client` reached.
     TooManyConnections,
+    /// Shared state (Redis) unreachable on a route with `on_state_error = "deny"`.
+    StateUnavailable,
 }
 
 impl Problem {
@@ -66,7 +68,7 @@ impl Problem {
             Problem::Internal => 500,
             Problem::NotImplemented => 501,
             Problem::UpstreamFailed | Problem::UpstreamUnreachable | Problem::ResponseTooLarge => 502,
-            Problem::NoHealthyUpstream | Problem::Overloaded | Problem::TooManyConnections => 503,
+            Problem::NoHealthyUpstream | Problem::Overloaded | Problem::TooManyConnections | Problem::StateUnavailable => 503,
             Problem::UpstreamTimeout | Problem::NotCached => 504,
         }
     }
@@ -99,6 +101,7 @@ impl Problem {
             Problem::NotImplemented => "not_implemented",
             Problem::Forbidden => "forbidden",
             Problem::TooManyConnections => "too_many_connections",
+            Problem::StateUnavailable => "state_unavailable",
         }
     }
 
@@ -129,6 +132,7 @@ impl Problem {
             Problem::NotImplemented => "Method not implemented",
             Problem::Forbidden => "Forbidden",
             Problem::TooManyConnections => "Too many connections",
+            Problem::StateUnavailable => "Shared state unavailable",
         }
     }
 }

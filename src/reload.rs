@@ -27,7 +27,7 @@ pub fn reload(app: &App) -> Result<(), ReloadError> {
             tracing::warn!(warning = %w, "config warning");
         }
         let current = app.runtime();
-        Ok(state::materialize(plan, Some(&current), &app.cache_parts())?)
+        Ok(state::materialize(plan, Some(&current), &app.process_parts())?)
     });
     match result {
         Ok(runtime) => {

@@ -19,6 +19,7 @@ use crate::policy::RoutePolicies;
 use crate::problem::Problem;
 use crate::routing::{Route, RouteTable, Target};
 use crate::discovery::Resolver;
+use crate::shared::Redis;
 use crate::tls::{Certificates, TlsError};
 use crate::upstream::{Upstream, UpstreamError};
 use http::HeaderName;
@@ -61,15 +62,17 @@ pub enum StateError {
     Tls(#[from] TlsError),
 }
 
-/// What every route's cache policy shares: the process's store and its tag field.
-pub struct CacheParts {
+/// What every load shares, made once per process: the cache store and its tag field, and
+/// the Redis connections when state is shared.
+pub struct ProcessParts {
     pub store: Arc<dyn CacheStore>,
     pub tag_header: HeaderName,
+    pub redis: Option<Arc<Redis>>,
 }
 
 /// Builds the runtime for `plan`, reusing the live parts of `previous` whose definition is
 /// unchanged.
-pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &CacheParts) -> Result<Runtime, StateError> {
+pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &ProcessParts) -> Result<Runtime, StateError> {
     let Plan {
         settings: _,
         server,
@@ -138,7 +141,7 @@ fn route(
     def: RouteDef,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     before: Option<&Route>,
-    cache: &CacheParts,
+    cache: &ProcessParts,
 ) -> Result<Route, StateError> {
     let RouteDef {
         name,
@@ -189,14 +192,17 @@ fn route(
                     .and_then(|b| b.limits.iter().find(|l| l.def == d).cloned());
                 let limit = match reused {
                     Some(l) => l,
-                    None => match RateLimit::new(d.clone()) {
+                    None => match match &cache.redis {
+                        Some(redis) => RateLimit::shared(d.clone(), redis.clone(), &name),
+                        None => RateLimit::new(d.clone()),
+                    } {
                         Some(l) => Arc::new(l),
                         None => return Err(StateError::Rate { route: name, limit: d.name }),
                     },
                 };
                 limits.push(limit);
             }
-            Some(RateLimits::new(limits, rl.bypass_nets, rl.bypass_keys))
+            Some(RateLimits::new(limits, rl.bypass_nets, rl.bypass_keys, rl.on_state_error))
         }
     };
     let route_slots = concurrency.map(|d| {
@@ -258,10 +264,11 @@ rate_limit = [{ rate = "5/s" }]
 max_concurrent = 2
 "#;
 
-    fn parts() -> CacheParts {
-        CacheParts {
+    fn parts() -> ProcessParts {
+        ProcessParts {
             store: Arc::new(crate::cache::memory::MemoryStore::new(1 << 20)),
             tag_header: HeaderName::from_static("cache-tag"),
+            redis: None,
         }
     }
 

@@ -103,13 +103,19 @@ fn the_dockerfile_builds_what_cargo_needs_and_runs_as_a_numeric_user() {
 /// The compose routes file names the `backend` service, which resolves only on the compose
 /// network: `check` says so as a warning and passes, with no error per route.
 #[test]
-fn check_passes_the_compose_config_off_its_network_with_a_warning() {
-    let out = common::fastgate_command().args(["check", "-c", "deploy/fastgate.compose.toml"]).output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{said}");
-    if !said.contains("warning: upstream `api`: cannot resolve backend:8000") {
-        // a machine whose resolver knows a host called `backend` resolves it: no warning then
-        assert!(!said.contains("error"), "{said}");
+fn check_passes_the_compose_configs_off_their_network_with_a_warning() {
+    for file in ["deploy/fastgate.compose.toml", "deploy/fastgate.replicas.toml"] {
+        let out = common::fastgate_command()
+            .args(["check", "-c", file])
+            .env("REDIS_URL", "redis://redis:6379/0")
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{file}: {said}");
+        if !said.contains("warning: upstream `api`: cannot resolve backend:8000") {
+            // a machine whose resolver knows a host called `backend` resolves it: no warning then
+            assert!(!said.contains("error"), "{file}: {said}");
+        }
+        assert!(!said.contains("unknown upstream"), "{file}: {said}");
     }
-    assert!(!said.contains("unknown upstream"), "{said}");
 }

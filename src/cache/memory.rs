@@ -117,13 +117,13 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl CacheStore for MemoryStore {
-    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<StoredObject>>, StoreError> {
+/// The store's operations, synchronous: nothing in them waits.
+impl MemoryStore {
+    pub fn get_now(&self, key: &StoreKey) -> Result<Option<Arc<StoredObject>>, StoreError> {
         Ok(self.cache.get(key).map(|e| e.obj))
     }
 
-    async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
+    pub fn put_now(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
         self.by_url.entry(obj.url.clone()).or_default().insert(key);
         self.by_path
             .write()
@@ -142,7 +142,7 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
-    async fn update_meta(&self, key: &StoreKey, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
+    pub fn update_meta_now(&self, key: &StoreKey, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
         let Some(old) = self.cache.get(key) else { return Ok(false) };
         let mut obj = (*old.obj).clone();
         obj.meta = meta;
@@ -150,11 +150,11 @@ impl CacheStore for MemoryStore {
         Ok(true)
     }
 
-    async fn remove(&self, key: &StoreKey) -> Result<bool, StoreError> {
+    pub fn remove_now(&self, key: &StoreKey) -> Result<bool, StoreError> {
         Ok(self.remove_keys(vec![*key]) == 1)
     }
 
-    async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
+    pub fn purge_now(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
         let keys: Vec<StoreKey> = match selector {
             PurgeSelector::All => {
                 self.cache.run_pending_tasks();
@@ -182,13 +182,35 @@ impl CacheStore for MemoryStore {
         Ok(self.remove_keys(keys))
     }
 
-    fn stats(&self) -> StoreStats {
+    pub fn stats_now(&self) -> StoreStats {
         self.cache.run_pending_tasks();
         StoreStats {
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),
             evictions: self.evictions.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    async fn get(&self, key: &StoreKey) -> Result<Option<Arc<StoredObject>>, StoreError> {
+        self.get_now(key)
+    }
+    async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
+        self.put_now(key, obj, ttl)
+    }
+    async fn update_meta(&self, key: &StoreKey, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
+        self.update_meta_now(key, meta, ttl)
+    }
+    async fn remove(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.remove_now(key)
+    }
+    async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
+        self.purge_now(selector)
+    }
+    fn stats(&self) -> StoreStats {
+        self.stats_now()
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod freshness;
 pub mod invalidate;
 pub mod memory;
+pub mod shared;
 pub mod storage;
 pub mod store;
 

@@ -4,11 +4,11 @@
 use super::diag::{suggest, Diagnostic, Source};
 use super::plan::{
     CertSpec, HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, SamplerSpec, ServerDef, ServerSpec,
-    Settings, TelemetryDef, TlsListenDef, UpstreamDef, UpstreamTlsDef,
+    Settings, StateDef, TelemetryDef, TlsListenDef, UpstreamDef, UpstreamTlsDef,
 };
 use super::raw::{
     PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawFields, RawHealthCheck, RawMatch, RawPagination, RawQueue,
-    RawHsts, RawRateLimit, RawRoute, RawServer, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm, Toggle,
+    RawHsts, RawRateLimit, RawRoute, RawServer, RawState, RawRedis, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm, Toggle,
 };
 use super::units::{Dur, EnvString, Size, Ttl};
 use crate::cache::invalidate::{self, InvalidateRule};
@@ -19,7 +19,7 @@ use crate::policy::concurrency::{ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
 use crate::policy::fields::{self, FieldSelection};
 use crate::policy::forwarding::ForwardedMode;
 use crate::policy::pagination::{Excess, Pagination};
-use crate::policy::ratelimit::{KeySource, OnMissing, RateLimitDef};
+use crate::policy::ratelimit::{KeySource, OnMissing, OnStateError, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::timeout::Timeouts;
 use crate::routing::normalize::{normalize, EncodedSlash};
@@ -85,6 +85,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         routes,
         telemetry,
         cache,
+        state,
     } = raw;
     let mut cx = Ctx {
         src,
@@ -174,6 +175,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     }
     let telemetry = compile_telemetry(&mut cx, telemetry);
     let cache_settings = compile_cache_settings(&mut cx, cache);
+    let state = compile_state(&mut cx, state);
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
@@ -181,6 +183,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     settings.telemetry = telemetry;
     settings.cache = cache_settings;
     settings.tls = tls;
+    settings.state = state;
     Ok(Plan {
         settings,
         server: ServerDef {
@@ -352,6 +355,7 @@ fn compile_server(
             telemetry: TelemetryDef::default(),
             cache: CacheSettings::default(),
             tls: None,
+            state: StateDef::Memory,
         }),
         _ => None,
     };
@@ -849,10 +853,26 @@ fn compile_policy(
     };
     let streaming = pick(route.streaming, defaults.streaming).is_some_and(Spanned::into_inner);
 
+    let on_state_error = match pick(route.on_state_error, defaults.on_state_error) {
+        None => OnStateError::default(),
+        Some(v) => match v.get_ref().trim() {
+            "local" => OnStateError::Local,
+            "allow" => OnStateError::Allow,
+            "deny" => OnStateError::Deny,
+            other => cx
+                .error(
+                    v.span(),
+                    format!("unknown on_state_error {other:?}"),
+                    "write \"local\" (this replica's own limiter), \"allow\" (no limit) or \"deny\" (503 until Redis is back)",
+                )
+                .unwrap_or_default(),
+        },
+    };
     let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
         let bypass = pick(route.rate_limit_bypass, defaults.rate_limit_bypass).unwrap_or_default();
         compile_rate_limits(cx, &list, &bypass, on_route)
     });
+    let rate_limits = rate_limits.map(|r| RateLimitsDef { on_state_error, ..r });
     let concurrency = compile_concurrency(
         cx,
         pick(route.max_concurrent, defaults.max_concurrent).as_ref(),
@@ -1087,6 +1107,61 @@ fn compile_cache_policy(cx: &mut Ctx<'_>, raw: &RawCachePolicy, on_route: Option
     })
 }
 
+fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
+    let RawState { backend, redis } = raw;
+    let backend_span = backend.as_ref().map(Spanned::span);
+    match backend.as_ref().map(|b| b.get_ref().trim()) {
+        None | Some("memory") => {
+            if let (Some(r), Some(span)) = (&redis, backend_span) {
+                cx.warn(span, "`[state.redis]` is set but `backend` is \"memory\": Redis is not used", format!("write backend = \"redis\" to share state through {}", r.get_ref().url.get_ref().0));
+            }
+            return StateDef::Memory;
+        }
+        Some("redis") => {}
+        Some(other) => {
+            return cx
+                .error(backend_span.unwrap_or(0..0), format!("unknown state backend {other:?}"), "write \"memory\" (this process only, the default) or \"redis\" (shared by replicas; set [state.redis] url)")
+                .unwrap_or_default();
+        }
+    }
+    let Some(redis) = redis else {
+        return cx
+            .error(backend_span.unwrap_or(0..0), "backend = \"redis\" needs a server", "add [state.redis] with url = \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")")
+            .unwrap_or_default();
+    };
+    let RawRedis { url, pool_size, timeout, key_prefix, lease, precheck, local_cache_size, max_object_size } = redis.into_inner();
+    let text = url.get_ref().0.trim().to_string();
+    let scheme = text.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
+        cx.error::<()>(
+            url.span(),
+            format!("unsupported Redis URL {text:?}"),
+            "write redis://host:port/db, rediss://host:port for TLS, or unix:///path/to/redis.sock; Cluster and Sentinel URLs are not supported (put one endpoint, e.g. a Sentinel-managed service address)",
+        );
+    }
+    let pool_size = match pool_size {
+        Some(p) if *p.get_ref() == 0 || *p.get_ref() > 64 => cx.error(p.span(), "`pool_size` must be between 1 and 64", "each connection multiplexes every request; 2-4 is plenty").unwrap_or(2),
+        Some(p) => *p.get_ref(),
+        None => 2,
+    };
+    let timeout = positive(cx, timeout.as_ref(), "timeout", Duration::from_millis(50));
+    let lease = match lease {
+        Some(l) if *l.get_ref() == 0 || *l.get_ref() > 1000 => cx.error(l.span(), "`lease` must be between 1 and 1000", "1 asks Redis for every decision (exact); 10 takes ten tokens per round trip").unwrap_or(1),
+        Some(l) => *l.get_ref(),
+        None => 1,
+    };
+    StateDef::Redis(crate::config::plan::RedisDef {
+        url: text,
+        pool_size,
+        timeout,
+        key_prefix: key_prefix.map_or_else(|| "fastgate:".to_string(), Spanned::into_inner),
+        lease,
+        precheck: precheck.is_none_or(Spanned::into_inner),
+        local_cache_size: local_cache_size.map_or(32 * 1024 * 1024, |s| s.get_ref().0),
+        max_object_size: max_object_size.map_or(1024 * 1024, |s| s.get_ref().0 as usize),
+    })
+}
+
 fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
     let RawCache {
         max_size,
@@ -1278,6 +1353,7 @@ fn compile_rate_limits(
         limits,
         bypass_nets: nets,
         bypass_keys: keys,
+        on_state_error: OnStateError::default(),
     })
 }
 

@@ -48,6 +48,39 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// `[server.tls]`: the HTTPS listener (its certificates reload; the address does not).
     pub tls: Option<TlsListenDef>,
+    /// `[state]`: this process only, or shared through Redis.
+    pub state: StateDef,
+}
+
+/// Where the state replicas share lives.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StateDef {
+    #[default]
+    Memory,
+    Redis(RedisDef),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisDef {
+    pub url: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub key_prefix: String,
+    /// Tokens leased per round trip (1: exact).
+    pub lease: u32,
+    pub precheck: bool,
+    pub local_cache_size: u64,
+    pub max_object_size: usize,
+}
+
+impl RedisDef {
+    /// The URL without its password, for logs and the status page.
+    pub fn display_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &self.url[..s + 3], &self.url[at..]),
+            _ => self.url.clone(),
+        }
+    }
 }
 
 /// The HTTPS listener.
@@ -231,6 +264,7 @@ pub struct RateLimitsDef {
     pub limits: Vec<RateLimitDef>,
     pub bypass_nets: Vec<IpNet>,
     pub bypass_keys: Vec<String>,
+    pub on_state_error: crate::policy::ratelimit::OnStateError,
 }
 
 /// `[telemetry]` as written; `telemetry` merges it with the `OTEL_*` environment.

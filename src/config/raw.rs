@@ -24,6 +24,37 @@ pub struct RawConfig {
     pub telemetry: RawTelemetry,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+/// `[state]`: where the state replicas share lives (start-up only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `"memory"` (the default: this process only) or `"redis"`.
+    pub backend: Option<Spanned<String>>,
+    pub redis: Option<Spanned<RawRedis>>,
+}
+
+/// `[state.redis]`: the server, and how limits and the cache use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port/db`, `rediss://` for TLS, `unix:///path`.
+    pub url: Spanned<EnvString>,
+    pub pool_size: Option<Spanned<usize>>,
+    /// Each call's bound; past it the call counts as failed.
+    pub timeout: Option<Spanned<Dur>>,
+    pub key_prefix: Option<Spanned<String>>,
+    /// Tokens a replica takes from Redis per round trip for a key (1: every decision in Redis).
+    pub lease: Option<Spanned<u32>>,
+    /// Refuse a key Redis refused without asking again until its wait is over.
+    pub precheck: Option<Spanned<bool>>,
+    /// The in-process tier in front of the shared cache.
+    pub local_cache_size: Option<Spanned<Size>>,
+    /// Larger objects stay in the local tier only.
+    pub max_object_size: Option<Spanned<Size>>,
 }
 
 /// `[telemetry]`: OTLP traces (over the standard `OTEL_*` variables) and metric buckets.
@@ -266,6 +297,9 @@ policy_keys! {
     normalize_errors: Spanned<bool>,
     /// `Strict-Transport-Security` on HTTPS responses: `"on"` (one year), `"off"`, or a table.
     hsts: Spanned<Toggle<RawHsts>>,
+    /// What the route's rate limits do while shared state (Redis) is unreachable: `"local"`
+    /// (this replica's own limiter, the default), `"allow"` or `"deny"` (503).
+    on_state_error: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -68,7 +68,7 @@ impl BodyLimits {
 impl Policy for BodyLimits {
     type State = BodyState;
 
-    fn on_request(&self, x: &Exchange<'_>, _st: &mut BodyState, d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, _st: &mut BodyState, d: &mut Directives) -> Flow {
         let declared = x.req.headers.get(CONTENT_LENGTH).map(|v| v.as_bytes());
         match check_declared(declared, self.max_body) {
             Declared::Fits | Declared::Unknown => Flow::Continue,
@@ -129,6 +129,7 @@ impl Policy for BodyLimits {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use futures_util::FutureExt as _;
     use super::*;
     use crate::policy::tests::exchange;
 
@@ -153,7 +154,7 @@ mod tests {
         let mut req = pingora::http::RequestHeader::build("POST", b"/x", None).unwrap();
         req.insert_header("content-length", "5").unwrap();
         let (mut st, mut d) = (BodyState::default(), Directives::default());
-        match p.on_request(&exchange(&req), &mut st, &mut d) {
+        match p.on_request(&exchange(&req), &mut st, &mut d).now_or_never().unwrap() {
             Flow::Respond(e) => assert_eq!(e.problem, Problem::PayloadTooLarge),
             Flow::Continue => panic!("not refused"),
         }

@@ -146,7 +146,7 @@ impl CacheRoute {
 impl Policy for CacheRoute {
     type State = CacheState;
 
-    fn on_request(&self, x: &Exchange<'_>, st: &mut CacheState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut CacheState, _d: &mut Directives) -> Flow {
         if let Some(policy) = &self.policy {
             st.bypass = policy.bypass(&x.req.method, &x.req.headers).is_some();
             if !st.bypass && x.req.headers.contains_key(http::header::CACHE_CONTROL) {

@@ -230,7 +230,7 @@ impl Policy for CompressPolicy {
 
     /// Chosen before pingora's modules see the request: the engine's compression module
     /// must be switched on before its own request hook runs.
-    fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, d: &mut Directives) -> Flow {
         if let Some(alg) = self.choose(x.req.headers.get(ACCEPT_ENCODING)) {
             st.chosen = Some(alg);
             st.head = x.req.method == http::Method::HEAD;

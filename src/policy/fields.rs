@@ -323,7 +323,7 @@ impl FieldSelection {
 impl Policy for FieldSelection {
     type State = FieldsState;
 
-    fn on_request(&self, x: &Exchange<'_>, st: &mut FieldsState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut FieldsState, _d: &mut Directives) -> Flow {
         let Some(raw) = query::param(x.req.uri.query(), &self.param) else { return Flow::Continue };
         match Selector::parse(raw) {
             Ok(sel) => {

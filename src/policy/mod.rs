@@ -118,7 +118,8 @@ pub trait Policy {
     type State: Default + Send;
 
     /// The request header arrived and the route is known.
-    fn on_request(&self, _x: &Exchange<'_>, _st: &mut Self::State, _d: &mut Directives) -> Flow {
+    /// Async only for what consults shared state (rate limits over Redis).
+    async fn on_request(&self, _x: &Exchange<'_>, _st: &mut Self::State, _d: &mut Directives) -> Flow {
         Flow::Continue
     }
     /// The request will go upstream (cache hits never get here): may wait for a slot.
@@ -173,9 +174,9 @@ macro_rules! chain {
         }
 
         impl RoutePolicies {
-            pub fn on_request(&self, x: &Exchange<'_>, st: &mut PolicyStates, d: &mut Directives) -> Flow {
+            pub async fn on_request(&self, x: &Exchange<'_>, st: &mut PolicyStates, d: &mut Directives) -> Flow {
                 $( if let Some(p) = &self.$field {
-                    if let Flow::Respond(e) = p.on_request(x, &mut st.$field, d) { return Flow::Respond(e); }
+                    if let Flow::Respond(e) = p.on_request(x, &mut st.$field, d).await { return Flow::Respond(e); }
                 } )*
                 Flow::Continue
             }

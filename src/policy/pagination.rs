@@ -45,7 +45,7 @@ pub struct PaginationState {
 impl Policy for Pagination {
     type State = PaginationState;
 
-    fn on_request(&self, x: &Exchange<'_>, st: &mut PaginationState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut PaginationState, _d: &mut Directives) -> Flow {
         let q = x.req.uri.query();
         if let Some(max_offset) = self.max_offset {
             let offset = query::param(q, &self.offset_param).and_then(|v| v.parse::<u64>().ok());
@@ -102,6 +102,7 @@ impl Policy for Pagination {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use futures_util::FutureExt as _;
     use super::*;
     use crate::policy::tests::exchange;
 
@@ -119,7 +120,7 @@ mod tests {
     fn run(p: &Pagination, target: &str) -> (Flow, PaginationState, String) {
         let req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
         let mut st = PaginationState::default();
-        let flow = p.on_request(&exchange(&req), &mut st, &mut Directives::default());
+        let flow = p.on_request(&exchange(&req), &mut st, &mut Directives::default()).now_or_never().unwrap();
         let mut up = req.clone();
         p.on_upstream_request(&exchange(&req), &mut up, &mut st).unwrap();
         (flow, st, up.uri.to_string())

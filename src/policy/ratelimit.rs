@@ -6,6 +6,10 @@
 //! back at full burst are dropped by `evict_idle`, run on a timer. A limit whose definition is
 //! unchanged across a reload keeps its limiter, so counters survive SIGHUP.
 //!
+//! With `[state] backend = "redis"` each limit also has a `SharedLimit`: decisions are made in
+//! Redis, so the limit holds across replicas; while Redis is unreachable the route's
+//! `on_state_error` decides (this limiter, no limit, or 503).
+//!
 //! Response headers follow draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy` lists every
 //! limit (`"name";q=<burst>;w=<seconds to refill the burst>`), `RateLimit` reports the limit
 //! closest to refusing (`"name";r=<remaining>;t=<seconds until full>`).
@@ -13,6 +17,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::routing::template::Params;
+use crate::shared::limiter::{SharedLimit, Verdict};
+use crate::shared::Redis;
 use super::{query, Directives, Exchange, Flow, Policy};
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
@@ -90,6 +96,18 @@ impl KeySource {
     }
 }
 
+/// What a route's limits do while shared state (Redis) cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStateError {
+    /// This replica's own limiter: the limit holds per replica.
+    #[default]
+    Local,
+    /// No limit until Redis answers again.
+    Allow,
+    /// 503 until Redis answers again.
+    Deny,
+}
+
 /// What happens to a request that lacks the key a limit is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnMissing {
@@ -151,7 +169,9 @@ impl RateLimitDef {
 
 pub struct RateLimit {
     pub def: RateLimitDef,
+    /// The local limiter: the only one, or the fallback of a shared one.
     limiter: Keyed,
+    shared: Option<SharedLimit<LimitKey>>,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -166,7 +186,20 @@ impl RateLimit {
         Some(RateLimit {
             limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
             def,
+            shared: None,
         })
+    }
+
+    /// The limit decided in Redis, for the route `route` (its keys are the route's own).
+    pub fn shared(def: RateLimitDef, redis: Arc<Redis>, route: &str) -> Option<Self> {
+        let mut limit = Self::new(def)?;
+        let d = &limit.def;
+        limit.shared = Some(SharedLimit::new(redis, route, &d.name, d.per, d.count, d.burst));
+        Some(limit)
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Number of keys currently tracked.
@@ -178,6 +211,22 @@ impl RateLimit {
     pub fn evict_idle(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+        if let Some(s) = &self.shared {
+            s.evict_idle();
+        }
+    }
+
+    /// One key against the local limiter: remaining tokens and seconds until full, or the wait.
+    fn check_local(&self, key: &LimitKey) -> Result<(u32, u64), Duration> {
+        let def = &self.def;
+        let period = def.per.as_secs_f64() / f64::from(def.count);
+        match self.limiter.check_key(key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Ok((remaining, (f64::from(def.burst - remaining.min(def.burst)) * period).ceil() as u64))
+            }
+            Err(not_until) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+        }
     }
 }
 
@@ -191,6 +240,7 @@ pub struct RateLimits {
     /// How many `key:VALUE` bypasses were configured.
     pub bypass_key_count: usize,
     policy_header: Option<HeaderValue>,
+    pub on_state_error: OnStateError,
 }
 
 /// What a request looks like to the limiter.
@@ -210,6 +260,8 @@ pub enum Decision {
     Allow(Option<Headers>),
     Limited { retry_after: Duration, limit: String, headers: Headers },
     MissingKey { status: u16, key: String },
+    /// Redis could not be asked and the route says `on_state_error = "deny"`.
+    StateDown { limit: String },
 }
 
 /// `RateLimit-Policy` and `RateLimit` header values for a response.
@@ -220,7 +272,7 @@ pub struct Headers {
 }
 
 impl RateLimits {
-    pub fn new(limits: Vec<Arc<RateLimit>>, bypass_nets: Vec<IpNet>, bypass_keys: Vec<String>) -> Self {
+    pub fn new(limits: Vec<Arc<RateLimit>>, bypass_nets: Vec<IpNet>, bypass_keys: Vec<String>, on_state_error: OnStateError) -> Self {
         let policy = limits
             .iter()
             .map(|l| format!("\"{}\";q={};w={}", l.def.name, l.def.burst, l.def.window_secs()))
@@ -232,10 +284,11 @@ impl RateLimits {
             bypass_key_count: bypass_keys.len(),
             bypass_keys: bypass_keys.iter().flat_map(|k| bypass_forms(k)).collect(),
             policy_header: HeaderValue::from_str(&policy).ok(),
+            on_state_error,
         }
     }
 
-    pub fn check(&self, req: &RequestView<'_>) -> Decision {
+    pub async fn check(&self, req: &RequestView<'_>) -> Decision {
         if req.client_ip.is_some_and(|ip| self.bypass_nets.iter().any(|n| n.contains(&ip))) {
             return Decision::Allow(None);
         }
@@ -255,17 +308,25 @@ impl RateLimits {
             if self.bypass_keys.contains(&key) {
                 continue;
             }
-            let period = def.per.as_secs_f64() / f64::from(def.count);
-            match limit.limiter.check_key(&key) {
-                Ok(snapshot) => {
-                    let remaining = snapshot.remaining_burst_capacity();
-                    let reset = (f64::from(def.burst - remaining.min(def.burst)) * period).ceil() as u64;
+            let verdict = match &limit.shared {
+                None => limit.check_local(&key),
+                Some(shared) => match shared.check(&key, &key_text(&key)).await {
+                    Ok(Verdict::Allow { remaining, full_in }) => Ok((remaining, full_in.as_secs_f64().ceil() as u64)),
+                    Ok(Verdict::Refuse { wait }) => Err(wait),
+                    Err(_) => match self.on_state_error {
+                        OnStateError::Local => limit.check_local(&key),
+                        OnStateError::Allow => continue,
+                        OnStateError::Deny => return Decision::StateDown { limit: def.name.clone() },
+                    },
+                },
+            };
+            match verdict {
+                Ok((remaining, reset)) => {
                     if tightest.is_none_or(|(r, _, _)| remaining < r) {
                         tightest = Some((remaining, reset, &def.name));
                     }
                 }
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(wait) => {
                     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                     return Decision::Limited {
                         retry_after: wait,
@@ -292,6 +353,15 @@ impl RateLimits {
             policy: self.policy_header.clone().unwrap_or_else(|| HeaderValue::from_static("")),
             state,
         }
+    }
+}
+
+/// A key as written in Redis: kinds apart, so a header value cannot pose as an address.
+fn key_text(key: &LimitKey) -> Vec<u8> {
+    match key {
+        LimitKey::Ip(ip) => format!("i/{ip}").into_bytes(),
+        LimitKey::Text(t) => [b"t/", t.as_bytes()].concat(),
+        LimitKey::Shared => b"*".to_vec(),
     }
 }
 
@@ -328,7 +398,7 @@ pub struct RateLimitState {
 impl Policy for RateLimits {
     type State = RateLimitState;
 
-    fn on_request(&self, x: &Exchange<'_>, st: &mut RateLimitState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut RateLimitState, _d: &mut Directives) -> Flow {
         let view = RequestView {
             client_ip: x.client_ip,
             headers: &x.req.headers,
@@ -336,7 +406,7 @@ impl Policy for RateLimits {
             path: x.path,
             params: x.params,
         };
-        match self.check(&view) {
+        match self.check(&view).await {
             Decision::Allow(headers) => {
                 st.decision = Some("allow");
                 st.headers = headers;
@@ -350,6 +420,13 @@ impl Policy for RateLimits {
                     .retry_after(secs);
                 st.limited_by = Some(limit);
                 Flow::Respond(err)
+            }
+            Decision::StateDown { limit } => {
+                st.decision = Some("state_unavailable");
+                Flow::Respond(GatewayError::new(
+                    Problem::StateUnavailable,
+                    format!("rate limit `{limit}` is kept in shared state, which cannot be reached"),
+                ))
             }
             Decision::MissingKey { status, key } => {
                 st.decision = Some("missing_key");
@@ -377,6 +454,11 @@ impl Policy for RateLimits {
 mod tests {
     use super::*;
     use http::header::COOKIE;
+    use futures_util::FutureExt as _;
+
+    fn block(f: impl std::future::Future<Output = Decision>) -> Decision {
+        f.now_or_never().unwrap()
+    }
 
     fn def(rate: &str, burst: u32, key: &str) -> RateLimitDef {
         let (count, per) = RateLimitDef::parse_rate(rate).unwrap();
@@ -404,27 +486,27 @@ mod tests {
 
     #[test]
     fn keyed_by_header_with_burst_then_refusal() {
-        let limits = RateLimits::new(vec![Arc::new(RateLimit::new(def("1/m", 2, "header:x-api-key")).unwrap())], vec![], vec![]);
+        let limits = RateLimits::new(vec![Arc::new(RateLimit::new(def("1/m", 2, "header:x-api-key")).unwrap())], vec![], vec![], OnStateError::Local);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("k1"));
         let view = RequestView { client_ip: None, headers: &h, query: None, path: "/", params: &NO_PARAMS };
-        assert!(matches!(limits.check(&view), Decision::Allow(Some(_))));
-        match limits.check(&view) {
+        assert!(matches!(block(limits.check(&view)), Decision::Allow(Some(_))));
+        match block(limits.check(&view)) {
             Decision::Allow(Some(hd)) => {
                 assert_eq!(hd.state, "\"header:x-api-key\";r=0;t=120");
                 assert_eq!(hd.policy, "\"header:x-api-key\";q=2;w=120");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(limits.check(&view), Decision::Limited { .. }));
+        assert!(matches!(block(limits.check(&view)), Decision::Limited { .. }));
         // another key has its own bucket
         let mut h2 = HeaderMap::new();
         h2.insert("x-api-key", HeaderValue::from_static("k2"));
-        assert!(matches!(limits.check(&RequestView { client_ip: None, headers: &h2, query: None, path: "/", params: &NO_PARAMS }), Decision::Allow(_)));
+        assert!(matches!(block(limits.check(&RequestView { client_ip: None, headers: &h2, query: None, path: "/", params: &NO_PARAMS })), Decision::Allow(_)));
         // no key: rejected as configured
         let empty = HeaderMap::new();
         assert!(matches!(
-            limits.check(&RequestView { client_ip: None, headers: &empty, query: None, path: "/", params: &NO_PARAMS }),
+            block(limits.check(&RequestView { client_ip: None, headers: &empty, query: None, path: "/", params: &NO_PARAMS })),
             Decision::MissingKey { status: 401, .. }
         ));
     }
@@ -432,14 +514,14 @@ mod tests {
     #[test]
     fn bypass_keys_match_text_and_address_keys() {
         let by_ip = || Arc::new(RateLimit::new(def("1/m", 1, "client_ip")).unwrap());
-        let limits = RateLimits::new(vec![by_ip()], vec![], vec!["10.0.0.9".into()]);
+        let limits = RateLimits::new(vec![by_ip()], vec![], vec!["10.0.0.9".into()], OnStateError::Local);
         let h = HeaderMap::new();
         let from = |ip: &str| RequestView { client_ip: Some(ip.parse().unwrap()), headers: &h, query: None, path: "/", params: &NO_PARAMS };
         for _ in 0..3 {
-            assert!(matches!(limits.check(&from("10.0.0.9")), Decision::Allow(None)));
+            assert!(matches!(block(limits.check(&from("10.0.0.9"))), Decision::Allow(None)));
         }
-        assert!(matches!(limits.check(&from("10.0.0.8")), Decision::Allow(Some(_))));
-        assert!(matches!(limits.check(&from("10.0.0.8")), Decision::Limited { .. }));
+        assert!(matches!(block(limits.check(&from("10.0.0.8"))), Decision::Allow(Some(_))));
+        assert!(matches!(block(limits.check(&from("10.0.0.8"))), Decision::Limited { .. }));
         assert_eq!(limits.bypass_key_count, 1);
     }
 

@@ -72,7 +72,7 @@ impl Default for ServerLimits {
 impl Policy for ServerLimits {
     type State = ();
 
-    fn on_request(&self, x: &Exchange<'_>, _st: &mut (), d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, _st: &mut (), d: &mut Directives) -> Flow {
         let req = x.req;
         let refuse = |d: &mut Directives, problem, detail: String| {
             d.close = true;
@@ -110,6 +110,7 @@ impl Policy for ServerLimits {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use futures_util::FutureExt as _;
     use super::*;
     use crate::policy::tests::exchange;
 
@@ -118,7 +119,7 @@ mod tests {
         let limits = ServerLimits { max_uri_length: 8, max_header_count: 1, ..ServerLimits::default() };
         let req = pingora::http::RequestHeader::build("GET", b"/123456789", None).unwrap();
         let mut d = Directives::default();
-        match limits.on_request(&exchange(&req), &mut (), &mut d) {
+        match limits.on_request(&exchange(&req), &mut (), &mut d).now_or_never().unwrap() {
             Flow::Respond(e) => assert_eq!(e.problem.status(), 414),
             Flow::Continue => panic!("not refused"),
         }
@@ -126,7 +127,7 @@ mod tests {
         let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("a", "1").unwrap();
         req.insert_header("b", "2").unwrap();
-        match limits.on_request(&exchange(&req), &mut (), &mut Directives::default()) {
+        match limits.on_request(&exchange(&req), &mut (), &mut Directives::default()).now_or_never().unwrap() {
             Flow::Respond(e) => assert_eq!(e.problem.status(), 431),
             Flow::Continue => panic!("not refused"),
         }
@@ -137,7 +138,7 @@ mod tests {
         let limits = ServerLimits::default();
         let status = |m: &str| {
             let req = pingora::http::RequestHeader::build(m, b"/", None).unwrap();
-            match limits.on_request(&exchange(&req), &mut (), &mut Directives::default()) {
+            match limits.on_request(&exchange(&req), &mut (), &mut Directives::default()).now_or_never().unwrap() {
                 Flow::Respond(e) => (e.problem.status(), e.allow.map(|a| a.to_string())),
                 Flow::Continue => (0, None),
             }

@@ -66,7 +66,7 @@ pub struct TimeoutState {
 impl Policy for Timeouts {
     type State = TimeoutState;
 
-    fn on_request(&self, x: &Exchange<'_>, st: &mut TimeoutState, _d: &mut Directives) -> super::Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut TimeoutState, _d: &mut Directives) -> super::Flow {
         st.streaming = x.streaming;
         super::Flow::Continue
     }
@@ -125,6 +125,7 @@ impl Policy for Timeouts {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use futures_util::FutureExt as _;
     use super::*;
     use crate::policy::tests::exchange;
     use crate::policy::Flow;
@@ -135,7 +136,7 @@ mod tests {
         let req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
         let x = exchange(&req);
         let mut st = TimeoutState::default();
-        assert!(matches!(t.on_request(&x, &mut st, &mut Directives::default()), Flow::Continue));
+        assert!(matches!(t.on_request(&x, &mut st, &mut Directives::default()).now_or_never().unwrap(), Flow::Continue));
         let mut opts = PeerOptions::new();
         t.on_peer(&x, &mut st, &mut opts);
         assert!(opts.read_timeout.unwrap() <= Duration::from_millis(200));

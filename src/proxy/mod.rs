@@ -196,7 +196,7 @@ impl ProxyHttp for Gateway {
 
         let mut d = Directives::default();
         let rt = &*ctx.core.runtime;
-        ctx.decision = match rt.limits.on_request(&exchange(session, &ctx.core), &mut (), &mut d) {
+        ctx.decision = match rt.limits.on_request(&exchange(session, &ctx.core), &mut (), &mut d).await {
             Flow::Respond(err) => Decision::Rejected { err, route: None },
             Flow::Continue => {
                 let req = session.req_header();
@@ -239,7 +239,7 @@ impl ProxyHttp for Gateway {
                     let req = session.req_header();
                     Some(GatewayError::new(problem, format!("{} {} is not served here", req.method, req.uri.path())))
                 }
-                Target::Upstream(_) => match route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d) {
+                Target::Upstream(_) => match route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d).await {
                     Flow::Respond(err) => Some(err),
                     Flow::Continue => None,
                 },

@@ -53,6 +53,8 @@ pub struct Metrics {
     cache_bytes: IntGauge,
     cache_entries: IntGauge,
     cache_evictions: IntGauge,
+    state_up: IntGauge,
+    state_failures: IntGaugeVec,
     request_bytes: HistogramVec,
     response_bytes: HistogramVec,
     upstream_ttfb: HistogramVec,
@@ -152,6 +154,11 @@ impl Metrics {
         let cache_bytes = IntGauge::new("fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
         let cache_entries = IntGauge::new("fastgate_cache_entries", "Objects held by the cache store.")?;
         let cache_evictions = IntGauge::new("fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;
+        let state_up = IntGauge::new("fastgate_state_up", "1 while shared state (Redis) answers; always 1 with the memory backend.")?;
+        let state_failures = IntGaugeVec::new(
+            Opts::new("fastgate_state_failures_total", "Shared-state calls that failed (error, timeout) or were not tried while Redis was down (skipped)."),
+            &["kind"],
+        )?;
         let request_bytes = HistogramVec::new(
             HistogramOpts::new("http_server_request_body_size_bytes", "Request body sizes, per route.").buckets(SIZE_BUCKETS.to_vec()),
             &["route"],
@@ -197,6 +204,9 @@ impl Metrics {
         registry.register(Box::new(cache_bytes.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(state_up.clone()))?;
+        registry.register(Box::new(state_failures.clone()))?;
+        state_up.set(1);
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -231,6 +241,8 @@ impl Metrics {
             cache_bytes,
             cache_entries,
             cache_evictions,
+            state_up,
+            state_failures,
             request_bytes,
             response_bytes,
             upstream_ttfb,
@@ -340,6 +352,14 @@ impl Metrics {
         self.cache_entries.set(entries as i64);
         self.cache_bytes.set(bytes as i64);
         self.cache_evictions.set(evictions as i64);
+    }
+
+    /// The shared state's health, read at each scrape.
+    pub fn set_state(&self, up: bool, errors: u64, timeouts: u64, skipped: u64) {
+        self.state_up.set(i64::from(up));
+        for (kind, n) in [("error", errors), ("timeout", timeouts), ("skipped", skipped)] {
+            self.state_failures.with_label_values(&[kind]).set(n as i64);
+        }
     }
 
     pub fn otlp_export_failed(&self, spans: usize) {
