@@ -328,6 +328,29 @@ async fn alternate_path(a: &Gateway, b: &Gateway, path: &str, key: &str, n: usiz
     (ok, limited)
 }
 
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_client_certificate() {
+    let pki = common::pki::Pki::new("redis");
+    let (server, client) = (pki.issue("redis", &["127.0.0.1"]), pki.issue("fastgate", &["fastgate"]));
+    let redis = RedisServer::start_tls(&pki, &server, &client);
+    let backend = Backend::start();
+    let tls = format!("ca_file = \"{}\"\ncert = \"{}\"\nkey = \"{}\"", pki.ca().display(), client.cert.display(), client.key.display());
+    let (a, b) = pair(&redis, &backend, "tls:", &tls, LIMITED).await;
+    assert_eq!(alternate(&a, &b, "k1", 24).await, (20, 4), "one limit over TLS");
+    assert!(redis.calls("evalsha") >= 20);
+
+    // without the client certificate the server refuses the handshake: counted, reported,
+    // and the route limits locally
+    let text = format!("{}{}", state(&redis, "tls:", &format!("ca_file = \"{}\"", pki.ca().display())), config_for(&backend.addr(), LIMITED));
+    let lone = Gateway::start(&text);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ready: Value = reqwest::get(lone.admin_url("/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["state"]["up"], false, "{ready}");
+    assert!(ready["state"]["last_error"].is_string(), "{ready}");
+    let r = reqwest::Client::new().get(lone.url("/api/items?limit=1")).header("x-api-key", "k1").send().await.unwrap();
+    assert_eq!(r.status(), 200, "on_state_error = local: this replica's own bucket for k1 is full");
+}
+
 #[test]
 fn state_tables_are_checked() {
     let out = common::check_config("[state]\nbackend = \"redis\"\n\n[upstreams.api]\nservers = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"a\"\nmatch = { path_prefix = \"/\" }\nupstream = \"api\"\n");

@@ -174,8 +174,16 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         );
     }
     let telemetry = compile_telemetry(&mut cx, telemetry);
+    let max_size_span = cache.max_size.as_ref().map(Spanned::span);
     let cache_settings = compile_cache_settings(&mut cx, cache);
     let state = compile_state(&mut cx, state);
+    if let (StateDef::Redis(r), Some(span)) = (&state, max_size_span) {
+        cx.warn(
+            span,
+            format!("with backend = \"redis\" the cache is shared in Redis, with an in-process tier of `[state.redis] local_cache_size` ({} MiB): `max_size` is not used", r.local_cache_size >> 20),
+            "remove `[cache] max_size`, or size the local tier with local_cache_size",
+        );
+    }
     if !cx.errors.is_empty() {
         return Err(cx.errors);
     }
@@ -1129,7 +1137,7 @@ fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
             .error(backend_span.unwrap_or(0..0), "backend = \"redis\" needs a server", "add [state.redis] with url = \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")")
             .unwrap_or_default();
     };
-    let RawRedis { url, pool_size, timeout, key_prefix, lease, precheck, local_cache_size, max_object_size } = redis.into_inner();
+    let RawRedis { url, pool_size, timeout, key_prefix, lease, precheck, local_cache_size, max_object_size, ca_file, cert, key } = redis.into_inner();
     let text = url.get_ref().0.trim().to_string();
     let scheme = text.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
@@ -1139,6 +1147,15 @@ fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
             "write redis://host:port/db, rediss://host:port for TLS, or unix:///path/to/redis.sock; Cluster and Sentinel URLs are not supported (put one endpoint, e.g. a Sentinel-managed service address)",
         );
     }
+    let tls = scheme == Some("rediss");
+    for v in [&ca_file, &cert, &key].into_iter().flatten().filter(|_| !tls) {
+        cx.error::<()>(v.span(), "TLS files for a Redis URL without TLS", "write rediss:// in `url`, or leave ca_file, cert and key out");
+    }
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c.into_inner().0), PathBuf::from(k.into_inner().0))),
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => cx.error(one.span(), "`cert` and `key` go together", "give both the client certificate and its key (PEM files)"),
+    };
     let pool_size = match pool_size {
         Some(p) if *p.get_ref() == 0 || *p.get_ref() > 64 => cx.error(p.span(), "`pool_size` must be between 1 and 64", "each connection multiplexes every request; 2-4 is plenty").unwrap_or(2),
         Some(p) => *p.get_ref(),
@@ -1159,6 +1176,8 @@ fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
         precheck: precheck.is_none_or(Spanned::into_inner),
         local_cache_size: local_cache_size.map_or(32 * 1024 * 1024, |s| s.get_ref().0),
         max_object_size: max_object_size.map_or(1024 * 1024, |s| s.get_ref().0 as usize),
+        ca_file: ca_file.map(|c| PathBuf::from(c.into_inner().0)),
+        client_cert,
     })
 }
 

@@ -71,6 +71,9 @@ pub struct RedisDef {
     pub precheck: bool,
     pub local_cache_size: u64,
     pub max_object_size: usize,
+    /// `rediss://`: a CA instead of the system roots, and a client certificate and key.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl RedisDef {

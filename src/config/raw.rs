@@ -55,6 +55,11 @@ pub struct RawRedis {
     pub local_cache_size: Option<Spanned<Size>>,
     /// Larger objects stay in the local tier only.
     pub max_object_size: Option<Spanned<Size>>,
+    /// `rediss://` only: the CA that signed the server's certificate (instead of the system
+    /// roots), and a client certificate and key for servers that require one.
+    pub ca_file: Option<Spanned<EnvString>>,
+    pub cert: Option<Spanned<EnvString>>,
+    pub key: Option<Spanned<EnvString>>,
 }
 
 /// `[telemetry]`: OTLP traces (over the standard `OTEL_*` variables) and metric buckets.

@@ -34,6 +34,8 @@ pub enum SharedError {
     Redis(#[from] redis::RedisError),
     #[error("cannot start the redis runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot read {path}: {source}")]
+    File { path: String, source: std::io::Error },
 }
 
 /// Whether the server answers, and what failed since it last did; read by the status page,
@@ -138,7 +140,18 @@ impl Redis {
     /// Starts connecting in the background: a server down at start-up is not fatal, the
     /// routes fall back until it answers.
     pub fn start(def: RedisDef) -> Result<Arc<Redis>, SharedError> {
-        let client = redis::Client::open(def.url.as_str())?;
+        let client = match (&def.ca_file, &def.client_cert) {
+            (None, None) => redis::Client::open(def.url.as_str())?,
+            (ca, client) => {
+                let read = |p: &std::path::PathBuf| std::fs::read(p).map_err(|source| SharedError::File { path: p.display().to_string(), source });
+                let client_tls = match client {
+                    Some((cert, key)) => Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
+                    None => None,
+                };
+                let root_cert = ca.as_ref().map(read).transpose()?;
+                redis::Client::build_with_tls(def.url.as_str(), redis::TlsCertificates { client_tls, root_cert })?
+            }
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fastgate-redis")

@@ -629,23 +629,46 @@ pub async fn raw_backend(answer: Option<&'static [u8]>) -> String {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// TLS: the server's own arguments and redis-cli's.
+    tls: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let mut r = RedisServer { port: free_port(), child: None };
+        let mut r = RedisServer { port: free_port(), child: None, tls: None };
+        r.restart();
+        r
+    }
+
+    /// Over TLS only, with `server`'s certificate, requiring a client certificate signed by
+    /// `pki`'s CA; redis-cli uses `client`.
+    pub fn start_tls(pki: &pki::Pki, server: &pki::Leaf, client: &pki::Leaf) -> RedisServer {
+        let p = |p: &std::path::Path| p.display().to_string();
+        let ca = p(&pki.ca());
+        let server_args = vec![
+            "--tls-cert-file".into(), p(&server.cert), "--tls-key-file".into(), p(&server.key),
+            "--tls-ca-cert-file".into(), ca.clone(), "--tls-auth-clients".into(), "yes".into(),
+        ];
+        let cli_args = vec!["--tls".into(), "--cacert".into(), ca, "--cert".into(), p(&client.cert), "--key".into(), p(&client.key)];
+        let mut r = RedisServer { port: free_port(), child: None, tls: Some((server_args, cli_args)) };
         r.restart();
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts it (again) on its port and waits until it answers PING.
     pub fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let port = self.port.to_string();
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some((server, _)) => cmd.args(["--port", "0", "--tls-port", &port]).args(server),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         isolate(&mut cmd);
@@ -666,7 +689,8 @@ impl RedisServer {
 
     /// `redis-cli` against this server; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        let tls = self.tls.as_ref().map(|(_, cli)| cli.as_slice()).unwrap_or_default();
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(tls).args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
