@@ -264,16 +264,21 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         # shared state: the limiter or the cache in Redis (scenario 9)
         lease = 100 if mode == "redis-lease" else 1
         l1 = '"1KiB"' if mode == "redis-l2" else '"32MiB"'
+        precheck = "false" if mode == "redis-refuse-noprecheck" else "true"
         top = textwrap.dedent(f"""
             [state]
             backend = "redis"
             [state.redis]
             url = "redis://127.0.0.1:{extra_env['redis']}/0"
             lease = {lease}
+            precheck = {precheck}
             local_cache_size = {l1}
             """)
         if mode in ("redis-exact", "redis-lease"):
             route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+        elif mode.startswith("redis-refuse"):
+            # one request an hour: every request after the first is refused (429)
+            route_extra = 'rate_limit = [{ rate = "1/h", burst = 1 }]'
         else:
             route_extra = 'cache = { ttl = "10m" }'
     elif mode in ("policies", "trace100", "trace1"):
@@ -481,6 +486,8 @@ def proxied_scenarios(rows):
             ("cache", "cache hit, memory store"),
             ("redis-l1", "cache hit, Redis store, from the L1"),
             ("redis-l2", "cache hit, Redis store, from Redis (L1 too small)"),
+            ("redis-refuse", "refusals (429), Redis limiter, precheck on"),
+            ("redis-refuse-noprecheck", "refusals (429), Redis limiter, precheck off"),
         ]:
             fg, fg_port, _ = start_fastgate(upstream, mode, {"redis": redis_port})
             rows.append(row(9, title, f"fastgate {mode}", measure(f"fastgate {mode}", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))))
