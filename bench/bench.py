@@ -8,7 +8,8 @@ run, divided by the requests served), and RSS. Results go to bench/results/<date
 Markdown table printed at the end (paste into bench/README.md).
 
 Environment: QUICK=1 (short smoke run), DURATION (s per measurement), REPEATS (median of),
-CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers; 7 is HTTPS termination).
+CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers; 7 is HTTPS termination, 9 shared state
+in Redis, 10 idle connections' memory, 11 1,000 concurrent connections), IDLE_CONNECTIONS.
 """
 
 import csv
@@ -219,9 +220,11 @@ def start_nginx(up_port, mode, wrap=()):
         extra = (f"proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=10m use_temp_path=off;")
     loc_extra = "proxy_cache c; proxy_cache_valid 200 10m; add_header X-Cache $upstream_cache_status;" if mode == "cache" else ""
     single = "master_process off;" if wrap else ""
+    # scenarios 10 and 11 hold 10,000 connections: within this machine's 20,000 descriptors
+    conns = "worker_rlimit_nofile 19000; events { worker_connections 16000; }" if mode == "many" else "events { worker_connections 8192; }"
     conf = textwrap.dedent(f"""
         worker_processes 1; daemon off; {single} pid {d}/nginx.pid; error_log {d}/error.log warn;
-        events {{ worker_connections 8192; }}
+        {conns}
         http {{
           access_log off; keepalive_requests 1000000; keepalive_timeout 300s; {extra}
           upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
@@ -260,6 +263,9 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         route_extra = 'cache = { ttl = "10m" }'
     elif mode == "ratelimit":
         route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
+    elif mode == "many":
+        # every bench connection comes from 127.0.0.1: the per-client cap must not apply
+        top = 'max_connections = 19000\nmax_connections_per_client = 19000\nkeepalive_timeout = "300s"\n'
     elif mode.startswith("redis-"):
         # shared state: the limiter or the cache in Redis (scenario 9)
         lease = 100 if mode == "redis-lease" else 1
@@ -367,6 +373,63 @@ def start_nginx_tls(up_port, cert, key):
     return p, port
 
 
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def start_haproxy(up_port, mode, cert=None, key=None):
+    """HAProxy, one thread, as the third peer: pass-through, its cache, its compression (libslz,
+    gzip only) and HTTPS (OpenSSL), configured like nginx: keep-alive both sides, X-Forwarded-For."""
+    d = os.path.join(WORK, f"haproxy-{mode}")
+    os.makedirs(d, exist_ok=True)
+    port = free_port()
+    bind = f"bind 127.0.0.1:{port}"
+    if mode == "tls":
+        pem = os.path.join(d, "site.pem")
+        open(pem, "w").write(open(cert).read() + open(key).read())
+        bind += f" ssl crt {pem} ssl-min-ver TLSv1.2 no-tls-tickets"
+    front = ""
+    if mode == "cache":
+        front = "http-request cache-use c\n  http-response cache-store c"
+    if mode == "gzip":
+        front = "compression algo gzip\n  compression type application/json"
+    conf = textwrap.dedent(f"""
+        global
+          nbthread 1
+          ulimit-n 20000
+          maxconn {9900 if mode == "many" else 9000}
+          pidfile {d}/haproxy.pid
+          tune.ssl.cachesize 0
+        defaults
+          mode http
+          timeout connect 5s
+          timeout client 300s
+          timeout server 300s
+          timeout http-keep-alive 300s
+          option forwardfor
+          http-reuse always
+        cache c
+          total-max-size 100
+          max-object-size 1000000
+          max-age 600
+        frontend f
+          {bind}
+          {front}
+          default_backend b
+        backend b
+          server s1 127.0.0.1:{up_port}
+        """)
+    open(os.path.join(d, "haproxy.cfg"), "w").write(conf)
+    p = spawn([HAPROXY, "-db", "-f", os.path.join(d, "haproxy.cfg")], PROXY_CPU)
+    scheme = "https" if mode == "tls" else "http"
+    deadline = time.time() + 30
+    while subprocess.run(["curl", "-sk", "-o", "/dev/null", "--fail", f"{scheme}://127.0.0.1:{port}/small"]).returncode != 0:
+        if time.time() > deadline or p.poll() is not None:
+            raise RuntimeError("haproxy did not start")
+        time.sleep(0.1)
+    time.sleep(0.2)
+    return p, port
+
+
 def start_bare(up, wrap=()):
     """examples/bare_pingora: pingora with nothing but `upstream_peer`, the engine's floor."""
     port = free_port()
@@ -412,7 +475,7 @@ def proxied_scenarios(rows):
         (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
     ]
     wanted = os.environ.get("SCENARIOS")
-    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9}
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11}
     for num, title, mode, path, headers, _ in plan:
         if num not in wanted:
             continue
@@ -428,6 +491,14 @@ def proxied_scenarios(rows):
             r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{ng_port}{path}", headers)
         rows.append(row(num, title, "nginx", r))
         stop(ng)
+        hp, hp_port = start_haproxy(up_port, mode)
+        if mode == "cache":
+            wrk(f"http://127.0.0.1:{hp_port}{path}", duration=1)
+        r = measure("haproxy 1 thread", f"http://127.0.0.1:{hp_port}{path}", server_pids(hp), headers=headers, conns=conns)
+        if mode == "gzip":
+            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{hp_port}{path}", headers)
+        rows.append(row(num, title, "haproxy", r))
+        stop(hp)
         fg, fg_port, _ = start_fastgate(upstream, mode)
         if mode == "cache":
             wrk(f"http://127.0.0.1:{fg_port}{path}", duration=1)
@@ -465,10 +536,15 @@ def proxied_scenarios(rows):
             ng, ng_port = start_nginx_tls(up_port, cert, key)
             rows.append(row(num, title, "nginx", measure("nginx 1 worker", f"https://127.0.0.1:{ng_port}/small", server_pids(ng), headers=headers, conns=conns)))
             stop(ng)
+            hp, hp_port = start_haproxy(up_port, "tls", cert, key)
+            rows.append(row(num, title, "haproxy", measure("haproxy 1 thread", f"https://127.0.0.1:{hp_port}/small", server_pids(hp), headers=headers, conns=conns)))
+            stop(hp)
             tls_port = free_port()
             fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
             rows.append(row(num, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), headers=headers, conns=conns)))
             stop(fg)
+    if 10 in wanted or 11 in wanted:
+        many_connections(rows, up_port, upstream, wanted)
     if 9 in wanted:
         print("scenario 9: shared state in Redis vs in the process", flush=True)
         redis_port = free_port()
@@ -613,6 +689,66 @@ def row(num, title, system, r):
     return {"scenario": num, "title": title, "system": system, **r}
 
 
+# 9,000, not 10,000: this machine allows 20,000 descriptors per process, and HAProxy reserves
+# two per connection (client and server side) before it starts
+IDLE = int(os.environ.get("IDLE_CONNECTIONS", "9000"))
+
+
+def hold_idle(port, n):
+    """`n` keep-alive connections, each after one GET /small answered in full, left open."""
+    socks, pending = [], []
+
+    def drain(batch):
+        for s in batch:
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            while len(body) < length:
+                body += s.recv(65536)
+
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+        socks.append(s)
+        pending.append(s)
+        if len(pending) == 250:
+            drain(pending)
+            pending = []
+    drain(pending)
+    return socks
+
+
+def many_connections(rows, up_port, upstream, wanted):
+    """Scenario 10: RSS with IDLE idle keep-alive connections, and after they closed.
+    Scenario 11: requests over 1,000 concurrent connections (wrk -c1000)."""
+    print(f"scenario 10/11: {IDLE} idle connections; 1,000 concurrent", flush=True)
+    starters = [("nginx", lambda: start_nginx(up_port, "many")), ("haproxy", lambda: start_haproxy(up_port, "many")),
+                ("fastgate", lambda: start_fastgate(upstream, "many")[:2])]
+    for system, start in starters:
+        p, port = start()
+        pids = server_pids(p)
+        if 11 in wanted:
+            r = measure(f"{system} -c1000", f"http://127.0.0.1:{port}/small", pids, conns=1000)
+            rows.append(row(11, "1,000 concurrent connections, 1 KiB", system, r))
+        if 10 in wanted:
+            base = proc_rss(pids) / 2**20
+            socks = hold_idle(port, IDLE)
+            time.sleep(1)
+            held = proc_rss(pids) / 2**20
+            for sk in socks:
+                sk.close()
+            time.sleep(3)
+            after = proc_rss(pids) / 2**20
+            per = (held - base) * 1024 / IDLE
+            print(f"  {system:<10} RSS {base:.1f} MiB -> {held:.1f} MiB with {IDLE} idle ({per:.2f} KiB each) -> {after:.1f} MiB after they closed", flush=True)
+            rows.append({"scenario": 10, "title": f"{IDLE} idle keep-alive connections", "system": system,
+                         "rss_base_mib": base, "rss_mib": held, "rss_after_mib": after, "kib_per_conn": per})
+        stop(p)
+
+
 def idle_and_startup(rows):
     """Exec to the admin listener answering /readyz 200, polled every millisecond."""
     up, up_port = start_upstream()
@@ -660,18 +796,21 @@ def ratio(a, b):
 
 
 def markdown(rows):
-    out = ["| # | scenario | system | req/s | P50 ms | P99 ms | CPU µs/req | RSS MiB | vs nginx (req/s, CPU) | vs direct |",
-           "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    out = ["| # | scenario | system | req/s | P50 ms | P99 ms | CPU µs/req | RSS MiB | vs nginx (req/s, CPU) | vs HAProxy (req/s, CPU) | vs direct |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     by = {}
     for r in rows:
         by.setdefault(r["scenario"], {})[r["system"]] = r
     for r in rows:
-        if r["scenario"] in (0,):
+        if r["scenario"] in (0, 10):
             continue
         ng = by[r["scenario"]].get("nginx")
         di = by[r["scenario"]].get("direct")
         vs_ng = (f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}"
-                 if ng and r["system"].startswith(("fastgate", "bare")) else "")
+                 if ng and r["system"].startswith(("fastgate", "bare", "haproxy")) else "")
+        hp = by[r["scenario"]].get("haproxy")
+        vs_hp = (f"{ratio(r['rps'], hp['rps'])}, {ratio(r.get('cpu_us_per_req'), hp.get('cpu_us_per_req'))}"
+                 if hp and r["system"].startswith("fastgate") else "")
         vs_di = ratio(r["rps"], di["rps"]) if di and r["system"] != "direct" else ""
         cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") is not None else "–"
         rss = f"{r['rss_mib']:.1f}" if r.get("rss_mib") is not None else "–"
@@ -680,7 +819,13 @@ def markdown(rows):
             title += f" ({r['body_bytes']} B {r['encoding']})"
         if "backend_requests" in r:
             title += f" (backend saw {100 * r['backend_requests'] / max(r['requests'], 1):.0f}%, {r.get('bytes_per_req', 0):.0f} B/resp)"
-        out.append(f"| {r['scenario']} | {title} | {r['system']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} | {rss} | {vs_ng} | {vs_di} |")
+        out.append(f"| {r['scenario']} | {title} | {r['system']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} | {rss} | {vs_ng} | {vs_hp} | {vs_di} |")
+    idle = [r for r in rows if r["scenario"] == 10]
+    if idle:
+        out += ["", "| # | scenario | system | RSS before MiB | RSS held MiB | KiB per connection | RSS after close MiB |",
+                "|---|---|---|---:|---:|---:|---:|"]
+        for r in idle:
+            out.append(f"| 10 | {r['title']} | {r['system']} | {r['rss_base_mib']:.1f} | {r['rss_mib']:.1f} | {r['kib_per_conn']:.2f} | {r['rss_after_mib']:.1f} |")
     return "\n".join(out)
 
 
