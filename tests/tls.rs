@@ -61,8 +61,18 @@ fn tls_table(port: u16, certs: &[(&Path, &Path)]) -> String {
 }
 
 /// A gateway with `server_extra` in `[server]`, then `tls` (a `[server.tls]` table), then `body`.
+/// Returns once the HTTPS listener accepts too: the harness waits only for the plain one, and
+/// pingora starts its services in no fixed order.
 fn start(body: &str, server_extra: &str, tls: &str) -> Gateway {
-    Gateway::start_file(|port, admin| format!("{}{server_extra}\n{tls}\n{body}", common::server_table(port, admin)), &[])
+    let gw = Gateway::start_file(|port, admin| format!("{}{server_extra}\n{tls}\n{body}", common::server_table(port, admin)), &[]);
+    if let Some(addr) = tls.split("listen = \"").nth(1).and_then(|r| r.split('"').next()) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the HTTPS listener {addr} never accepted:\n{}", common::tail(&gw.log(), 20));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    gw
 }
 
 fn echoed(body: &str, name: &str) -> Option<String> {
