@@ -10,6 +10,9 @@ use std::process::ExitCode;
 
 // glibc malloc was about a fifth of the instructions per proxied request (bench/callgrind):
 // pingora allocates header maps, buffers and futures for every request.
+// `--features system-alloc` leaves the system allocator in place, for heap profilers that
+// intercept malloc (heaptrack; bench/README.md: where an idle connection's memory goes).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

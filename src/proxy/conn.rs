@@ -287,7 +287,9 @@ fn framing(req: &httparse::Request<'_, '_>) -> Option<&'static str> {
 /// sent is read first (briefly): closing with unread bytes makes the kernel reset the
 /// connection, which can destroy the answer before the client reads it.
 async fn refuse(mut stream: Stream, err: &GatewayError) {
-    let mut sink = [0u8; 4096];
+    // on the heap: a 4 KiB array here sat in every connection's future, idle ones too
+    // (measured with heaptrack: 4.9 KiB per connection for `process_new`, 1.1 KiB without)
+    let mut sink = vec![0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut sink)).await;
     let bytes = problem::http1_bytes(err, &new_request_id());
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
