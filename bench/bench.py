@@ -9,7 +9,8 @@ Markdown table printed at the end (paste into bench/README.md).
 
 Environment: QUICK=1 (short smoke run), DURATION (s per measurement), REPEATS (median of),
 CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers; 7 is HTTPS termination, 9 shared state
-in Redis, 10 idle connections' memory, 11 1,000 concurrent connections), IDLE_CONNECTIONS.
+in Redis, 10 idle connections' memory, 11 1,000 concurrent connections, 12 P99 at fixed rates
+with oha), IDLE_CONNECTIONS, OHA_BIN.
 """
 
 import csv
@@ -40,6 +41,8 @@ LOAD_CPU = os.environ.get("LOAD_CPU", "0")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 FASTGATE = os.environ.get("FASTGATE_BIN") or os.path.join(ROOT, "target", "release", "fastgate")
 BARE = os.environ.get("BARE_BIN") or os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+# oha: a load generator at a fixed rate (scenario 12); bench/run installs it here
+OHA = os.environ.get("OHA_BIN") or os.path.join(ROOT, "target", "bench-tools", "bin", "oha")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WORK = tempfile.mkdtemp(prefix="fastgate-bench-")
@@ -147,12 +150,25 @@ def wrk(url, headers=(), script=None, duration=DURATION, conns=CONNECTIONS):
             "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sockerr.group(1) if sockerr else ""}
 
 
-def measure(name, url, pids, **kw):
+def oha(url, rate, duration=DURATION, conns=64):
+    """`rate` requests/s offered whatever the answers' pace (open loop), latency measured from
+    when each request was due (`--latency-correction`): queueing shows, unlike with wrk -c."""
+    cmd = ["taskset", "-c", LOAD_CPU, OHA, "-z", f"{duration}s", "-c", str(conns), "-q", str(rate),
+           "--latency-correction", "--no-tui", "--output-format", "json", url]
+    j = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    codes = j.get("statusCodeDistribution", {})
+    lp = j["latencyPercentiles"]
+    return {"requests": sum(codes.values()), "rps": j["summary"]["requestsPerSec"],
+            "p50_ms": (lp.get("p50") or 0) * 1000, "p99_ms": (lp.get("p99") or 0) * 1000,
+            "non2xx": sum(n for c, n in codes.items() if not c.startswith("2")), "socket_errors": ""}
+
+
+def measure(name, url, pids, rate=None, **kw):
     """Median of REPEATS wrk runs, with the proxy's CPU per request over each run."""
     runs = []
     for _ in range(REPEATS):
         cpu0 = proc_cpu(pids) if pids else 0
-        r = wrk(url, **kw)
+        r = oha(url, rate) if rate else wrk(url, **kw)
         cpu1 = proc_cpu(pids) if pids else 0
         r["cpu_us_per_req"] = (cpu1 - cpu0) / max(r["requests"], 1) * 1e6 if pids else None
         r["rss_mib"] = proc_rss(pids) / 2**20 if pids else None
@@ -475,7 +491,7 @@ def proxied_scenarios(rows):
         (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
     ]
     wanted = os.environ.get("SCENARIOS")
-    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11}
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11, 12}
     for num, title, mode, path, headers, _ in plan:
         if num not in wanted:
             continue
@@ -545,6 +561,8 @@ def proxied_scenarios(rows):
             stop(fg)
     if 10 in wanted or 11 in wanted:
         many_connections(rows, up_port, upstream, wanted)
+    if 12 in wanted:
+        tail_latency(rows, up_port, upstream)
     if 9 in wanted:
         print("scenario 9: shared state in Redis vs in the process", flush=True)
         redis_port = free_port()
@@ -721,6 +739,24 @@ def hold_idle(port, n):
     return socks
 
 
+def tail_latency(rows, up_port, upstream):
+    """Scenario 12: P50/P99 at a fixed offered rate, 50% and 90% of fastgate's own peak
+    (closed-loop wrk), for every system at the same rates."""
+    fg, fg_port, _ = start_fastgate(upstream, "plain")
+    peak = measure("fastgate peak (wrk)", f"http://127.0.0.1:{fg_port}/small", server_pids(fg))["rps"]
+    stop(fg)
+    print(f"scenario 12: fixed rates against fastgate's peak of {peak:.0f} req/s", flush=True)
+    starters = [("nginx", lambda: start_nginx(up_port, "plain")), ("haproxy", lambda: start_haproxy(up_port, "plain")),
+                ("fastgate", lambda: start_fastgate(upstream, "plain")[:2])]
+    for share in (0.5, 0.9):
+        rate = int(peak * share)
+        for system, start in starters:
+            p, port = start()
+            r = measure(f"{system} at {rate}/s", f"http://127.0.0.1:{port}/small", server_pids(p), rate=rate)
+            rows.append(row(12, f"fixed rate {rate}/s ({share:.0%} of fastgate's peak)", system, r))
+            stop(p)
+
+
 def many_connections(rows, up_port, upstream, wanted):
     """Scenario 10: RSS with IDLE idle keep-alive connections, and after they closed.
     Scenario 11: requests over 1,000 concurrent connections (wrk -c1000)."""
@@ -798,17 +834,19 @@ def ratio(a, b):
 def markdown(rows):
     out = ["| # | scenario | system | req/s | P50 ms | P99 ms | CPU µs/req | RSS MiB | vs nginx (req/s, CPU) | vs HAProxy (req/s, CPU) | vs direct |",
            "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    # rows compare within a scenario; scenario 12 has one comparison per offered rate
+    group = lambda r: (r["scenario"], r["title"]) if r["scenario"] == 12 else r["scenario"]
     by = {}
     for r in rows:
-        by.setdefault(r["scenario"], {})[r["system"]] = r
+        by.setdefault(group(r), {})[r["system"]] = r
     for r in rows:
         if r["scenario"] in (0, 10):
             continue
-        ng = by[r["scenario"]].get("nginx")
-        di = by[r["scenario"]].get("direct")
+        ng = by[group(r)].get("nginx")
+        di = by[group(r)].get("direct")
         vs_ng = (f"{ratio(r['rps'], ng['rps'])}, {ratio(r.get('cpu_us_per_req'), ng.get('cpu_us_per_req'))}"
                  if ng and r["system"].startswith(("fastgate", "bare", "haproxy")) else "")
-        hp = by[r["scenario"]].get("haproxy")
+        hp = by[group(r)].get("haproxy")
         vs_hp = (f"{ratio(r['rps'], hp['rps'])}, {ratio(r.get('cpu_us_per_req'), hp.get('cpu_us_per_req'))}"
                  if hp and r["system"].startswith("fastgate") else "")
         vs_di = ratio(r["rps"], di["rps"]) if di and r["system"] != "direct" else ""
