@@ -264,7 +264,7 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
     route_extra = ""
     top = ""
     if mode == "gzip":
-        route_extra = 'compress = { algorithms = ["gzip"], gzip_level = 2, min_size = 1024 }'
+        route_extra = f'compress = {{ algorithms = ["gzip"], gzip_level = {os.environ.get("GZIP_LEVEL", "2")}, min_size = 1024 }}'
     elif mode == "zstd":
         route_extra = 'compress = { algorithms = ["zstd"], zstd_level = 1, min_size = 1024 }'
     elif mode == "brotli":

@@ -22,6 +22,12 @@ async fn get(c: &reqwest::Client, url: String) -> (u16, HeaderMap, Value) {
     (status, h, v)
 }
 
+async fn get_with(c: &reqwest::Client, url: String, name: &str, value: &str) -> (u16, HeaderMap, Value) {
+    let r = c.get(url).header(name, value).send().await.unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.json().await.unwrap_or(Value::Null))
+}
+
 fn xc(h: &HeaderMap) -> &str {
     h.get("x-cache").map_or("-", |v| v.to_str().unwrap())
 }
@@ -42,6 +48,21 @@ async fn hit_after_miss_with_age_and_backend_freshness() {
         assert!(h["age"].to_str().unwrap().parse::<u64>().is_ok());
     }
     assert_eq!(backend.hits(&format!("{PATH}/a")).await, 1);
+    // a plain GET of a fresh entry takes the hit's fast path: the same fields as the full path
+    // (a conditional request goes through pingora's), and an age that grows
+    let (_, full, _) = get_with(&c, url.clone(), "if-none-match", "\"other\"").await;
+    assert_eq!(xc(&full), "HIT");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, h, v) = get(&c, url.clone()).await;
+    assert_eq!((s, xc(&h), v), (200, "HIT", first.clone()));
+    assert!(h["age"].to_str().unwrap().parse::<u64>().unwrap() >= 1, "{h:?}");
+    let names = |h: &HeaderMap| {
+        let mut n: Vec<String> = h.keys().map(|k| k.to_string()).filter(|k| k != "date" && k != "x-request-id").collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&h), names(&full), "fast path {h:?}\nfull path {full:?}");
+    assert_eq!(h["content-length"], full["content-length"]);
 
     // the backend's max-age beats the route's ttl
     let short = gw.url(&format!("{PATH}/short?cc=max-age%3D1"));
@@ -51,7 +72,7 @@ async fn hit_after_miss_with_age_and_backend_freshness() {
     let (_, h, _) = get(&c, short.clone()).await;
     assert_eq!(xc(&h), "EXPIRED", "{h:?}");
     assert_eq!(backend.hits(&format!("{PATH}/short")).await, 2);
-    gw.wait_metric("fastgate_cache_requests_total{result=\"HIT\",route=\"c\"}", 6.0).await;
+    gw.wait_metric("fastgate_cache_requests_total{result=\"HIT\",route=\"c\"}", 8.0).await;
 }
 
 #[tokio::test]

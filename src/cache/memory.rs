@@ -209,6 +209,10 @@ impl CacheStore for MemoryStore {
     async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
         self.purge_now(selector)
     }
+    fn get_local(&self, key: &StoreKey) -> Option<Arc<StoredObject>> {
+        self.cache.get(key).map(|e| e.obj)
+    }
+
     fn stats(&self) -> StoreStats {
         self.stats_now()
     }

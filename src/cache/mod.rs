@@ -292,6 +292,9 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `Vary` names. Bodies are stored in one encoding (identity) and compressed per client on the
 /// way out, so `Accept-Encoding` never splits an entry.
 pub fn variance(meta: &CacheMeta, req: &pingora::http::RequestHeader) -> Option<HashBinary> {
+    if !varies(meta.headers()) {
+        return None;
+    }
     let mut variance = VarianceBuilder::new();
     for value in meta.headers().get_all(http::header::VARY) {
         let Ok(names) = value.to_str() else { continue };
@@ -304,6 +307,14 @@ pub fn variance(meta: &CacheMeta, req: &pingora::http::RequestHeader) -> Option<
         }
     }
     variance.finalize()
+}
+
+/// Whether a stored header's `Vary` splits its entry into variants (`Accept-Encoding` does
+/// not: see `variance`).
+pub fn varies(stored: &HeaderMap) -> bool {
+    stored.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().map_or(true, |names| names.split(',').map(str::trim).any(|n| !n.is_empty() && !n.eq_ignore_ascii_case("accept-encoding")))
+    })
 }
 
 /// The cache status of the access line and the span: `hit`, `miss`, `stale`, `revalidated`,

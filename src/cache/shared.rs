@@ -266,6 +266,11 @@ impl CacheStore for SharedStore {
         Ok(removed.max(local))
     }
 
+    /// L1 only: its copies are dropped by the same invalidation messages `get` relies on.
+    fn get_local(&self, key: &StoreKey) -> Option<Arc<StoredObject>> {
+        self.l1.get_local(key)
+    }
+
     fn stats(&self) -> StoreStats {
         self.l1.stats_now()
     }

@@ -202,6 +202,11 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Removes what `selector` selects; returns how many objects went.
     async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError>;
     fn stats(&self) -> StoreStats;
+    /// The object if this process holds it, without waiting on anything: what the fresh-hit
+    /// fast path reads. A miss here says nothing; `get` decides.
+    fn get_local(&self, _key: &StoreKey) -> Option<Arc<StoredObject>> {
+        None
+    }
 }
 
 /// Whether `path` is `prefix` or below it, on whole segments.

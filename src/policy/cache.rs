@@ -15,13 +15,16 @@
 
 use super::{Directives, Exchange, Flow, Policy};
 use crate::cache::invalidate::{self, InvalidateRule, Reason};
-use crate::cache::store::{CacheStore, PurgeSelector};
+use crate::cache::store::{CacheStore, PurgeSelector, StoreKey, StoredObject};
 use crate::cache::{self, CachePolicy, TagTemplate};
 use crate::problem::{GatewayError, Problem};
 use crate::routing::normalize::normalize;
 use crate::routing::PathMatch;
 use crate::telemetry::outcome::Outcome;
-use http::header::{HeaderName, ACCEPT_ENCODING, AGE, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION};
+use http::header::{
+    HeaderName, ACCEPT_ENCODING, ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, LOCATION, PRAGMA, RANGE,
+};
 use pingora::cache::cache_control::CacheControl;
 use pingora::cache::{CacheMeta, CachePhase, ForcedFreshness};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -89,6 +92,19 @@ pub struct CacheState {
     invalidated: [usize; 5],
 }
 
+/// A fresh stored response that answers a request before pingora's cache state machine runs:
+/// the header the full path would send (with `Age`) and the object holding the body.
+pub struct FreshHit {
+    pub header: ResponseHeader,
+    pub obj: Arc<StoredObject>,
+}
+
+/// Request fields that need the full path: the client's cache directives (pingora's hit
+/// filter), validators (a 304) and ranges (a 206 or 416).
+fn needs_full_path(name: &HeaderName) -> bool {
+    [CACHE_CONTROL, PRAGMA, RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE].contains(name)
+}
+
 impl CacheState {
     /// The client said `no-store`: nothing of this exchange may be stored.
     pub fn no_store(&self) -> bool {
@@ -118,6 +134,42 @@ impl CacheRoute {
             || c.min_fresh.is_some_and(|m| left < u64::from(m));
         st.forced = force;
         force.then_some(ForcedFreshness::ForceExpired)
+    }
+
+    /// The fast path of a cache hit (bench scenario 3): a plain GET whose entry this process
+    /// holds, fresh, with no variants, is answered from it directly. Everything else (stale,
+    /// revalidation, coalescing, variants, conditional and range requests, client
+    /// directives, a store that must be asked over the network) takes pingora's full path,
+    /// which decides the same for these requests; `key` is that path's store key.
+    pub fn fresh_hit(&self, x: &Exchange<'_>, st: &CacheState, key: &StoreKey) -> Option<FreshHit> {
+        if !self.enabled(st) || x.req.method != http::Method::GET || x.req.headers.keys().any(needs_full_path) {
+            return None;
+        }
+        let obj = self.store.get_local(key)?;
+        let decoded = obj.meta.decoded.as_ref()?;
+        let times = decoded.times.as_ref()?;
+        let now = SystemTime::now();
+        let stored = &decoded.header;
+        if times.variance.is_some()
+            || times.fresh_until <= now
+            || cache::varies(&stored.headers)
+            // without a length the full path frames the body (chunked)
+            || !stored.headers.contains_key(CONTENT_LENGTH)
+        {
+            return None;
+        }
+        let mut header = stored.clone();
+        // RFC 9111 4: a response served without validation carries its age (as pingora's hit)
+        let age = now.duration_since(times.epoch_override.unwrap_or(times.created)).unwrap_or_default().as_secs();
+        header.insert_header(AGE, age).ok()?;
+        header.set_version(http::Version::HTTP_11);
+        // a 200 of known length could be served in ranges: said as pingora's hit says it
+        if header.status == http::StatusCode::OK
+            && header.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).is_some()
+        {
+            header.insert_header(ACCEPT_RANGES, "bytes").ok()?;
+        }
+        Some(FreshHit { header, obj })
     }
 
     /// The entries a successful write invalidates, with the reason each is counted under.

@@ -51,6 +51,8 @@ pub struct Core {
     pub failed_server: Option<std::net::SocketAddr>,
     /// The backend's 304 to a revalidation, until the stored header is updated from it.
     pub not_modified: Option<Box<pingora::http::ResponseHeader>>,
+    /// Answered by the cache's fast path: pingora's cache never ran, the phase is a hit.
+    pub fast_hit: bool,
 }
 
 impl Decision {
@@ -102,6 +104,7 @@ impl Ctx {
                 retries: 0,
                 failed_server: None,
                 not_modified: None,
+                fast_hit: false,
             },
             decision: Decision::Pending,
             record: Box::default(),

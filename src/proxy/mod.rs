@@ -9,7 +9,8 @@
 //! 2. `early_request_filter`: request id, trace, `[server]` limits, path normalization,
 //!    routing, then every route policy's `on_request` -> a `Decision`. It runs before
 //!    pingora's modules, so the compression the policies chose can still be switched on;
-//! 3. `request_filter`: answers a refused or unrouted request from the decision;
+//! 3. `request_filter`: answers a refused or unrouted request from the decision, and a
+//!    fresh cache hit on its fast path (`CacheRoute::fresh_hit`), before pingora's cache runs;
 //! 4. `request_cache_filter`, `cache_key_callback`: cache on for routes that cache;
 //! 5. `proxy_upstream_filter`: a cache miss goes upstream: `admit` (concurrency slots);
 //! 6. `upstream_peer`: a healthy server, `on_peer` (timeouts);
@@ -37,8 +38,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::{Core, Ctx, Decision};
 use http::header::ACCEPT_ENCODING;
-use pingora::cache::key::{CacheKey, HashBinary};
-use pingora::cache::{CacheMeta, CacheOptionOverrides, ForcedFreshness, NoCacheReason, RespCacheable};
+use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -73,7 +74,7 @@ fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a> {
         trusted_peer: core.trusted_peer,
         started: core.started,
         streaming: core.streaming,
-        cache_phase: session.cache.phase(),
+        cache_phase: if core.fast_hit { CachePhase::Hit } else { session.cache.phase() },
         cache_meta: session.cache.maybe_cache_meta(),
     }
 }
@@ -145,6 +146,18 @@ async fn buffer_body(session: &mut Session, limit: u64) -> std::result::Result<(
     }
 }
 
+/// The cache key of a request on a route that caches: what pingora looks up, and what the
+/// fast path of a hit looks up first.
+fn cache_key(session: &Session, core: &Core, policy: &cache::CachePolicy) -> CacheKey {
+    let req = session.req_header();
+    let path = core.rewritten_path.as_deref().unwrap_or(req.uri.path());
+    let params = &core.params;
+    let (primary, info) = policy.key(request_host(req).unwrap_or(""), path, req.uri.query(), &req.headers, |n| params.get(path, n));
+    let mut key = CacheKey::new(primary, "");
+    key.extensions.insert(info);
+    key
+}
+
 /// Keeps `err` for `fail_to_proxy` to answer and returns the pingora error that ends the phase.
 fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
     let e = err.to_pingora();
@@ -159,6 +172,33 @@ fn cut(ctx: &mut Ctx, c: Cut) -> Box<Error> {
     ctx.record.outcome.problem = Some(c.code);
     ctx.record.outcome.problem_detail = Some(Cow::Borrowed(c.why));
     Error::explain(ErrorType::Custom(c.code), c.why)
+}
+
+impl Gateway {
+    /// Sends a fresh hit the way pingora's hit path would (`proxy_cache_hit`): the route's
+    /// response filters on the stored header, the engine's modules (compression), then the
+    /// stored body through the body filters.
+    async fn serve_fresh_hit(&self, session: &mut Session, ctx: &mut Ctx, hit: crate::policy::cache::FreshHit) -> Result<()> {
+        ctx.core.fast_hit = true;
+        let mut header = Box::new(hit.header);
+        self.response_filter(session, &mut header, ctx).await?;
+        session.write_response_header(header, false).await?;
+        let (body, len) = (&hit.obj.body, hit.obj.body.len());
+        let mut pos = 0;
+        loop {
+            let chunk = body.chunk_at(pos, len);
+            pos += chunk.len();
+            let end = pos >= len;
+            let mut data = Some(chunk);
+            self.response_body_filter(session, &mut data, end, ctx)?;
+            if end || data.as_ref().is_some_and(|b| !b.is_empty()) {
+                session.write_response_body(data, end).await?;
+            }
+            if end {
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -256,7 +296,16 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let err = match &ctx.decision {
             Decision::Routed(route) => match route.policies.body.as_ref().and_then(|b| b.buffer) {
-                None => return Ok(false),
+                None => {
+                    let hit = route.policies.cache.as_ref().and_then(|c| {
+                        let key = cache_key(session, &ctx.core, c.policy.as_ref()?).combined_bin();
+                        c.fresh_hit(&exchange(session, &ctx.core), &ctx.record.states.cache, &key)
+                    });
+                    return match hit {
+                        Some(hit) => self.serve_fresh_hit(session, ctx, hit).await.map(|()| true),
+                        None => Ok(false),
+                    };
+                }
                 Some(limit) => match buffer_body(session, limit).await {
                     Ok(()) => return Ok(false),
                     Err(err) => {
@@ -294,13 +343,7 @@ impl ProxyHttp for Gateway {
             .route()
             .and_then(|r| r.policies.cache.as_ref()?.policy.as_ref())
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key for a route without cache"))?;
-        let req = session.req_header();
-        let path = ctx.core.rewritten_path.as_deref().unwrap_or(req.uri.path());
-        let params = &ctx.core.params;
-        let (primary, info) = policy.key(request_host(req).unwrap_or(""), path, req.uri.query(), &req.headers, |n| params.get(path, n));
-        let mut key = CacheKey::new(primary, "");
-        key.extensions.insert(info);
-        Ok(key)
+        Ok(cache_key(session, &ctx.core, policy))
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
