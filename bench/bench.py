@@ -178,6 +178,11 @@ def measure(name, url, pids, rate=None, **kw):
         vals = [r[k] for r in runs]
         med[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) and vals[0] is not None else vals[-1]
     med["runs"] = len(runs)
+    # the spread between rounds, beside the median: how far one run's figure can be trusted
+    for k in ("rps", "cpu_us_per_req"):
+        vals = [r[k] for r in runs if r[k] is not None]
+        if vals:
+            med[f"{k}_min"], med[f"{k}_max"] = min(vals), max(vals)
     print(f"  {name:<28} {med['rps']:>9.0f} req/s  p50 {med['p50_ms']:.3f} ms  p99 {med['p99_ms']:.3f} ms"
           + (f"  cpu {med['cpu_us_per_req']:.1f} us/req  rss {med['rss_mib']:.1f} MiB" if pids else ""), flush=True)
     return med
@@ -832,7 +837,7 @@ def ratio(a, b):
 
 
 def markdown(rows):
-    out = ["| # | scenario | system | req/s | P50 ms | P99 ms | CPU µs/req | RSS MiB | vs nginx (req/s, CPU) | vs HAProxy (req/s, CPU) | vs direct |",
+    out = ["| # | scenario | system | req/s | P50 ms | P99 ms | CPU µs/req (rounds' range) | RSS MiB | vs nginx (req/s, CPU) | vs HAProxy (req/s, CPU) | vs direct |",
            "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     # rows compare within a scenario; scenario 12 has one comparison per offered rate
     group = lambda r: (r["scenario"], r["title"]) if r["scenario"] == 12 else r["scenario"]
@@ -851,6 +856,8 @@ def markdown(rows):
                  if hp and r["system"].startswith("fastgate") else "")
         vs_di = ratio(r["rps"], di["rps"]) if di and r["system"] != "direct" else ""
         cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") is not None else "–"
+        if r.get("runs", 1) > 1 and r.get("cpu_us_per_req_min") is not None:
+            cpu += f" ({r['cpu_us_per_req_min']:.1f}-{r['cpu_us_per_req_max']:.1f})"
         rss = f"{r['rss_mib']:.1f}" if r.get("rss_mib") is not None else "–"
         title = r["title"]
         if "body_bytes" in r:

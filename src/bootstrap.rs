@@ -84,6 +84,7 @@ pub fn run(app: Arc<App>, upgrade: bool) -> Result<(), ListenError> {
         // (measured: 26.5 vs 29.5 us of CPU per proxied request, bench/README.md).
         work_stealing: false,
         upgrade_sock: s.upgrade_sock.clone(),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool,
         ..ServerConf::default()
     };
     let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };

@@ -20,7 +20,7 @@ pub fn reload(app: &App) -> Result<(), ReloadError> {
     let result = config::load(&app.config_path).map_err(ReloadError::from).and_then(|plan| {
         if plan.settings != app.settings {
             tracing::warn!(
-                "start-up settings changed ([server] listen, admin_listen, threads, shutdown_grace; [telemetry]; [cache]; [state]); they take effect on restart"
+                "start-up settings changed ([server] listen, admin_listen, threads, shutdown_grace, upgrade_sock, upstream_keepalive_pool; [telemetry]; [cache]; [state]); they take effect on restart"
             );
         }
         for w in &plan.warnings {

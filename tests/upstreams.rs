@@ -40,6 +40,40 @@ async fn pooled_connections_are_reused_until_idle_timeout() {
     assert_eq!(client_port(&c, gw.url("/debug/echo")).await, first);
 }
 
+/// Requests in flight at once each hold an upstream connection; afterwards up to
+/// `upstream_keepalive_pool` of them are kept, so the next burst reuses them instead of
+/// connecting anew (and leaving the old ones in TIME_WAIT).
+#[tokio::test]
+async fn a_burst_reuses_the_connections_of_the_last_up_to_the_pool_size() {
+    let backend = Backend::start();
+    let c = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let burst = |gw: &Gateway, n: usize| {
+        let url = gw.url("/debug/echo?delay=0.5");
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move { client_port(&c, url).await })
+            })
+            .collect();
+        async move {
+            let mut ports = std::collections::HashSet::new();
+            for t in tasks {
+                ports.insert(t.await.unwrap());
+            }
+            ports
+        }
+    };
+    // the default keeps more than pingora's own 128
+    for (extra, n, kept) in [("upstream_keepalive_pool = 3", 12, 3), ("", 150, 150)] {
+        let gw = Gateway::start_with(&(upstream(&backend.addr(), "") + CATCH_ALL), extra, &[]);
+        let first = burst(&gw, n).await;
+        assert_eq!(first.len(), n, "{extra:?}: {n} requests in flight, {n} connections");
+        let second = burst(&gw, n).await;
+        let reused = first.intersection(&second).count();
+        assert_eq!(reused, kept, "{extra:?}: {reused} of {n} connections reused");
+    }
+}
+
 #[tokio::test]
 async fn healthy_threshold_and_the_check_timeout() {
     let backend = Backend::start();

@@ -223,6 +223,10 @@ async def status(code: int):
 @debug.api_route("/echo", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 async def echo(request: Request):
     body = await request.body()
+    # ?delay=seconds holds the answer: requests in flight at once, each on its own connection
+    delay = min(float(request.query_params.get("delay") or 0), 5.0)
+    if delay > 0:
+        await asyncio.sleep(delay)
     return {
         "method": request.method,
         "path": request.url.path,

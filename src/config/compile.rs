@@ -39,6 +39,9 @@ pub const DEFAULT_EJECT_AFTER: u32 = 3;
 /// ...for this long (then it gets traffic again; one more failure ejects it again).
 pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// pingora's default is 128: with more requests in flight than that, every one past it
+/// closes its upstream connection after use and the next opens a new one (bench scenario 11).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL: usize = 1024;
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/fastgate-upgrade.sock";
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 pub const DEFAULT_TLS_LISTEN: &str = "0.0.0.0:8443";
@@ -257,6 +260,7 @@ fn compile_server(
         max_connections_per_client,
         probe_listen,
         upgrade_sock,
+        upstream_keepalive_pool,
         access_log,
         remove_request_headers: _,
         forwarded: _,
@@ -297,6 +301,7 @@ fn compile_server(
                 .unwrap_or_default(),
         },
     };
+    let keepalive_pool = at_least_one(cx, upstream_keepalive_pool.as_ref(), "upstream_keepalive_pool", DEFAULT_UPSTREAM_KEEPALIVE_POOL);
     let mut limits = limits;
     if let Some(list) = methods {
         let mut parsed = Vec::new();
@@ -360,6 +365,7 @@ fn compile_server(
             threads,
             shutdown_grace: shutdown_grace.map_or(DEFAULT_GRACE, |d| d.get_ref().0),
             upgrade_sock: upgrade_sock.map_or_else(|| DEFAULT_UPGRADE_SOCK.to_string(), |s| s.into_inner().0),
+            upstream_keepalive_pool: keepalive_pool,
             telemetry: TelemetryDef::default(),
             cache: CacheSettings::default(),
             tls: None,

@@ -44,6 +44,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// The Unix socket a graceful upgrade (SIGQUIT, `run --upgrade`) passes listeners over.
     pub upgrade_sock: String,
+    /// Idle upstream connections pingora keeps for reuse.
+    pub upstream_keepalive_pool: usize,
     pub telemetry: TelemetryDef,
     pub cache: CacheSettings,
     /// `[server.tls]`: the HTTPS listener (its certificates reload; the address does not).

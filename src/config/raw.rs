@@ -116,6 +116,8 @@ pub struct RawServer {
     /// Where a new process started with `run --upgrade` waits for the listening sockets that
     /// this one hands over on SIGQUIT.
     pub upgrade_sock: Option<Spanned<EnvString>>,
+    /// Idle upstream connections kept for reuse, over all upstreams.
+    pub upstream_keepalive_pool: Option<Spanned<usize>>,
     /// One log line per request (target `fastgate::access`).
     pub access_log: Option<Spanned<bool>>,
     /// Request fields removed before the cache and the backend see a request, besides the
