@@ -136,15 +136,18 @@ impl CacheRoute {
         force.then_some(ForcedFreshness::ForceExpired)
     }
 
-    /// The fast path of a cache hit (bench scenario 3): a plain GET whose entry this process
-    /// holds, fresh, with no variants, is answered from it directly. Everything else (stale,
-    /// revalidation, coalescing, variants, conditional and range requests, client
-    /// directives, a store that must be asked over the network) takes pingora's full path,
-    /// which decides the same for these requests; `key` is that path's store key.
-    pub fn fresh_hit(&self, x: &Exchange<'_>, st: &CacheState, key: &StoreKey) -> Option<FreshHit> {
-        if !self.enabled(st) || x.req.method != http::Method::GET || x.req.headers.keys().any(needs_full_path) {
-            return None;
-        }
+    /// Whether this request may take the fast path of a hit (`fresh_hit`): a plain GET on a
+    /// route that caches, without validators, ranges or cache directives of its own.
+    pub fn may_hit_fast(&self, x: &Exchange<'_>, st: &CacheState) -> bool {
+        self.enabled(st) && x.req.method == http::Method::GET && !x.req.headers.keys().any(needs_full_path)
+    }
+
+    /// The fast path of a cache hit (bench scenario 3), for a request `may_hit_fast` let
+    /// through: an entry this process holds, fresh, with no variants, is answered from
+    /// directly. Everything else (stale, revalidation, coalescing, variants, a store that must
+    /// be asked over the network) takes pingora's full path, which decides the same for these
+    /// requests; `key` is that path's store key.
+    pub fn fresh_hit(&self, key: &StoreKey) -> Option<FreshHit> {
         let obj = self.store.get_local(key)?;
         let decoded = obj.meta.decoded.as_ref()?;
         let times = decoded.times.as_ref()?;

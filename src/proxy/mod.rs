@@ -297,10 +297,13 @@ impl ProxyHttp for Gateway {
         let err = match &ctx.decision {
             Decision::Routed(route) => match route.policies.body.as_ref().and_then(|b| b.buffer) {
                 None => {
-                    let hit = route.policies.cache.as_ref().and_then(|c| {
-                        let key = cache_key(session, &ctx.core, c.policy.as_ref()?).combined_bin();
-                        c.fresh_hit(&exchange(session, &ctx.core), &ctx.record.states.cache, &key)
-                    });
+                    let mut hit = None;
+                    if let Some(c) = route.policies.cache.as_ref()
+                        && let Some(policy) = c.policy.as_ref()
+                        && c.may_hit_fast(&exchange(session, &ctx.core), &ctx.record.states.cache)
+                    {
+                        hit = c.fresh_hit(&cache_key(session, &ctx.core, policy).combined_bin());
+                    }
                     return match hit {
                         Some(hit) => self.serve_fresh_hit(session, ctx, hit).await.map(|()| true),
                         None => Ok(false),
