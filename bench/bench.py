@@ -504,34 +504,27 @@ def proxied_scenarios(rows):
         conns = 8 if num == 4 else CONNECTIONS
         direct = measure("direct (no proxy)", f"http://{upstream}{path}", [], headers=headers, conns=conns)
         rows.append(row(num, title, "direct", direct))
+        def peer(label, system, p, port):
+            """One system on this scenario: warm its cache, measure, note the body size."""
+            if mode == "cache":
+                wrk(f"http://127.0.0.1:{port}{path}", duration=1)
+            r = measure(label, f"http://127.0.0.1:{port}{path}", server_pids(p), headers=headers, conns=conns)
+            if mode == "gzip":
+                r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{port}{path}", headers)
+            rows.append(row(num, title, system, r))
+
         ng, ng_port = start_nginx(up_port, mode)
-        if mode == "cache":
-            wrk(f"http://127.0.0.1:{ng_port}{path}", duration=1)
-        r = measure("nginx 1 worker", f"http://127.0.0.1:{ng_port}{path}", server_pids(ng), headers=headers, conns=conns)
-        if mode == "gzip":
-            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{ng_port}{path}", headers)
-        rows.append(row(num, title, "nginx", r))
+        peer("nginx 1 worker", "nginx", ng, ng_port)
         stop(ng)
         hp, hp_port = start_haproxy(up_port, mode)
-        if mode == "cache":
-            wrk(f"http://127.0.0.1:{hp_port}{path}", duration=1)
-        r = measure("haproxy 1 thread", f"http://127.0.0.1:{hp_port}{path}", server_pids(hp), headers=headers, conns=conns)
-        if mode == "gzip":
-            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{hp_port}{path}", headers)
-        rows.append(row(num, title, "haproxy", r))
+        peer("haproxy 1 thread", "haproxy", hp, hp_port)
         stop(hp)
         fg, fg_port, _ = start_fastgate(upstream, mode)
-        if mode == "cache":
-            wrk(f"http://127.0.0.1:{fg_port}{path}", duration=1)
-        r = measure("fastgate 1 thread", f"http://127.0.0.1:{fg_port}{path}", server_pids(fg), headers=headers, conns=conns)
-        if mode == "gzip":
-            r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{fg_port}{path}", headers)
-        rows.append(row(num, title, "fastgate", r))
+        peer("fastgate 1 thread", "fastgate", fg, fg_port)
         stop(fg)
         if num in (1, 4) and os.path.exists(BARE):
             bp, bp_port = start_bare(upstream)
-            r = measure("bare pingora 1 thread", f"http://127.0.0.1:{bp_port}{path}", server_pids(bp), headers=headers, conns=conns)
-            rows.append(row(num, title, "bare pingora", r))
+            peer("bare pingora 1 thread", "bare pingora", bp, bp_port)
             stop(bp)
     if 2 in wanted:
         # the other encodings fastgate offers, on the same body: size and CPU beside gzip
