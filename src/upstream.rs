@@ -1,7 +1,8 @@
 //! Upstreams: a named group of servers, picked round-robin among the healthy ones, with active
 //! HTTP health checks: the live state `state` materializes from an `UpstreamDef`.
 //!
-//! Built on pingora's load balancer and health check. Server addresses are resolved when the
+//! Built on pingora's load balancer, with a health check of our own (one connector for all).
+//! Server addresses are resolved when the
 //! config is compiled, never on the request path. An upstream whose definition is unchanged
 //! across a reload is carried over whole, so its health state survives the reload; one whose
 //! definition changed inherits its readiness and which servers have passed a check.
@@ -17,7 +18,7 @@ use crate::tls::{TlsError, UpstreamTls};
 use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
+use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::{HttpPeer, PeerOptions};
@@ -151,25 +152,35 @@ impl Upstream {
         };
         if let Some(hc) = &upstream.def.health_check {
             let check = upstream.health_check(hc)?;
-            upstream.lb.set_health_check(Box::new(Recorded { inner: check, servers: upstream.servers.clone() }));
+            upstream.lb.set_health_check(Box::new(check));
         }
         Ok(upstream)
     }
 
-    fn health_check(&self, hc: &HealthCheckSpec) -> Result<HttpHealthCheck, UpstreamError> {
+    fn health_check(&self, hc: &HealthCheckSpec) -> Result<HttpCheck, UpstreamError> {
         let host = self.sni().unwrap_or("localhost").to_string();
-        let mut check = HttpHealthCheck::new(&host, self.tls.is_some());
         let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
-        req.insert_header("Host", host)
+        req.insert_header("Host", host.as_str())
             .and_then(|_| req.insert_header("User-Agent", "fastgate-health-check"))
             .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
-        check.req = req;
-        self.tls_options(&mut check.peer_template.options);
-        check.peer_template.options.connection_timeout = Some(hc.timeout);
-        check.peer_template.options.read_timeout = Some(hc.timeout);
-        check.consecutive_success = hc.healthy_threshold;
-        check.consecutive_failure = hc.unhealthy_threshold;
-        Ok(check)
+        let sni = if self.tls.is_some() { host } else { String::new() };
+        let mut peer = HttpPeer::new("0.0.0.0:1", self.tls.is_some(), sni);
+        self.tls_options(&mut peer.options);
+        if let Some(client) = self.tls.as_ref().and_then(|t| t.client.clone()) {
+            peer.client_cert_key = Some(client);
+        }
+        peer.options.connection_timeout = Some(hc.timeout);
+        peer.options.read_timeout = Some(hc.timeout);
+        peer.options.write_timeout = Some(hc.timeout);
+        // built here, while the config is made live, rather than by the first check on the runtime
+        check_connector();
+        Ok(HttpCheck {
+            peer,
+            req,
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+            servers: self.servers.clone(),
+        })
     }
 
     /// The name sent (SNI) and verified over TLS: the configured one, else the first server's
@@ -403,27 +414,57 @@ impl Servers {
     }
 }
 
-/// pingora's HTTP check, noting each server's first pass for readiness.
-struct Recorded {
-    inner: HttpHealthCheck,
+/// The connector every health check shares. pingora's `HttpHealthCheck` builds a connector of
+/// its own (HTTP/1 and HTTP/2, each loading the system's CA store: about 2.7 ms and the parsed
+/// store's memory per upstream, at start-up and again whenever an upstream is rebuilt); one
+/// HTTP/1 connector serves every check, its CA store loaded once per process. Per-upstream trust
+/// (a CA file, a client certificate) travels with each check's peer, as on the request path.
+fn check_connector() -> &'static pingora::connectors::http::v1::Connector {
+    static CONNECTOR: OnceLock<pingora::connectors::http::v1::Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| pingora::connectors::http::v1::Connector::new(None))
+}
+
+/// An active HTTP check: a GET of the configured path must answer 200 (the body is drained,
+/// the connection closed). A server's first pass is noted for readiness.
+struct HttpCheck {
+    /// Template: each check sets the server's address.
+    peer: HttpPeer,
+    req: RequestHeader,
+    healthy_threshold: usize,
+    unhealthy_threshold: usize,
     servers: Arc<Servers>,
 }
 
+impl HttpCheck {
+    async fn probe(&self, target: &Backend) -> pingora::Result<()> {
+        let mut peer = self.peer.clone();
+        peer._address = target.addr.clone();
+        let (mut session, _) = check_connector().get_http_session(&peer).await?;
+        session.read_timeout = peer.options.read_timeout;
+        session.write_timeout = peer.options.write_timeout;
+        session.write_request_header(Box::new(self.req.clone())).await?;
+        session.finish_body().await?;
+        session.read_response().await?;
+        let status = session.resp_header().map_or(0, |r| r.status.as_u16());
+        if status != 200 {
+            return pingora::Error::e_explain(pingora::ErrorType::CustomCode("non 200 code", status), "during http health check");
+        }
+        while session.read_body_ref().await?.is_some() {}
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
-impl HealthCheck for Recorded {
+impl HealthCheck for HttpCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
-        self.inner.check(target).await?;
+        self.probe(target).await?;
         if let Some(s) = target.addr.as_inet().and_then(|a| self.servers.get(*a)) {
             s.passed.store(true, Ordering::Release);
         }
         Ok(())
     }
 
-    async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        self.inner.health_status_change(target, healthy).await;
-    }
-
     fn health_threshold(&self, success: bool) -> usize {
-        self.inner.health_threshold(success)
+        if success { self.healthy_threshold } else { self.unhealthy_threshold }
     }
 }

@@ -244,11 +244,16 @@ fn https_upstreams_verify_the_backend_and_present_a_client_certificate() {
     let port = backend.port;
     let body = format!(
         "[upstreams.good]\nservers = [\"https://127.0.0.1:{port}\"]\ntls = {{ ca_file = \"{ca}\", sni = \"backend.test\", cert = \"{}\", key = \"{}\" }}\n\n\
+         [upstreams.checked]\nservers = [\"https://127.0.0.1:{port}\"]\ntls = {{ ca_file = \"{ca}\", sni = \"backend.test\", cert = \"{}\", key = \"{}\" }}\n\
+         health_check = {{ path = \"/healthz\", interval = \"200ms\" }}\n\n\
          [upstreams.anonymous]\nservers = [\"https://127.0.0.1:{port}\"]\ntls = {{ ca_file = \"{ca}\", sni = \"backend.test\" }}\n\n\
          [upstreams.untrusted]\nservers = [\"https://127.0.0.1:{port}\"]\ntls = {{ sni = \"backend.test\", cert = \"{}\", key = \"{}\" }}\n\n\
          [[routes]]\nname = \"good\"\nmatch = {{ path = \"/debug/echo\" }}\nupstream = \"good\"\n\n\
+         [[routes]]\nname = \"checked\"\nmatch = {{ path = \"/openapi.json\" }}\nupstream = \"checked\"\n\n\
          [[routes]]\nname = \"anonymous\"\nmatch = {{ path = \"/healthz\" }}\nupstream = \"anonymous\"\n\n\
          [[routes]]\nname = \"untrusted\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"untrusted\"\n",
+        client.cert.display(),
+        client.key.display(),
         client.cert.display(),
         client.key.display(),
         client.cert.display(),
@@ -270,6 +275,16 @@ fn https_upstreams_verify_the_backend_and_present_a_client_certificate() {
         assert_eq!(ok.status(), 200, "log:\n{}", common::tail(&gw.log(), 10));
         let echo: serde_json::Value = ok.json().await.unwrap();
         assert_eq!(echo["path"], "/debug/echo");
+        // health checks verify the backend and present the upstream's client certificate too:
+        // the checked upstream becomes ready only on a passed check
+        let ready = loop {
+            let r: serde_json::Value = http.get(gw.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
+            if r["upstreams"]["checked"]["ready"] == true || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(ready["upstreams"]["checked"]["ready"], true, "{ready}\nlog:\n{}", common::tail(&gw.log(), 10));
         // no client certificate: the backend refuses the handshake -> a problem, not a hang
         let anonymous = http.get(gw.url("/healthz")).send().await.unwrap();
         assert_eq!(anonymous.status(), 502);
