@@ -271,7 +271,12 @@ impl Upstream {
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
         let n = self.count.load(Ordering::Relaxed);
         if n == 1 {
-            // nothing to choose between: only the health check can take it out
+            // nothing to choose between: only the health check can take it out, and its
+            // verdict is mirrored in the server's state (the balancer's pick hashes the backend
+            // to look its health up: about 1.6k instructions a request)
+            if let [only] = self.servers.0.load().as_slice() {
+                return only.healthy.load(Ordering::Acquire).then_some(only.addr);
+            }
             return self.lb.select(b"", 1).and_then(|b| b.addr.as_inet().copied());
         }
         let now = now_ms();
@@ -392,6 +397,9 @@ struct ServerState {
     addr: SocketAddr,
     /// It has passed a health check.
     passed: AtomicBool,
+    /// The health check's verdict (pingora's, mirrored by `health_status_change`): servers
+    /// start healthy, as in pingora.
+    healthy: AtomicBool,
     /// Failed exchanges in a row.
     fails: AtomicU32,
     /// Left out until then (milliseconds since `epoch()`).
@@ -400,7 +408,7 @@ struct ServerState {
 
 impl ServerState {
     fn new(addr: SocketAddr) -> Self {
-        ServerState { addr, passed: AtomicBool::new(false), fails: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) }
+        ServerState { addr, passed: AtomicBool::new(false), healthy: AtomicBool::new(true), fails: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) }
     }
 
     fn ejected(&self, now_ms: u64) -> bool {
@@ -462,6 +470,12 @@ impl HealthCheck for HttpCheck {
             s.passed.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if let Some(s) = target.addr.as_inet().and_then(|a| self.servers.get(*a)) {
+            s.healthy.store(healthy, Ordering::Release);
+        }
     }
 
     fn health_threshold(&self, success: bool) -> usize {
