@@ -257,7 +257,8 @@ async fn forwarded_headers_trust_only_trusted_proxies() {
     let backend = Backend::start();
     let c = reqwest::Client::new();
 
-    // Not trusted: the client's X-Forwarded-* are replaced.
+    // Not trusted, the default fields: the client's X-Forwarded-For/-Proto are replaced, and
+    // the fields the gateway does not set are dropped.
     let gw = Gateway::start(&config_for(&backend.addr(), CATCH_ALL));
     let r = c
         .get(gw.url("/debug/echo"))
@@ -272,10 +273,25 @@ async fn forwarded_headers_trust_only_trusted_proxies() {
     let echo: Value = r.json().await.unwrap();
     assert_eq!(header_values(&echo, "x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(header_values(&echo, "x-forwarded-proto"), vec!["http"]);
-    assert_eq!(header_values(&echo, "x-forwarded-host"), vec![gw.addr()]);
-    assert_eq!(header_values(&echo, "x-real-ip"), vec!["127.0.0.1"], "the peer, not the client's claim");
+    assert!(header_values(&echo, "x-forwarded-host").is_empty(), "not set by default: the client's is dropped");
+    assert!(header_values(&echo, "x-real-ip").is_empty(), "not set by default: the client's is dropped");
     assert!(header_values(&echo, "forwarded").is_empty(), "an untrusted Forwarded is dropped");
     assert_eq!(header_values(&echo, "host"), vec![gw.addr()], "Host passes through");
+    drop(gw);
+
+    // Not trusted, every X- field set: each is the gateway's own.
+    let gw = Gateway::start_with(&config_for(&backend.addr(), CATCH_ALL), "forwarded = [\"x-forwarded\", \"x-real-ip\"]", &[]);
+    let r = c
+        .get(gw.url("/debug/echo"))
+        .header("X-Forwarded-Host", "evil.example")
+        .header("X-Real-IP", "1.2.3.4")
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(header_values(&echo, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(header_values(&echo, "x-forwarded-host"), vec![gw.addr()]);
+    assert_eq!(header_values(&echo, "x-real-ip"), vec!["127.0.0.1"], "the peer, not the client's claim");
     drop(gw);
 
     // RFC 7239 only: this hop's element, no X-Forwarded-*, whatever the client claimed.
@@ -296,7 +312,7 @@ async fn forwarded_headers_trust_only_trusted_proxies() {
     // Trusted (the test client is 127.0.0.1): the chain is extended, proto and host kept.
     let gw = Gateway::start_with(
         &config_for(&backend.addr(), CATCH_ALL),
-        "trusted_proxies = [\"127.0.0.1\"]\nforwarded = \"both\"",
+        "trusted_proxies = [\"127.0.0.1\"]\nforwarded = [\"both\", \"x-real-ip\"]",
         &[],
     );
     let r = c

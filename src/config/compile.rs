@@ -17,7 +17,7 @@ use crate::policy::builtin;
 use crate::policy::compress::{self, CompressPolicy};
 use crate::policy::concurrency::{ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
 use crate::policy::fields::{self, FieldSelection};
-use crate::policy::forwarding::ForwardedMode;
+use crate::policy::forwarding::ForwardedFields;
 use crate::policy::pagination::{Excess, Pagination};
 use crate::policy::ratelimit::{KeySource, OnMissing, OnStateError, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
@@ -99,15 +99,15 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     let mut server = server;
     let remove_request_headers = compile_removed_headers(&mut cx, std::mem::take(&mut server.remove_request_headers));
     let forwarded = match server.forwarded.take() {
-        None => ForwardedMode::XForwarded,
-        Some(v) => match v.get_ref().as_str() {
-            "x-forwarded" => ForwardedMode::XForwarded,
-            "rfc7239" => ForwardedMode::Rfc7239,
-            "both" => ForwardedMode::Both,
-            other => cx
-                .error(v.span(), format!("unknown `forwarded` {other:?}"), "\"x-forwarded\" (X-Forwarded-For/-Proto/-Host), \"rfc7239\" (Forwarded) or \"both\"")
-                .unwrap_or(ForwardedMode::XForwarded),
-        },
+        None => ForwardedFields::default(),
+        Some(v) => ForwardedFields::parse(&v.get_ref().0).unwrap_or_else(|bad| {
+            cx.error(
+                v.span(),
+                format!("unknown `forwarded` field {bad:?}"),
+                "list fields among \"x-forwarded-for\", \"x-forwarded-proto\", \"x-forwarded-host\", \"x-real-ip\", \"forwarded\", or write \"x-forwarded\" (the three X-Forwarded-*), \"rfc7239\" (Forwarded) or \"both\"",
+            )
+            .unwrap_or_default()
+        }),
     };
     let redirect = server.redirect_to_https.take();
     let resolver = server.resolver.take();

@@ -93,6 +93,20 @@ upstream = "api"
     }
 
     #[test]
+    fn forwarded_takes_a_name_or_a_list_and_points_at_an_unknown_one() {
+        let c = load_str("t.toml", &format!("[server]\nforwarded = [\"x-forwarded-for\", \"x-real-ip\"]\n{BASE}")).unwrap();
+        assert!(c.server.forwarded.x_real_ip && !c.server.forwarded.x_forwarded_proto);
+        let c = load_str("t.toml", &format!("[server]\nforwarded = \"both\"\n{BASE}")).unwrap();
+        assert!(c.server.forwarded.forwarded && c.server.forwarded.x_forwarded_host);
+        let d = one_error(&format!("[server]\nforwarded = [\"x-forwarded-for\", \"x-forwarded-port\"]\n{BASE}"));
+        assert_eq!((d.line, d.column), (2, 13));
+        assert!(d.message.contains("\"x-forwarded-port\""), "{}", d.message);
+        assert!(d.hint.as_deref().is_some_and(|h| h.contains("x-real-ip")), "{:?}", d.hint);
+        let d = one_error(&format!("[server]\nforwarded = 7\n{BASE}"));
+        assert!(d.message.contains("a string or a list of strings"), "{}", d.message);
+    }
+
+    #[test]
     fn semantic_errors_are_all_collected() {
         let text = r#"
 [server]

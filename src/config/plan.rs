@@ -145,7 +145,7 @@ pub struct ServerDef {
     pub trusted_proxies: Vec<IpNet>,
     /// Removed from every request before routing, the cache and the backend.
     pub remove_request_headers: Vec<http::HeaderName>,
-    pub forwarded: crate::policy::forwarding::ForwardedMode,
+    pub forwarded: crate::policy::forwarding::ForwardedFields,
     pub admin_token: Option<String>,
     pub limits: ServerLimits,
     /// The plain listener redirects to HTTPS on this port.

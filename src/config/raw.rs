@@ -4,7 +4,7 @@
 //! ignored setting). Every leaf value is `Spanned`, so any later check can point at it. No `flatten` or
 //! `untagged`: both lose TOML positions.
 
-use super::units::{Dur, EnvString, Size, Ttl};
+use super::units::{Dur, EnvString, OneOrList, Size, Ttl};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -128,9 +128,9 @@ pub struct RawServer {
     pub encoded_slash: Option<Spanned<String>>,
     /// Methods any route may see (default: the ones FastAPI serves, no TRACE or CONNECT).
     pub methods: Option<Vec<Spanned<String>>>,
-    /// Which forwarding fields the backend gets: `"x-forwarded"` (default), `"rfc7239"`
-    /// (`Forwarded` only) or `"both"`.
-    pub forwarded: Option<Spanned<String>>,
+    /// Which forwarding fields the gateway sets: field names, or the shorthands
+    /// `"x-forwarded"`, `"rfc7239"`, `"both"` (default `["x-forwarded-for", "x-forwarded-proto"]`).
+    pub forwarded: Option<Spanned<OneOrList>>,
     /// `[server.tls]`: an HTTPS listener beside `listen`.
     pub tls: Option<Spanned<RawTls>>,
     /// The plain listener answers every request (but ACME HTTP-01 challenges) with a 308 to

@@ -74,6 +74,33 @@ impl std::ops::Deref for EnvString {
     }
 }
 
+/// A string or a list of strings: `forwarded = "both"`, `forwarded = ["x-forwarded-for"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = OneOrList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrList, E> {
+                Ok(OneOrList(vec![v.to_string()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrList(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A duration written as `"250ms"`, `"5s"`, `"1m30s"`, `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Dur(pub Duration);

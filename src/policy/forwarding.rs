@@ -107,15 +107,53 @@ const FORWARDED: &str = "forwarded";
 static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-/// Which forwarding fields the backend gets (`[server] forwarded`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ForwardedMode {
-    /// `X-Forwarded-For/-Proto/-Host` (what uvicorn's `--proxy-headers` reads).
-    #[default]
-    XForwarded,
-    /// RFC 7239 `Forwarded` only.
-    Rfc7239,
-    Both,
+/// Which forwarding fields the gateway sets (`[server] forwarded`). A field it does not set
+/// passes from a trusted proxy and is removed from anyone else, so a client can never make the
+/// backend believe another address, scheme or host.
+///
+/// The default is what uvicorn's `--proxy-headers` reads, `X-Forwarded-For` and `-Proto`:
+/// every field set costs two header-map inserts, with their allocations, on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedFields {
+    pub x_forwarded_for: bool,
+    pub x_forwarded_proto: bool,
+    pub x_forwarded_host: bool,
+    pub x_real_ip: bool,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+}
+
+impl Default for ForwardedFields {
+    fn default() -> Self {
+        ForwardedFields { x_forwarded_for: true, x_forwarded_proto: true, x_forwarded_host: false, x_real_ip: false, forwarded: false }
+    }
+}
+
+impl ForwardedFields {
+    const NONE: ForwardedFields =
+        ForwardedFields { x_forwarded_for: false, x_forwarded_proto: false, x_forwarded_host: false, x_real_ip: false, forwarded: false };
+
+    /// Field names and shorthands (`x-forwarded`: the three `X-Forwarded-*`; `rfc7239`:
+    /// `Forwarded`; `both`: all four), case-insensitive; the first unknown name is the error.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut f = Self::NONE;
+        for name in names {
+            let name_lc = name.trim().to_ascii_lowercase();
+            match name_lc.as_str() {
+                "x-forwarded-for" => f.x_forwarded_for = true,
+                "x-forwarded-proto" => f.x_forwarded_proto = true,
+                "x-forwarded-host" => f.x_forwarded_host = true,
+                "x-real-ip" => f.x_real_ip = true,
+                "forwarded" | "rfc7239" => f.forwarded = true,
+                "x-forwarded" | "both" => {
+                    (f.x_forwarded_for, f.x_forwarded_proto, f.x_forwarded_host) = (true, true, true);
+                    f.forwarded |= name_lc == "both";
+                }
+                _ => return Err(name.clone()),
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// `[server] trusted_proxies`: whose forwarding headers are believed.
@@ -125,7 +163,7 @@ pub struct Forwarding {
     /// Fields no request keeps: they change what a framework serves without being part of
     /// the target, so a cached answer to one could be served for another.
     pub remove_request_headers: Vec<http::HeaderName>,
-    pub forwarded: ForwardedMode,
+    pub forwarded: ForwardedFields,
 }
 
 /// One RFC 7239 element for this hop: `for` the peer (IPv6 bracketed and quoted), `proto`,
@@ -180,7 +218,24 @@ impl Policy for Forwarding {
         // Hop-by-hop fields are already gone: pingora's standard upstream request policy strips
         // them (and `Connection`-nominated ones) before this runs.
         let trusted = x.trusted_peer;
-        if let Some(ip) = x.peer_ip {
+        let f = self.forwarded;
+        if !trusted {
+            // what the gateway does not set, only a trusted proxy may say
+            for (name, set) in [
+                (X_FORWARDED_FOR, f.x_forwarded_for),
+                (X_FORWARDED_PROTO, f.x_forwarded_proto),
+                (X_FORWARDED_HOST, f.x_forwarded_host),
+                (X_REAL_IP, f.x_real_ip),
+                (FORWARDED, false),
+            ] {
+                if !set {
+                    up.remove_header(name);
+                }
+            }
+        }
+        if f.x_forwarded_for
+            && let Some(ip) = x.peer_ip
+        {
             let appended = match up.headers.get(&X_FORWARDED_FOR_NAME).and_then(|v| v.to_str().ok()) {
                 Some(chain) if trusted && !chain.trim().is_empty() => Some(format!("{chain}, {ip}")),
                 _ => None,
@@ -190,11 +245,11 @@ impl Policy for Forwarding {
                 None => up.insert_header(X_FORWARDED_FOR, client_ip_value(ip)).map_err(fail)?,
             }
         }
-        if !(trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
+        if f.x_forwarded_proto && !(trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
             let proto = if x.tls { "https" } else { "http" };
             up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto)).map_err(fail)?;
         }
-        if !(trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
+        if f.x_forwarded_host && !(trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
             match up.headers.get(http::header::HOST).cloned() {
                 Some(host) => up.insert_header(X_FORWARDED_HOST, host).map_err(fail)?,
                 None => {
@@ -203,31 +258,25 @@ impl Policy for Forwarding {
             }
         }
         // `X-Real-IP` is the client as the gateway established it, whoever sent one
-        match x.client_ip {
-            Some(ip) => up.insert_header(X_REAL_IP, client_ip_value(ip)).map_err(fail)?,
-            None => {
-                up.remove_header(X_REAL_IP);
+        if f.x_real_ip {
+            match x.client_ip {
+                Some(ip) => up.insert_header(X_REAL_IP, client_ip_value(ip)).map_err(fail)?,
+                None => {
+                    up.remove_header(X_REAL_IP);
+                }
             }
         }
-        // `Forwarded`: a trusted proxy's is kept (and extended), anyone else's dropped
-        let earlier = if trusted { up.headers.get(FORWARDED).and_then(|v| v.to_str().ok()).map(str::to_string) } else { None };
-        up.remove_header(FORWARDED);
-        if self.forwarded != ForwardedMode::XForwarded {
-            if let Some(ip) = x.peer_ip {
-                let own = forwarded_element(ip, x.tls, up.headers.get(http::header::HOST).map(|h| h.as_bytes()));
-                let value = match earlier {
-                    Some(e) if !e.trim().is_empty() => format!("{e}, {own}"),
-                    _ => own,
-                };
-                up.insert_header(FORWARDED, value).map_err(fail)?;
-            }
-        } else if let Some(e) = earlier {
-            up.insert_header(FORWARDED, e).map_err(fail)?;
-        }
-        if self.forwarded == ForwardedMode::Rfc7239 {
-            for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
-                up.remove_header(name);
-            }
+        // `Forwarded`: a trusted proxy's is extended with this hop's element
+        if f.forwarded
+            && let Some(ip) = x.peer_ip
+        {
+            let earlier = up.headers.get(FORWARDED).and_then(|v| v.to_str().ok()).filter(|e| !e.trim().is_empty());
+            let own = forwarded_element(ip, x.tls, up.headers.get(http::header::HOST).map(|h| h.as_bytes()));
+            let value = match earlier {
+                Some(e) => format!("{e}, {own}"),
+                None => own,
+            };
+            up.insert_header(FORWARDED, value).map_err(fail)?;
         }
         Ok(())
     }
@@ -302,20 +351,47 @@ mod tests {
 
     #[test]
     fn untrusted_peers_get_their_forwarding_headers_replaced() {
-        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], remove_request_headers: Vec::new(), forwarded: ForwardedMode::XForwarded };
+        let f = Forwarding { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], remove_request_headers: Vec::new(), forwarded: ForwardedFields::default() };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
         req.insert_header("x-forwarded-proto", "https").unwrap();
+        req.insert_header("x-forwarded-host", "evil.example").unwrap();
+        req.insert_header("x-real-ip", "1.2.3.4").unwrap();
+        req.insert_header("forwarded", "for=1.2.3.4").unwrap();
         req.insert_header("host", "api.example").unwrap();
         let mut x = crate::policy::tests::exchange(&req);
         x.peer_ip = Some("192.0.2.7".parse().unwrap());
+        x.client_ip = x.peer_ip;
         x.request_id = "rid";
         let mut up = req.clone();
         f.on_upstream_request(&x, &mut up, &mut ()).unwrap();
         assert_eq!(up.headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(up.headers["x-forwarded-proto"], "http");
-        assert_eq!(up.headers["x-forwarded-host"], "api.example");
         assert_eq!(up.headers["x-request-id"], "rid");
+        // not set by default: the client's copies are gone
+        for gone in ["x-forwarded-host", "x-real-ip", "forwarded"] {
+            assert!(!up.headers.contains_key(gone), "{gone}");
+        }
+        // every field set: each is the gateway's own
+        let all = Forwarding { forwarded: ForwardedFields::parse(&["both".into(), "X-Real-IP".into()]).unwrap(), ..f };
+        let mut up = req.clone();
+        all.on_upstream_request(&x, &mut up, &mut ()).unwrap();
+        assert_eq!(up.headers["x-forwarded-host"], "api.example");
+        assert_eq!(up.headers["x-real-ip"], "192.0.2.7");
+        assert_eq!(up.headers["forwarded"], "for=192.0.2.7;proto=http;host=\"api.example\"");
+    }
+
+    #[test]
+    fn forwarded_fields_parse_names_and_shorthands() {
+        let p = |v: &[&str]| ForwardedFields::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(p(&[]).unwrap(), ForwardedFields::NONE);
+        let xf = p(&["x-forwarded"]).unwrap();
+        assert!(xf.x_forwarded_for && xf.x_forwarded_proto && xf.x_forwarded_host && !xf.x_real_ip && !xf.forwarded);
+        let both = p(&["both"]).unwrap();
+        assert!(both.x_forwarded_host && both.forwarded && !both.x_real_ip);
+        assert_eq!(p(&["rfc7239"]).unwrap(), ForwardedFields { forwarded: true, ..ForwardedFields::NONE });
+        assert_eq!(p(&["X-Forwarded-For", "x-forwarded-proto"]).unwrap(), ForwardedFields::default());
+        assert_eq!(p(&["x-forwarded-for", "x-forwarded-port"]), Err("x-forwarded-port".to_string()));
     }
 
     #[test]
