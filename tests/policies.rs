@@ -365,6 +365,62 @@ async fn compression_by_q_value_decodes_to_the_identical_body() {
     assert!(r.headers().get("content-encoding").is_none());
 }
 
+/// Reads one HTTP/1.1 response with a chunked body from `s`: its head (lower-cased) and body.
+fn read_chunked_response(s: &mut std::io::BufReader<std::net::TcpStream>) -> (String, Vec<u8>) {
+    use std::io::BufRead;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(s.read_line(&mut line).unwrap() > 0, "the connection closed in a response head: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "a streamed body must be framed: {head}");
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        s.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or_else(|_| panic!("a chunk size, not {size:?}; head: {head}"));
+        let mut chunk = vec![0; n + 2];
+        s.read_exact(&mut chunk).unwrap();
+        if n == 0 {
+            return (head, body);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A compressed body is streamed (its length unknown until the end): framed chunked, so the
+/// connection stays open for the next request. Without a framing, HTTP/1.1 ends such a body
+/// by closing the connection, and every compressed response cost a new connection.
+#[test]
+fn compressed_responses_are_chunked_and_keep_the_connection() {
+    use std::io::Write;
+    let backend = Backend::start();
+    let routes = route("all", "{ path_prefix = \"/\" }", "compress = { algorithms = [\"zstd\", \"br\", \"gzip\"], min_size = \"1KiB\" }");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let plain = rt.block_on(async { reqwest::get(gw.url("/api/instruments?limit=200")).await.unwrap().bytes().await.unwrap() });
+    for coding in ["gzip", "br", "zstd"] {
+        let conn = std::net::TcpStream::connect(gw.addr()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        for round in 0..3 {
+            write!(w, "GET /api/instruments?limit=200 HTTP/1.1\r\nHost: t\r\nAccept-Encoding: {coding}\r\n\r\n").unwrap();
+            let (head, body) = read_chunked_response(&mut reader);
+            assert!(head.starts_with("http/1.1 200"), "{coding} round {round}: {head}");
+            assert!(head.contains(&format!("content-encoding: {coding}\r\n")), "{head}");
+            assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+            assert!(!head.contains("content-length:") && !head.contains("accept-ranges:"), "{coding}: {head}");
+            assert!(!head.contains("connection: close"), "{head}");
+            assert_eq!(decode(coding, &body), plain.to_vec(), "{coding} round {round}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn compression_skips_encoded_small_and_binary_and_weakens_etags() {
     let backend = Backend::start();

@@ -1,8 +1,9 @@
 //! Response compression policy: which algorithm a client gets (by `Accept-Encoding` q-values,
 //! ties broken by the route's order), and which responses are worth compressing (content type,
-//! size, not already encoded). gzip and zstd are pingora's streaming module; brotli is encoded
-//! here, because pingora 0.9.1's brotli stream is never finished (cloudflare/pingora#1013) and
-//! strict decoders reject such a body.
+//! size, not already encoded). zstd is pingora's streaming module; brotli is encoded here,
+//! because pingora 0.9.1's brotli stream is never finished (cloudflare/pingora#1013) and strict
+//! decoders reject such a body; gzip here too, on deflate states kept per thread (pingora's
+//! module allocates and zeroes a new one per response).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use super::{Cut, Directives, Exchange, Flow, Policy};
 use bytes::Bytes;
 use crate::problem::GatewayError;
 use crate::telemetry::outcome::Outcome;
-use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
+use http::header::{HeaderValue, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING, VARY};
 use pingora::protocols::http::compression::Algorithm;
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -185,12 +186,125 @@ impl BrotliStream {
     }
 }
 
+/// Deflate states kept per thread for the next gzip response. A zlib-ng state is about 270 KiB,
+/// and a new one is allocated and its chain table zeroed (64 KiB) per response; a kept one is
+/// only reset (its hash table zeroed). Bounded: past this many idle states, one is dropped.
+const GZIP_POOL: usize = 8;
+
+thread_local! {
+    static GZIP_STATES: std::cell::RefCell<Vec<(u32, Box<flate2::Compress>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_gzip_state(level: u32) -> Box<flate2::Compress> {
+    let kept = GZIP_STATES.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(l, _)| *l == level)?;
+        Some(p.swap_remove(i).1)
+    });
+    // 15: the format's 32 KiB window, as pingora's and nginx's gzip
+    kept.unwrap_or_else(|| Box::new(flate2::Compress::new_gzip(flate2::Compression::new(level), 15)))
+}
+
+fn return_gzip_state(level: u32, mut c: Box<flate2::Compress>) {
+    c.reset();
+    GZIP_STATES.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < GZIP_POOL {
+            p.push((level, c));
+        }
+    });
+}
+
+/// A gzip stream over one response body (zlib-ng through flate2, as pingora's module, but on
+/// a kept state). A body of unknown length (streamed) is flushed chunk by chunk, so a client
+/// sees each part as the backend sends it; a body of known length is flushed only at its end.
+struct GzipStream {
+    /// `None` once the stream is finished (the state is back in the pool).
+    c: Option<Box<flate2::Compress>>,
+    level: u32,
+    flush_chunks: bool,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+impl GzipStream {
+    fn new(level: u32, size: Option<u64>) -> Self {
+        GzipStream { c: Some(take_gzip_state(level)), level, flush_chunks: size.is_none(), bytes_in: 0, bytes_out: 0 }
+    }
+
+    fn encode(&mut self, mut data: &[u8], end: bool) -> Result<Vec<u8>, flate2::CompressError> {
+        use flate2::{FlushCompress, Status};
+        let Some(c) = self.c.as_mut() else { return Ok(Vec::new()) };
+        self.bytes_in += data.len();
+        let flush = match (end, self.flush_chunks) {
+            (true, _) => FlushCompress::Finish,
+            (false, true) => FlushCompress::Sync,
+            (false, false) => FlushCompress::None,
+        };
+        // JSON compresses about 10x: a quarter of the input is room enough for one pass
+        let mut out = Vec::with_capacity(data.len() / 4 + 64);
+        loop {
+            let before = c.total_in();
+            let status = c.compress_vec(data, &mut out, flush)?;
+            data = &data[(c.total_in() - before) as usize..];
+            let room_left = out.len() < out.capacity();
+            match status {
+                Status::StreamEnd => break,
+                // all input taken and, for a flush, all output written
+                _ if data.is_empty() && room_left && flush != FlushCompress::Finish => break,
+                _ => {
+                    if !room_left {
+                        out.reserve(out.capacity().max(256));
+                    }
+                }
+            }
+        }
+        if end && let Some(c) = self.c.take() {
+            return_gzip_state(self.level, c);
+        }
+        self.bytes_out += out.len();
+        Ok(out)
+    }
+}
+
+impl Drop for GzipStream {
+    /// A response cut short still gives its state back.
+    fn drop(&mut self) {
+        if let Some(c) = self.c.take() {
+            return_gzip_state(self.level, c);
+        }
+    }
+}
+
+/// The gateway's own encoder of one response body.
+enum Stream {
+    /// Boxed: a brotli encoder is about 5.6 KiB.
+    Brotli(Box<BrotliStream>),
+    Gzip(GzipStream),
+}
+
+impl Stream {
+    fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, &'static str> {
+        match self {
+            Stream::Brotli(b) => b.encode(data, end).map_err(|_| "the brotli encoder failed"),
+            Stream::Gzip(g) => g.encode(data, end).map_err(|_| "the gzip encoder failed"),
+        }
+    }
+
+    fn sizes(&self) -> (usize, usize) {
+        match self {
+            Stream::Brotli(b) => (b.bytes_in, b.bytes_out),
+            Stream::Gzip(g) => (g.bytes_in, g.bytes_out),
+        }
+    }
+}
+
 /// The encoding chosen for this request's response, if any.
 #[derive(Default)]
 pub struct CompressState {
     chosen: Option<Algorithm>,
     head: bool,
-    brotli: Option<Box<BrotliStream>>,
+    stream: Option<Stream>,
     /// Bytes into and out of our own encoder, for the outcome.
     sizes: Option<(usize, usize)>,
 }
@@ -201,13 +315,17 @@ impl std::fmt::Debug for CompressState {
     }
 }
 
-/// What the response's fields become when the gateway encodes its body: the encoding, no
-/// length (the body is streamed), `Vary`, and a weak validator (another byte representation
-/// of the same resource, RFC 9110 8.8.1, as pingora and nginx do).
+/// What the response's fields become when the gateway encodes its body: the encoding; no
+/// length but chunked framing (the body is streamed: without either, HTTP/1.1 frames it by
+/// closing the connection); no `Accept-Ranges` (ranges of the encoded stream cannot be
+/// served); `Vary`; and a weak validator (another byte representation of the same resource,
+/// RFC 9110 8.8.1). As pingora's compression module does; HTTP/2 drops `Transfer-Encoding`.
 fn mark_encoded(resp: &mut ResponseHeader, coding: &'static str) -> Result<(), GatewayError> {
     let fail = |e: pingora::BError| GatewayError::new(crate::problem::Problem::Internal, format!("compression headers: {e}"));
     resp.insert_header(CONTENT_ENCODING, coding).map_err(fail)?;
     resp.remove_header(&CONTENT_LENGTH);
+    resp.remove_header(&ACCEPT_RANGES);
+    resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked")).map_err(fail)?;
     let varies = resp.headers.get_all(VARY).iter().any(|v| {
         v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding")))
     });
@@ -234,8 +352,8 @@ impl Policy for CompressPolicy {
         if let Some(alg) = self.choose(x.req.headers.get(ACCEPT_ENCODING)) {
             st.chosen = Some(alg);
             st.head = x.req.method == http::Method::HEAD;
-            // brotli is ours (on_response, on_response_body); the others pingora's module
-            if alg != Algorithm::Brotli {
+            // brotli and gzip are ours (on_response, on_response_body); zstd is pingora's module
+            if alg == Algorithm::Zstd {
                 d.compress = Some((alg, self.level(alg)));
             }
         }
@@ -259,27 +377,30 @@ impl Policy for CompressPolicy {
             st.chosen = None;
             d.compress_off = true;
         }
-        if st.chosen == Some(Algorithm::Brotli) {
+        if let Some(alg @ (Algorithm::Brotli | Algorithm::Gzip)) = st.chosen {
             let size = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            mark_encoded(resp, "br")?;
+            mark_encoded(resp, token(alg))?;
             if !st.head {
-                st.brotli = Some(Box::new(BrotliStream::new(self.brotli_level, size)));
+                st.stream = Some(match alg {
+                    Algorithm::Brotli => Stream::Brotli(Box::new(BrotliStream::new(self.brotli_level, size))),
+                    _ => Stream::Gzip(GzipStream::new(self.gzip_level, size)),
+                });
             }
         }
         Ok(())
     }
 
     fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CompressState) -> Result<(), Cut> {
-        let Some(enc) = st.brotli.as_mut() else { return Ok(()) };
+        let Some(enc) = st.stream.as_mut() else { return Ok(()) };
         let data = body.as_deref().unwrap_or_default();
         match enc.encode(data, eos) {
             Ok(out) => *body = (!out.is_empty()).then(|| Bytes::from(out)),
             // nothing can be sent that the client could decode from here on
-            Err(_) => return Err(Cut { code: "compression_failed", why: "the brotli encoder failed" }),
+            Err(why) => return Err(Cut { code: "compression_failed", why }),
         }
         if eos {
-            st.sizes = Some((enc.bytes_in, enc.bytes_out));
-            st.brotli = None;
+            st.sizes = Some(enc.sizes());
+            st.stream = None;
         }
         Ok(())
     }
@@ -348,6 +469,51 @@ mod tests {
         let mut decoded = Vec::new();
         std::io::Read::read_to_end(&mut brotli::Decompressor::new(out.as_slice(), 4096), &mut decoded).unwrap();
         assert_eq!(decoded, body);
+    }
+
+    fn gunzip(data: &[u8]) -> Vec<u8> {
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut decoded).unwrap();
+        decoded
+    }
+
+    #[test]
+    fn gzip_streams_decode_and_reuse_their_state() {
+        let pattern = b"{\"id\": 1, \"name\": \"item\"}, ";
+        let body: Vec<u8> = (0..50_000).map(|i| pattern[i % pattern.len()]).collect();
+        for round in 0..3 {
+            // unknown length: every chunk flushed, so a streamed part reaches the client
+            let mut enc = GzipStream::new(2, None);
+            let mut out = Vec::new();
+            for (i, chunk) in body.chunks(7000).enumerate() {
+                let part = enc.encode(chunk, false).unwrap();
+                assert!(!part.is_empty(), "round {round}: chunk {i} was flushed");
+                out.extend(part);
+            }
+            out.extend(enc.encode(&[], true).unwrap());
+            assert_eq!(gunzip(&out), body, "round {round}");
+            assert_eq!((enc.bytes_in, enc.bytes_out), (body.len(), out.len()));
+            // known length: one stream, finished at the end
+            let mut enc = GzipStream::new(2, Some(body.len() as u64));
+            let mut out = enc.encode(&body[..20_000], false).unwrap();
+            out.extend(enc.encode(&body[20_000..], true).unwrap());
+            assert_eq!(gunzip(&out), body);
+            assert!(out.len() < body.len() / 20);
+        }
+        // one after another, the streams shared one state; two at once take two
+        let kept = || GZIP_STATES.with(|p| p.borrow().iter().filter(|(l, _)| *l == 2).count());
+        assert_eq!(kept(), 1);
+        let (mut a, mut b) = (GzipStream::new(2, None), GzipStream::new(2, None));
+        assert_eq!(kept(), 0);
+        assert_eq!(gunzip(&a.encode(&body, true).unwrap()), body);
+        assert_eq!(gunzip(&b.encode(&body, true).unwrap()), body);
+        assert_eq!(kept(), 2);
+        // a stream cut short (client gone) resets its state for the next response
+        let mut cut = GzipStream::new(2, None);
+        cut.encode(&body[..1000], false).unwrap();
+        drop(cut);
+        let mut enc = GzipStream::new(2, None);
+        assert_eq!(gunzip(&enc.encode(&body, true).unwrap()), body);
     }
 
     #[test]
