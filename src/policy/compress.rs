@@ -1,9 +1,9 @@
 //! Response compression policy: which algorithm a client gets (by `Accept-Encoding` q-values,
 //! ties broken by the route's order), and which responses are worth compressing (content type,
-//! size, not already encoded). zstd is pingora's streaming module; brotli is encoded here,
-//! because pingora 0.9.1's brotli stream is never finished (cloudflare/pingora#1013) and strict
-//! decoders reject such a body; gzip here too, on deflate states kept per thread (pingora's
-//! module allocates and zeroes a new one per response).
+//! size, not already encoded). Every encoding is done here, not by pingora's compression
+//! module: gzip and zstd on states kept per thread (the module allocates and initializes a new
+//! one per response), brotli because pingora 0.9.1's brotli stream is never finished
+//! (cloudflare/pingora#1013) and strict decoders reject such a body.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -189,7 +189,7 @@ impl BrotliStream {
 /// Deflate states kept per thread for the next gzip response. A zlib-ng state is about 270 KiB,
 /// and a new one is allocated and its chain table zeroed (64 KiB) per response; a kept one is
 /// only reset (its hash table zeroed). Bounded: past this many idle states, one is dropped.
-const GZIP_POOL: usize = 8;
+const COMPRESS_POOL: usize = 8;
 
 thread_local! {
     static GZIP_STATES: std::cell::RefCell<Vec<(u32, Box<flate2::Compress>)>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -209,7 +209,7 @@ fn return_gzip_state(level: u32, mut c: Box<flate2::Compress>) {
     c.reset();
     GZIP_STATES.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() < GZIP_POOL {
+        if p.len() < COMPRESS_POOL {
             p.push((level, c));
         }
     });
@@ -276,11 +276,104 @@ impl Drop for GzipStream {
     }
 }
 
+// zstd contexts kept per thread, as the deflate states above: pingora's module creates a
+// context per response and sizes its tables anew.
+thread_local! {
+    static ZSTD_STATES: std::cell::RefCell<Vec<(u32, zstd::zstd_safe::CCtx<'static>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_zstd_state(level: u32) -> Option<zstd::zstd_safe::CCtx<'static>> {
+    let kept = ZSTD_STATES.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(l, _)| *l == level)?;
+        Some(p.swap_remove(i).1)
+    });
+    if kept.is_some() {
+        return kept;
+    }
+    let mut c = zstd::zstd_safe::CCtx::try_create()?;
+    c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32)).ok()?;
+    Some(c)
+}
+
+fn return_zstd_state(level: u32, mut c: zstd::zstd_safe::CCtx<'static>) {
+    // a frame cut short is dropped; the parameters (the level) stay
+    if c.reset(zstd::zstd_safe::ResetDirective::SessionOnly).is_err() {
+        return;
+    }
+    ZSTD_STATES.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < COMPRESS_POOL {
+            p.push((level, c));
+        }
+    });
+}
+
+/// A zstd frame over one response body, flushed as `GzipStream` flushes.
+struct ZstdStream {
+    /// `None` once the frame is finished (the context is back in the pool).
+    c: Option<zstd::zstd_safe::CCtx<'static>>,
+    level: u32,
+    flush_chunks: bool,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+impl ZstdStream {
+    fn new(level: u32, size: Option<u64>) -> Option<Self> {
+        Some(ZstdStream { c: Some(take_zstd_state(level)?), level, flush_chunks: size.is_none(), bytes_in: 0, bytes_out: 0 })
+    }
+
+    fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, usize> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
+        let Some(c) = self.c.as_mut() else { return Ok(Vec::new()) };
+        self.bytes_in += data.len();
+        let op = match (end, self.flush_chunks) {
+            (true, _) => ZSTD_EndDirective::ZSTD_e_end,
+            (false, true) => ZSTD_EndDirective::ZSTD_e_flush,
+            (false, false) => ZSTD_EndDirective::ZSTD_e_continue,
+        };
+        let mut out: Vec<u8> = Vec::with_capacity(data.len() / 4 + 64);
+        let mut input = zstd::zstd_safe::InBuffer::around(data);
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity().max(256));
+            }
+            let pos = out.len();
+            let mut ob = zstd::zstd_safe::OutBuffer::around_pos(&mut out, pos);
+            // for a flush or the end: what is left to write out; 0 when done
+            let left = c.compress_stream2(&mut ob, &mut input, op)?;
+            let all_in = input.pos() == data.len();
+            let done = match op {
+                ZSTD_EndDirective::ZSTD_e_continue => all_in,
+                _ => all_in && left == 0,
+            };
+            if done {
+                break;
+            }
+        }
+        if end && let Some(c) = self.c.take() {
+            return_zstd_state(self.level, c);
+        }
+        self.bytes_out += out.len();
+        Ok(out)
+    }
+}
+
+impl Drop for ZstdStream {
+    fn drop(&mut self) {
+        if let Some(c) = self.c.take() {
+            return_zstd_state(self.level, c);
+        }
+    }
+}
+
 /// The gateway's own encoder of one response body.
 enum Stream {
     /// Boxed: a brotli encoder is about 5.6 KiB.
     Brotli(Box<BrotliStream>),
     Gzip(GzipStream),
+    Zstd(ZstdStream),
 }
 
 impl Stream {
@@ -288,6 +381,7 @@ impl Stream {
         match self {
             Stream::Brotli(b) => b.encode(data, end).map_err(|_| "the brotli encoder failed"),
             Stream::Gzip(g) => g.encode(data, end).map_err(|_| "the gzip encoder failed"),
+            Stream::Zstd(z) => z.encode(data, end).map_err(|_| "the zstd encoder failed"),
         }
     }
 
@@ -295,6 +389,7 @@ impl Stream {
         match self {
             Stream::Brotli(b) => (b.bytes_in, b.bytes_out),
             Stream::Gzip(g) => (g.bytes_in, g.bytes_out),
+            Stream::Zstd(z) => (z.bytes_in, z.bytes_out),
         }
     }
 }
@@ -346,16 +441,10 @@ fn mark_encoded(resp: &mut ResponseHeader, coding: &'static str) -> Result<(), G
 impl Policy for CompressPolicy {
     type State = CompressState;
 
-    /// Chosen before pingora's modules see the request: the engine's compression module
-    /// must be switched on before its own request hook runs.
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, _d: &mut Directives) -> Flow {
         if let Some(alg) = self.choose(x.req.headers.get(ACCEPT_ENCODING)) {
             st.chosen = Some(alg);
             st.head = x.req.method == http::Method::HEAD;
-            // brotli and gzip are ours (on_response, on_response_body); zstd is pingora's module
-            if alg == Algorithm::Zstd {
-                d.compress = Some((alg, self.level(alg)));
-            }
         }
         Flow::Continue
     }
@@ -371,23 +460,28 @@ impl Policy for CompressPolicy {
         _x: &Exchange<'_>,
         resp: &mut ResponseHeader,
         st: &mut CompressState,
-        d: &mut Directives,
+        _d: &mut Directives,
     ) -> Result<(), GatewayError> {
-        if st.chosen.is_some() && !self.eligible(resp) {
+        let Some(alg) = st.chosen.filter(|_| self.eligible(resp)) else {
             st.chosen = None;
-            d.compress_off = true;
-        }
-        if let Some(alg @ (Algorithm::Brotli | Algorithm::Gzip)) = st.chosen {
-            let size = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            mark_encoded(resp, token(alg))?;
-            if !st.head {
-                st.stream = Some(match alg {
-                    Algorithm::Brotli => Stream::Brotli(Box::new(BrotliStream::new(self.brotli_level, size))),
-                    _ => Stream::Gzip(GzipStream::new(self.gzip_level, size)),
-                });
+            return Ok(());
+        };
+        let size = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if !st.head {
+            let stream = match alg {
+                Algorithm::Brotli => Some(Stream::Brotli(Box::new(BrotliStream::new(self.brotli_level, size)))),
+                Algorithm::Gzip => Some(Stream::Gzip(GzipStream::new(self.gzip_level, size))),
+                // no context (out of memory): this response goes out as it is
+                Algorithm::Zstd => ZstdStream::new(self.zstd_level, size).map(Stream::Zstd),
+                _ => None,
+            };
+            if stream.is_none() {
+                st.chosen = None;
+                return Ok(());
             }
+            st.stream = stream;
         }
-        Ok(())
+        mark_encoded(resp, token(alg))
     }
 
     fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CompressState) -> Result<(), Cut> {
@@ -514,6 +608,37 @@ mod tests {
         drop(cut);
         let mut enc = GzipStream::new(2, None);
         assert_eq!(gunzip(&enc.encode(&body, true).unwrap()), body);
+    }
+
+    #[test]
+    fn zstd_frames_decode_and_reuse_their_context() {
+        let pattern = b"{\"id\": 1, \"name\": \"item\"}, ";
+        let body: Vec<u8> = (0..50_000).map(|i| pattern[i % pattern.len()]).collect();
+        let kept = || ZSTD_STATES.with(|p| p.borrow().iter().filter(|(l, _)| *l == 3).count());
+        for round in 0..3 {
+            let mut enc = ZstdStream::new(3, None).unwrap();
+            let mut out = Vec::new();
+            for (i, chunk) in body.chunks(7000).enumerate() {
+                let part = enc.encode(chunk, false).unwrap();
+                assert!(!part.is_empty(), "round {round}: chunk {i} was flushed");
+                out.extend(part);
+            }
+            out.extend(enc.encode(&[], true).unwrap());
+            assert_eq!(zstd::decode_all(out.as_slice()).unwrap(), body, "round {round}");
+            assert_eq!((enc.bytes_in, enc.bytes_out), (body.len(), out.len()));
+            let mut enc = ZstdStream::new(3, Some(body.len() as u64)).unwrap();
+            let mut out = enc.encode(&body[..20_000], false).unwrap();
+            out.extend(enc.encode(&body[20_000..], true).unwrap());
+            assert_eq!(zstd::decode_all(out.as_slice()).unwrap(), body);
+            assert!(out.len() < body.len() / 20);
+        }
+        assert_eq!(kept(), 1, "one after another, the frames shared one context");
+        // a frame cut short leaves a context that starts the next frame clean
+        let mut cut = ZstdStream::new(3, None).unwrap();
+        cut.encode(&body[..1000], false).unwrap();
+        drop(cut);
+        let mut enc = ZstdStream::new(3, None).unwrap();
+        assert_eq!(zstd::decode_all(enc.encode(&body, true).unwrap().as_slice()).unwrap(), body);
     }
 
     #[test]

@@ -36,7 +36,6 @@ use bytes::Bytes;
 use pingora::cache::CacheMeta;
 use pingora::cache::CachePhase;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::compression::Algorithm;
 use pingora::upstreams::peer::PeerOptions;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -99,10 +98,6 @@ pub enum Flow {
 pub struct Directives {
     /// Do not offer the client connection for another request.
     pub close: bool,
-    /// Switch pingora's response compression on with this algorithm and level.
-    pub compress: Option<(Algorithm, u32)>,
-    /// Switch response compression off again (the response is not eligible).
-    pub compress_off: bool,
 }
 
 /// A response body that went wrong after its header was sent: the connection is cut.

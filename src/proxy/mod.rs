@@ -7,8 +7,7 @@
 //! The phases below are in the order pingora calls them for a proxied request:
 //! 1. `new_ctx`: config snapshot, in-flight count;
 //! 2. `early_request_filter`: request id, trace, `[server]` limits, path normalization,
-//!    routing, then every route policy's `on_request` -> a `Decision`. It runs before
-//!    pingora's modules, so the compression the policies chose can still be switched on;
+//!    routing, then every route policy's `on_request` -> a `Decision`;
 //! 3. `request_filter`: answers a refused or unrouted request from the decision, and a
 //!    fresh cache hit on its fast path (`CacheRoute::fresh_hit`), before pingora's cache runs;
 //! 4. `request_cache_filter`, `cache_key_callback`: cache on for routes that cache;
@@ -19,7 +18,7 @@
 //! 9. `upstream_response_filter`: hop-by-hop fields removed before the cache stores the header;
 //! 10. `response_cache_filter`, `cache_vary_filter`, `should_serve_stale`;
 //! 11. `response_filter`: `decorate` and `on_response` on the header the client gets;
-//! 12. `response_body_filter`: `on_response_body` (response cap, total deadline);
+//! 12. `response_body_filter`: `on_response_body` (compression, response cap, total deadline);
 //! 13. `fail_to_proxy` on any error; `logging` last, always: `on_done`, then telemetry.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -37,11 +36,9 @@ use crate::telemetry::outcome::{self, Finished, Sinks};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::{Core, Ctx, Decision};
-use http::header::ACCEPT_ENCODING;
 use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
@@ -83,20 +80,6 @@ fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a> {
 fn apply(session: &mut Session, d: Directives) -> Result<()> {
     if d.close {
         session.set_keepalive(None);
-    }
-    if let Some((alg, level)) = d.compress
-        && let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>()
-    {
-        c.adjust_algorithm_level(alg, level);
-        // pingora's module takes the first listed encoding: list only the one chosen.
-        session
-            .req_header_mut()
-            .insert_header(ACCEPT_ENCODING, crate::policy::compress::token(alg))?;
-    }
-    if d.compress_off
-        && let Some(c) = session.downstream_modules_ctx.get_mut::<ResponseCompression>()
-    {
-        c.adjust_level(0);
     }
     Ok(())
 }
@@ -208,6 +191,10 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx::new(self.app.runtime(), self.app.track())
     }
+
+    /// No engine modules: pingora adds its compression module, switched off, to every request
+    /// by default; fastgate compresses in its own policy.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let rt = &*ctx.core.runtime;
@@ -631,11 +618,6 @@ impl ProxyHttp for Gateway {
         }
         if let Some(route) = ctx.decision.route() {
             route.policies.on_done(&ctx.record.states, &mut ctx.record.outcome);
-        }
-        if let Some((_, bytes_in, bytes_out, _)) =
-            session.downstream_modules_ctx.get::<ResponseCompression>().and_then(|c| c.get_info())
-        {
-            ctx.record.outcome.compressed = Some((bytes_in, bytes_out));
         }
         let req = session.req_header();
         let access_log = ctx.core.runtime.limits.access_log;
