@@ -186,33 +186,51 @@ impl BrotliStream {
     }
 }
 
-/// Deflate states kept per thread for the next gzip response. A zlib-ng state is about 270 KiB,
-/// and a new one is allocated and its chain table zeroed (64 KiB) per response; a kept one is
-/// only reset (its hash table zeroed). Bounded: past this many idle states, one is dropped.
-const COMPRESS_POOL: usize = 8;
+/// Compressor states kept per thread, by level, for the next response: pingora's module
+/// allocates and initializes one per response (a zlib-ng state is about 270 KiB with a 64 KiB
+/// table zeroed at birth; a zstd context sizes its tables anew). A kept one is only reset.
+/// The pool fills only with responses compressed at the same time on one thread (a body that
+/// arrives whole takes a state and gives it back within one poll), and is bounded in bytes:
+/// a zstd context is 1.3 MiB at level 1, 3.5 MiB at level 3 and 90 MiB at level 19 (measured
+/// with `ZSTD_sizeof_CCtx`); one over the budget is freed after its response, as before.
+const KEEP_BYTES: usize = 8 << 20;
+/// `flate2` does not say a state's size: zlib-ng's with the 32 KiB window.
+const GZIP_STATE_BYTES: usize = 270 << 10;
+
+/// Idle states of one kind: (level, bytes, state).
+type Kept<T> = std::cell::RefCell<Vec<(u32, usize, T)>>;
 
 thread_local! {
-    static GZIP_STATES: std::cell::RefCell<Vec<(u32, Box<flate2::Compress>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static GZIP_STATES: Kept<Box<flate2::Compress>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ZSTD_STATES: Kept<zstd::zstd_safe::CCtx<'static>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_kept<T: 'static>(pool: &'static std::thread::LocalKey<Kept<T>>, level: u32) -> Option<T> {
+    pool.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(l, _, _)| *l == level)?;
+        Some(p.swap_remove(i).2)
+    })
+}
+
+/// Keeps `state` (reset already) unless the kind's idle states would pass `KEEP_BYTES`.
+fn give_back<T: 'static>(pool: &'static std::thread::LocalKey<Kept<T>>, level: u32, bytes: usize, state: T) {
+    pool.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.iter().map(|(_, b, _)| b).sum::<usize>() + bytes <= KEEP_BYTES {
+            p.push((level, bytes, state));
+        }
+    });
 }
 
 fn take_gzip_state(level: u32) -> Box<flate2::Compress> {
-    let kept = GZIP_STATES.with(|p| {
-        let mut p = p.borrow_mut();
-        let i = p.iter().position(|(l, _)| *l == level)?;
-        Some(p.swap_remove(i).1)
-    });
     // 15: the format's 32 KiB window, as pingora's and nginx's gzip
-    kept.unwrap_or_else(|| Box::new(flate2::Compress::new_gzip(flate2::Compression::new(level), 15)))
+    take_kept(&GZIP_STATES, level).unwrap_or_else(|| Box::new(flate2::Compress::new_gzip(flate2::Compression::new(level), 15)))
 }
 
 fn return_gzip_state(level: u32, mut c: Box<flate2::Compress>) {
     c.reset();
-    GZIP_STATES.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < COMPRESS_POOL {
-            p.push((level, c));
-        }
-    });
+    give_back(&GZIP_STATES, level, GZIP_STATE_BYTES, c);
 }
 
 /// A gzip stream over one response body (zlib-ng through flate2, as pingora's module, but on
@@ -276,20 +294,9 @@ impl Drop for GzipStream {
     }
 }
 
-// zstd contexts kept per thread, as the deflate states above: pingora's module creates a
-// context per response and sizes its tables anew.
-thread_local! {
-    static ZSTD_STATES: std::cell::RefCell<Vec<(u32, zstd::zstd_safe::CCtx<'static>)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 fn take_zstd_state(level: u32) -> Option<zstd::zstd_safe::CCtx<'static>> {
-    let kept = ZSTD_STATES.with(|p| {
-        let mut p = p.borrow_mut();
-        let i = p.iter().position(|(l, _)| *l == level)?;
-        Some(p.swap_remove(i).1)
-    });
-    if kept.is_some() {
-        return kept;
+    if let Some(c) = take_kept(&ZSTD_STATES, level) {
+        return Some(c);
     }
     let mut c = zstd::zstd_safe::CCtx::try_create()?;
     c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32)).ok()?;
@@ -298,15 +305,10 @@ fn take_zstd_state(level: u32) -> Option<zstd::zstd_safe::CCtx<'static>> {
 
 fn return_zstd_state(level: u32, mut c: zstd::zstd_safe::CCtx<'static>) {
     // a frame cut short is dropped; the parameters (the level) stay
-    if c.reset(zstd::zstd_safe::ResetDirective::SessionOnly).is_err() {
-        return;
+    if c.reset(zstd::zstd_safe::ResetDirective::SessionOnly).is_ok() {
+        let bytes = c.sizeof();
+        give_back(&ZSTD_STATES, level, bytes, c);
     }
-    ZSTD_STATES.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < COMPRESS_POOL {
-            p.push((level, c));
-        }
-    });
 }
 
 /// A zstd frame over one response body, flushed as `GzipStream` flushes.
@@ -595,7 +597,7 @@ mod tests {
             assert!(out.len() < body.len() / 20);
         }
         // one after another, the streams shared one state; two at once take two
-        let kept = || GZIP_STATES.with(|p| p.borrow().iter().filter(|(l, _)| *l == 2).count());
+        let kept = || GZIP_STATES.with(|p| p.borrow().iter().filter(|(l, _, _)| *l == 2).count());
         assert_eq!(kept(), 1);
         let (mut a, mut b) = (GzipStream::new(2, None), GzipStream::new(2, None));
         assert_eq!(kept(), 0);
@@ -614,7 +616,7 @@ mod tests {
     fn zstd_frames_decode_and_reuse_their_context() {
         let pattern = b"{\"id\": 1, \"name\": \"item\"}, ";
         let body: Vec<u8> = (0..50_000).map(|i| pattern[i % pattern.len()]).collect();
-        let kept = || ZSTD_STATES.with(|p| p.borrow().iter().filter(|(l, _)| *l == 3).count());
+        let kept = || ZSTD_STATES.with(|p| p.borrow().iter().filter(|(l, _, _)| *l == 3).count());
         for round in 0..3 {
             let mut enc = ZstdStream::new(3, None).unwrap();
             let mut out = Vec::new();
@@ -633,6 +635,12 @@ mod tests {
             assert!(out.len() < body.len() / 20);
         }
         assert_eq!(kept(), 1, "one after another, the frames shared one context");
+        // a context over the budget (level 19: about 90 MiB) is freed after its frame
+        let mut big = ZstdStream::new(19, None).unwrap();
+        let mut out = big.encode(&body, false).unwrap();
+        out.extend(big.encode(&[], true).unwrap());
+        assert_eq!(zstd::decode_all(out.as_slice()).unwrap(), body);
+        assert_eq!(ZSTD_STATES.with(|p| p.borrow().iter().filter(|(l, _, _)| *l == 19).count()), 0);
         // a frame cut short leaves a context that starts the next frame clean
         let mut cut = ZstdStream::new(3, None).unwrap();
         cut.encode(&body[..1000], false).unwrap();
