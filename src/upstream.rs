@@ -160,15 +160,11 @@ impl Upstream {
     fn health_check(&self, hc: &HealthCheckSpec) -> Result<HttpCheck, UpstreamError> {
         let host = self.sni().unwrap_or("localhost").to_string();
         let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
-        req.insert_header("Host", host.as_str())
+        req.insert_header("Host", host)
             .and_then(|_| req.insert_header("User-Agent", "fastgate-health-check"))
             .map_err(|e| UpstreamError::HealthRequest(e.to_string()))?;
-        let sni = if self.tls.is_some() { host } else { String::new() };
-        let mut peer = HttpPeer::new("0.0.0.0:1", self.tls.is_some(), sni);
-        self.tls_options(&mut peer.options);
-        if let Some(client) = self.tls.as_ref().and_then(|t| t.client.clone()) {
-            peer.client_cert_key = Some(client);
-        }
+        // the request path's peer (trust, client certificate, SNI); each check sets the address
+        let mut peer = self.peer(SocketAddr::from(([0, 0, 0, 0], 0)));
         peer.options.connection_timeout = Some(hc.timeout);
         peer.options.read_timeout = Some(hc.timeout);
         peer.options.write_timeout = Some(hc.timeout);

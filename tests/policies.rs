@@ -421,6 +421,59 @@ fn compressed_responses_are_chunked_and_keep_the_connection() {
     }
 }
 
+/// A streamed body (no length) is compressed chunk by chunk: what the client has received is
+/// decodable up to the last row the backend sent, long before the backend's last row.
+#[tokio::test]
+async fn streamed_bodies_are_compressed_chunk_by_chunk() {
+    use std::io::Write;
+    let backend = Backend::start();
+    let routes = route("export", "{ path = \"/api/export\" }", "compress = { types = [\"application/x-ndjson\"], min_size = 100 }");
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    for coding in ["gzip", "br", "zstd"] {
+        let started = Instant::now();
+        let mut r = c.get(gw.url("/api/export?rows=4&delay=0.5")).header("Accept-Encoding", coding).send().await.unwrap();
+        assert_eq!(r.headers()["content-encoding"], coding);
+        // the first row is sent at once, the next after 0.5 s: decode what arrived before then
+        let mut early = Vec::new();
+        while started.elapsed() < Duration::from_millis(400) {
+            match tokio::time::timeout(Duration::from_millis(100), r.chunk()).await {
+                Ok(Ok(Some(b))) => early.extend_from_slice(&b),
+                Ok(_) => break,
+                Err(_) => {}
+            }
+        }
+        let decoded = match coding {
+            "gzip" => {
+                let mut d = flate2::write::GzDecoder::new(Vec::new());
+                d.write_all(&early).unwrap();
+                d.flush().unwrap();
+                d.get_ref().clone()
+            }
+            "br" => {
+                let mut d = brotli::DecompressorWriter::new(Vec::new(), 4096);
+                d.write_all(&early).unwrap();
+                d.flush().unwrap();
+                d.get_ref().clone()
+            }
+            _ => {
+                let mut d = zstd::stream::write::Decoder::new(Vec::new()).unwrap();
+                d.write_all(&early).unwrap();
+                d.flush().unwrap();
+                d.get_ref().clone()
+            }
+        };
+        let text = String::from_utf8_lossy(&decoded);
+        assert!(text.starts_with('{') && text.contains('\n'), "{coding}: the first row within 0.4 s, got {text:?} from {} bytes", early.len());
+        let mut rest = early;
+        while let Some(b) = r.chunk().await.unwrap() {
+            rest.extend_from_slice(&b);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1400), "the backend streamed for 1.5 s");
+        assert_eq!(String::from_utf8(decode(coding, &rest)).unwrap().lines().count(), 4, "{coding}");
+    }
+}
+
 #[tokio::test]
 async fn compression_skips_encoded_small_and_binary_and_weakens_etags() {
     let backend = Backend::start();

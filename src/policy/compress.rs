@@ -194,179 +194,185 @@ impl BrotliStream {
 /// a zstd context is 1.3 MiB at level 1, 3.5 MiB at level 3 and 90 MiB at level 19 (measured
 /// with `ZSTD_sizeof_CCtx`); one over the budget is freed after its response, as before.
 const KEEP_BYTES: usize = 8 << 20;
-/// `flate2` does not say a state's size: zlib-ng's with the 32 KiB window.
-const GZIP_STATE_BYTES: usize = 270 << 10;
 
 /// Idle states of one kind: (level, bytes, state).
 type Kept<T> = std::cell::RefCell<Vec<(u32, usize, T)>>;
 
 thread_local! {
-    static GZIP_STATES: Kept<Box<flate2::Compress>> = const { std::cell::RefCell::new(Vec::new()) };
-    static ZSTD_STATES: Kept<zstd::zstd_safe::CCtx<'static>> = const { std::cell::RefCell::new(Vec::new()) };
+    static GZIP_STATES: Kept<Gzip> = const { std::cell::RefCell::new(Vec::new()) };
+    static ZSTD_STATES: Kept<Zstd> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn take_kept<T: 'static>(pool: &'static std::thread::LocalKey<Kept<T>>, level: u32) -> Option<T> {
-    pool.with(|p| {
-        let mut p = p.borrow_mut();
-        let i = p.iter().position(|(l, _, _)| *l == level)?;
-        Some(p.swap_remove(i).2)
-    })
+/// How much of its input a compressor step must push out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Nothing: the compressor may hold input back (a body of known length, until its end).
+    No,
+    /// All of it, the stream kept open (each chunk of a streamed body).
+    Chunk,
+    /// All of it, and the stream's end.
+    End,
 }
 
-/// Keeps `state` (reset already) unless the kind's idle states would pass `KEEP_BYTES`.
-fn give_back<T: 'static>(pool: &'static std::thread::LocalKey<Kept<T>>, level: u32, bytes: usize, state: T) {
-    pool.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.iter().map(|(_, b, _)| b).sum::<usize>() + bytes <= KEEP_BYTES {
-            p.push((level, bytes, state));
-        }
-    });
+/// A compressor whose state can be kept between responses.
+trait Codec: Sized + 'static {
+    const NAME: &'static str;
+    fn pool() -> &'static std::thread::LocalKey<Kept<Self>>;
+    fn create(level: u32) -> Option<Self>;
+    /// Back to the start of a stream, ready for the next response; its size in bytes, `None`
+    /// when it cannot be reused.
+    fn reset(&mut self) -> Option<usize>;
+    /// Compresses `data`, appending to `out` (grown as needed).
+    fn step(&mut self, data: &[u8], out: &mut Vec<u8>, flush: Flush) -> Result<(), ()>;
 }
 
-fn take_gzip_state(level: u32) -> Box<flate2::Compress> {
-    // 15: the format's 32 KiB window, as pingora's and nginx's gzip
-    take_kept(&GZIP_STATES, level).unwrap_or_else(|| Box::new(flate2::Compress::new_gzip(flate2::Compression::new(level), 15)))
-}
+/// zlib-ng's deflate state, in a gzip wrapper.
+struct Gzip(Box<flate2::Compress>);
 
-fn return_gzip_state(level: u32, mut c: Box<flate2::Compress>) {
-    c.reset();
-    give_back(&GZIP_STATES, level, GZIP_STATE_BYTES, c);
-}
+impl Codec for Gzip {
+    const NAME: &'static str = "the gzip encoder failed";
 
-/// A gzip stream over one response body (zlib-ng through flate2, as pingora's module, but on
-/// a kept state). A body of unknown length (streamed) is flushed chunk by chunk, so a client
-/// sees each part as the backend sends it; a body of known length is flushed only at its end.
-struct GzipStream {
-    /// `None` once the stream is finished (the state is back in the pool).
-    c: Option<Box<flate2::Compress>>,
-    level: u32,
-    flush_chunks: bool,
-    bytes_in: usize,
-    bytes_out: usize,
-}
-
-impl GzipStream {
-    fn new(level: u32, size: Option<u64>) -> Self {
-        GzipStream { c: Some(take_gzip_state(level)), level, flush_chunks: size.is_none(), bytes_in: 0, bytes_out: 0 }
+    fn pool() -> &'static std::thread::LocalKey<Kept<Self>> {
+        &GZIP_STATES
     }
 
-    fn encode(&mut self, mut data: &[u8], end: bool) -> Result<Vec<u8>, flate2::CompressError> {
+    fn create(level: u32) -> Option<Self> {
+        // 15: the format's 32 KiB window, as pingora's and nginx's gzip
+        Some(Gzip(Box::new(flate2::Compress::new_gzip(flate2::Compression::new(level), 15))))
+    }
+
+    fn reset(&mut self) -> Option<usize> {
+        self.0.reset();
+        // flate2 does not say: zlib-ng's state with the 32 KiB window
+        Some(270 << 10)
+    }
+
+    fn step(&mut self, mut data: &[u8], out: &mut Vec<u8>, flush: Flush) -> Result<(), ()> {
         use flate2::{FlushCompress, Status};
-        let Some(c) = self.c.as_mut() else { return Ok(Vec::new()) };
-        self.bytes_in += data.len();
-        let flush = match (end, self.flush_chunks) {
-            (true, _) => FlushCompress::Finish,
-            (false, true) => FlushCompress::Sync,
-            (false, false) => FlushCompress::None,
+        let mode = match flush {
+            Flush::No => FlushCompress::None,
+            Flush::Chunk => FlushCompress::Sync,
+            Flush::End => FlushCompress::Finish,
         };
-        // JSON compresses about 10x: a quarter of the input is room enough for one pass
-        let mut out = Vec::with_capacity(data.len() / 4 + 64);
         loop {
-            let before = c.total_in();
-            let status = c.compress_vec(data, &mut out, flush)?;
-            data = &data[(c.total_in() - before) as usize..];
+            let before = self.0.total_in();
+            let status = self.0.compress_vec(data, out, mode).map_err(|_| ())?;
+            data = &data[(self.0.total_in() - before) as usize..];
             let room_left = out.len() < out.capacity();
             match status {
-                Status::StreamEnd => break,
+                Status::StreamEnd => return Ok(()),
                 // all input taken and, for a flush, all output written
-                _ if data.is_empty() && room_left && flush != FlushCompress::Finish => break,
-                _ => {
-                    if !room_left {
-                        out.reserve(out.capacity().max(256));
-                    }
-                }
+                _ if data.is_empty() && room_left && flush != Flush::End => return Ok(()),
+                _ if !room_left => out.reserve(out.capacity().max(256)),
+                _ => {}
             }
         }
-        if end && let Some(c) = self.c.take() {
-            return_gzip_state(self.level, c);
-        }
-        self.bytes_out += out.len();
-        Ok(out)
     }
 }
 
-impl Drop for GzipStream {
-    /// A response cut short still gives its state back.
-    fn drop(&mut self) {
-        if let Some(c) = self.c.take() {
-            return_gzip_state(self.level, c);
-        }
-    }
-}
+/// A zstd compression context.
+struct Zstd(zstd::zstd_safe::CCtx<'static>);
 
-fn take_zstd_state(level: u32) -> Option<zstd::zstd_safe::CCtx<'static>> {
-    if let Some(c) = take_kept(&ZSTD_STATES, level) {
-        return Some(c);
-    }
-    let mut c = zstd::zstd_safe::CCtx::try_create()?;
-    c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32)).ok()?;
-    Some(c)
-}
+impl Codec for Zstd {
+    const NAME: &'static str = "the zstd encoder failed";
 
-fn return_zstd_state(level: u32, mut c: zstd::zstd_safe::CCtx<'static>) {
-    // a frame cut short is dropped; the parameters (the level) stay
-    if c.reset(zstd::zstd_safe::ResetDirective::SessionOnly).is_ok() {
-        let bytes = c.sizeof();
-        give_back(&ZSTD_STATES, level, bytes, c);
-    }
-}
-
-/// A zstd frame over one response body, flushed as `GzipStream` flushes.
-struct ZstdStream {
-    /// `None` once the frame is finished (the context is back in the pool).
-    c: Option<zstd::zstd_safe::CCtx<'static>>,
-    level: u32,
-    flush_chunks: bool,
-    bytes_in: usize,
-    bytes_out: usize,
-}
-
-impl ZstdStream {
-    fn new(level: u32, size: Option<u64>) -> Option<Self> {
-        Some(ZstdStream { c: Some(take_zstd_state(level)?), level, flush_chunks: size.is_none(), bytes_in: 0, bytes_out: 0 })
+    fn pool() -> &'static std::thread::LocalKey<Kept<Self>> {
+        &ZSTD_STATES
     }
 
-    fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, usize> {
+    fn create(level: u32) -> Option<Self> {
+        let mut c = zstd::zstd_safe::CCtx::try_create()?;
+        c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level as i32)).ok()?;
+        Some(Zstd(c))
+    }
+
+    fn reset(&mut self) -> Option<usize> {
+        // a frame cut short is dropped; the parameters (the level) stay
+        self.0.reset(zstd::zstd_safe::ResetDirective::SessionOnly).ok()?;
+        Some(self.0.sizeof())
+    }
+
+    fn step(&mut self, data: &[u8], out: &mut Vec<u8>, flush: Flush) -> Result<(), ()> {
         use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
-        let Some(c) = self.c.as_mut() else { return Ok(Vec::new()) };
-        self.bytes_in += data.len();
-        let op = match (end, self.flush_chunks) {
-            (true, _) => ZSTD_EndDirective::ZSTD_e_end,
-            (false, true) => ZSTD_EndDirective::ZSTD_e_flush,
-            (false, false) => ZSTD_EndDirective::ZSTD_e_continue,
+        let op = match flush {
+            Flush::No => ZSTD_EndDirective::ZSTD_e_continue,
+            Flush::Chunk => ZSTD_EndDirective::ZSTD_e_flush,
+            Flush::End => ZSTD_EndDirective::ZSTD_e_end,
         };
-        let mut out: Vec<u8> = Vec::with_capacity(data.len() / 4 + 64);
         let mut input = zstd::zstd_safe::InBuffer::around(data);
         loop {
             if out.len() == out.capacity() {
                 out.reserve(out.capacity().max(256));
             }
             let pos = out.len();
-            let mut ob = zstd::zstd_safe::OutBuffer::around_pos(&mut out, pos);
+            let mut ob = zstd::zstd_safe::OutBuffer::around_pos(out, pos);
             // for a flush or the end: what is left to write out; 0 when done
-            let left = c.compress_stream2(&mut ob, &mut input, op)?;
-            let all_in = input.pos() == data.len();
-            let done = match op {
-                ZSTD_EndDirective::ZSTD_e_continue => all_in,
-                _ => all_in && left == 0,
-            };
-            if done {
-                break;
+            let left = self.0.compress_stream2(&mut ob, &mut input, op).map_err(|_| ())?;
+            if input.pos() == data.len() && (flush == Flush::No || left == 0) {
+                return Ok(());
             }
         }
-        if end && let Some(c) = self.c.take() {
-            return_zstd_state(self.level, c);
+    }
+}
+
+/// One response body through a kept compressor state. A body of unknown length (streamed) is
+/// flushed chunk by chunk, so a client sees each part as the backend sends it; one of known
+/// length only at its end (zstd then writes one frame that declares its size).
+struct Pooled<C: Codec> {
+    /// `None` once the stream is finished (the state is back in the pool).
+    c: Option<C>,
+    level: u32,
+    flush_chunks: bool,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+impl<C: Codec> Pooled<C> {
+    fn new(level: u32, size: Option<u64>) -> Option<Self> {
+        let kept = C::pool().with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|(l, _, _)| *l == level)?;
+            Some(p.swap_remove(i).2)
+        });
+        let c = kept.or_else(|| C::create(level))?;
+        Some(Pooled { c: Some(c), level, flush_chunks: size.is_none(), bytes_in: 0, bytes_out: 0 })
+    }
+
+    fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, &'static str> {
+        let Some(c) = self.c.as_mut() else { return Ok(Vec::new()) };
+        self.bytes_in += data.len();
+        let flush = match (end, self.flush_chunks) {
+            (true, _) => Flush::End,
+            (false, true) => Flush::Chunk,
+            (false, false) => Flush::No,
+        };
+        // JSON compresses about 10x: a quarter of the input is room enough for one pass
+        let mut out = Vec::with_capacity(data.len() / 4 + 64);
+        c.step(data, &mut out, flush).map_err(|()| C::NAME)?;
+        if end {
+            self.give_back();
         }
         self.bytes_out += out.len();
         Ok(out)
     }
+
+    /// Keeps the state (reset) unless the kind's idle states would pass `KEEP_BYTES`.
+    fn give_back(&mut self) {
+        let Some(mut c) = self.c.take() else { return };
+        let Some(bytes) = c.reset() else { return };
+        C::pool().with(|p| {
+            let mut p = p.borrow_mut();
+            if p.iter().map(|(_, b, _)| b).sum::<usize>() + bytes <= KEEP_BYTES {
+                p.push((self.level, bytes, c));
+            }
+        });
+    }
 }
 
-impl Drop for ZstdStream {
+impl<C: Codec> Drop for Pooled<C> {
+    /// A response cut short still gives its state back.
     fn drop(&mut self) {
-        if let Some(c) = self.c.take() {
-            return_zstd_state(self.level, c);
-        }
+        self.give_back();
     }
 }
 
@@ -374,16 +380,16 @@ impl Drop for ZstdStream {
 enum Stream {
     /// Boxed: a brotli encoder is about 5.6 KiB.
     Brotli(Box<BrotliStream>),
-    Gzip(GzipStream),
-    Zstd(ZstdStream),
+    Gzip(Pooled<Gzip>),
+    Zstd(Pooled<Zstd>),
 }
 
 impl Stream {
     fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, &'static str> {
         match self {
             Stream::Brotli(b) => b.encode(data, end).map_err(|_| "the brotli encoder failed"),
-            Stream::Gzip(g) => g.encode(data, end).map_err(|_| "the gzip encoder failed"),
-            Stream::Zstd(z) => z.encode(data, end).map_err(|_| "the zstd encoder failed"),
+            Stream::Gzip(g) => g.encode(data, end),
+            Stream::Zstd(z) => z.encode(data, end),
         }
     }
 
@@ -472,9 +478,9 @@ impl Policy for CompressPolicy {
         if !st.head {
             let stream = match alg {
                 Algorithm::Brotli => Some(Stream::Brotli(Box::new(BrotliStream::new(self.brotli_level, size)))),
-                Algorithm::Gzip => Some(Stream::Gzip(GzipStream::new(self.gzip_level, size))),
-                // no context (out of memory): this response goes out as it is
-                Algorithm::Zstd => ZstdStream::new(self.zstd_level, size).map(Stream::Zstd),
+                // no state (out of memory): this response goes out as it is
+                Algorithm::Gzip => Pooled::new(self.gzip_level, size).map(Stream::Gzip),
+                Algorithm::Zstd => Pooled::new(self.zstd_level, size).map(Stream::Zstd),
                 _ => None,
             };
             if stream.is_none() {
@@ -579,7 +585,7 @@ mod tests {
         let body: Vec<u8> = (0..50_000).map(|i| pattern[i % pattern.len()]).collect();
         for round in 0..3 {
             // unknown length: every chunk flushed, so a streamed part reaches the client
-            let mut enc = GzipStream::new(2, None);
+            let mut enc = Pooled::<Gzip>::new(2, None).unwrap();
             let mut out = Vec::new();
             for (i, chunk) in body.chunks(7000).enumerate() {
                 let part = enc.encode(chunk, false).unwrap();
@@ -590,7 +596,7 @@ mod tests {
             assert_eq!(gunzip(&out), body, "round {round}");
             assert_eq!((enc.bytes_in, enc.bytes_out), (body.len(), out.len()));
             // known length: one stream, finished at the end
-            let mut enc = GzipStream::new(2, Some(body.len() as u64));
+            let mut enc = Pooled::<Gzip>::new(2, Some(body.len() as u64)).unwrap();
             let mut out = enc.encode(&body[..20_000], false).unwrap();
             out.extend(enc.encode(&body[20_000..], true).unwrap());
             assert_eq!(gunzip(&out), body);
@@ -599,16 +605,16 @@ mod tests {
         // one after another, the streams shared one state; two at once take two
         let kept = || GZIP_STATES.with(|p| p.borrow().iter().filter(|(l, _, _)| *l == 2).count());
         assert_eq!(kept(), 1);
-        let (mut a, mut b) = (GzipStream::new(2, None), GzipStream::new(2, None));
+        let (mut a, mut b) = (Pooled::<Gzip>::new(2, None).unwrap(), Pooled::<Gzip>::new(2, None).unwrap());
         assert_eq!(kept(), 0);
         assert_eq!(gunzip(&a.encode(&body, true).unwrap()), body);
         assert_eq!(gunzip(&b.encode(&body, true).unwrap()), body);
         assert_eq!(kept(), 2);
         // a stream cut short (client gone) resets its state for the next response
-        let mut cut = GzipStream::new(2, None);
+        let mut cut = Pooled::<Gzip>::new(2, None).unwrap();
         cut.encode(&body[..1000], false).unwrap();
         drop(cut);
-        let mut enc = GzipStream::new(2, None);
+        let mut enc = Pooled::<Gzip>::new(2, None).unwrap();
         assert_eq!(gunzip(&enc.encode(&body, true).unwrap()), body);
     }
 
@@ -618,7 +624,7 @@ mod tests {
         let body: Vec<u8> = (0..50_000).map(|i| pattern[i % pattern.len()]).collect();
         let kept = || ZSTD_STATES.with(|p| p.borrow().iter().filter(|(l, _, _)| *l == 3).count());
         for round in 0..3 {
-            let mut enc = ZstdStream::new(3, None).unwrap();
+            let mut enc = Pooled::<Zstd>::new(3, None).unwrap();
             let mut out = Vec::new();
             for (i, chunk) in body.chunks(7000).enumerate() {
                 let part = enc.encode(chunk, false).unwrap();
@@ -628,7 +634,7 @@ mod tests {
             out.extend(enc.encode(&[], true).unwrap());
             assert_eq!(zstd::decode_all(out.as_slice()).unwrap(), body, "round {round}");
             assert_eq!((enc.bytes_in, enc.bytes_out), (body.len(), out.len()));
-            let mut enc = ZstdStream::new(3, Some(body.len() as u64)).unwrap();
+            let mut enc = Pooled::<Zstd>::new(3, Some(body.len() as u64)).unwrap();
             let mut out = enc.encode(&body[..20_000], false).unwrap();
             out.extend(enc.encode(&body[20_000..], true).unwrap());
             assert_eq!(zstd::decode_all(out.as_slice()).unwrap(), body);
@@ -636,16 +642,16 @@ mod tests {
         }
         assert_eq!(kept(), 1, "one after another, the frames shared one context");
         // a context over the budget (level 19: about 90 MiB) is freed after its frame
-        let mut big = ZstdStream::new(19, None).unwrap();
+        let mut big = Pooled::<Zstd>::new(19, None).unwrap();
         let mut out = big.encode(&body, false).unwrap();
         out.extend(big.encode(&[], true).unwrap());
         assert_eq!(zstd::decode_all(out.as_slice()).unwrap(), body);
         assert_eq!(ZSTD_STATES.with(|p| p.borrow().iter().filter(|(l, _, _)| *l == 19).count()), 0);
         // a frame cut short leaves a context that starts the next frame clean
-        let mut cut = ZstdStream::new(3, None).unwrap();
+        let mut cut = Pooled::<Zstd>::new(3, None).unwrap();
         cut.encode(&body[..1000], false).unwrap();
         drop(cut);
-        let mut enc = ZstdStream::new(3, None).unwrap();
+        let mut enc = Pooled::<Zstd>::new(3, None).unwrap();
         assert_eq!(zstd::decode_all(enc.encode(&body, true).unwrap().as_slice()).unwrap(), body);
     }
 
