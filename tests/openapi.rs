@@ -266,6 +266,9 @@ async fn init_on_a_second_app_with_oauth2_page_numbers_and_a_stream() {
     let text = generated(&backend);
     let checked = common::check_config(&text);
     assert!(checked.status.success(), "{}\n{text}", String::from_utf8_lossy(&checked.stdout));
+    // its `/healthz` is left out of the document: no operation says health, so the check is
+    // the path the document was read from
+    assert!(text.contains("health_check = { path = \"/openapi.json\", interval = \"5s\" }"), "{text}");
     // the token endpoint: a tight limit, never cached; its JSON body is bounded by the schema
     let token = block(&text, "/auth/token");
     assert!(token.contains("name = \"auth\"") && !token.contains("cache ="), "{token}");
@@ -312,4 +315,144 @@ async fn init_on_a_second_app_with_oauth2_page_numbers_and_a_stream() {
     let r = c.post(gw.url("/auth/token")).json(&json!({"username": "x", "password": "no"})).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "unauthorized");
+}
+
+/// `init`'s comments with their wrapping undone.
+fn prose(text: &str) -> String {
+    text.replace("\n# ", " ")
+}
+
+/// `init`'s file with a faster health check, so more than `unhealthy_threshold` (2) checks
+/// run within the test.
+fn run_generated_checking_every(text: &str, interval: &str) -> Gateway {
+    assert!(text.contains("interval = \"5s\""), "{text}");
+    run_generated(&text.replace("interval = \"5s\"", &format!("interval = \"{interval}\"")))
+}
+
+fn audit_file(text: &str, doc: &str) -> (bool, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fastgate.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = fastgate_command().args(["check", "-c", path.to_str().unwrap(), "--openapi", doc, "--format", "json"]).output().unwrap();
+    (out.status.success(), serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn has_finding(v: &Value, kind: &str, severity: &str) -> bool {
+    v["findings"].as_array().unwrap().iter().any(|f| f["kind"] == kind && f["severity"] == severity)
+}
+
+/// A bearer token from the prefixed app's login, through the gateway.
+async fn login(gw: &Gateway, user: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(gw.url("/api/v1/login/access-token"))
+        .json(&json!({"username": user, "password": "secret"}))
+        .send()
+        .await
+        .unwrap();
+    format!("Bearer {}", r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap())
+}
+
+/// Requests through `gw` for `rounds` health-check intervals: every one is served, and the
+/// gateway stays ready.
+async fn served_all_along(gw: &Gateway, path: &str, token: &str, rounds: usize) {
+    let c = reqwest::Client::new();
+    for i in 0..rounds {
+        let r = c.get(gw.url(path)).header("authorization", token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}; log:\n{}", common::tail(&gw.log(), 20));
+        assert_eq!(c.get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200, "ready at {i}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn init_checks_an_app_that_serves_its_document_under_a_prefix() {
+    let backend = Backend::start_app_ready("tests/apps/prefixed", "/api/v1/utils/health-check/", &[]);
+    let doc = backend.url("/api/v1/openapi.json");
+    let out = init(&["--from-openapi", &doc]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // rule 1: the app's own health operation, probed before it was written
+    assert!(text.contains("health_check = { path = \"/api/v1/utils/health-check/\", interval = \"5s\" }"), "{text}");
+    assert!(prose(&text).contains("the app's own health endpoint (`health_check`: a GET without parameters or credentials that says health); it answered 200 when init asked"), "{text}");
+    let (ok, v) = audit_file(&text, &doc);
+    assert!(ok && !has_finding(&v, "unknown_health_check", "error"), "{v:#}");
+
+    // ready, and staying ready with every request served, over more than
+    // `unhealthy_threshold` checks (2 at 100 ms)
+    let gw = run_generated_checking_every(&text, "100ms");
+    gw.wait_ready();
+    let token = login(&gw, "alice").await;
+    served_all_along(&gw, "/api/v1/items/?limit=5", &token, 10).await;
+    drop(gw);
+
+    // what init wrote before: `/openapi.json`, which this app answers 404. `check` calls it an
+    // error, and the gateway never becomes ready and refuses requests once the checks fail
+    let check = "health_check = { path = \"/api/v1/utils/health-check/\"";
+    let old = text.replace(check, "health_check = { path = \"/openapi.json\"");
+    let (ok, v) = audit_file(&old, &doc);
+    let errors: Vec<&Value> = v["findings"].as_array().unwrap().iter().filter(|f| f["severity"] == "error").collect();
+    assert!(!ok && errors.len() == 1 && errors[0]["kind"] == "unknown_health_check", "{v:#}");
+    let gw = run_generated_checking_every(&old, "100ms");
+    assert!(!common::wait_for_status(&gw.admin_url("/readyz"), 200, std::time::Duration::from_millis(800)));
+    assert_eq!(reqwest::get(gw.url("/api/v1/utils/health-check/")).await.unwrap().status(), 503);
+    drop(gw);
+
+    // a check that needs credentials is a warning
+    let secured = text.replace(check, "health_check = { path = \"/api/v1/items/\"");
+    let (ok, v) = audit_file(&secured, &doc);
+    assert!(ok && has_finding(&v, "secured_health_check", "warning"), "{v:#}");
+}
+
+#[tokio::test]
+async fn init_falls_back_to_the_document_path_then_to_no_check() {
+    // rule 2: no health operation; the path the document was read from
+    let backend = Backend::start_app_ready("tests/apps/prefixed", "/api/v1/openapi.json", &[("PREFIXED_NO_HEALTH", "1")]);
+    let doc = backend.url("/api/v1/openapi.json");
+    let out = init(&["--from-openapi", &doc]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("health_check = { path = \"/api/v1/openapi.json\", interval = \"5s\" }"), "{text}");
+    assert!(prose(&text).contains("no operation says health: the path init read the document from"), "{text}");
+    let (ok, v) = audit_file(&text, &doc);
+    assert!(ok && !has_finding(&v, "unknown_health_check", "error"), "{v:#}");
+    let gw = run_generated_checking_every(&text, "100ms");
+    gw.wait_ready();
+    let token = login(&gw, "bob").await;
+    served_all_along(&gw, "/api/v1/items/3", &token, 5).await;
+    drop(gw);
+
+    // rule 3: a document read from a file names no path of its own
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, reqwest::get(&doc).await.unwrap().bytes().await.unwrap()).unwrap();
+    let out = init(&["--from-openapi", file.to_str().unwrap(), "--upstream", &backend.addr()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("\nhealth_check ="), "{text}");
+    assert!(
+        prose(&text).contains("no active health check: no GET operation without parameters or credentials says health; the document was read from a file"),
+        "{text}"
+    );
+    assert!(common::check_config(&text).status.success());
+    let gw = run_generated(&text);
+    gw.wait_ready();
+}
+
+#[tokio::test]
+async fn init_from_a_file_writes_no_check_it_could_not_try() {
+    // the app with its health operation, its document from a file, the app not running
+    let backend = Backend::start_app_ready("tests/apps/prefixed", "/api/v1/utils/health-check/", &[]);
+    let doc = reqwest::get(backend.url("/api/v1/openapi.json")).await.unwrap().bytes().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc).unwrap();
+    // with the app up, the operation is tried and written
+    let out = init(&["--from-openapi", file.to_str().unwrap(), "--upstream", &backend.addr()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\nhealth_check = { path = \"/api/v1/utils/health-check/\""), "{text}");
+    let addr = backend.addr();
+    drop(backend);
+    let out = init(&["--from-openapi", file.to_str().unwrap(), "--upstream", &addr]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("\nhealth_check ="), "{text}");
+    assert!(prose(&text).contains("the app could not be asked (") && prose(&text).contains("still leaves out a failing server"), "{text}");
+    assert!(text.contains("# health_check = { path = \"/api/v1/utils/health-check/\", interval = \"5s\" }"), "{text}");
 }

@@ -3,13 +3,14 @@
 //! precedence), which tells which route serves it, which routes serve nothing, and which
 //! never win.
 
+use super::health::Known;
 use super::init::function_name;
 use super::{Document, Operation};
-use crate::config::plan::{Plan, RouteDef};
+use crate::config::plan::{Plan, RouteDef, RouteTarget};
 use crate::routing::{in_precedence_order, PathMatch};
 use http::Method;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -22,7 +23,8 @@ pub enum Severity {
 pub struct Finding {
     pub severity: Severity,
     /// Stable, for CI: `no_operation`, `uncovered`, `shadowed`, `duplicate_operation`,
-    /// `cache_on_writes_only`, `looser_than_schema`.
+    /// `cache_on_writes_only`, `looser_than_schema`, `unknown_health_check`,
+    /// `secured_health_check`.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -123,7 +125,46 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
         }
     }
     duplicates(&mut out, doc);
+    health_checks(&mut out, doc, plan, &matched);
     out
+}
+
+/// Each upstream that serves the document's operations must check a path the app serves
+/// without credentials: a path it answers 404 (or 401) marks a healthy app down, and the
+/// gateway then refuses every request.
+fn health_checks(out: &mut Vec<Finding>, doc: &Document, plan: &Plan, matched: &BTreeMap<&str, Vec<&Operation>>) {
+    let serving: BTreeSet<&str> = plan
+        .routes
+        .iter()
+        .filter(|r| matched.contains_key(r.name.as_str()))
+        .filter_map(|r| match &r.target {
+            RouteTarget::Upstream(u) => Some(u.as_str()),
+            RouteTarget::Deny(_) => None,
+        })
+        .collect();
+    for name in serving {
+        let Some(hc) = plan.upstreams.get(name).and_then(|u| u.health_check.as_ref()) else { continue };
+        match super::health::known(doc, &hc.path) {
+            Known::Unknown => out.push(finding(
+                Severity::Error,
+                "unknown_health_check",
+                None,
+                None,
+                format!(
+                    "upstream `{name}` checks `{}`, which is neither a GET operation of the document nor the document's own path: if the app answers it with anything but 200, the upstream goes down and every request is refused (503)",
+                    hc.path
+                ),
+            )),
+            Known::Secured => out.push(finding(
+                Severity::Warning,
+                "secured_health_check",
+                None,
+                None,
+                format!("upstream `{name}` checks `{}`, which requires credentials: the check sends none, so a 401 or 403 marks the app down", hc.path),
+            )),
+            Known::Open => {}
+        }
+    }
 }
 
 /// The same endpoint function and method under two paths that differ only in their prefix:

@@ -3,6 +3,7 @@
 //! comment; invalidation rules come from the schema graph (a write returning `Owner` drops the
 //! cached GETs whose responses embed an `Owner`).
 
+use super::health::{self, Choice};
 use super::{top_names, Document, Operation};
 use crate::routing::template::PathTemplate;
 use crate::routing::PathMatch;
@@ -18,6 +19,8 @@ pub struct InitOptions {
     pub listen: String,
 }
 
+/// How long `init` waits for the app to answer a health-check candidate.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// GET responses are kept this long when the backend's `Cache-Control` says nothing.
 const TTL: &str = "10s";
 const PAGE_SIZE: [&str; 5] = ["limit", "page_size", "size", "per_page", "pagesize"];
@@ -145,17 +148,10 @@ pub fn generate(doc: &Document, opts: &InitOptions) -> String {
     let _ = writeln!(out, "# review it, then `fastgate check -c FILE --openapi URL` keeps it honest as the app changes.\n");
     let _ = writeln!(out, "[server]\nlisten = {}\n", q(&opts.listen));
     let _ = writeln!(out, "[upstreams.app]\nservers = [{}]", q(&opts.upstream));
-    let health = gets.iter().map(|o| o.path.as_str()).find(|p| matches!(*p, "/healthz" | "/health" | "/livez" | "/readyz"));
-    match health {
-        Some(p) => {
-            let _ = writeln!(out, "# the app's own health endpoint");
-            let _ = writeln!(out, "health_check = {{ path = {}, interval = \"5s\" }}\n", q(p));
-        }
-        None => {
-            let _ = writeln!(out, "# every FastAPI app serves its document: a cheap liveness check");
-            let _ = writeln!(out, "health_check = {{ path = \"/openapi.json\", interval = \"5s\" }}\n");
-        }
-    }
+    let probe = |path: &str| -> Result<u16, String> {
+        crate::client::get(&format!("http://{}{path}", opts.upstream), PROBE_TIMEOUT).map(|(status, _)| status).map_err(|e| e.to_string())
+    };
+    health_check(&mut out, &health::choose(doc, &probe));
     let _ = writeln!(out, "[defaults]");
     let _ = writeln!(out, "# one client cannot take the backend: 50 requests a second each, bursts of 100");
     let _ = writeln!(out, "rate_limit = [{{ rate = \"50/s\", burst = 100, key = \"client_ip\", name = \"per-client\" }}]");
@@ -180,6 +176,43 @@ pub fn generate(doc: &Document, opts: &InitOptions) -> String {
     let _ = writeln!(out, "# Everything the document does not declare: /docs, /redoc, /openapi.json, routes added later.");
     let _ = writeln!(out, "[[routes]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"");
     out
+}
+
+/// `text` as `# ` comment lines of at most 100 columns.
+fn comment(out: &mut String, text: &str) {
+    let mut line = String::from("#");
+    for word in text.split_whitespace() {
+        if line.len() + 1 + word.len() > 100 && line.len() > 1 {
+            let _ = writeln!(out, "{line}");
+            line = String::from("#");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    let _ = writeln!(out, "{line}");
+}
+
+/// The upstream's `health_check` line (or why there is none), with the rule that chose it.
+fn health_check(out: &mut String, choice: &Choice) {
+    let check = |path: &str| format!("health_check = {{ path = {}, interval = \"5s\" }}", q(path));
+    match choice {
+        Choice::Operation { path, name } => {
+            comment(out, &format!("the app's own health endpoint (`{name}`: a GET without parameters or credentials that says health); it answered 200 when init asked"));
+            let _ = writeln!(out, "{}\n", check(path));
+        }
+        Choice::Document { path, passed_over } => {
+            let tried = if passed_over.is_empty() { String::new() } else { format!(" or answered 200 ({})", passed_over.join("; ")) };
+            comment(out, &format!("no operation says health{tried}: the path init read the document from, which the app serves without credentials and answered 200"));
+            let _ = writeln!(out, "{}\n", check(path));
+        }
+        Choice::None { why, unprobed } => {
+            comment(out, &format!("no active health check: {why}. The upstream counts as healthy; passive health (`eject_after`) still leaves out a failing server while the upstream has another. A check must answer 200, or it takes the app off the air."));
+            if let Some(p) = unprobed {
+                let _ = writeln!(out, "# once {p} answers 200:\n# {}", check(p));
+            }
+            out.push('\n');
+        }
+    }
 }
 
 /// What invalidation rules are made from.
@@ -355,6 +388,7 @@ mod tests {
             request: None,
             response: None,
             event_stream: false,
+            required_params: false,
         };
         assert_eq!(function_name(&op("get_item_api_v1_items__item_id__get", "/api/v1/items/{item_id}")), "get_item");
         assert_eq!(function_name(&op("custom", "/x")), "custom");

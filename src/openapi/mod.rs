@@ -3,6 +3,7 @@
 //! schemas, which are secured) plus walks over the schema graph.
 
 pub mod audit;
+pub mod health;
 pub mod init;
 
 use serde_json::Value;
@@ -48,6 +49,8 @@ pub struct Operation {
     pub response: Option<Value>,
     /// A 2xx response is `text/event-stream`.
     pub event_stream: bool,
+    /// A parameter must be given (any path parameter, or one marked `required`).
+    pub required_params: bool,
 }
 
 impl Operation {
@@ -61,6 +64,8 @@ pub struct Document {
     pub version: String,
     /// In the document's order.
     pub operations: Vec<Operation>,
+    /// The path the document was fetched from (`/api/v1/openapi.json`), when it came from a URL.
+    pub url_path: Option<String>,
     root: Value,
 }
 
@@ -69,15 +74,17 @@ const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "
 impl Document {
     /// Reads a document from an `http://` URL or a file.
     pub fn load(source: &str) -> Result<Document, OpenApiError> {
-        let text = if source.starts_with("http://") || source.starts_with("https://") {
+        if source.starts_with("http://") || source.starts_with("https://") {
             let (status, body) = crate::client::get(source, Duration::from_secs(10))?;
             if status != 200 {
                 return Err(OpenApiError::Status { from: source.into(), status });
             }
-            body
-        } else {
-            std::fs::read(source).map_err(|err| OpenApiError::Read { from: source.into(), err })?
-        };
+            let mut doc = Document::parse(&body, source)?;
+            let path = crate::client::split_url(source).map_or("/", |(_, p)| p);
+            doc.url_path = Some(path.split(['?', '#']).next().unwrap_or(path).to_string());
+            return Ok(doc);
+        }
+        let text = std::fs::read(source).map_err(|err| OpenApiError::Read { from: source.into(), err })?;
         Document::parse(&text, source)
     }
 
@@ -99,6 +106,7 @@ impl Document {
             title: info("title"),
             version: info("version"),
             operations,
+            url_path: None,
             root,
         })
     }
@@ -209,11 +217,11 @@ fn operation(method: &str, path: &str, op: &Value, global_security: bool) -> Ope
         Some(list) => !list.is_empty(),
         None => global_security,
     };
-    let query = op
-        .get("parameters")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let parameters = op.get("parameters").and_then(Value::as_array).into_iter().flatten();
+    let required_params = parameters
+        .clone()
+        .any(|p| p.get("in").and_then(Value::as_str) == Some("path") || p.get("required").and_then(Value::as_bool) == Some(true));
+    let query = parameters
         .filter(|p| p.get("in").and_then(Value::as_str) == Some("query"))
         .filter_map(|p| {
             let schema = p.get("schema");
@@ -244,6 +252,7 @@ fn operation(method: &str, path: &str, op: &Value, global_security: bool) -> Ope
         request,
         response: json(content).filter(|s| s.as_object().is_some_and(|o| !o.is_empty())),
         event_stream: content.is_some_and(|c| c.get("text/event-stream").is_some()),
+        required_params,
     }
 }
 

@@ -213,6 +213,16 @@ impl Backend {
         Self::spawn_in(Command::new(python), &[], Duration::from_secs(30), dir)
     }
 
+    /// Another app of the repository that serves no `/healthz`: ready once `ready_path`
+    /// answers 200.
+    #[allow(dead_code)]
+    pub fn start_app_ready(dir: &str, ready_path: &str, env: &[(&str, &str)]) -> Backend {
+        let python = std::env::var("FASTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut b = Self::spawn_in(Command::new(python), env, Duration::ZERO, dir);
+        b.wait_path(ready_path, Duration::from_secs(30));
+        b
+    }
+
     /// The same app under OpenTelemetry's zero-code instrumentation (what the
     /// `opentelemetry-instrument` command runs, called through the interpreter so no console
     /// script needs to be on PATH), configured by the `OTEL_*` variables in `env`. The app
@@ -293,9 +303,13 @@ impl Backend {
 
     /// Waits until `/healthz` answers 200 (after the app's lifespan start-up).
     pub fn wait_healthy(&mut self, timeout: Duration) {
-        let url = self.url("/healthz");
+        self.wait_path("/healthz", timeout);
+    }
+
+    fn wait_path(&mut self, path: &str, timeout: Duration) {
+        let url = self.url(path);
         if let Err(e) = await_child(&mut self.child, timeout, || blocking_status(&url).is_ok_and(|s| s == 200)) {
-            panic!("backend did not become healthy: {e:?}");
+            panic!("backend did not answer 200 at {path}: {e:?}");
         }
     }
 
