@@ -28,6 +28,22 @@ pub struct Admin {
     probes_only: bool,
 }
 
+/// The admin API's gate: the bearer token when one is set (from every peer), else a loopback
+/// peer. An IPv4 peer on a dual-stack socket shows as `::ffff:127.0.0.1`: loopback too.
+fn gate(token: Option<&str>, peer: Option<std::net::IpAddr>, given: Option<&[u8]>) -> Result<(), GatewayError> {
+    let Some(token) = token else {
+        return match peer {
+            Some(ip) if ip.to_canonical().is_loopback() => Ok(()),
+            _ => Err(GatewayError::new(Problem::Forbidden, "without server.admin_token the admin API answers loopback peers only")),
+        };
+    };
+    if given.is_some_and(|given| token_matches(given, token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(GatewayError::new(Problem::Unauthorized, "admin API needs `Authorization: Bearer <server.admin_token>`"))
+    }
+}
+
 impl Admin {
     pub fn new(app: Arc<App>) -> Self {
         Admin { app, probes_only: false }
@@ -103,29 +119,16 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 }
 
 impl Admin {
-    /// The admin API's gate: the bearer token when one is set, else a loopback peer.
+    /// The admin API's gate for this request.
     fn authorized(&self, session: &ServerSession) -> Result<(), GatewayError> {
         let runtime = self.app.runtime();
-        let Some(token) = runtime.admin_token.as_deref() else {
-            let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-            return match peer {
-                Some(ip) if ip.is_loopback() => Ok(()),
-                _ => Err(GatewayError::new(
-                    Problem::Forbidden,
-                    "without server.admin_token the admin API answers loopback peers only",
-                )),
-            };
-        };
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let given = session
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if given.is_some_and(|given| token_matches(given, token.as_bytes())) {
-            Ok(())
-        } else {
-            Err(GatewayError::new(Problem::Unauthorized, "admin API needs `Authorization: Bearer <server.admin_token>`"))
-        }
+        gate(runtime.admin_token.as_deref(), peer, given)
     }
 
     fn readiness(&self) -> Response<Vec<u8>> {
@@ -366,9 +369,35 @@ impl ServeHttp for Admin {
                 }
             },
             (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload" | "/admin/cache/purge") => {
-                problem_response(GatewayError::new(Problem::MethodNotAllowed, format!("{method} not allowed on {path}")))
+                let allow = match path.as_str() {
+                    "/healthz" | "/readyz" => "GET, HEAD",
+                    "/metrics" | "/admin/config" => "GET",
+                    _ => "POST",
+                };
+                problem_response(GatewayError::new(Problem::MethodNotAllowed, format!("{method} not allowed on {path}")).allow(allow))
             }
             _ => problem_response(GatewayError::new(Problem::NotFound, format!("no admin endpoint {path}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_without_a_token_is_loopback_only_and_with_one_is_the_token() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(gate(None, ip(peer), None).is_ok(), "{peer}");
+        }
+        for peer in [ip("10.0.0.5"), ip("::ffff:10.0.0.5"), None] {
+            assert_eq!(gate(None, peer, None).unwrap_err().problem, Problem::Forbidden, "{peer:?}");
+        }
+        assert!(gate(Some("t0k"), ip("10.0.0.5"), Some(b"t0k")).is_ok());
+        for given in [None, Some(&b"t0"[..]), Some(&b"t0kx"[..])] {
+            assert_eq!(gate(Some("t0k"), ip("127.0.0.1"), given).unwrap_err().problem, Problem::Unauthorized);
         }
     }
 }

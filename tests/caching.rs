@@ -41,7 +41,9 @@ async fn a_miss_waits_for_the_fetch_in_flight_only_up_to_lock_timeout() {
     let second = tokio::spawn(reqwest::get(url.clone()));
     // the second waits on the lock, gives up after lock_timeout and asks the backend itself
     backend.wait_holding("lock", 2).await;
-    assert!(t.elapsed() >= Duration::from_millis(250), "went upstream after {:?}", t.elapsed());
+    // bounded from above too: without `lock_timeout` the default (5 s) would hold it
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "went upstream after {waited:?}");
     backend.mode(json!({"hold": null})).await;
     backend.release("lock").await;
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
@@ -134,7 +136,12 @@ async fn the_backends_own_freshness_and_stale_rules() {
     }
     assert_eq!(xc(&get(&c, expires.clone()).await.1), "HIT");
     assert_eq!(xc(&get(&c, smax.clone()).await.1), "HIT");
-    assert_ne!(xc(&get(&c, nocache.clone()).await.1), "HIT", "no-cache is never a plain hit");
+    // no-cache: each use is revalidated with the backend, which sees every one
+    for n in 1..=2 {
+        let before = backend.hits(&format!("{PATH}/nocache")).await;
+        assert_ne!(xc(&get(&c, nocache.clone()).await.1), "HIT", "no-cache is never a plain hit");
+        assert_eq!(backend.hits(&format!("{PATH}/nocache")).await, before + 1, "use {n} revalidated");
+    }
     tokio::time::sleep(Duration::from_millis(4100)).await;
     // past Expires: stale, served while revalidating (the route's window)
     let (_, h, _) = get(&c, expires.clone()).await;

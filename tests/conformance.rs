@@ -211,6 +211,7 @@ async fn target_rewriting_headers_never_reach_the_cache_or_the_backend() {
         .get(gw.url("/debug/echo/x"))
         .header("X-Original-URL", "/admin")
         .header("X-Rewrite-URL", "/admin")
+        .header("X-Original-URI", "/admin")
         .header("X-Forwarded-Prefix", "/evil")
         .header("X-Kept", "1")
         .send()
@@ -218,8 +219,81 @@ async fn target_rewriting_headers_never_reach_the_cache_or_the_backend() {
         .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     let names: Vec<&str> = v["headers"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
-    for gone in ["x-original-url", "x-rewrite-url", "x-forwarded-prefix"] {
+    for gone in ["x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-prefix"] {
         assert!(!names.contains(&gone), "{gone} reached the backend: {names:?}");
     }
     assert!(names.contains(&"x-kept"), "{names:?}");
+}
+
+#[tokio::test]
+async fn min_fresh_proxy_revalidate_304_framing_fields_and_a_backend_206() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(&backend.addr(), &route("{ ttl = \"60s\", stale_while_revalidate = \"30s\" }")));
+    let c = reqwest::Client::new();
+    let hits = |name: &'static str| {
+        let backend = &backend;
+        async move { backend.hits(&format!("{PATH}/{name}")).await }
+    };
+
+    // min-fresh=N: an entry fresh for less than N more seconds is fetched again
+    let mf = gw.url(&format!("{PATH}/minfresh?cc=max-age%3D30"));
+    get(&c, &mf, &[]).await;
+    let (_, hit) = get(&c, &mf, &[("cache-control", "min-fresh=5")]).await;
+    assert_eq!((h(&hit, "x-cache"), hits("minfresh").await), ("HIT", 1), "fresh for 30 s more: enough");
+    let (_, asked) = get(&c, &mf, &[("cache-control", "min-fresh=60")]).await;
+    assert_ne!(h(&asked, "x-cache"), "HIT");
+    assert_eq!(hits("minfresh").await, 2, "fresh for less than 60 s: the backend was asked");
+
+    // proxy-revalidate: once stale, never served stale by a shared cache, whatever the
+    // route's stale_while_revalidate says
+    let pr = gw.url(&format!("{PATH}/proxyrev?cc=max-age%3D1%2C%20proxy-revalidate"));
+    get(&c, &pr, &[]).await;
+    assert_eq!(h(&get(&c, &pr, &[]).await.1, "x-cache"), "HIT");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, after) = get(&c, &pr, &[]).await;
+    assert_ne!(h(&after, "x-cache"), "STALE");
+    assert_eq!(hits("proxyrev").await, 2, "revalidated before anything was served");
+
+    // a 304 carrying Vary and `Content-Length: 0` (what some servers send) changes neither: the
+    // stored body keeps its length and its key; the other fields it carries are taken
+    let rv = gw.url(&format!("{PATH}/framing?cc=max-age%3D1&fixed_etag=f1&vary304=X-Lang&length304=0"));
+    let (_, first) = get(&c, &rv, &[]).await;
+    let length = h(&first, "content-length").to_string();
+    assert!(length.parse::<usize>().unwrap() > 0, "{first:?}");
+    backend.mode(json!({"version": 9})).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = backend.conditionals().await;
+    // served stale (the route's window) while the 304 comes back in the background
+    get(&c, &rv, &[]).await;
+    let started = std::time::Instant::now();
+    while backend.conditionals().await == before {
+        assert!(started.elapsed() < Duration::from_secs(5), "never revalidated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the refreshed entry (the 304 is counted by the backend just before the gateway has it)
+    let r = loop {
+        let r = c.get(&rv).send().await.unwrap();
+        if h(r.headers(), "x-cache") == "HIT" {
+            break r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", r.headers());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let headers = r.headers().clone();
+    assert_eq!(h(&headers, "x-data-version"), "v9", "the 304's own fields are taken");
+    assert_eq!(h(&headers, "content-length"), length);
+    assert_eq!(h(&headers, "vary"), "-", "{headers:?}");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len().to_string(), length, "the whole stored body");
+    let (_, other_lang) = get(&c, &rv, &[("x-lang", "fr")]).await;
+    assert_eq!(h(&other_lang, "x-cache"), "HIT", "the 304's Vary did not split the key");
+    backend.mode(json!({"version": 0})).await;
+
+    // a backend 206 is never stored, even with explicit freshness
+    let partial = gw.url(&format!("{PATH}/partial?status=206&cc=max-age%3D60"));
+    for n in 1..=2 {
+        let (status, r) = get(&c, &partial, &[]).await;
+        assert_eq!((status, h(&r, "x-cache")), (206, "MISS"), "request {n}");
+    }
+    assert_eq!(hits("partial").await, 2);
 }

@@ -153,7 +153,14 @@ async fn init_refuses_what_it_cannot_use() {
     assert!(out.status.success(), "{out:?}");
     let text = std::fs::read_to_string(&written).unwrap();
     assert!(text.contains(&format!("servers = [\"{}\"]", backend.addr())), "{text}");
+    assert!(text.contains("[server]\nlisten = \"0.0.0.0:8080\"\n"), "the default listen: {text}");
     assert!(common::check_config(&text).status.success());
+    // --listen: the address the generated file serves on
+    let out = init(&["--from-openapi", &backend.url("/openapi.json"), "--listen", "127.0.0.1:18080"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("[server]\nlisten = \"127.0.0.1:18080\"\n") && !text.contains("0.0.0.0:8080"), "{text}");
+    let checked = common::check_config(&text);
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("listen 127.0.0.1:18080"), "{}", String::from_utf8_lossy(&checked.stdout));
 }
 
 #[tokio::test]

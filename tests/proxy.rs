@@ -573,3 +573,52 @@ async fn a_backend_still_starting_is_not_ready_until_its_lifespan_ends() {
     let stats: Value = reqwest::get(backend.url("/debug/stats")).await.unwrap().json().await.unwrap();
     assert_eq!(stats["db_queries"], 1);
 }
+
+#[tokio::test]
+async fn a_served_path_with_another_method_is_405_with_allow() {
+    let backend = Backend::start();
+    let routes = r#"
+[[routes]]
+name = "quote"
+match = { path = "/api/market/{symbol}", methods = ["GET", "HEAD"] }
+upstream = "api"
+
+[[routes]]
+name = "quote-admin"
+match = { path = "/api/market/{symbol}", methods = ["DELETE"] }
+upstream = "api"
+
+[[routes]]
+name = "hidden"
+match = { path = "/api/market/{symbol}", methods = ["PUT"] }
+action = "deny"
+
+[[routes]]
+name = "trades"
+match = { path = "/api/trades", methods = ["POST"] }
+upstream = "api"
+"#;
+    let gw = Gateway::start(&config_for(&backend.addr(), routes));
+    let c = reqwest::Client::new();
+    let before = backend.total_hits().await;
+    // the path is served, not with POST: 405, and Allow lists both routes' methods (not the
+    // deny route's)
+    let r = c.post(gw.url("/api/market/AAPL")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET, HEAD, DELETE");
+    let body = assert_problem(r, 405, "method_not_allowed").await;
+    assert!(body["detail"].as_str().unwrap().contains("POST"), "{body}");
+    let r = c.get(gw.url("/api/trades")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_problem(r, 405, "method_not_allowed").await;
+    // the deny route still answers its own method, as if nothing were there
+    let r = c.put(gw.url("/api/market/AAPL")).send().await.unwrap();
+    assert!(r.headers().get("allow").is_none());
+    assert_problem(r, 404, "not_found").await;
+    // a path no route serves is still 404
+    let r = c.get(gw.url("/api/nothing")).send().await.unwrap();
+    assert!(r.headers().get("allow").is_none());
+    assert_problem(r, 404, "no_route").await;
+    assert_eq!(backend.total_hits().await, before, "none reached the backend");
+    // what FastAPI itself says for the same request: also 405
+    assert_eq!(c.post(backend.url("/api/market/AAPL")).send().await.unwrap().status(), 405);
+}

@@ -129,3 +129,24 @@ async fn a_key_spelled_differently_is_the_same_client() {
     // and the first of two is not the one that counts (the backend reads the last)
     assert_eq!(get("api_key=abc&api_key=fresh").await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn a_path_parameter_key_gives_each_resource_its_own_bucket() {
+    let backend = Backend::start();
+    let limit = "[[routes]]\nname = \"quote\"\nmatch = { path = \"/api/market/{symbol}\" }\nupstream = \"api\"\nrate_limit = [{ rate = \"1/h\", burst = 2, key = \"path:symbol\" }]\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), limit));
+    let c = reqwest::Client::new();
+    let get = |p: &str| c.get(gw.url(p)).send();
+    assert_eq!(get("/api/market/AAPL").await.unwrap().status(), 200);
+    assert_eq!(get("/api/market/AAPL").await.unwrap().status(), 200);
+    assert_eq!(get("/api/market/AAPL").await.unwrap().status(), 429, "AAPL's bucket is empty");
+    // the same client, another symbol: a bucket of its own
+    assert_eq!(get("/api/market/MSFT").await.unwrap().status(), 200);
+    // read as the backend reads it: percent-decoded, so a spelling is not a new bucket
+    assert_eq!(get("/api/market/%41APL").await.unwrap().status(), 429);
+    // a key naming no parameter of the route's template is refused with a hint
+    let out = common::check_config(&config_for(&backend.addr(), &limit.replace("path:symbol", "path:ticker")));
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ticker"), "{text}");
+}

@@ -244,8 +244,10 @@ async fn redis_dying_mid_load_leaves_both_replicas_answering_and_sharing_resumes
     assert_eq!(get(&b, "/api/instruments").await.1, "HIT");
 
     // load on both replicas while Redis is killed under it
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let load = |gw: &Gateway| {
         let url = gw.url("/api/items/1");
+        let served = served.clone();
         tokio::spawn(async move {
             let c = reqwest::Client::new();
             let mut worst = Duration::ZERO;
@@ -261,12 +263,18 @@ async fn redis_dying_mid_load_leaves_both_replicas_answering_and_sharing_resumes
                 let s = c.get(&url).header("x-api-key", format!("load-{n}")).send().await.unwrap().status().as_u16();
                 worst = worst.max(t.elapsed());
                 *codes.entry(s).or_default() += 1;
+                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             (worst, codes)
         })
     };
     let (la, lb) = (load(&a), load(&b));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Redis is killed once the load is flowing through both replicas
+    let started = Instant::now();
+    while served.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no load got through");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     redis.kill();
     for (worst, codes) in [la.await.unwrap(), lb.await.unwrap()] {
         assert!(worst < Duration::from_millis(1000), "a request took {worst:?} ({codes:?})");
@@ -343,10 +351,18 @@ async fn rediss_with_a_private_ca_and_a_client_certificate() {
     // and the route limits locally
     let text = format!("{}{}", state(&redis, "tls:", &format!("ca_file = \"{}\"", pki.ca().display())), config_for(&backend.addr(), LIMITED));
     let lone = Gateway::start(&text);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let ready: Value = reqwest::get(lone.admin_url("/readyz")).await.unwrap().json().await.unwrap();
+    // the state starts down, so `up: false` alone proves nothing: wait for a failed handshake
+    // to be reported, then hold that it never came up
+    let started = Instant::now();
+    let ready = loop {
+        let ready: Value = reqwest::get(lone.admin_url("/readyz")).await.unwrap().json().await.unwrap();
+        if ready["state"]["last_error"].is_string() {
+            break ready;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no connection error reported: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(ready["state"]["up"], false, "{ready}");
-    assert!(ready["state"]["last_error"].is_string(), "{ready}");
     let r = reqwest::Client::new().get(lone.url("/api/items?limit=1")).header("x-api-key", "k1").send().await.unwrap();
     assert_eq!(r.status(), 200, "on_state_error = local: this replica's own bucket for k1 is full");
 }

@@ -243,22 +243,47 @@ async fn a_reload_that_rebuilds_an_upstream_keeps_it_ready() {
     assert_eq!(gw.log().matches("config reloaded").count(), 3, "{}", gw.log());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_connection_fails_over_and_passive_health_ejects_the_server() {
     let backend = Backend::start();
     let dead = format!("127.0.0.1:{}", free_port());
     let body = format!(
-        "[upstreams.api]\nservers = [\"{dead}\", \"{}\"]\neject_after = 2\neject_for = \"30s\"\n\n{CATCH_ALL}",
+        "[upstreams.api]\nservers = [\"{dead}\", \"{}\"]\neject_after = 2\neject_for = \"5s\"\n\n{CATCH_ALL}",
         backend.addr()
     );
     let gw = Gateway::start(&body);
     let c = reqwest::Client::new();
     // round-robin sends every other request to the dead server first: each is retried on the
-    // live one (nothing was sent, so a POST may be retried too)
+    // live one (nothing was sent, so a POST may be retried too). Its second failure in a row
+    // (request 2) ejects it.
+    let before_first = Instant::now();
+    let mut after_ejection = before_first;
     for i in 0..20 {
         let r = if i % 2 == 0 { c.get(gw.url("/api/market/AAPL")).send().await } else { c.post(gw.url("/debug/echo")).body("x").send().await };
         assert_eq!(r.unwrap().status(), 200, "request {i}");
+        if i == 3 {
+            after_ejection = Instant::now();
+        }
     }
+    // the dead server comes back: while ejected it gets nothing, though it now answers
+    let listener = std::net::TcpListener::bind(&dead).unwrap();
+    let mut revived = Backend::start_on(listener, &[]);
+    tokio::task::block_in_place(|| revived.wait_healthy(Duration::from_secs(10)));
+    assert!(after_ejection.elapsed() < Duration::from_secs(4), "the revived server started too late to see the ejection");
+    for i in 0..10 {
+        assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200, "request {i}");
+    }
+    assert_eq!(revived.total_hits().await, 0, "an ejected server is left out");
+    // re-admitted once `eject_for` (5 s) has passed since the ejection, not before
+    let readmitted = loop {
+        assert_eq!(c.get(gw.url("/api/market/AAPL")).send().await.unwrap().status(), 200);
+        if revived.total_hits().await > 0 {
+            break Instant::now();
+        }
+        assert!(after_ejection.elapsed() < Duration::from_secs(10), "never re-admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(readmitted - before_first >= Duration::from_secs(5), "re-admitted after {:?}", readmitted - before_first);
     let log = gw.log();
     let ejected: Vec<&str> = log.lines().filter(|l| l.contains("server ejected by passive health")).collect();
     assert_eq!(ejected.len(), 1, "ejected once, then left out: {ejected:?}");

@@ -260,6 +260,8 @@ async def cacheable(
     cdn: str | None = None,
     fcc: str | None = None,
     fixed_etag: str | None = None,
+    vary304: str | None = None,
+    length304: str | None = None,
 ):
     """A response whose caching headers the caller chooses, for exercising a cache in front.
 
@@ -270,7 +272,9 @@ async def cacheable(
     For RFC 9111 checks: status (any status, same body), age (an Age field), date_ago (a Date
     that many seconds in the past), cdn (CDN-Cache-Control), fcc (Fastgate-Cache-Control),
     fixed_etag (an ETag that writes do not change; every answer, 304s too, carries
-    X-Data-Version, so a revalidation shows whether the stored header was updated).
+    X-Data-Version, so a revalidation shows whether the stored header was updated); vary304 and
+    length304 add a Vary and a Content-Length to that 304 only (fields a cache must not take
+    from a 304).
     /debug/mode sets failures, delays, holds and the data version for every call.
     """
     if _state["delay"]:
@@ -297,6 +301,10 @@ async def cacheable(
         headers["X-Data-Version"] = f'v{_state["version"]}'
         if request.headers.get("if-none-match") == headers["ETag"]:
             _state["conditional"] += 1
+            if vary304:
+                headers["Vary"] = vary304
+            if length304:
+                headers["Content-Length"] = length304
             return Response(status_code=304, headers=headers)
     if tag:
         headers[tagh] = tag

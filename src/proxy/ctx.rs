@@ -17,7 +17,8 @@ use std::time::Instant;
 pub enum Decision {
     /// Not decided yet (the first phase has not run).
     Pending,
-    /// No route matches: answered with 404 `no_route`.
+    /// No route serves the path: answered with 404 `no_route` (one that serves it with other
+    /// methods is a 405 rejection).
     NoRoute,
     /// Refused before the route's upstream is involved (server limits, an unroutable path, a
     /// route policy's refusal); `route` is set when the refusal came from a route's policy.

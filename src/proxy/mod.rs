@@ -242,7 +242,14 @@ impl ProxyHttp for Gateway {
                         Decision::Rejected { err, route: None }
                     }
                     Ok(path) => match rt.routes.lookup(&req.method, request_host(req), &path) {
-                        None => Decision::NoRoute,
+                        None => match rt.routes.allowed(request_host(req), &path) {
+                            // the path is served, with other methods
+                            Some(allow) => {
+                                let detail = format!("{} is not served on {}: this route takes {allow}", req.method, req.uri.path());
+                                Decision::Rejected { err: GatewayError::new(Problem::MethodNotAllowed, detail).allow(allow), route: None }
+                            }
+                            None => Decision::NoRoute,
+                        },
                         Some((route, params)) => {
                             if let Cow::Owned(p) = path {
                                 ctx.core.rewritten_path = Some(p);

@@ -207,6 +207,26 @@ impl RouteTable {
         found
     }
 
+    /// For a request no route took: the methods the routes serving its path and host take
+    /// (RFC 9110 15.5.6: 405 with `Allow`), in a fixed order; `None` when no route serves the
+    /// path at all (404). Deny routes are left out: their methods are not advertised.
+    pub fn allowed(&self, host: Option<&str>, path: &str) -> Option<String> {
+        let mut methods: Vec<&Method> = Vec::new();
+        for r in self.routes.iter().filter(|r| matches!(r.target, Target::Upstream(_))) {
+            let Some(list) = &r.matcher.methods else { continue };
+            let Some(any) = list.first() else { continue };
+            if r.matcher.matches(any, host, path).is_some() {
+                methods.extend(list.iter().filter(|m| !methods.contains(m)).collect::<Vec<_>>());
+            }
+        }
+        if methods.is_empty() {
+            return None;
+        }
+        const ORDER: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+        methods.sort_by_key(|m| (ORDER.iter().position(|o| *o == m.as_str()).unwrap_or(ORDER.len()), m.as_str().to_string()));
+        Some(methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))
+    }
+
     fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&Arc<Route>, Params)> {
         self.routes
             .iter()

@@ -434,7 +434,19 @@ impl Gateway {
         )
     }
 
+    /// Starts the gateway on two free ports. `free_port` lets its probe socket go, so another
+    /// process (a client's ephemeral port) can take a port before the gateway binds it: a
+    /// start refused for a taken address is tried again on new ports.
     fn launch(text: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Gateway {
+        for _ in 0..3 {
+            if let Some(g) = Self::try_launch(&text, env) {
+                return g;
+            }
+        }
+        panic!("gateway did not start: its ports were taken three times");
+    }
+
+    fn try_launch(text: &impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Option<Gateway> {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -468,10 +480,15 @@ impl Gateway {
             blocking_status(&health).is_ok_and(|s| s == 200) && std::net::TcpStream::connect(&public).is_ok()
         };
         let awaited = await_child(g.child.as_mut().unwrap(), Duration::from_secs(10), up);
+        if let Err(NotReady::Exited(_)) = &awaited
+            && g.log().contains("Address already in use")
+        {
+            return None;
+        }
         if let Err(e) = awaited {
             panic!("gateway did not start ({e:?}); last log lines:\n{}", tail(&g.log(), 20));
         }
-        g
+        Some(g)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -583,7 +600,11 @@ impl Gateway {
         loop {
             let m = self.metrics().await;
             if metric_value(&m, series) == Some(value) {
-                return m;
+                // and it stays there: a late over-count must not slip by at the first equal read
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let settled = self.metrics().await;
+                assert_eq!(metric_value(&settled, series), Some(value), "{series} went past {value}:\n{settled}");
+                return settled;
             }
             assert!(Instant::now() < deadline, "{series} never reached {value}:\n{m}");
             tokio::time::sleep(Duration::from_millis(20)).await;
