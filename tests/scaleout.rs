@@ -377,3 +377,93 @@ fn state_tables_are_checked() {
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("unsupported Redis URL") && text.contains("unknown on_state_error"), "{text}");
 }
+
+#[tokio::test]
+async fn a_unix_socket_serves_and_precheck_off_asks_redis_for_every_decision() {
+    let redis = RedisServer::start_unix();
+    let backend = Backend::start();
+    // unix:///path: the limit holds across both replicas through the socket
+    let (a, b) = pair(&redis, &backend, "unix:", "", LIMITED).await;
+    assert_eq!(alternate(&a, &b, "k1", 30).await, (20, 10));
+    let with_precheck = redis.calls("evalsha");
+    // 20 admitted, one refusal asked per replica, a script load per replica
+    assert!(with_precheck <= 26, "{with_precheck}: refusals stay local");
+    drop((a, b));
+    // precheck = false: every refusal is a round trip too
+    let (a, b) = pair(&redis, &backend, "noprecheck:", "precheck = false", LIMITED).await;
+    assert_eq!(alternate(&a, &b, "k1", 30).await, (20, 10));
+    assert!(redis.calls("evalsha") - with_precheck >= 30, "one script per decision");
+}
+
+/// Redis GETs made by 12 hits on 4 entries of about 8 KiB (each stored first).
+async fn gets_for_hits(gw: &Gateway, redis: &RedisServer) -> u64 {
+    let c = reqwest::Client::new();
+    let url = |n: usize| gw.url(&format!("/debug/cacheable/l1-{n}?size=8000"));
+    // stored (in Redis, then the L1) once a request is a hit
+    let started = Instant::now();
+    for n in 0..4 {
+        while c.get(url(n)).send().await.unwrap().headers()["x-cache"] != "HIT" {
+            assert!(started.elapsed() < Duration::from_secs(5), "l1-{n} never stored");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let before = redis.calls("get");
+    for _ in 0..3 {
+        for n in 0..4 {
+            let r = c.get(url(n)).send().await.unwrap();
+            assert_eq!(r.headers()["x-cache"], "HIT", "{n}: {:?}", r.headers());
+        }
+    }
+    redis.calls("get") - before
+}
+
+#[tokio::test]
+async fn the_local_tier_is_sized_by_local_cache_size() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"c\"\nmatch = { path_prefix = \"/debug/cacheable\" }\nupstream = \"api\"\ncache = { ttl = \"60s\" }\n";
+    // the default 32 MiB holds them all: hits never leave the process
+    let text = format!("{}{}", state(&redis, "l1big:", ""), config_for(&backend.addr(), routes));
+    let gw = Gateway::start(&text);
+    wait_state_up(&gw, true).await;
+    assert_eq!(gets_for_hits(&gw, &redis).await, 0);
+    // 4 KiB holds none of them: each hit is read from Redis
+    let text = format!("{}{}", state(&redis, "l1small:", "local_cache_size = \"4KiB\""), config_for(&backend.addr(), routes));
+    let gw = Gateway::start(&text);
+    wait_state_up(&gw, true).await;
+    assert_eq!(gets_for_hits(&gw, &redis).await, 12);
+}
+
+#[tokio::test]
+async fn a_lost_subscription_drops_the_local_tier_and_a_purge_while_down_is_503() {
+    let mut redis = RedisServer::start();
+    let backend = Backend::start();
+    let (a, _b) = pair(&redis, &backend, "resub:", "", CACHED).await;
+    let c = reqwest::Client::new();
+    get(&a, "/api/items/5").await;
+    assert_eq!(get(&a, "/api/items/5").await.1, "HIT");
+
+    // Redis down: the L1 still serves; a purge reaches this replica's L1 and says 503
+    redis.kill();
+    // the next call that needs Redis fails and marks it down
+    get(&a, "/api/items/6").await;
+    wait_state_up(&a, false).await;
+    assert_eq!(get(&a, "/api/items/6").await.1, "HIT", "the L1 alone");
+    assert_eq!(get(&a, "/api/items/5").await.1, "HIT");
+    let r = c.post(a.admin_url("/admin/cache/purge")).json(&json!({"tag": "item:6"})).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "state_unavailable", "{v}");
+    assert_ne!(get(&a, "/api/items/6").await.1, "HIT", "purged from this replica's L1 all the same");
+
+    // Redis back (empty: purges sent meanwhile were lost): the replica resubscribes and drops
+    // its whole L1, so item 5, which it still held, is fetched again
+    redis.restart();
+    wait_state_up(&a, true).await;
+    let started = Instant::now();
+    while get(&a, "/api/items/5").await.1 == "HIT" {
+        assert!(started.elapsed() < Duration::from_secs(5), "the L1 was kept after resubscribing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.log().contains("redis subscription lost; resubscribing"), "{}", common::tail(&a.log(), 20));
+}

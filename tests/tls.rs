@@ -295,3 +295,58 @@ fn https_upstreams_verify_the_backend_and_present_a_client_certificate() {
     });
     drop(backend);
 }
+
+#[test]
+fn tls_1_2_is_the_floor_public_port_names_redirects_and_hsts_preload() {
+    let backend = Backend::start();
+    let pki = Pki::new("floor");
+    let a = pki.issue("a", &["a.test"]);
+    let tls_port = free_port();
+    let tls = format!("{}public_port = 443\n", tls_table(tls_port, &[(&a.cert, &a.key)]));
+    let routes = format!("{CATCH_ALL}hsts = {{ max_age = \"365d\", include_subdomains = true, preload = true }}\n");
+    let gw = start(&config_for(&backend.addr(), &routes), "redirect_to_https = true", &tls);
+    let url = format!("https://a.test:{tls_port}/healthz");
+    // TLS 1.2 and 1.3 are served; 1.1 and 1.0 are refused in the handshake (curl's exit 35)
+    for (flags, ok) in [
+        (&["--tlsv1.3"][..], true),
+        (&["--tlsv1.2", "--tls-max", "1.2"][..], true),
+        (&["--tlsv1.1", "--tls-max", "1.1"][..], false),
+        (&["--tlsv1.0", "--tls-max", "1.0"][..], false),
+    ] {
+        let seen = curl(&url, &pki.ca(), flags);
+        if ok {
+            assert_eq!(seen.status, 200, "{flags:?}: exit {}", seen.exit);
+        } else {
+            assert_eq!((seen.status, seen.exit), (0, 35), "{flags:?}");
+        }
+    }
+    // preload, in the order RFC 6797's preload list asks for
+    let seen = curl(&url.replace("/healthz", "/debug/echo"), &pki.ca(), &[]);
+    assert!(seen.headers.contains("strict-transport-security: max-age=31536000; includesubdomains; preload"), "{}", seen.headers);
+    // the redirect names the public port: 443 is the scheme's default, so none is written
+    let plain = curl(&format!("http://plain.test:{}/items/1?x=1", gw.port), &pki.ca(), &[]);
+    assert_eq!(plain.status, 308);
+    assert!(plain.headers.contains("location: https://plain.test/items/1?x=1\r\n"), "{}", plain.headers);
+}
+
+#[test]
+fn each_certificate_is_logged_with_the_days_it_has_left() {
+    let backend = Backend::start();
+    let pki = Pki::new("expiry");
+    let fine = pki.issue_for_days("fine", &["fine.test"], (-1, 90));
+    let soon = pki.issue_for_days("soon", &["soon.test"], (-80, 5));
+    let gone = pki.issue_for_days("gone", &["gone.test"], (-90, -2));
+    let tls = tls_table(free_port(), &[(&fine.cert, &fine.key), (&soon.cert, &soon.key), (&gone.cert, &gone.key)]);
+    let gw = start(&config_for(&backend.addr(), CATCH_ALL), "", &tls);
+    let log = gw.log();
+    let line = |stem: &str| -> serde_json::Value {
+        let l = log.lines().find(|l| l.contains("TLS certificate") && l.contains(&format!("{stem}.pem"))).unwrap_or_else(|| panic!("no line for {stem}:\n{log}"));
+        serde_json::from_str(l).unwrap()
+    };
+    let (f, s, g) = (line("fine"), line("soon"), line("gone"));
+    assert_eq!((f["level"].as_str(), f["message"].as_str()), (Some("INFO"), Some("TLS certificate loaded")), "{f}");
+    assert!((88..=90).contains(&f["days_left"].as_i64().unwrap()), "{f}");
+    assert_eq!((s["level"].as_str(), s["message"].as_str()), (Some("WARN"), Some("TLS certificate expires soon")), "{s}");
+    assert!((3..=5).contains(&s["days_left"].as_i64().unwrap()), "{s}");
+    assert_eq!((g["level"].as_str(), g["message"].as_str()), (Some("ERROR"), Some("TLS certificate has expired")), "{g}");
+}

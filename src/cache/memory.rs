@@ -123,7 +123,9 @@ impl MemoryStore {
         Ok(self.cache.get(key).map(|e| e.obj))
     }
 
-    pub fn put_now(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
+    /// Stores `obj` and hands it back: an object larger than the whole store is not kept,
+    /// but the caller still has it to serve.
+    pub fn put_now(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<Arc<StoredObject>, StoreError> {
         self.by_url.entry(obj.url.clone()).or_default().insert(key);
         self.by_path
             .write()
@@ -134,12 +136,13 @@ impl MemoryStore {
         for tag in &obj.tags {
             self.by_tag.entry(tag.clone()).or_default().insert(key);
         }
-        self.cache.insert(key, Entry { obj: Arc::new(obj), ttl });
+        let obj = Arc::new(obj);
+        self.cache.insert(key, Entry { obj: obj.clone(), ttl });
         // moka applies writes (and so evicts) only every 64 of them: up to 64 bodies over the
         // bound, which the allocator then keeps. Applying them now holds the bound at every put;
         // puts come from misses, which already cost a backend round trip.
         self.cache.run_pending_tasks();
-        Ok(())
+        Ok(obj)
     }
 
     pub fn update_meta_now(&self, key: &StoreKey, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
@@ -198,7 +201,7 @@ impl CacheStore for MemoryStore {
         self.get_now(key)
     }
     async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
-        self.put_now(key, obj, ttl)
+        self.put_now(key, obj, ttl).map(drop)
     }
     async fn update_meta(&self, key: &StoreKey, meta: StoredMeta, ttl: Duration) -> Result<bool, StoreError> {
         self.update_meta_now(key, meta, ttl)

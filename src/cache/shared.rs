@@ -154,8 +154,9 @@ impl CacheStore for SharedStore {
         if left == 0 {
             return Ok(None);
         }
-        self.l1.put_now(*key, obj, Duration::from_millis(left))?;
-        self.l1.get_now(key)
+        // served from what Redis gave, whether or not the L1 keeps it (an object larger than
+        // `local_cache_size` is not kept, and was never a hit before)
+        self.l1.put_now(*key, obj, Duration::from_millis(left)).map(Some)
     }
 
     async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {

@@ -666,11 +666,23 @@ pub struct RedisServer {
     child: Option<Child>,
     /// TLS: the server's own arguments and redis-cli's.
     tls: Option<(Vec<String>, Vec<String>)>,
+    /// Serves a Unix socket here instead of TCP (the directory lives as long as the server).
+    unix: Option<(tempfile::TempDir, std::path::PathBuf)>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let mut r = RedisServer { port: free_port(), child: None, tls: None };
+        let mut r = RedisServer { port: free_port(), child: None, tls: None, unix: None };
+        r.restart();
+        r
+    }
+
+    /// On a Unix socket only (`unix:///path`).
+    #[allow(dead_code)]
+    pub fn start_unix() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redis.sock");
+        let mut r = RedisServer { port: 0, child: None, tls: None, unix: Some((dir, path)) };
         r.restart();
         r
     }
@@ -685,12 +697,15 @@ impl RedisServer {
             "--tls-ca-cert-file".into(), ca.clone(), "--tls-auth-clients".into(), "yes".into(),
         ];
         let cli_args = vec!["--tls".into(), "--cacert".into(), ca, "--cert".into(), p(&client.cert), "--key".into(), p(&client.key)];
-        let mut r = RedisServer { port: free_port(), child: None, tls: Some((server_args, cli_args)) };
+        let mut r = RedisServer { port: free_port(), child: None, tls: Some((server_args, cli_args)), unix: None };
         r.restart();
         r
     }
 
     pub fn url(&self) -> String {
+        if let Some((_, path)) = &self.unix {
+            return format!("unix://{}", path.display());
+        }
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
@@ -699,9 +714,10 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
         let port = self.port.to_string();
-        match &self.tls {
-            None => cmd.args(["--port", &port]),
-            Some((server, _)) => cmd.args(["--port", "0", "--tls-port", &port]).args(server),
+        match (&self.tls, &self.unix) {
+            (_, Some((_, path))) => cmd.args(["--port", "0", "--unixsocket"]).arg(path),
+            (None, None) => cmd.args(["--port", &port]),
+            (Some((server, _)), None) => cmd.args(["--port", "0", "--tls-port", &port]).args(server),
         };
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -725,7 +741,12 @@ impl RedisServer {
     /// `redis-cli` against this server; its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let tls = self.tls.as_ref().map(|(_, cli)| cli.as_slice()).unwrap_or_default();
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(tls).args(args).output().expect("redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        match &self.unix {
+            Some((_, path)) => cmd.arg("-s").arg(path),
+            None => cmd.args(["-p", &self.port.to_string()]),
+        };
+        let out = cmd.args(tls).args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -745,6 +766,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
-        release(self.port);
+        if self.unix.is_none() {
+            release(self.port);
+        }
     }
 }

@@ -39,7 +39,21 @@ impl Pki {
     /// A leaf for `names` (DNS names or IP addresses), usable by servers and clients, written
     /// to `<stem>.pem` and `<stem>.key` (replaced atomically when they exist: a renewal).
     pub fn issue(&self, stem: &str, names: &[&str]) -> Leaf {
+        self.issue_valid(stem, names, None)
+    }
+
+    /// A leaf valid from `days.0` to `days.1` days from today (negative: in the past).
+    #[allow(dead_code)]
+    pub fn issue_for_days(&self, stem: &str, names: &[&str], days: (i64, i64)) -> Leaf {
+        self.issue_valid(stem, names, Some(days))
+    }
+
+    fn issue_valid(&self, stem: &str, names: &[&str], days: Option<(i64, i64)>) -> Leaf {
         let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        if let Some((from, to)) = days {
+            params.not_before = day_from_today(from);
+            params.not_after = day_from_today(to);
+        }
         params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or(stem));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().unwrap();
@@ -52,4 +66,9 @@ impl Pki {
         }
         Leaf { cert: cert_path, key: key_path, der: cert.der().to_vec() }
     }
+}
+
+/// Now, `offset` days away (negative: in the past).
+fn day_from_today(offset: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(offset)
 }
