@@ -268,7 +268,7 @@ impl Admin {
         let mut selectors: Vec<PurgeSelector> = req.tags.into_iter().chain(req.tag).map(PurgeSelector::Tag).collect();
         if let Some(url) = req.url {
             let (path, query) = url.split_once('?').map_or((url.as_str(), None), |(p, q)| (p, Some(q)));
-            match crate::routing::normalize::normalize(path) {
+            match crate::model::normalize::normalize(path) {
                 Ok(p) => selectors.push(PurgeSelector::Url(crate::cache::url_identity(&p, query, &[]))),
                 Err(_) => return problem_response(GatewayError::new(Problem::BadRequest, "`url` must be a path starting with /")),
             }

@@ -1,7 +1,7 @@
 //! The state shared by the proxy, the admin listener and background tasks: the runtime config
 //! behind an atomic pointer, metrics, and process counters.
 
-use crate::config::Settings;
+use crate::model::plan::Settings;
 use crate::state::{ProcessParts, Runtime};
 use crate::cache::Cache;
 use crate::telemetry::otel::Tracing;

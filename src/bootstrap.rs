@@ -48,6 +48,30 @@ impl ListenError {
     }
 }
 
+/// The HTTPS listener's certificate resolver: asks the runtime in force, so a reload that
+/// loaded new certificates applies from the next handshake.
+struct CertResolver {
+    app: Arc<App>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bootstrap::CertResolver")
+    }
+}
+
+impl CertResolver {
+    fn new(app: Arc<App>) -> Self {
+        CertResolver { app }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.app.runtime().certificates.as_ref()?.pick(hello.server_name())
+    }
+}
+
 /// The HTTPS listener needs no handshake callbacks; pingora's settings builder asks for some.
 struct NoCallbacks;
 
@@ -57,7 +81,7 @@ impl pingora::listeners::TlsAccept for NoCallbacks {}
 /// Binds each address once and lets it go, so a taken port stops start-up at once with one
 /// line: pingora, given a taken address, retries for 30 s, panics, and leaves a live process
 /// with no listener.
-fn check_addresses(s: &crate::config::Settings) -> Result<(), ListenError> {
+fn check_addresses(s: &crate::model::plan::Settings) -> Result<(), ListenError> {
     let probe = s.probe_listen.map(|a| ("probe_listen", a));
     let tls = s.tls.as_ref().map(|t| ("tls.listen", t.listen));
     for (key, addr) in [("listen", s.listen), ("admin_listen", s.admin_listen)].into_iter().chain(probe).chain(tls) {
@@ -104,7 +128,7 @@ pub fn run(app: Arc<App>, upgrade: bool) -> Result<(), ListenError> {
         let http = pingora::proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
         let mut https = Service::new("fastgate https".to_string(), Edge::new(http, app.clone(), conns, Listener::Tls));
         let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| ListenError::tls(tls.listen, e))?;
-        settings.set_cert_resolver(Arc::new(crate::tls::Resolver::new(app.clone())));
+        settings.set_cert_resolver(Arc::new(CertResolver::new(app.clone())));
         settings.set_alpn(if tls.http2 { ALPN::H2H1 } else { ALPN::H1 });
         https.add_tls_with_settings(&tls.listen.to_string(), None, settings);
         server.add_service(https);

@@ -8,7 +8,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::config::plan::ServerSpec;
+use crate::model::plan::ServerSpec;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;

@@ -6,7 +6,7 @@
 
 use crate::cache::{self, CachePolicy};
 use crate::policy::compress::CompressPolicy;
-use crate::routing::normalize::{normalize, normalize_with, EncodedSlash};
+use crate::model::normalize::{normalize, normalize_with, EncodedSlash};
 use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -43,7 +43,7 @@ pub fn path(data: &[u8]) {
         assert!(n.starts_with('/'), "{p:?} -> {n:?}");
         assert!(!n.contains("//") && !n.contains("/./") && !n.contains("/../"), "{p:?} -> {n:?}");
         assert_eq!(normalize(&n).ok().as_deref(), Some(&*n), "normalizing {p:?} twice");
-        if let Ok(t) = crate::routing::template::PathTemplate::parse("/api/items/{item_id}/reviews/{rest:path}") {
+        if let Ok(t) = crate::model::template::PathTemplate::parse("/api/items/{item_id}/reviews/{rest:path}") {
             let _ = t.matches(&n);
         }
     }

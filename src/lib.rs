@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod fuzzing;
+pub mod model;
 pub mod openapi;
 pub mod policy;
 pub mod problem;

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use fastgate::telemetry::logging::{self, LogFormat};
 use fastgate::telemetry::otel::{TraceSettings, Tracing};
-use fastgate::{app::App, bootstrap, config, routing, state, telemetry::Metrics};
+use fastgate::{app::App, bootstrap, config, state, telemetry::Metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -134,8 +134,8 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
     };
     let cache_settings = settings.cache.clone();
     let redis = match &settings.state {
-        fastgate::config::plan::StateDef::Memory => None,
-        fastgate::config::plan::StateDef::Redis(def) => match fastgate::shared::Redis::start(def.clone()) {
+        fastgate::model::plan::StateDef::Memory => None,
+        fastgate::model::plan::StateDef::Redis(def) => match fastgate::shared::Redis::start(def.clone()) {
             Ok(r) => {
                 tracing::info!(url = %def.display_url(), lease = def.lease, "shared state in redis");
                 Some(r)
@@ -239,7 +239,7 @@ fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> 
         let _ = writeln!(out, "upstream {:<12} {}  ({hc})", name, servers.join(", "));
     }
     let _ = writeln!(out, "routes, in precedence order:");
-    for (i, r) in routing::in_precedence_order(&plan.routes, |r| &r.matcher).into_iter().enumerate() {
+    for (i, r) in fastgate::model::matcher::in_precedence_order(&plan.routes, |r| &r.matcher).into_iter().enumerate() {
         let _ = writeln!(out, "  {:>2}. {:<16} {:<36} -> {}", i + 1, r.name, r.matcher.to_string(), r.target);
         let _ = writeln!(out, "      {}", r.policy);
     }

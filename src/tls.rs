@@ -11,12 +11,10 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::app::App;
-use crate::config::plan::{CertSpec, UpstreamTlsDef};
+use crate::model::plan::{CertSpec, UpstreamTlsDef};
 use pingora::utils::tls::{CertKey, WrappedX509};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,7 +128,7 @@ impl Certificates {
         Ok(Certificates { entries })
     }
 
-    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             let exact = self.entries.iter().find(|e| e.names.contains(&name));
@@ -144,30 +142,6 @@ impl Certificates {
             }
         }
         self.entries.first().map(|e| e.key.clone())
-    }
-}
-
-/// The HTTPS listener's certificate resolver: asks the runtime in force, so a reload that
-/// loaded new certificates applies from the next handshake.
-pub struct Resolver {
-    app: Arc<App>,
-}
-
-impl std::fmt::Debug for Resolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("tls::Resolver")
-    }
-}
-
-impl Resolver {
-    pub fn new(app: Arc<App>) -> Self {
-        Resolver { app }
-    }
-}
-
-impl ResolvesServerCert for Resolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.app.runtime().certificates.as_ref()?.pick(hello.server_name())
     }
 }
 

@@ -11,7 +11,7 @@
 //! only after `unhealthy_threshold` failures, so its health alone would call an upstream
 //! whose backend is not up yet ready for the first few checks.
 
-pub use crate::config::plan::{HealthCheckSpec, UpstreamDef};
+use crate::model::plan::{HealthCheckSpec, UpstreamDef};
 use crate::discovery::{LookupError, Resolver};
 use crate::policy::concurrency::Concurrency;
 use crate::tls::{TlsError, UpstreamTls};
@@ -369,7 +369,7 @@ impl Upstream {
         Upstream::new(
             "test",
             UpstreamDef {
-                servers: vec![crate::config::plan::ServerSpec { host: "127.0.0.1".into(), port: 1 }],
+                servers: vec![crate::model::plan::ServerSpec { host: "127.0.0.1".into(), port: 1 }],
                 tls: None,
                 idle_timeout: std::time::Duration::from_secs(60),
                 health_check: None,

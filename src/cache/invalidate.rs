@@ -15,8 +15,8 @@
 
 use super::store::PurgeSelector;
 use super::{split_placeholders, Piece};
-use crate::routing::template::PathTemplate;
-use crate::routing::PathMatch;
+use crate::model::template::PathTemplate;
+use crate::model::matcher::PathMatch;
 use http::header::{HeaderMap, AUTHORIZATION, COOKIE};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

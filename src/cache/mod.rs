@@ -23,6 +23,7 @@ pub mod storage;
 pub mod store;
 
 use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, SET_COOKIE};
+use crate::model::plan::CacheSettings;
 use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::meta::{CacheMeta, CacheMetaDefaults};
@@ -435,39 +436,6 @@ impl TagTemplate {
     }
 }
 
-/// Process-level cache settings (`[cache]`): read at start-up.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheSettings {
-    pub max_size: u64,
-    pub max_object_size: usize,
-    /// How long concurrent misses wait for the one fetching; then they go upstream themselves.
-    pub lock_timeout: Duration,
-    pub tag_header: HeaderName,
-    pub warm: Vec<WarmRequest>,
-    pub warm_interval: Duration,
-    /// Readiness waits at most this long for the first warming round.
-    pub warm_ready_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WarmRequest {
-    pub path: String,
-    pub headers: Vec<(HeaderName, http::HeaderValue)>,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        CacheSettings {
-            max_size: 256 * 1024 * 1024,
-            max_object_size: 8 * 1024 * 1024,
-            lock_timeout: Duration::from_secs(5),
-            tag_header: HeaderName::from_static("cache-tag"),
-            warm: Vec::new(),
-            warm_interval: Duration::from_secs(300),
-            warm_ready_timeout: Duration::from_secs(5),
-        }
-    }
-}
 
 /// The cache of the process: one store, one lock table, both `'static` as pingora requires.
 pub struct Cache {

@@ -2,9 +2,10 @@
 //! position, before anything is returned; nothing here runs per request.
 
 use super::diag::{suggest, Diagnostic, Source};
-use super::plan::{
-    CertSpec, HealthCheckSpec, OtlpProtocol, Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, SamplerSpec, ServerDef, ServerSpec,
-    Settings, StateDef, TelemetryDef, TlsListenDef, UpstreamDef, UpstreamTlsDef,
+use super::plan::{Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, ServerDef};
+use crate::model::plan::{
+    CacheSettings, CertSpec, ConcurrencyDef, HealthCheckSpec, OtlpProtocol, SamplerSpec, ServerSpec, Settings, StateDef, TelemetryDef,
+    TlsListenDef, UpstreamDef, UpstreamTlsDef, WarmRequest,
 };
 use super::raw::{
     PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawFields, RawHealthCheck, RawMatch, RawPagination, RawQueue,
@@ -12,19 +13,19 @@ use super::raw::{
 };
 use super::units::{Dur, EnvString, Size, Ttl};
 use crate::cache::invalidate::{self, InvalidateRule};
-use crate::cache::{CachePolicy, CacheSettings, TagTemplate, WarmRequest};
+use crate::cache::{CachePolicy, TagTemplate};
 use crate::policy::builtin;
 use crate::policy::compress::{self, CompressPolicy};
-use crate::policy::concurrency::{ConcurrencyDef, DEFAULT_QUEUE_TIMEOUT};
+use crate::policy::concurrency::DEFAULT_QUEUE_TIMEOUT;
 use crate::policy::fields::{self, FieldSelection};
 use crate::policy::forwarding::ForwardedFields;
 use crate::policy::pagination::{Excess, Pagination};
 use crate::policy::ratelimit::{KeySource, OnMissing, OnStateError, RateLimitDef};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::timeout::Timeouts;
-use crate::routing::normalize::{normalize, EncodedSlash};
-use crate::routing::template::{PathTemplate, TemplateError};
-use crate::routing::{Matcher, PathMatch};
+use crate::model::normalize::{normalize, EncodedSlash};
+use crate::model::template::{PathTemplate, TemplateError};
+use crate::model::matcher::{Matcher, PathMatch};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -1173,7 +1174,7 @@ fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
         Some(l) => *l.get_ref(),
         None => 1,
     };
-    StateDef::Redis(crate::config::plan::RedisDef {
+    StateDef::Redis(crate::model::plan::RedisDef {
         url: text,
         pool_size,
         timeout,

@@ -11,7 +11,7 @@ pub mod raw;
 pub mod units;
 
 pub use diag::{ConfigError, Diagnostic};
-pub use plan::{Plan, Settings};
+pub use plan::Plan;
 
 use diag::Source;
 use std::path::Path;

@@ -7,7 +7,7 @@ use super::health::Known;
 use super::init::function_name;
 use super::{Document, Operation};
 use crate::config::plan::{Plan, RouteDef, RouteTarget};
-use crate::routing::{in_precedence_order, PathMatch};
+use crate::model::matcher::{in_precedence_order, PathMatch};
 use http::Method;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};

@@ -14,7 +14,7 @@
 
 use super::init::function_name;
 use super::{Document, Operation};
-use crate::routing::template::PathTemplate;
+use crate::model::template::PathTemplate;
 
 /// Words that mark a health endpoint, best first. A word starting with `health` counts as
 /// `health` (`healthz`, `healthcheck`).

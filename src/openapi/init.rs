@@ -5,8 +5,8 @@
 
 use super::health::{self, Choice};
 use super::{top_names, Document, Operation};
-use crate::routing::template::PathTemplate;
-use crate::routing::PathMatch;
+use crate::model::template::PathTemplate;
+use crate::model::matcher::PathMatch;
 use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;

@@ -18,8 +18,8 @@ use crate::cache::invalidate::{self, InvalidateRule, Reason};
 use crate::cache::store::{CacheStore, PurgeSelector, StoreKey, StoredObject};
 use crate::cache::{self, CachePolicy, TagTemplate};
 use crate::problem::{GatewayError, Problem};
-use crate::routing::normalize::normalize;
-use crate::routing::PathMatch;
+use crate::model::normalize::normalize;
+use crate::model::matcher::PathMatch;
 use crate::telemetry::outcome::Outcome;
 use http::header::{
     HeaderName, ACCEPT_ENCODING, ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,

@@ -11,13 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConcurrencyDef {
-    pub max: usize,
-    pub queue: usize,
-    pub queue_timeout: Duration,
-}
+use crate::model::plan::ConcurrencyDef;
 
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 

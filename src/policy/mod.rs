@@ -66,7 +66,7 @@ pub struct Exchange<'a> {
     /// The normalized path: what routed the request and what the backend receives.
     pub path: &'a str,
     /// The values of the route's path template parameters in `path`.
-    pub params: &'a crate::routing::template::Params,
+    pub params: &'a crate::model::template::Params,
     pub request_id: &'a str,
     /// The TCP peer.
     pub peer_ip: Option<IpAddr>,
@@ -236,7 +236,7 @@ chain! {
 pub(crate) mod tests {
     use super::*;
 
-    static NO_PARAMS: crate::routing::template::Params = crate::routing::template::Params { template: None, spans: Vec::new() };
+    static NO_PARAMS: crate::model::template::Params = crate::model::template::Params { template: None, spans: Vec::new() };
 
     /// A plain exchange over `req`, for unit tests of single policies.
     pub fn exchange(req: &RequestHeader) -> Exchange<'_> {

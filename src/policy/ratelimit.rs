@@ -16,7 +16,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::routing::template::Params;
+use crate::model::template::Params;
 use crate::shared::limiter::{SharedLimit, Verdict};
 use crate::shared::Redis;
 use super::{query, Directives, Exchange, Flow, Policy};

@@ -41,7 +41,7 @@ pub struct ServerLimits {
     pub methods: Vec<Method>,
     /// `methods` as an `Allow` value.
     pub allow: String,
-    pub encoded_slash: crate::routing::normalize::EncodedSlash,
+    pub encoded_slash: crate::model::normalize::EncodedSlash,
 }
 
 impl ServerLimits {

@@ -35,7 +35,7 @@ pub struct Core {
     /// The normalized path, when it differs from the one received: matched and forwarded.
     pub rewritten_path: Option<String>,
     /// The route template's parameters, as ranges of the normalized path.
-    pub params: crate::routing::template::Params,
+    pub params: crate::model::template::Params,
     pub peer_ip: Option<IpAddr>,
     /// The request came over the HTTPS listener.
     pub tls: bool,

@@ -31,7 +31,9 @@ use crate::app::App;
 use crate::cache;
 use crate::policy::{forwarding, Cut, Directives, Exchange, Flow, Policy};
 use crate::problem::{self, GatewayError, Problem};
-use crate::routing::{normalize::{normalize_with, PathError}, request_host, Target};
+use crate::model::matcher::request_host;
+use crate::model::normalize::{normalize_with, PathError};
+use crate::routing::Target;
 use crate::telemetry::outcome::{self, Finished, Sinks};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -636,7 +638,7 @@ impl ProxyHttp for Gateway {
             user_agent: access_log
                 .then(|| req.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()))
                 .flatten(),
-            route: ctx.decision.route().map(|r| &**r),
+            route: ctx.decision.route().map(|r| r.seen()),
             params: access_log
                 .then(|| ctx.core.params.render(ctx.core.rewritten_path.as_deref().unwrap_or(req.uri.path())))
                 .flatten(),

@@ -12,7 +12,7 @@
 
 pub mod limiter;
 
-use crate::config::plan::RedisDef;
+use crate::model::plan::RedisDef;
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use std::future::Future;

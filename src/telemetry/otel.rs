@@ -5,7 +5,7 @@
 //! in batches from a dedicated one-thread tokio runtime, so export never runs on, or waits for,
 //! a proxy thread; when the collector is unreachable, spans are dropped and counted.
 
-use crate::config::plan::{OtlpProtocol, SamplerSpec, TelemetryDef};
+use crate::model::plan::{OtlpProtocol, SamplerSpec, TelemetryDef};
 use crate::telemetry::Metrics;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
@@ -266,7 +266,7 @@ impl Tracing {
             if let Some(q) = req.uri.query() {
                 span.set_attribute(KeyValue::new("url.query", q.to_string()));
             }
-            if let Some(host) = crate::routing::request_host(req) {
+            if let Some(host) = crate::model::matcher::request_host(req) {
                 span.set_attribute(KeyValue::new("server.address", host.to_string()));
             }
             if let Some(ip) = client {

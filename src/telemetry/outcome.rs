@@ -5,7 +5,6 @@
 use super::errorlog::ErrorLog;
 use super::otel::RequestTrace;
 use super::Metrics;
-use crate::routing::Route;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -48,13 +47,23 @@ pub struct Outcome {
     pub fields: Option<&'static str>,
 }
 
+/// What telemetry reads of the route a request took.
+#[derive(Clone, Copy)]
+pub struct RouteSeen<'a> {
+    pub name: &'a str,
+    pub metrics: &'a super::metrics::RouteHandles,
+    /// The upstream's name and series; `None` for a route that denies.
+    pub upstream: Option<(&'a str, &'a super::metrics::UpstreamHandles)>,
+    pub slow_threshold: Duration,
+}
+
 /// The rest of what is known when a request ends, borrowed from the request.
 pub struct Finished<'a> {
     pub request_id: &'a str,
     pub method: &'a http::Method,
     pub path: &'a str,
     pub user_agent: Option<&'a str>,
-    pub route: Option<&'a Route>,
+    pub route: Option<RouteSeen<'a>>,
     /// The route template's parameters, `name=value` separated by spaces (access line only).
     pub params: Option<String>,
     /// 0 when nothing was sent.
@@ -78,17 +87,17 @@ pub const NO_ROUTE: &str = super::metrics::NO_ROUTE;
 /// Writes metrics, the span and the access line for one finished request.
 pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<RequestTrace>) {
     let metrics = sinks.metrics;
-    let route_name = f.route.map_or(NO_ROUTE, |r| r.name.as_str());
+    let route_name = f.route.map_or(NO_ROUTE, |r| r.name);
     let secs = f.elapsed.as_secs_f64();
     if let Some(route) = f.route {
-        metrics.request_finished(&route.name, &route.metrics, f.method, f.status, secs);
-        metrics.body_sizes(&route.name, &route.metrics, f.bytes_in, f.bytes_out);
-        if let Some(up) = route.upstream() {
+        metrics.request_finished(route.name, route.metrics, f.method, f.status, secs);
+        metrics.body_sizes(route.name, route.metrics, f.bytes_in, f.bytes_out);
+        if let Some((upstream, series)) = route.upstream {
             if out.upstream_started {
-                metrics.upstream_finished(&up.name, &up.metrics, out.ttfb.map(|t| t.as_secs_f64()));
+                metrics.upstream_finished(upstream, series, out.ttfb.map(|t| t.as_secs_f64()));
             }
             if let Some(kind) = out.upstream_error {
-                metrics.upstream_error(&up.name, kind);
+                metrics.upstream_error(upstream, kind);
             }
         }
         if let Some(status) = out.cache {
@@ -100,26 +109,26 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
                 "expired" => "EXPIRED",
                 _ => "BYPASS",
             };
-            metrics.cache_result(&route.name, result);
+            metrics.cache_result(route.name, result);
         }
         for (reason, n) in &out.invalidated {
             metrics.cache_purged("write", *n);
-            metrics.cache_invalidated(&route.name, reason, *n);
+            metrics.cache_invalidated(route.name, reason, *n);
         }
         if let Some(limit) = &out.limited_by {
-            metrics.rate_limited(&route.name, limit);
+            metrics.rate_limited(route.name, limit);
         }
         if let Some(code) = out.backend_error {
-            metrics.backend_error(&route.name, code);
+            metrics.backend_error(route.name, code);
         }
         if let Some(scope) = out.shed {
-            metrics.shed(&route.name, scope);
+            metrics.shed(route.name, scope);
         }
         if let (Some(alg), Some((bytes_in, bytes_out))) = (out.compression, out.compressed) {
             metrics.compression(alg, bytes_in, bytes_out);
         }
         if !out.streaming && f.elapsed > route.slow_threshold {
-            metrics.slow_request(&route.name);
+            metrics.slow_request(route.name);
             let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
             tracing::warn!(
                 request_id = f.request_id,
