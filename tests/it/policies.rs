@@ -1,7 +1,7 @@
 //! Per-route traffic policies through the real binary and backend: rate limits, timeouts,
 //! size caps, concurrency limits and compression.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! arbitrary-period rates, which limit `RateLimit` reports when several apply, and idle keys
 //! evicted with `fastgate_rate_limit_keys` counting what is left.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway};
 use std::time::{Duration, Instant};

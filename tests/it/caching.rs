@@ -5,7 +5,7 @@
 //! GET entry, cookie bypass, `Last-Modified` revalidation, and invalidation by PUT, PATCH,
 //! DELETE, `Content-Location` and `{cookie:..}`/`{query:..}` tag templates.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway};
 use reqwest::header::HeaderMap;

@@ -3,7 +3,7 @@
 //! answer with its own empty 400 answered as problems, `Connection: close` while draining,
 //! the admin API split from the public probes, and a taken address stopping start-up at once.
 
-mod common;
+use crate::common;
 
 use common::{check_config, config_for, free_port, metric_value, Backend, Gateway, CATCH_ALL};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! answering per `on_state_error`, none past its timeout, until Redis returns and sharing
 //! resumes.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway, RedisServer};
 use serde_json::{json, Value};

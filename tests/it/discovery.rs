@@ -2,7 +2,7 @@
 //! servers (two uvicorn backends on 127.0.0.2 and 127.0.0.3, one port), a changed record is
 //! seen within `resolve_interval`, and a failing DNS server keeps the servers in force.
 
-mod common;
+use crate::common;
 
 use common::{config_for, free_port, Backend, Gateway, CATCH_ALL};
 use std::net::Ipv4Addr;

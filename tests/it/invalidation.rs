@@ -5,7 +5,7 @@
 //! read after a write is checked on the same connection and on a new one, with and without
 //! `Authorization`, against what the backend itself answers.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway};
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! and compression on), and FastAPI's own error bodies (a real 422 and 404) in the gateway's
 //! problem shape.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway};
 use serde_json::{json, Value};

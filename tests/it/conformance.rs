@@ -4,7 +4,7 @@
 //! targeted fields (RFC 9213), storable statuses, the client's own `Cache-Control`, and the
 //! request fields that are removed so they cannot poison an entry.
 
-mod common;
+use crate::common;
 
 use common::{config_for, Backend, Gateway};
 use reqwest::header::HeaderMap;

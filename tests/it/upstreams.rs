@@ -3,7 +3,7 @@
 //! queue, which requests do not take a slot (streams, cache hits), host names in `servers`,
 //! and health kept across a reload.
 
-mod common;
+use crate::common;
 
 use common::{free_port, Backend, Gateway, CATCH_ALL};
 use futures_util::{SinkExt, StreamExt};

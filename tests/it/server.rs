@@ -3,7 +3,7 @@
 //! FASTGATE_CONFIG and the default config path, pretty logs, `check` warnings, `probe`'s
 //! default URL, the last reload in `/admin/config`, `${VAR:-default}` and `$$`.
 
-mod common;
+use crate::common;
 
 use common::{config_for, free_port, server_table, Backend, Gateway, CATCH_ALL};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! SIGHUP keeps the old config, SIGTERM drains in-flight requests and exits 0. Also the
 //! `check` command and start-up failures.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway, CATCH_ALL};
 use std::process::Command;

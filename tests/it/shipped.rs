@@ -2,7 +2,7 @@
 //! what README's first command promises (`x-cache: MISS` then `HIT`, the `RateLimit` fields, a
 //! warm cache, per-user caching behind the backend's auth, streams, compression).
 
-mod common;
+use crate::common;
 
 use common::{Backend, Gateway};
 use futures_util::StreamExt;

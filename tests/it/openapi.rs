@@ -3,7 +3,7 @@
 //! reads right after writes across related resources with caching on (the rules it derived
 //! from the schema graph and from the router the app includes twice).
 
-mod common;
+use crate::common;
 
 use common::{fastgate_command, Backend, Gateway};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! WebSocket upgrades and server-sent events through the gateway: both directions, event by
 //! event, and not cut by the per-request timeout meant for ordinary calls.
 
-mod common;
+use crate::common;
 
 use common::{config_for, Backend, Gateway};
 use futures_util::{SinkExt, StreamExt};

@@ -2,7 +2,7 @@
 //! query strings, status codes, routing, normalization, request ids, forwarding headers, and
 //! the problem+json answers the gateway gives itself.
 
-mod common;
+use crate::common;
 
 use common::{metric_value, config_for, Backend, Gateway, CATCH_ALL};
 use serde_json::Value;

@@ -5,7 +5,7 @@
 //! (`Upgrade`, `Trailer`) that never reach the backend, and the server's method list (405 with
 //! `Allow`, 501 for a method it does not know).
 
-mod common;
+use crate::common;
 
 use common::{config_for, free_port, metric_value, Backend, Gateway, CATCH_ALL};
 use serde_json::Value;

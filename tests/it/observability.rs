@@ -2,7 +2,7 @@
 //! status page in a real headless Chromium, and the dashboard and alert rules checked against
 //! what the gateway really exports.
 
-mod common;
+use crate::common;
 
 use common::{config_for, metric_value, Backend, Gateway};
 use std::process::Command;

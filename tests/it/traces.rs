@@ -2,7 +2,7 @@
 //! the official opentelemetry-proto definitions, started by the test. The backend, in one test,
 //! runs under OpenTelemetry's FastAPI instrumentation exporting to the same receiver.
 
-mod common;
+use crate::common;
 
 use common::{config_for, Backend, Gateway, CATCH_ALL};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};

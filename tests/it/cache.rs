@@ -1,7 +1,7 @@
 //! Response caching through the real binary and backend. The backend counts what reaches it,
 //! which is how hits, coalescing and purges are proven.
 
-mod common;
+use crate::common;
 
 use common::{config_for, Backend, Gateway};
 use reqwest::header::HeaderMap;

@@ -3,7 +3,7 @@
 //! serving TLS itself, with and without a client certificate. Certificates come from a CA the
 //! test makes (`common::pki`).
 
-mod common;
+use crate::common;
 
 use common::pki::Pki;
 use common::{config_for, free_port, Backend, Gateway, CATCH_ALL};
