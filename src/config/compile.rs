@@ -1,7 +1,7 @@
 //! Raw config -> validated, compiled runtime. Every semantic problem is collected, with its
 //! position, before anything is returned; nothing here runs per request.
 
-use super::diag::{suggest, Diagnostic, Source};
+use crate::model::diag::{suggest, Diagnostic, Diagnostics, Source, Span};
 use super::plan::{Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, ServerDef};
 use crate::model::plan::{
     CacheSettings, CertSpec, ConcurrencyDef, HealthCheckSpec, OtlpProtocol, SamplerSpec, ServerSpec, Settings, StateDef, TelemetryDef,
@@ -9,9 +9,9 @@ use crate::model::plan::{
 };
 use super::raw::{
     PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawFields, RawHealthCheck, RawMatch, RawPagination, RawQueue,
-    RawHsts, RawRateLimit, RawRoute, RawServer, RawState, RawRedis, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm, Toggle,
+    RawHsts, RawRateLimit, RawRoute, RawServer, RawState, RawRedis, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm,
 };
-use super::units::{Dur, EnvString, Size, Ttl};
+use crate::model::units::{Dur, EnvString, Size, Toggle, Ttl};
 use crate::cache::invalidate::{self, InvalidateRule};
 use crate::cache::{CachePolicy, TagTemplate};
 use crate::policy::builtin;
@@ -51,35 +51,6 @@ const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// `hsts = "on"`: one year, the value preload lists ask for.
 const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Collects diagnostics while compiling.
-struct Ctx<'a> {
-    src: &'a Source<'a>,
-    errors: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-}
-
-type Span = std::ops::Range<usize>;
-
-impl Ctx<'_> {
-    /// Records an error (once per position and message: a bad value in `[defaults]` is
-    /// merged into every route but reported once, at its own line) and returns `None`.
-    fn error<T>(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) -> Option<T> {
-        let d = self.src.at(span, msg, hint);
-        if !self.errors.contains(&d) {
-            self.errors.push(d);
-        }
-        None
-    }
-
-    /// Records a warning: the file is used, but a value was read differently than written.
-    fn warn(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
-        let d = self.src.at(span, msg, hint);
-        if !self.warnings.contains(&d) {
-            self.warnings.push(d);
-        }
-    }
-}
-
 /// Compiles a parsed file into a plan, or every problem found in it.
 pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>> {
     let RawConfig {
@@ -91,11 +62,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         cache,
         state,
     } = raw;
-    let mut cx = Ctx {
-        src,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut cx = Diagnostics::new(src);
 
     let mut server = server;
     let remove_request_headers = compile_removed_headers(&mut cx, std::mem::take(&mut server.remove_request_headers));
@@ -128,7 +95,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         Ok(a) => Some(a),
         Err(_) => cx.error(r.span(), format!("`resolver` is not an IP address and port: {:?}", r.get_ref().0), "write the DNS server's address, e.g. \"10.96.0.10:53\"; leave it out for the system resolver"),
     });
-    let resolve_interval = positive(&mut cx, resolve_interval.as_ref(), "resolve_interval", DEFAULT_RESOLVE_INTERVAL);
+    let resolve_interval = cx.positive(resolve_interval.as_ref(), "resolve_interval", DEFAULT_RESOLVE_INTERVAL);
     let (upstreams, broken_upstreams) = compile_upstreams(&mut cx, upstreams);
     let defaults = defaults.policy_keys();
     // `[defaults]` alone first: its errors are reported at its own lines, and once.
@@ -151,7 +118,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
                     "remove one, or make their `match` differ",
                 );
             } else if a.matcher.overlaps(&b.matcher) {
-                let (line, _) = super::diag::line_col(src.text, a_span.start);
+                let (line, _) = crate::model::diag::line_col(src.text, a_span.start);
                 cx.warn(
                     b_span.clone(),
                     format!("route `{}` overlaps route `{}` (line {line}); the one written first wins", b.name, a.name),
@@ -216,7 +183,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     })
 }
 
-fn compile_removed_headers(cx: &mut Ctx<'_>, extra: Vec<Spanned<String>>) -> Vec<http::HeaderName> {
+fn compile_removed_headers(cx: &mut Diagnostics<'_>, extra: Vec<Spanned<String>>) -> Vec<http::HeaderName> {
     let mut names: Vec<http::HeaderName> = crate::policy::forwarding::TARGET_REWRITING.iter().map(|n| http::HeaderName::from_static(n)).collect();
     for e in extra {
         match http::HeaderName::from_bytes(e.get_ref().trim().to_ascii_lowercase().as_bytes()) {
@@ -241,7 +208,7 @@ fn digest(text: &str) -> String {
 }
 
 fn compile_server(
-    cx: &mut Ctx<'_>,
+    cx: &mut Diagnostics<'_>,
     server: RawServer,
 ) -> (Option<Settings>, Vec<IpNet>, Option<String>, ServerLimits) {
     let RawServer {
@@ -273,7 +240,7 @@ fn compile_server(
         resolve_interval: _,
     } = server;
     let d = ServerLimits::default();
-    let at_least_one = |cx: &mut Ctx<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
+    let at_least_one = |cx: &mut Diagnostics<'_>, v: Option<&Spanned<usize>>, key: &str, default: usize| match v {
         Some(n) if *n.get_ref() == 0 => cx
             .error(n.span(), format!("`{key}` must be at least 1"), format!("leave `{key}` out for the default, {default}"))
             .unwrap_or(default),
@@ -285,9 +252,9 @@ fn compile_server(
         max_uri_length: at_least_one(cx, size(max_uri_length).as_ref(), "max_uri_length", d.max_uri_length),
         max_header_count: at_least_one(cx, max_header_count.as_ref(), "max_header_count", d.max_header_count),
         max_header_bytes: at_least_one(cx, size(max_header_bytes).as_ref(), "max_header_bytes", d.max_header_bytes),
-        client_body_timeout: positive(cx, client_body_timeout.as_ref(), "client_body_timeout", d.client_body_timeout),
-        keepalive_timeout: positive(cx, keepalive_timeout.as_ref(), "keepalive_timeout", d.keepalive_timeout),
-        header_timeout: positive(cx, header_timeout.as_ref(), "header_timeout", d.header_timeout),
+        client_body_timeout: cx.positive(client_body_timeout.as_ref(), "client_body_timeout", d.client_body_timeout),
+        keepalive_timeout: cx.positive(keepalive_timeout.as_ref(), "keepalive_timeout", d.keepalive_timeout),
+        header_timeout: cx.positive(header_timeout.as_ref(), "header_timeout", d.header_timeout),
         max_connections: at_least_one(cx, max_connections.as_ref(), "max_connections", d.max_connections),
         max_connections_per_client: at_least_one(cx, max_connections_per_client.as_ref(), "max_connections_per_client", d.max_connections_per_client),
         access_log: access_log.is_none_or(Spanned::into_inner),
@@ -378,8 +345,8 @@ fn compile_server(
 }
 
 fn parse_addr(
-    cx: &mut Ctx<'_>,
-    value: Option<&Spanned<super::units::EnvString>>,
+    cx: &mut Diagnostics<'_>,
+    value: Option<&Spanned<EnvString>>,
     default: &str,
     key: &str,
 ) -> Option<SocketAddr> {
@@ -396,18 +363,8 @@ fn parse_addr(
     }
 }
 
-/// A duration that must be above zero, or `default` when unset (an error is recorded for zero).
-fn positive(cx: &mut Ctx<'_>, v: Option<&Spanned<Dur>>, key: &str, default: Duration) -> Duration {
-    match v {
-        Some(t) if t.get_ref().0.is_zero() => cx
-            .error(t.span(), format!("`{key}` must be above zero"), format!("leave `{key}` out for the default, {default:?}"))
-            .unwrap_or(default),
-        Some(t) => t.get_ref().0,
-        None => default,
-    }
-}
 
-fn compile_retry(cx: &mut Ctx<'_>, r: &Spanned<super::raw::RawRetry>) -> Option<crate::policy::timeout::Retry> {
+fn compile_retry(cx: &mut Diagnostics<'_>, r: &Spanned<super::raw::RawRetry>) -> Option<crate::policy::timeout::Retry> {
     use crate::policy::timeout::Retry;
     let raw = r.get_ref();
     let attempts = *raw.attempts.get_ref();
@@ -435,7 +392,7 @@ fn compile_retry(cx: &mut Ctx<'_>, r: &Spanned<super::raw::RawRetry>) -> Option<
     ok.then_some(retry)
 }
 
-fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> (BTreeMap<String, UpstreamDef>, HashSet<String>) {
+fn compile_upstreams(cx: &mut Diagnostics<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> (BTreeMap<String, UpstreamDef>, HashSet<String>) {
     let mut out = BTreeMap::new();
     let mut broken = HashSet::new();
     for (name, spanned) in raw {
@@ -479,8 +436,8 @@ fn compile_upstreams(cx: &mut Ctx<'_>, raw: BTreeMap<String, Spanned<RawUpstream
             (None, false) => None,
         };
         let health_check = health_check.and_then(|hc| compile_health(cx, hc));
-        let idle_timeout = positive(cx, idle_timeout.as_ref(), "idle_timeout", DEFAULT_IDLE);
-        let eject_for = positive(cx, eject_for.as_ref(), "eject_for", DEFAULT_EJECT_FOR);
+        let idle_timeout = cx.positive(idle_timeout.as_ref(), "idle_timeout", DEFAULT_IDLE);
+        let eject_for = cx.positive(eject_for.as_ref(), "eject_for", DEFAULT_EJECT_FOR);
         if cx.errors.len() > errors_before {
             broken.insert(name);
             continue;
@@ -540,7 +497,7 @@ fn parse_server(text: &str) -> Result<(ServerSpec, bool), String> {
     Ok((spec, tls))
 }
 
-fn compile_upstream_tls(cx: &mut Ctx<'_>, raw: Spanned<RawUpstreamTls>) -> Option<UpstreamTlsDef> {
+fn compile_upstream_tls(cx: &mut Diagnostics<'_>, raw: Spanned<RawUpstreamTls>) -> Option<UpstreamTlsDef> {
     let span = raw.span();
     let RawUpstreamTls { ca_file, cert, key, sni, verify } = raw.into_inner();
     let path = |v: Option<Spanned<EnvString>>| v.map(|p| PathBuf::from(p.into_inner().0));
@@ -559,7 +516,7 @@ fn compile_upstream_tls(cx: &mut Ctx<'_>, raw: Spanned<RawUpstreamTls>) -> Optio
 
 /// `[server.tls]`: the listener, and its certificates (files are read when the plan is made
 /// live, so that a reload serves a renewed certificate).
-fn compile_tls(cx: &mut Ctx<'_>, raw: Spanned<RawTls>) -> (Option<TlsListenDef>, Vec<CertSpec>) {
+fn compile_tls(cx: &mut Diagnostics<'_>, raw: Spanned<RawTls>) -> (Option<TlsListenDef>, Vec<CertSpec>) {
     let span = raw.span();
     let RawTls { listen, certificates, http2, public_port } = raw.into_inner();
     let listen = parse_addr(cx, listen.as_ref(), DEFAULT_TLS_LISTEN, "tls.listen");
@@ -593,7 +550,7 @@ fn compile_tls(cx: &mut Ctx<'_>, raw: Spanned<RawTls>) -> (Option<TlsListenDef>,
     (tls, certs)
 }
 
-fn compile_hsts(cx: &mut Ctx<'_>, raw: Option<&RawHsts>) -> Option<String> {
+fn compile_hsts(cx: &mut Diagnostics<'_>, raw: Option<&RawHsts>) -> Option<String> {
     let max_age = match raw.and_then(|r| r.max_age.as_ref()) {
         Some(d) if d.get_ref().0.is_zero() => {
             return cx.error(d.span(), "`hsts.max_age` must be above zero", "hsts = \"off\" sends no Strict-Transport-Security");
@@ -611,7 +568,7 @@ fn compile_hsts(cx: &mut Ctx<'_>, raw: Option<&RawHsts>) -> Option<String> {
     Some(v)
 }
 
-fn compile_health(cx: &mut Ctx<'_>, hc: Spanned<RawHealthCheck>) -> Option<HealthCheckSpec> {
+fn compile_health(cx: &mut Diagnostics<'_>, hc: Spanned<RawHealthCheck>) -> Option<HealthCheckSpec> {
     let span = hc.span();
     let RawHealthCheck {
         path,
@@ -626,9 +583,9 @@ fn compile_health(cx: &mut Ctx<'_>, hc: Spanned<RawHealthCheck>) -> Option<Healt
         return cx.error(at, format!("health check path {path_str:?} must start with `/`"), "write the backend's health path, e.g. \"/healthz\"");
     }
     let errors_before = cx.errors.len();
-    let interval = positive(cx, interval.as_ref(), "interval", Duration::from_secs(2));
-    let timeout = positive(cx, timeout.as_ref(), "timeout", Duration::from_secs(1));
-    let threshold = |cx: &mut Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize| match v {
+    let interval = cx.positive(interval.as_ref(), "interval", Duration::from_secs(2));
+    let timeout = cx.positive(timeout.as_ref(), "timeout", Duration::from_secs(1));
+    let threshold = |cx: &mut Diagnostics<'_>, v: Option<Spanned<usize>>, key: &str, default: usize| match v {
         Some(n) if *n.get_ref() == 0 => cx
             .error(n.span(), format!("health check `{key}` must be at least 1"), format!("leave it out for the default, {default}"))
             .unwrap_or(default),
@@ -657,7 +614,7 @@ fn compile_health(cx: &mut Ctx<'_>, hc: Spanned<RawHealthCheck>) -> Option<Healt
 }
 
 fn compile_route(
-    cx: &mut Ctx<'_>,
+    cx: &mut Diagnostics<'_>,
     spanned: &Spanned<RawRoute>,
     defaults: &PolicyKeys<'_>,
     (upstreams, broken): (&BTreeMap<String, UpstreamDef>, &HashSet<String>),
@@ -747,7 +704,7 @@ fn compile_route(
     ))
 }
 
-fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
+fn compile_match(cx: &mut Diagnostics<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
     let RawMatch {
         path,
         path_prefix,
@@ -805,7 +762,7 @@ fn compile_match(cx: &mut Ctx<'_>, m: &Spanned<RawMatch>) -> Option<Matcher> {
     Some(Matcher { path, methods, host })
 }
 
-fn route_path(cx: &mut Ctx<'_>, p: &Spanned<super::units::EnvString>) -> Option<String> {
+fn route_path(cx: &mut Diagnostics<'_>, p: &Spanned<EnvString>) -> Option<String> {
     match normalize(p.get_ref()) {
         Ok(n) if n != p.get_ref().0 => cx.error(
             p.span(),
@@ -820,7 +777,7 @@ fn route_path(cx: &mut Ctx<'_>, p: &Spanned<super::units::EnvString>) -> Option<
 /// `route`: the route's name and path template, to check the path parameters that keys,
 /// tags and invalidation patterns name; `None` for `[defaults]` compiled alone.
 fn compile_policy(
-    cx: &mut Ctx<'_>,
+    cx: &mut Diagnostics<'_>,
     route: &PolicyKeys<'_>,
     defaults: &PolicyKeys<'_>,
     on_route: Option<(&str, Option<&PathTemplate>)>,
@@ -829,7 +786,7 @@ fn compile_policy(
         r.clone().or_else(|| d.clone())
     }
     let errors_before = cx.errors.len();
-    let dur = |cx: &mut Ctx<'_>, v: Option<Spanned<Dur>>, key: &str| -> Option<Duration> {
+    let dur = |cx: &mut Diagnostics<'_>, v: Option<Spanned<Dur>>, key: &str| -> Option<Duration> {
         let v = v?;
         if v.get_ref().0.is_zero() {
             return cx.error(v.span(), format!("`{key}` must be above zero"), format!("leave `{key}` out for the built-in default"));
@@ -989,7 +946,7 @@ fn compile_policy(
     })
 }
 
-fn query_name(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: &str, key: &str) -> Option<String> {
+fn query_name(cx: &mut Diagnostics<'_>, v: &Option<Spanned<String>>, default: &str, key: &str) -> Option<String> {
     let Some(v) = v else { return Some(default.to_string()) };
     let name = v.get_ref().trim();
     let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
@@ -1000,7 +957,7 @@ fn query_name(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: &str, key:
     }
 }
 
-fn compile_pagination(cx: &mut Ctx<'_>, raw: &RawPagination) -> Option<Pagination> {
+fn compile_pagination(cx: &mut Diagnostics<'_>, raw: &RawPagination) -> Option<Pagination> {
     let RawPagination { param, default, max, on_excess, offset_param, max_offset } = raw;
     let param = query_name(cx, param, "limit", "param");
     let offset_param = query_name(cx, offset_param, "offset", "offset_param");
@@ -1026,14 +983,14 @@ fn compile_pagination(cx: &mut Ctx<'_>, raw: &RawPagination) -> Option<Paginatio
     })
 }
 
-fn compile_fields(cx: &mut Ctx<'_>, raw: Option<&RawFields>) -> Option<FieldSelection> {
+fn compile_fields(cx: &mut Diagnostics<'_>, raw: Option<&RawFields>) -> Option<FieldSelection> {
     let param = query_name(cx, &raw.and_then(|r| r.param.clone()), fields::DEFAULT_PARAM, "param")?;
     let max_body = raw.and_then(|r| r.max_body.as_ref()).map_or(fields::DEFAULT_MAX_BODY, |s| s.get_ref().0);
     Some(FieldSelection { param, max_body })
 }
 
 /// Refuses path parameters the route's template does not declare.
-fn check_params<'p>(cx: &mut Ctx<'_>, span: Span, params: impl IntoIterator<Item = &'p str>, on_route: Option<(&str, Option<&PathTemplate>)>) {
+fn check_params<'p>(cx: &mut Diagnostics<'_>, span: Span, params: impl IntoIterator<Item = &'p str>, on_route: Option<(&str, Option<&PathTemplate>)>) {
     let Some((route, template)) = on_route else { return };
     if let Some(name) = invalidate::unknown_param(params, template) {
         let hint = match template {
@@ -1044,7 +1001,7 @@ fn check_params<'p>(cx: &mut Ctx<'_>, span: Span, params: impl IntoIterator<Item
     }
 }
 
-fn tag_template(cx: &mut Ctx<'_>, t: &Spanned<String>, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<TagTemplate> {
+fn tag_template(cx: &mut Diagnostics<'_>, t: &Spanned<String>, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<TagTemplate> {
     match TagTemplate::parse(t.get_ref()) {
         Ok(tpl) => {
             check_params(cx, t.span(), tpl.params(), on_route);
@@ -1054,7 +1011,7 @@ fn tag_template(cx: &mut Ctx<'_>, t: &Spanned<String>, on_route: Option<(&str, O
     }
 }
 
-fn compile_cache_policy(cx: &mut Ctx<'_>, raw: &RawCachePolicy, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<CachePolicy> {
+fn compile_cache_policy(cx: &mut Diagnostics<'_>, raw: &RawCachePolicy, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<CachePolicy> {
     let RawCachePolicy {
         ttl,
         negative_ttl,
@@ -1087,7 +1044,7 @@ fn compile_cache_policy(cx: &mut Ctx<'_>, raw: &RawCachePolicy, on_route: Option
         Some(t) => Some(t.get_ref().0),
         None => None,
     };
-    let header_name = |cx: &mut Ctx<'_>, name: &Spanned<String>, hint: &str| match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+    let header_name = |cx: &mut Diagnostics<'_>, name: &Spanned<String>, hint: &str| match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
         Ok(n) => Some(n),
         Err(_) => cx.error(name.span(), format!("invalid header name {:?}", name.get_ref()), hint),
     };
@@ -1122,7 +1079,7 @@ fn compile_cache_policy(cx: &mut Ctx<'_>, raw: &RawCachePolicy, on_route: Option
     })
 }
 
-fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
+fn compile_state(cx: &mut Diagnostics<'_>, raw: RawState) -> StateDef {
     let RawState { backend, redis } = raw;
     let backend_span = backend.as_ref().map(Spanned::span);
     match backend.as_ref().map(|b| b.get_ref().trim()) {
@@ -1168,7 +1125,7 @@ fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
         Some(p) => *p.get_ref(),
         None => 2,
     };
-    let timeout = positive(cx, timeout.as_ref(), "timeout", Duration::from_millis(50));
+    let timeout = cx.positive(timeout.as_ref(), "timeout", Duration::from_millis(50));
     let lease = match lease {
         Some(l) if *l.get_ref() == 0 || *l.get_ref() > 1000 => cx.error(l.span(), "`lease` must be between 1 and 1000", "1 asks Redis for every decision (exact); 10 takes ten tokens per round trip").unwrap_or(1),
         Some(l) => *l.get_ref(),
@@ -1188,7 +1145,7 @@ fn compile_state(cx: &mut Ctx<'_>, raw: RawState) -> StateDef {
     })
 }
 
-fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
+fn compile_cache_settings(cx: &mut Diagnostics<'_>, raw: RawCache) -> CacheSettings {
     let RawCache {
         max_size,
         max_object_size,
@@ -1209,8 +1166,8 @@ fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
             }
         },
     };
-    let lock_timeout = positive(cx, lock_timeout.as_ref(), "lock_timeout", d.lock_timeout);
-    let warm_interval = positive(cx, warm_interval.as_ref(), "warm_interval", d.warm_interval);
+    let lock_timeout = cx.positive(lock_timeout.as_ref(), "lock_timeout", d.lock_timeout);
+    let warm_interval = cx.positive(warm_interval.as_ref(), "warm_interval", d.warm_interval);
     let mut requests = Vec::new();
     for w in warm {
         let RawWarm { path, headers } = w.into_inner();
@@ -1241,7 +1198,7 @@ fn compile_cache_settings(cx: &mut Ctx<'_>, raw: RawCache) -> CacheSettings {
 }
 
 fn compile_concurrency(
-    cx: &mut Ctx<'_>,
+    cx: &mut Diagnostics<'_>,
     max: Option<&Spanned<usize>>,
     queue: Option<&Spanned<RawQueue>>,
 ) -> Option<Option<ConcurrencyDef>> {
@@ -1258,7 +1215,7 @@ fn compile_concurrency(
         None => (0, DEFAULT_QUEUE_TIMEOUT),
         Some(q) => {
             let RawQueue { size, timeout } = q.get_ref();
-            let timeout = positive(cx, timeout.as_ref(), "queue timeout", DEFAULT_QUEUE_TIMEOUT);
+            let timeout = cx.positive(timeout.as_ref(), "queue timeout", DEFAULT_QUEUE_TIMEOUT);
             (*size.get_ref(), timeout)
         }
     };
@@ -1270,7 +1227,7 @@ fn compile_concurrency(
 }
 
 fn compile_rate_limits(
-    cx: &mut Ctx<'_>,
+    cx: &mut Diagnostics<'_>,
     list: &Spanned<Vec<Spanned<RawRateLimit>>>,
     bypass: &[Spanned<EnvString>],
     on_route: Option<(&str, Option<&PathTemplate>)>,
@@ -1387,7 +1344,7 @@ fn burst_span(raw: &Spanned<RawRateLimit>) -> std::ops::Range<usize> {
     raw.get_ref().burst.as_ref().map_or(raw.span(), Spanned::span)
 }
 
-fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolicy> {
+fn compile_compress(cx: &mut Diagnostics<'_>, raw: &RawCompress) -> Option<CompressPolicy> {
     let RawCompress {
         algorithms,
         min_size,
@@ -1436,7 +1393,7 @@ fn compile_compress(cx: &mut Ctx<'_>, raw: &RawCompress) -> Option<CompressPolic
     })
 }
 
-fn compile_telemetry(cx: &mut Ctx<'_>, t: RawTelemetry) -> TelemetryDef {
+fn compile_telemetry(cx: &mut Diagnostics<'_>, t: RawTelemetry) -> TelemetryDef {
     let RawTelemetry {
         traces,
         endpoint,

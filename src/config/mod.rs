@@ -5,16 +5,49 @@
 //! variables.
 
 pub mod compile;
-pub mod diag;
 pub mod plan;
 pub mod raw;
-pub mod units;
 
-pub use diag::{ConfigError, Diagnostic};
+pub use crate::model::diag::Diagnostic;
 pub use plan::Plan;
 
-use diag::Source;
+use crate::model::diag::Source;
 use std::path::Path;
+
+/// Why a routes file was not loaded.
+#[derive(Debug, thiserror::Error)]
+/// Why a config could not be loaded.
+pub enum ConfigError {
+    #[error(
+        "cannot read config file {path}: {source}\n  hint: name the routes file with `-c FILE` or the FASTGATE_CONFIG variable (default config/fastgate.toml)"
+    )]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The diagnostics, empty for an I/O error.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid(d) => d,
+        }
+    }
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    let mut out = format!("{} error(s) in config", diags.len());
+    for d in diags {
+        out.push('\n');
+        out.push_str(&d.to_string());
+    }
+    out
+}
 
 /// Reads and compiles a routes file.
 pub fn load(path: &Path) -> Result<Plan, ConfigError> {
@@ -35,6 +68,19 @@ pub fn load_str(file: &str, text: &str) -> Result<Plan, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::diag::Source;
+
+    #[test]
+    fn wrong_types_get_the_expected_shape_and_an_example() {
+        let text = "[defaults]\nrate_limit = { rate = \"5/s\" }\n";
+        let src = Source { file: "t.toml", text };
+        let err = toml::from_str::<raw::RawConfig>(text).unwrap_err();
+        let d = src.from_toml(&err);
+        assert_eq!((d.line, d.column), (2, 14));
+        let hint = d.hint.unwrap();
+        assert!(hint.contains("`rate_limit` takes a sequence") && hint.contains("rate = \"100/s\""), "{hint}");
+    }
+
 
     const BASE: &str = r#"
 [upstreams.api]

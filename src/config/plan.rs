@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::diag::Diagnostic;
+use crate::model::diag::Diagnostic;
 
 /// A compiled routes file.
 #[derive(Debug)]

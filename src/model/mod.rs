@@ -3,7 +3,9 @@
 //! and their precedence, and the plan's process-level definitions (listeners, upstreams, shared
 //! state, telemetry). No live object (limiter, socket, metric series) is built here.
 
+pub mod diag;
 pub mod matcher;
 pub mod normalize;
 pub mod plan;
 pub mod template;
+pub mod units;

@@ -44,39 +44,6 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Why a config could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "cannot read config file {path}: {source}\n  hint: name the routes file with `-c FILE` or the FASTGATE_CONFIG variable (default config/fastgate.toml)"
-    )]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}", render(.0))]
-    Invalid(Vec<Diagnostic>),
-}
-
-impl ConfigError {
-    /// The diagnostics, empty for an I/O error.
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        match self {
-            ConfigError::Read { .. } => &[],
-            ConfigError::Invalid(d) => d,
-        }
-    }
-}
-
-fn render(diags: &[Diagnostic]) -> String {
-    let mut out = format!("{} error(s) in config", diags.len());
-    for d in diags {
-        out.push('\n');
-        out.push_str(&d.to_string());
-    }
-    out
-}
 
 /// The text of a config file, for turning byte spans into lines, columns and snippets.
 pub struct Source<'a> {
@@ -210,6 +177,58 @@ pub fn suggest<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
+/// A byte range of the file.
+pub type Span = std::ops::Range<usize>;
+
+/// Collects diagnostics while a file is compiled: every section and every policy reports into
+/// one, so all problems are found in one pass.
+pub struct Diagnostics<'a> {
+    src: &'a Source<'a>,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub fn new(src: &'a Source<'a>) -> Self {
+        Diagnostics { src, errors: Vec::new(), warnings: Vec::new() }
+    }
+
+    /// The file's text (for line numbers in messages).
+    pub fn text(&self) -> &'a str {
+        self.src.text
+    }
+
+    /// Records an error (once per position and message: a bad value in `[defaults]` is
+    /// merged into every route but reported once, at its own line) and returns `None`.
+    pub fn error<T>(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) -> Option<T> {
+        let d = self.src.at(span, msg, hint);
+        if !self.errors.contains(&d) {
+            self.errors.push(d);
+        }
+        None
+    }
+
+    /// Records a warning: the file is used, but a value was read differently than written.
+    pub fn warn(&mut self, span: Span, msg: impl Into<String>, hint: impl Into<String>) {
+        let d = self.src.at(span, msg, hint);
+        if !self.warnings.contains(&d) {
+            self.warnings.push(d);
+        }
+    }
+
+    /// A duration that must be above zero, or `default` when unset (an error is recorded for
+    /// zero).
+    pub fn positive(&mut self, v: Option<&toml::Spanned<super::units::Dur>>, key: &str, default: std::time::Duration) -> std::time::Duration {
+        match v {
+            Some(t) if t.get_ref().0.is_zero() => self
+                .error(t.span(), format!("`{key}` must be above zero"), format!("leave `{key}` out for the default, {default:?}"))
+                .unwrap_or(default),
+            Some(t) => t.get_ref().0,
+            None => default,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,17 +246,6 @@ mod tests {
         let hint = unknown_field_hint("unknown field `upstraem`, expected one of `name`, `match`, `upstream`");
         assert_eq!(hint.as_deref(), Some("did you mean `upstream`?"));
         assert_eq!(unknown_field_hint("unknown field `zzz`, expected `name`").as_deref(), Some("remove it; this table takes name"));
-    }
-
-    #[test]
-    fn wrong_types_get_the_expected_shape_and_an_example() {
-        let text = "[defaults]\nrate_limit = { rate = \"5/s\" }\n";
-        let src = Source { file: "t.toml", text };
-        let err = toml::from_str::<crate::config::raw::RawConfig>(text).unwrap_err();
-        let d = src.from_toml(&err);
-        assert_eq!((d.line, d.column), (2, 14));
-        let hint = d.hint.unwrap();
-        assert!(hint.contains("`rate_limit` takes a sequence") && hint.contains("rate = \"100/s\""), "{hint}");
     }
 
     #[test]
