@@ -229,18 +229,14 @@ impl Admin {
             .routes
             .iter()
             .map(|r| {
-                let t = &r.def.timeouts;
-                json!({
-                    "name": r.name,
-                    "match": r.matcher.to_string(),
-                    "upstream": r.target_name(),
-                    "policy": r.def.to_string(),
-                    "timeout_ms": t.total.as_millis() as u64,
-                    "connect_timeout_ms": t.connect.as_millis() as u64,
-                    "read_timeout_ms": t.read.as_millis() as u64,
-                    "max_body": r.def.max_body,
-                    "streaming": r.def.streaming,
-                })
+                let mut row = serde_json::Map::new();
+                row.insert("name".into(), json!(r.name));
+                row.insert("match".into(), json!(r.matcher.to_string()));
+                row.insert("upstream".into(), json!(r.target_name()));
+                row.insert("policy".into(), json!(r.def.to_string()));
+                // each policy's own fields (timeouts, body cap...)
+                row.extend(r.def.facts());
+                serde_json::Value::Object(row)
             })
             .collect();
         let last = self.app.last_load();

@@ -7,13 +7,9 @@
 //! concurrency limit keeps its slots (requests in flight on the old config still hold them).
 
 use crate::cache::store::CacheStore;
-use crate::config::plan::{Plan, PolicyDef, RouteDef, RouteTarget, ServerDef};
-use crate::policy::body::BodyLimits;
-use crate::policy::cache::CacheRoute;
-use crate::policy::concurrency::{Concurrency, ConcurrencyPolicy};
-use crate::policy::errors::NormalizeErrors;
+use crate::config::plan::{Plan, RouteDef, RouteTarget, ServerDef};
 use crate::policy::forwarding::Forwarding;
-use crate::policy::ratelimit::{RateLimit, RateLimits};
+use crate::policy::registry::{Env, MaterializeError};
 use crate::policy::server_limits::ServerLimits;
 use crate::policy::RoutePolicies;
 use crate::problem::Problem;
@@ -54,8 +50,12 @@ pub enum StateError {
         #[source]
         source: UpstreamError,
     },
-    #[error("route `{route}`: rate limit `{limit}` is too fine for the limiter")]
-    Rate { route: String, limit: String },
+    #[error("route `{route}`: {source}")]
+    Route {
+        route: String,
+        #[source]
+        source: MaterializeError,
+    },
     #[error("route `{route}` names upstream `{upstream}`, which the plan lacks")]
     MissingUpstream { route: String, upstream: String },
     #[error("server.tls: {0}")]
@@ -161,88 +161,25 @@ fn route(
         Target::Upstream(u) => u.concurrency.clone(),
         Target::Deny(_) => None,
     };
-    let PolicyDef {
-        timeouts,
-        max_body,
-        buffer_request_body,
-        max_response_body,
-        streaming,
-        rate_limits,
-        concurrency,
-        compress,
-        cache: cache_policy,
-        invalidate_tags,
-        invalidate,
-        slow_threshold,
-        retry: _,
-        pagination,
-        fields,
-        normalize_errors,
-        hsts,
-    } = policy.clone();
-    let before = before.map(|r| &r.policies);
-
-    let rate_limit = match rate_limits {
-        None => None,
-        Some(rl) => {
-            let mut limits = Vec::with_capacity(rl.limits.len());
-            for d in rl.limits {
-                let reused = before
-                    .and_then(|b| b.rate_limit.as_ref())
-                    .and_then(|b| b.limits.iter().find(|l| l.def == d).cloned());
-                let limit = match reused {
-                    Some(l) => l,
-                    None => match match &cache.redis {
-                        Some(redis) => RateLimit::shared(d.clone(), redis.clone(), &name),
-                        None => RateLimit::new(d.clone()),
-                    } {
-                        Some(l) => Arc::new(l),
-                        None => return Err(StateError::Rate { route: name, limit: d.name }),
-                    },
-                };
-                limits.push(limit);
-            }
-            Some(RateLimits::new(limits, rl.bypass_nets, rl.bypass_keys, rl.on_state_error))
-        }
+    let env = Env {
+        route: &name,
+        path: &matcher.path,
+        redis: cache.redis.as_ref(),
+        store: &cache.store,
+        tag_header: &cache.tag_header,
+        upstream_slots,
+        before: before.map(|r| &r.policies),
     };
-    let route_slots = concurrency.map(|d| {
-        before
-            .and_then(|b| b.concurrency.as_ref())
-            .and_then(|c| c.route.clone())
-            .filter(|c| c.def == d)
-            .unwrap_or_else(|| Arc::new(Concurrency::new(d)))
-    });
-    let concurrency = (route_slots.is_some() || upstream_slots.is_some()).then_some(ConcurrencyPolicy {
-        route: route_slots,
-        upstream: upstream_slots,
-    });
-    let policies = RoutePolicies {
-        body: Some(BodyLimits { max_body, max_response_body, buffer: buffer_request_body }),
-        rate_limit,
-        timeout: Some(timeouts),
-        concurrency,
-        cache: Some(CacheRoute {
-            policy: cache_policy,
-            invalidate_tags,
-            invalidate,
-            path: matcher.path.clone(),
-            store: cache.store.clone(),
-            tag_header: cache.tag_header.clone(),
-        }),
-        compress,
-        pagination,
-        fields,
-        errors: normalize_errors.then_some(NormalizeErrors),
-        hsts: hsts.as_deref().and_then(crate::policy::hsts::Hsts::new),
-    };
+    let policies = RoutePolicies::materialize(&policy, &env).map_err(|e| StateError::Route { route: name.clone(), source: e })?;
+    let traits = policy.route_traits();
     Ok(Route {
         name,
         matcher,
         target,
         def: policy,
         policies,
-        streaming,
-        slow_threshold,
+        streaming: traits.streaming,
+        slow_threshold: traits.slow_threshold,
         metrics: Default::default(),
     })
 }

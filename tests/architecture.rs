@@ -30,9 +30,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("policy", &["model", "problem", "cache", "shared", "telemetry"]),
     ("upstream", &["model", "discovery", "tls", "telemetry", "policy"]),
     // config compiles raw text into the plan, with each policy's parsers
-    ("config", &["model", "cache", "policy"]),
+    ("config", &["model", "policy"]),
     // the live route table and its materialization
-    ("routing", &["model", "problem", "telemetry", "policy", "upstream", "config"]),
+    ("routing", &["model", "problem", "telemetry", "policy", "upstream"]),
     ("state", &["problem", "shared", "discovery", "tls", "cache", "policy", "upstream", "config", "routing"]),
     ("app", &["model", "shared", "telemetry", "cache", "state"]),
     // the server: requests, the admin listener, reloads, start-up
@@ -41,7 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("admin", &["model", "problem", "cache", "policy", "app", "reload"]),
     ("bootstrap", &["model", "app", "reload", "proxy", "admin"]),
     // tools beside the server
-    ("openapi", &["model", "client", "cache", "config"]),
+    ("openapi", &["model", "client", "cache", "policy", "config"]),
     ("fuzzing", &["model", "cache", "policy", "config", "proxy"]),
     ("main", &["model", "client", "shared", "discovery", "tls", "telemetry", "cache", "config", "state", "app", "bootstrap", "openapi"]),
 ];

@@ -1,31 +1,21 @@
 //! Raw config -> validated, compiled runtime. Every semantic problem is collected, with its
 //! position, before anything is returned; nothing here runs per request.
 
-use crate::model::diag::{suggest, Diagnostic, Diagnostics, Source, Span};
-use super::plan::{Plan, PolicyDef, RateLimitsDef, RouteDef, RouteTarget, ServerDef};
-use crate::model::plan::{
-    CacheSettings, CertSpec, ConcurrencyDef, HealthCheckSpec, OtlpProtocol, SamplerSpec, ServerSpec, Settings, StateDef, TelemetryDef,
-    TlsListenDef, UpstreamDef, UpstreamTlsDef, WarmRequest,
-};
-use super::raw::{
-    PolicyKeys, RawCache, RawCacheKey, RawCachePolicy, RawCompress, RawConfig, RawFields, RawHealthCheck, RawMatch, RawPagination, RawQueue,
-    RawHsts, RawRateLimit, RawRoute, RawServer, RawState, RawRedis, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm,
-};
-use crate::model::units::{Dur, EnvString, Size, Toggle, Ttl};
-use crate::cache::invalidate::{self, InvalidateRule};
-use crate::cache::{CachePolicy, TagTemplate};
-use crate::policy::builtin;
-use crate::policy::compress::{self, CompressPolicy};
-use crate::policy::concurrency::DEFAULT_QUEUE_TIMEOUT;
-use crate::policy::fields::{self, FieldSelection};
-use crate::policy::forwarding::ForwardedFields;
-use crate::policy::pagination::{Excess, Pagination};
-use crate::policy::ratelimit::{KeySource, OnMissing, OnStateError, RateLimitDef};
-use crate::policy::server_limits::ServerLimits;
-use crate::policy::timeout::Timeouts;
-use crate::model::normalize::{normalize, EncodedSlash};
-use crate::model::template::{PathTemplate, TemplateError};
+use super::plan::{Plan, RouteDef, RouteTarget, ServerDef};
+use super::raw::{RawCache, RawConfig, RawHealthCheck, RawMatch, RawRedis, RawRoute, RawServer, RawState, RawTelemetry, RawTls, RawUpstream, RawUpstreamTls, RawWarm};
+use crate::model::diag::{suggest, Diagnostic, Diagnostics, Source};
 use crate::model::matcher::{Matcher, PathMatch};
+use crate::model::normalize::{normalize, EncodedSlash};
+use crate::model::plan::{
+    CacheSettings, CertSpec, HealthCheckSpec, OtlpProtocol, SamplerSpec, ServerSpec, Settings, StateDef, TelemetryDef, TlsListenDef,
+    UpstreamDef, UpstreamTlsDef, WarmRequest,
+};
+use crate::model::template::{PathTemplate, TemplateError};
+use crate::model::units::{EnvString, Size};
+use crate::policy::forwarding::ForwardedFields;
+use crate::policy::registry::Scope;
+use crate::policy::server_limits::ServerLimits;
+use crate::policy::{concurrency, PolicyDef, PolicyKeys};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -48,8 +38,6 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 pub const DEFAULT_TLS_LISTEN: &str = "0.0.0.0:8443";
 /// Upstream names are resolved again this often (and on every reload).
 const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
-/// `hsts = "on"`: one year, the value preload lists ask for.
-const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Compiles a parsed file into a plan, or every problem found in it.
 pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>> {
@@ -97,9 +85,9 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
     });
     let resolve_interval = cx.positive(resolve_interval.as_ref(), "resolve_interval", DEFAULT_RESOLVE_INTERVAL);
     let (upstreams, broken_upstreams) = compile_upstreams(&mut cx, upstreams);
-    let defaults = defaults.policy_keys();
+    let defaults = defaults.policy;
     // `[defaults]` alone first: its errors are reported at its own lines, and once.
-    compile_policy(&mut cx, &defaults, &defaults, None);
+    PolicyDef::compile(&defaults, &mut cx, &Scope::default());
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &routes {
@@ -364,33 +352,6 @@ fn parse_addr(
 }
 
 
-fn compile_retry(cx: &mut Diagnostics<'_>, r: &Spanned<super::raw::RawRetry>) -> Option<crate::policy::timeout::Retry> {
-    use crate::policy::timeout::Retry;
-    let raw = r.get_ref();
-    let attempts = *raw.attempts.get_ref();
-    // every error of the table is reported, not only the first
-    let mut ok = true;
-    if attempts == 0 || attempts > Retry::MAX_ATTEMPTS {
-        ok = false;
-        cx.error::<()>(raw.attempts.span(), format!("`retry.attempts` must be 1 to {}", Retry::MAX_ATTEMPTS), "attempts after the first: 1 or 2 is usual");
-    }
-    let mut retry = Retry { attempts, connect: true, reset: false, timeout: false };
-    if let Some(on) = &raw.on {
-        retry.connect = false;
-        for kind in on {
-            match kind.get_ref().as_str() {
-                "connect" => retry.connect = true,
-                "reset" => retry.reset = true,
-                "timeout" => retry.timeout = true,
-                other => {
-                    ok = false;
-                    cx.error::<()>(kind.span(), format!("unknown retry condition {other:?}"), "\"connect\" (refused or timed out), \"reset\" (closed before a response), \"timeout\" (no response in read_timeout)");
-                }
-            }
-        }
-    }
-    ok.then_some(retry)
-}
 
 fn compile_upstreams(cx: &mut Diagnostics<'_>, raw: BTreeMap<String, Spanned<RawUpstream>>) -> (BTreeMap<String, UpstreamDef>, HashSet<String>) {
     let mut out = BTreeMap::new();
@@ -408,7 +369,7 @@ fn compile_upstreams(cx: &mut Diagnostics<'_>, raw: BTreeMap<String, Spanned<Raw
             eject_for,
             tls,
         } = spanned.into_inner();
-        let concurrency = compile_concurrency(cx, max_concurrent.as_ref(), queue.as_ref());
+        let concurrency = concurrency::compile_slots(cx, max_concurrent.as_ref(), queue.as_ref());
         if servers.is_empty() {
             cx.error::<()>(span.clone(), format!("upstream `{name}` has no servers"), "add servers = [\"127.0.0.1:8000\"]");
         }
@@ -550,23 +511,6 @@ fn compile_tls(cx: &mut Diagnostics<'_>, raw: Spanned<RawTls>) -> (Option<TlsLis
     (tls, certs)
 }
 
-fn compile_hsts(cx: &mut Diagnostics<'_>, raw: Option<&RawHsts>) -> Option<String> {
-    let max_age = match raw.and_then(|r| r.max_age.as_ref()) {
-        Some(d) if d.get_ref().0.is_zero() => {
-            return cx.error(d.span(), "`hsts.max_age` must be above zero", "hsts = \"off\" sends no Strict-Transport-Security");
-        }
-        Some(d) => d.get_ref().0,
-        None => DEFAULT_HSTS_MAX_AGE,
-    };
-    let mut v = format!("max-age={}", max_age.as_secs());
-    if raw.and_then(|r| r.include_subdomains.as_ref()).is_some_and(|b| *b.get_ref()) {
-        v.push_str("; includeSubDomains");
-    }
-    if raw.and_then(|r| r.preload.as_ref()).is_some_and(|b| *b.get_ref()) {
-        v.push_str("; preload");
-    }
-    Some(v)
-}
 
 fn compile_health(cx: &mut Diagnostics<'_>, hc: Spanned<RawHealthCheck>) -> Option<HealthCheckSpec> {
     let span = hc.span();
@@ -616,14 +560,12 @@ fn compile_health(cx: &mut Diagnostics<'_>, hc: Spanned<RawHealthCheck>) -> Opti
 fn compile_route(
     cx: &mut Diagnostics<'_>,
     spanned: &Spanned<RawRoute>,
-    defaults: &PolicyKeys<'_>,
+    defaults: &PolicyKeys,
     (upstreams, broken): (&BTreeMap<String, UpstreamDef>, &HashSet<String>),
     seen: &mut HashSet<String>,
 ) -> Option<(RouteDef, std::ops::Range<usize>)> {
     let span = spanned.span();
     let route = spanned.get_ref();
-    // The policy keys are read through `policy_keys()`, which the macro in `raw` generates from
-    // the same list as the struct, so none can be missed.
     let RawRoute {
         name,
         r#match,
@@ -689,7 +631,11 @@ fn compile_route(
         },
     };
     let template = matcher.as_ref().and_then(|m| m.template().cloned());
-    let policy = compile_policy(cx, &route.policy_keys(), defaults, Some((name_str.as_str(), template.as_deref())));
+    // the route's keys over `[defaults]`, key by key, compiled by each policy (the registry)
+    let errors_before = cx.errors.len();
+    let scope = Scope { route: Some((name_str.as_str(), template.as_deref())) };
+    let policy = PolicyDef::compile(&route.policy.over(defaults), cx, &scope);
+    let policy = (cx.errors.len() == errors_before).then_some(policy);
     Some((
         RouteDef {
             name: name_str,
@@ -774,310 +720,12 @@ fn route_path(cx: &mut Diagnostics<'_>, p: &Spanned<EnvString>) -> Option<String
     }
 }
 
-/// `route`: the route's name and path template, to check the path parameters that keys,
-/// tags and invalidation patterns name; `None` for `[defaults]` compiled alone.
-fn compile_policy(
-    cx: &mut Diagnostics<'_>,
-    route: &PolicyKeys<'_>,
-    defaults: &PolicyKeys<'_>,
-    on_route: Option<(&str, Option<&PathTemplate>)>,
-) -> Option<PolicyDef> {
-    fn pick<T: Clone>(r: &Option<T>, d: &Option<T>) -> Option<T> {
-        r.clone().or_else(|| d.clone())
-    }
-    let errors_before = cx.errors.len();
-    let dur = |cx: &mut Diagnostics<'_>, v: Option<Spanned<Dur>>, key: &str| -> Option<Duration> {
-        let v = v?;
-        if v.get_ref().0.is_zero() {
-            return cx.error(v.span(), format!("`{key}` must be above zero"), format!("leave `{key}` out for the built-in default"));
-        }
-        Some(v.get_ref().0)
-    };
-    let total = dur(cx, pick(route.timeout, defaults.timeout), "timeout").unwrap_or(builtin::TIMEOUT);
-    let connect = dur(cx, pick(route.connect_timeout, defaults.connect_timeout), "connect_timeout")
-        .unwrap_or(builtin::CONNECT_TIMEOUT);
-    // Without its own value, the read timeout is the total timeout: one slow read cannot outlast it.
-    let read_raw = pick(route.read_timeout, defaults.read_timeout);
-    let mut read = dur(cx, read_raw.clone(), "read_timeout").unwrap_or(total);
-    if let Some(r) = read_raw.filter(|_| read > total) {
-        cx.warn(
-            r.span(),
-            format!("`read_timeout` {read:?} is longer than the route's `timeout` {total:?}; {total:?} is used"),
-            "no single read can outlast the whole exchange: lower `read_timeout` or raise `timeout`",
-        );
-        read = total;
-    }
-    let stream_idle = dur(cx, pick(route.stream_idle_timeout, defaults.stream_idle_timeout), "stream_idle_timeout")
-        .unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
-    let retry = pick(route.retry, defaults.retry).and_then(|r| compile_retry(cx, &r));
-    let slow_threshold = dur(cx, pick(route.slow_threshold, defaults.slow_threshold), "slow_threshold")
-        .unwrap_or(builtin::SLOW_THRESHOLD);
-    let max_body = pick(route.max_body, defaults.max_body).map_or(builtin::MAX_BODY, |s| s.get_ref().0);
-    let max_response_body = pick(route.max_response_body, defaults.max_response_body).map(|s| s.get_ref().0);
-    let buffer_request_body = match pick(route.buffer_request_body, defaults.buffer_request_body) {
-        Some(b) if b.get_ref().0 == 0 || b.get_ref().0 > builtin::MAX_BUFFERED_BODY => cx.error(
-            b.span(),
-            format!("`buffer_request_body` must be between 1 byte and {} KiB", builtin::MAX_BUFFERED_BODY / 1024),
-            "pingora replays a buffered body from a 64 KiB buffer; larger bodies stream (max_body still caps them)",
-        ),
-        Some(b) => Some(b.get_ref().0),
-        None => None,
-    };
-    let streaming = pick(route.streaming, defaults.streaming).is_some_and(Spanned::into_inner);
 
-    let on_state_error = match pick(route.on_state_error, defaults.on_state_error) {
-        None => OnStateError::default(),
-        Some(v) => match v.get_ref().trim() {
-            "local" => OnStateError::Local,
-            "allow" => OnStateError::Allow,
-            "deny" => OnStateError::Deny,
-            other => cx
-                .error(
-                    v.span(),
-                    format!("unknown on_state_error {other:?}"),
-                    "write \"local\" (this replica's own limiter), \"allow\" (no limit) or \"deny\" (503 until Redis is back)",
-                )
-                .unwrap_or_default(),
-        },
-    };
-    let rate_limits = pick(route.rate_limit, defaults.rate_limit).and_then(|list| {
-        let bypass = pick(route.rate_limit_bypass, defaults.rate_limit_bypass).unwrap_or_default();
-        compile_rate_limits(cx, &list, &bypass, on_route)
-    });
-    let rate_limits = rate_limits.map(|r| RateLimitsDef { on_state_error, ..r });
-    let concurrency = compile_concurrency(
-        cx,
-        pick(route.max_concurrent, defaults.max_concurrent).as_ref(),
-        pick(route.queue, defaults.queue).as_ref(),
-    )
-    .flatten();
-    let compress = match pick(route.compress, defaults.compress) {
-        None => None,
-        Some(c) => match c.get_ref() {
-            Toggle::Off => None,
-            Toggle::On(None) => Some(CompressPolicy::default()),
-            Toggle::On(Some(raw)) => compile_compress(cx, raw),
-        },
-    };
 
-    let cache = match pick(route.cache, defaults.cache) {
-        None => None,
-        Some(c) => match c.get_ref() {
-            Toggle::Off => None,
-            Toggle::On(None) => Some(CachePolicy::default()),
-            Toggle::On(Some(raw)) => compile_cache_policy(cx, raw, on_route),
-        },
-    };
-    let mut invalidate_tags = Vec::new();
-    for t in pick(route.invalidate_tags, defaults.invalidate_tags).unwrap_or_default() {
-        if let Some(tpl) = tag_template(cx, &t, on_route) {
-            invalidate_tags.push(tpl);
-        }
-    }
-    let invalidate = match pick(route.invalidate, defaults.invalidate) {
-        None => invalidate::default_rules(),
-        Some(list) => {
-            let mut rules = Vec::new();
-            for r in &list {
-                match InvalidateRule::parse(r.get_ref()) {
-                    Ok(rule) => {
-                        check_params(cx, r.span(), rule.params(), on_route);
-                        rules.push(rule);
-                    }
-                    Err(e) => {
-                        cx.error::<()>(r.span(), e, "write \"resource\", \"viewer\", a path such as \"/api/users/{user_id}\", or a subtree such as \"/api/items/**\"");
-                    }
-                }
-            }
-            rules
-        }
-    };
 
-    let pagination = pick(route.pagination, defaults.pagination).and_then(|p| compile_pagination(cx, p.get_ref()));
-    let fields = match pick(route.fields, defaults.fields) {
-        None => None,
-        Some(f) => match f.get_ref() {
-            Toggle::Off => None,
-            Toggle::On(raw) => compile_fields(cx, raw.as_ref()),
-        },
-    };
-    let normalize_errors = pick(route.normalize_errors, defaults.normalize_errors).is_some_and(Spanned::into_inner);
-    let hsts = match pick(route.hsts, defaults.hsts) {
-        None => None,
-        Some(h) => match h.get_ref() {
-            Toggle::Off => None,
-            Toggle::On(raw) => compile_hsts(cx, raw.as_ref()),
-        },
-    };
-    // the cache stores the whole response and filters per request: the selector is not in the key
-    let mut cache = cache;
-    if let (Some(c), Some(f)) = (cache.as_mut(), fields.as_ref())
-        && !c.ignore_query.contains(&f.param)
-    {
-        c.ignore_query.push(f.param.clone());
-    }
 
-    if cx.errors.len() > errors_before {
-        return None;
-    }
-    Some(PolicyDef {
-        timeouts: Timeouts {
-            total,
-            connect,
-            read,
-            stream_idle,
-        },
-        max_body,
-        buffer_request_body,
-        max_response_body,
-        streaming,
-        rate_limits,
-        concurrency,
-        compress,
-        cache,
-        invalidate_tags,
-        invalidate,
-        slow_threshold,
-        retry,
-        pagination,
-        fields,
-        normalize_errors,
-        hsts,
-    })
-}
 
-fn query_name(cx: &mut Diagnostics<'_>, v: &Option<Spanned<String>>, default: &str, key: &str) -> Option<String> {
-    let Some(v) = v else { return Some(default.to_string()) };
-    let name = v.get_ref().trim();
-    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Some(name.to_string())
-    } else {
-        cx.error(v.span(), format!("`{key}` must be a query parameter name, found {name:?}"), format!("letters, digits, `_`, `-` and `.`, e.g. \"{default}\""))
-    }
-}
 
-fn compile_pagination(cx: &mut Diagnostics<'_>, raw: &RawPagination) -> Option<Pagination> {
-    let RawPagination { param, default, max, on_excess, offset_param, max_offset } = raw;
-    let param = query_name(cx, param, "limit", "param");
-    let offset_param = query_name(cx, offset_param, "offset", "offset_param");
-    let max_value = *max.get_ref();
-    if max_value == 0 {
-        cx.error::<()>(max.span(), "`max` must be above zero", "the largest page a client may ask for, e.g. max = 200");
-    }
-    if let Some(d) = default.as_ref().filter(|d| *d.get_ref() > max_value || *d.get_ref() == 0) {
-        cx.error::<()>(d.span(), format!("`default` must be 1 to `max` ({max_value})"), "the page size a request without one gets, e.g. default = 50");
-    }
-    let on_excess = match on_excess.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
-        None | Some((_, "clamp")) => Excess::Clamp,
-        Some((_, "reject")) => Excess::Reject,
-        Some((span, other)) => return cx.error(span, format!("unknown `on_excess` {other:?}"), "\"clamp\" (lower it to `max`) or \"reject\" (400)"),
-    };
-    Some(Pagination {
-        param: param?,
-        default: default.as_ref().map(|d| *d.get_ref()),
-        max: max_value,
-        on_excess,
-        offset_param: offset_param?,
-        max_offset: max_offset.as_ref().map(|m| *m.get_ref()),
-    })
-}
-
-fn compile_fields(cx: &mut Diagnostics<'_>, raw: Option<&RawFields>) -> Option<FieldSelection> {
-    let param = query_name(cx, &raw.and_then(|r| r.param.clone()), fields::DEFAULT_PARAM, "param")?;
-    let max_body = raw.and_then(|r| r.max_body.as_ref()).map_or(fields::DEFAULT_MAX_BODY, |s| s.get_ref().0);
-    Some(FieldSelection { param, max_body })
-}
-
-/// Refuses path parameters the route's template does not declare.
-fn check_params<'p>(cx: &mut Diagnostics<'_>, span: Span, params: impl IntoIterator<Item = &'p str>, on_route: Option<(&str, Option<&PathTemplate>)>) {
-    let Some((route, template)) = on_route else { return };
-    if let Some(name) = invalidate::unknown_param(params, template) {
-        let hint = match template {
-            Some(t) => format!("the template {:?} declares: {}", t.as_str(), t.names().collect::<Vec<_>>().join(", ")),
-            None => "give the route a path template, e.g. match = { path = \"/api/items/{item_id}\" }".to_string(),
-        };
-        cx.error::<()>(span, format!("route `{route}` has no path parameter `{name}`"), hint);
-    }
-}
-
-fn tag_template(cx: &mut Diagnostics<'_>, t: &Spanned<String>, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<TagTemplate> {
-    match TagTemplate::parse(t.get_ref()) {
-        Ok(tpl) => {
-            check_params(cx, t.span(), tpl.params(), on_route);
-            Some(tpl)
-        }
-        Err(e) => cx.error(t.span(), e, "a tag is text with {NAME} (a path parameter), {header:NAME}, {query:NAME} or {cookie:NAME} placeholders, e.g. \"item:{item_id}\""),
-    }
-}
-
-fn compile_cache_policy(cx: &mut Diagnostics<'_>, raw: &RawCachePolicy, on_route: Option<(&str, Option<&PathTemplate>)>) -> Option<CachePolicy> {
-    let RawCachePolicy {
-        ttl,
-        negative_ttl,
-        tags,
-        targeted_field,
-        ignore_client_no_cache,
-        stale_while_revalidate,
-        stale_if_error,
-        key,
-        override_origin,
-        public,
-        strip_set_cookie,
-    } = raw;
-    let ttl = match ttl.as_ref().map(|t| (t.get_ref(), t.span())) {
-        Some((Ttl::Default(d), span)) if d.is_zero() => {
-            return cx.error(span, "cache `ttl` must be above zero", "write ttl = \"origin\" to store only what the backend's headers allow, or cache = \"off\"");
-        }
-        Some((Ttl::Default(d), _)) => Some(*d),
-        Some((Ttl::Origin, _)) | None => None,
-    };
-    let override_origin = override_origin.as_ref().is_some_and(|b| *b.get_ref());
-    if override_origin && ttl.is_none() {
-        let at = raw.override_origin.as_ref().map(Spanned::span).unwrap_or_default();
-        return cx.error(at, "`override_origin` needs a `ttl` to apply", "add ttl = \"30s\", or remove override_origin");
-    }
-    let negative_ttl = match negative_ttl {
-        Some(t) if t.get_ref().0.is_zero() => {
-            return cx.error(t.span(), "`negative_ttl` must be above zero", "leave it out to never store error answers without explicit freshness");
-        }
-        Some(t) => Some(t.get_ref().0),
-        None => None,
-    };
-    let header_name = |cx: &mut Diagnostics<'_>, name: &Spanned<String>, hint: &str| match http::HeaderName::from_bytes(name.get_ref().trim().to_ascii_lowercase().as_bytes()) {
-        Ok(n) => Some(n),
-        Err(_) => cx.error(name.span(), format!("invalid header name {:?}", name.get_ref()), hint),
-    };
-    let (mut headers, mut cookies, mut ignore) = (Vec::new(), Vec::new(), Vec::new());
-    if let Some(RawCacheKey { headers: h, cookies: c, ignore_query }) = key {
-        for name in h {
-            if let Some(n) = header_name(cx, name, "write a field name such as \"authorization\" or \"x-tenant\"") {
-                headers.push(n);
-            }
-        }
-        cookies = c.iter().map(|s| s.get_ref().clone()).collect();
-        ignore = ignore_query.iter().map(|s| s.get_ref().clone()).collect();
-    }
-    let targeted_field = targeted_field
-        .as_ref()
-        .and_then(|t| header_name(cx, t, "write a field name such as \"fastgate-cache-control\""));
-    let tags = tags.iter().filter_map(|t| tag_template(cx, t, on_route)).collect();
-    Some(CachePolicy {
-        ttl,
-        negative_ttl,
-        stale_while_revalidate: stale_while_revalidate.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
-        stale_if_error: stale_if_error.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
-        key_headers: headers,
-        key_cookies: cookies,
-        ignore_query: ignore,
-        tags,
-        targeted_field,
-        override_origin,
-        public: public.as_ref().is_some_and(|b| *b.get_ref()),
-        strip_set_cookie: strip_set_cookie.as_ref().is_some_and(|b| *b.get_ref()),
-        ignore_client_no_cache: ignore_client_no_cache.as_ref().is_some_and(|b| *b.get_ref()),
-    })
-}
 
 fn compile_state(cx: &mut Diagnostics<'_>, raw: RawState) -> StateDef {
     let RawState { backend, redis } = raw;
@@ -1197,201 +845,9 @@ fn compile_cache_settings(cx: &mut Diagnostics<'_>, raw: RawCache) -> CacheSetti
     }
 }
 
-fn compile_concurrency(
-    cx: &mut Diagnostics<'_>,
-    max: Option<&Spanned<usize>>,
-    queue: Option<&Spanned<RawQueue>>,
-) -> Option<Option<ConcurrencyDef>> {
-    let Some(max) = max else {
-        if let Some(q) = queue {
-            return cx.error(q.span(), "`queue` needs `max_concurrent`", "add max_concurrent = N: the queue holds requests waiting for one of N slots");
-        }
-        return Some(None);
-    };
-    if *max.get_ref() == 0 {
-        return cx.error(max.span(), "`max_concurrent` must be at least 1", "leave `max_concurrent` out for no limit");
-    }
-    let (size, timeout) = match queue {
-        None => (0, DEFAULT_QUEUE_TIMEOUT),
-        Some(q) => {
-            let RawQueue { size, timeout } = q.get_ref();
-            let timeout = cx.positive(timeout.as_ref(), "queue timeout", DEFAULT_QUEUE_TIMEOUT);
-            (*size.get_ref(), timeout)
-        }
-    };
-    Some(Some(ConcurrencyDef {
-        max: *max.get_ref(),
-        queue: size,
-        queue_timeout: timeout,
-    }))
-}
 
-fn compile_rate_limits(
-    cx: &mut Diagnostics<'_>,
-    list: &Spanned<Vec<Spanned<RawRateLimit>>>,
-    bypass: &[Spanned<EnvString>],
-    on_route: Option<(&str, Option<&PathTemplate>)>,
-) -> Option<RateLimitsDef> {
-    if list.get_ref().is_empty() {
-        return None;
-    }
-    let mut limits = Vec::new();
-    let mut names = HashSet::new();
-    for raw in list.get_ref() {
-        let RawRateLimit {
-            rate,
-            burst,
-            key,
-            on_missing_key,
-            missing_key_status,
-            name,
-        } = raw.get_ref();
-        let (count, per) = match RateLimitDef::parse_rate(rate.get_ref()) {
-            Ok(r) => r,
-            Err(e) => {
-                cx.error::<()>(rate.span(), e, "write COUNT/UNIT with s, m or h, or COUNT/DURATION: \"100/s\", \"600/m\", \"10/5s\"");
-                continue;
-            }
-        };
-        let key_source = match key.as_ref().map_or(Ok(KeySource::ClientIp), |k| KeySource::parse(k.get_ref())) {
-            Ok(k) => k,
-            Err(e) => {
-                cx.error::<()>(
-                    key.as_ref().map_or(raw.span(), Spanned::span),
-                    e,
-                    "use client_ip, route, header:NAME, cookie:NAME, query:NAME or path:NAME",
-                );
-                continue;
-            }
-        };
-        if let (KeySource::Path(p), Some(k)) = (&key_source, key) {
-            check_params(cx, k.span(), [p.as_str()], on_route);
-        }
-        let status = match missing_key_status {
-            None => 401,
-            Some(s) if matches!(s.get_ref(), 400 | 401) => *s.get_ref(),
-            Some(s) => {
-                cx.error::<()>(s.span(), "`missing_key_status` must be 400 or 401", "401 says the client must identify itself; 400 that the request is malformed");
-                continue;
-            }
-        };
-        let on_missing = match on_missing_key.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-            None | Some(("reject", _)) => OnMissing::Reject(status),
-            Some(("shared", _)) => OnMissing::Shared,
-            Some(("client_ip", _)) => OnMissing::ClientIp,
-            Some((other, span)) => {
-                cx.error::<()>(
-                    span,
-                    format!("unknown `on_missing_key` {other:?}"),
-                    "use \"reject\", \"shared\" or \"client_ip\"",
-                );
-                continue;
-            }
-        };
-        let burst = burst.as_ref().map_or(count, |b| *b.get_ref());
-        if burst == 0 {
-            cx.error::<()>(burst_span(raw), "`burst` must be at least 1", "leave `burst` out to allow the rate's count at once");
-            continue;
-        }
-        let label = name.as_ref().map_or_else(|| key_source.label(), |n| n.get_ref().clone());
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-            cx.error::<()>(
-                name.as_ref().map_or(raw.span(), Spanned::span),
-                format!("rate limit name {label:?} may only use letters, digits and -_.:"),
-                "it appears in RateLimit headers and metric labels, e.g. name = \"per-key\"",
-            );
-            continue;
-        }
-        if !names.insert(label.clone()) {
-            cx.error::<()>(raw.span(), format!("two rate limits on this route are named {label:?}"), "give one a `name`");
-            continue;
-        }
-        let def = RateLimitDef {
-            name: label,
-            count,
-            per,
-            burst,
-            key: key_source,
-            on_missing,
-        };
-        if def.quota().is_none() {
-            cx.error::<()>(rate.span(), "rate is too fine for the limiter", "the interval between two requests must be at least 1ns: lower the count or lengthen the period");
-            continue;
-        }
-        limits.push(def);
-    }
-    let mut nets = Vec::new();
-    let mut keys = Vec::new();
-    for b in bypass {
-        let text = b.get_ref().trim();
-        if let Some(k) = text.strip_prefix("key:") {
-            keys.push(k.to_string());
-        } else if let Ok(net) = text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
-            nets.push(net);
-        } else {
-            cx.error::<()>(b.span(), format!("invalid bypass entry {text:?}"), "write an address, a CIDR, or key:VALUE");
-        }
-    }
-    Some(RateLimitsDef {
-        limits,
-        bypass_nets: nets,
-        bypass_keys: keys,
-        on_state_error: OnStateError::default(),
-    })
-}
 
-fn burst_span(raw: &Spanned<RawRateLimit>) -> std::ops::Range<usize> {
-    raw.get_ref().burst.as_ref().map_or(raw.span(), Spanned::span)
-}
 
-fn compile_compress(cx: &mut Diagnostics<'_>, raw: &RawCompress) -> Option<CompressPolicy> {
-    let RawCompress {
-        algorithms,
-        min_size,
-        types,
-        gzip_level,
-        brotli_level,
-        zstd_level,
-    } = raw;
-    let d = CompressPolicy::default();
-    let mut algs = Vec::new();
-    if let Some(list) = algorithms {
-        for a in list {
-            match compress::parse_algorithm(a.get_ref()) {
-                Some(alg) => algs.push(alg),
-                None => {
-                    cx.error::<()>(a.span(), format!("unknown compression algorithm {:?}", a.get_ref()), "use \"zstd\", \"br\" or \"gzip\"");
-                }
-            }
-        }
-        if algs.is_empty() && !list.is_empty() {
-            return None;
-        }
-    } else {
-        algs = d.algorithms.clone();
-    }
-    let mut level = |v: &Option<Spanned<u32>>, max: u32, default: u32, name: &str| match v {
-        Some(l) if *l.get_ref() == 0 || *l.get_ref() > max => {
-            cx.error::<()>(l.span(), format!("`{name}` must be 1 to {max}"), format!("leave it out for the default, {default}"));
-            default
-        }
-        Some(l) => *l.get_ref(),
-        None => default,
-    };
-    let gzip_level = level(gzip_level, 9, d.gzip_level, "gzip_level");
-    let brotli_level = level(brotli_level, 11, d.brotli_level, "brotli_level");
-    let zstd_level = level(zstd_level, 19, d.zstd_level, "zstd_level");
-    Some(CompressPolicy {
-        algorithms: algs,
-        min_size: min_size.as_ref().map_or(d.min_size, |s| s.get_ref().0),
-        types: types
-            .as_ref()
-            .map_or(d.types, |t| t.iter().map(|s| s.get_ref().trim().to_ascii_lowercase()).collect()),
-        gzip_level,
-        brotli_level,
-        zstd_level,
-    })
-}
 
 fn compile_telemetry(cx: &mut Diagnostics<'_>, t: RawTelemetry) -> TelemetryDef {
     let RawTelemetry {

@@ -106,12 +106,65 @@ upstream = "api"
     }
 
     #[test]
+    fn every_policy_a_route_runs_is_in_its_summary_and_every_key_is_read() {
+        let route = r#"
+[[routes]]
+name = "all"
+match = { path = "/api/items/{item_id}" }
+upstream = "api"
+max_body = "64KiB"
+rate_limit = [{ rate = "5/s", key = "path:item_id" }]
+rate_limit_bypass = ["10.0.0.0/8"]
+on_state_error = "deny"
+pagination = { max = 100, default = 20 }
+timeout = "5s"
+slow_threshold = "1s"
+retry = { attempts = 2, on = ["connect", "reset"] }
+max_concurrent = 3
+cache = { ttl = "10s" }
+invalidate_tags = ["item:{item_id}"]
+fields = "on"
+normalize_errors = true
+compress = "on"
+hsts = { max_age = "1d", preload = true }
+"#;
+        let plan = load_str("t.toml", &format!("{BASE}{route}")).unwrap();
+        let summary = plan.routes[1].policy.to_string();
+        for part in [
+            "max_body 64.0 KiB",
+            "rate 5/s burst 5 by path:item_id (bypass: 1 nets, 0 keys)",
+            "pagination limit max 100 default 20",
+            "timeout 5s (connect 2s, read 5s)",
+            "retry 2 on connect/reset",
+            "max 3 in flight",
+            "cache ttl Some(10s)",
+            "invalidates 1 tag(s) on write",
+            "fields ?fields= up to 8.0 MiB",
+            "normalize_errors",
+            "compress zstd/br/gzip from 1.0 KiB",
+            "hsts max-age=86400; preload",
+        ] {
+            assert!(summary.contains(part), "{part:?} missing from {summary:?}");
+        }
+        // the built-in policy says only what every route has
+        assert_eq!(plan.routes[0].policy.to_string(), "max_body 10.0 MiB, timeout 30s (connect 2s, read 30s)");
+        // every key above is one the registry reads, and none is read twice
+        let names = crate::policy::PolicyKeys::names();
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for line in route.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap().trim();
+            assert!(["name", "match", "upstream"].contains(&key) || names.contains(&key), "{key}");
+        }
+    }
+
+    #[test]
     fn minimal_config_compiles_with_defaults() {
         let c = load_str("t.toml", BASE).unwrap();
         assert_eq!(c.settings.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.settings.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.routes.len(), 1);
-        assert_eq!(c.routes[0].policy.timeouts.total, std::time::Duration::from_secs(30));
+        assert_eq!(c.routes[0].policy.timeout.as_ref().unwrap().timeouts.total, std::time::Duration::from_secs(30));
     }
 
     #[test]
@@ -240,11 +293,11 @@ max_body = "1MiB"
 "#;
         let c = load_str("t.toml", text).unwrap();
         let get = |n: &str| &c.routes.iter().find(|r| r.name == n).unwrap().policy;
-        assert_eq!(get("a").timeouts.total.as_millis(), 5000);
-        assert_eq!(get("a").max_body, 64 * 1024);
-        assert_eq!(get("b").timeouts.total.as_millis(), 250);
-        assert_eq!(get("b").timeouts.read.as_millis(), 250);
-        assert_eq!(get("b").max_body, 1024 * 1024);
+        assert_eq!(get("a").timeout.as_ref().unwrap().timeouts.total.as_millis(), 5000);
+        assert_eq!(get("a").body.as_ref().unwrap().max_body, 64 * 1024);
+        assert_eq!(get("b").timeout.as_ref().unwrap().timeouts.total.as_millis(), 250);
+        assert_eq!(get("b").timeout.as_ref().unwrap().timeouts.read.as_millis(), 250);
+        assert_eq!(get("b").body.as_ref().unwrap().max_body, 1024 * 1024);
     }
 
     #[test]
@@ -297,7 +350,7 @@ max_body = "1MiB"
         assert!(one_error(&text).message.contains("`healthy_threshold` must be at least 1"));
         // A read timeout longer than the total is used as the total, and said so.
         let plan = load_str("t.toml", &format!("{BASE}timeout = \"1s\"\nread_timeout = \"5s\"\n")).unwrap();
-        assert_eq!(plan.routes[0].policy.timeouts.read, std::time::Duration::from_secs(1));
+        assert_eq!(plan.routes[0].policy.timeout.as_ref().unwrap().timeouts.read, std::time::Duration::from_secs(1));
         assert_eq!(plan.warnings.len(), 1);
         assert_eq!(plan.warnings[0].line, 10);
         assert!(plan.warnings[0].message.contains("`read_timeout` 5s is longer"), "{}", plan.warnings[0]);

@@ -4,7 +4,8 @@
 //! ignored setting). Every leaf value is `Spanned`, so any later check can point at it. No `flatten` or
 //! `untagged`: both lose TOML positions.
 
-use crate::model::units::{Dur, EnvString, OneOrList, Size, Toggle, Ttl};
+use crate::model::units::{Dur, EnvString, OneOrList, Size};
+use crate::policy::PolicyKeys;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -189,7 +190,7 @@ pub struct RawUpstream {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     /// In-flight requests to this upstream across all routes.
     pub max_concurrent: Option<Spanned<usize>>,
-    pub queue: Option<Spanned<RawQueue>>,
+    pub queue: Option<Spanned<crate::policy::concurrency::RawQueue>>,
     /// Consecutive failed exchanges (connect refused or timed out, a reset, a read timeout)
     /// after which a server is left out for `eject_for`; 0 never ejects.
     pub eject_after: Option<Spanned<u32>>,
@@ -216,164 +217,123 @@ pub struct RawMatch {
     pub host: Option<Spanned<EnvString>>,
 }
 
-/// Declares the policy keys once and generates from that one list: `RawPolicy` (`[defaults]`),
-/// `RawRoute` (a route's identity keys plus the same policy keys) and `PolicyKeys`, a borrowed
-/// view of either, so defaults and routes cannot drift apart and merging sees every key.
-macro_rules! policy_keys {
-    ( $( $(#[$fm:meta])* $key:ident : $ty:ty ),* $(,)? ) => {
-        /// `[defaults]`: the policy every route inherits.
-        #[derive(Debug, Default, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct RawPolicy {
-            $( $(#[$fm])* pub $key: Option<$ty>, )*
-        }
+/// `[defaults]`: the policy every route inherits. Its keys are the policies' own
+/// (`policy::PolicyKeys`, from the registry).
+#[derive(Debug, Default)]
+pub struct RawPolicy {
+    pub policy: PolicyKeys,
+}
 
-        /// `[[routes]]`: how to recognise a request, where to send it, and policy overrides.
-        #[derive(Debug, Default, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct RawRoute {
-            pub name: Option<Spanned<String>>,
-            pub r#match: Option<Spanned<RawMatch>>,
-            pub upstream: Option<Spanned<String>>,
-            /// `"proxy"` (the default) or `"deny"`: answered by the gateway, never forwarded.
-            pub action: Option<Spanned<String>>,
-            /// The status a `deny` route answers: 404 (the default: nothing to see) or 403.
-            pub deny_status: Option<Spanned<u16>>,
-            $( $(#[$fm])* pub $key: Option<$ty>, )*
-        }
+/// `[[routes]]`: how to recognise a request, where to send it, and policy overrides.
+#[derive(Debug, Default)]
+pub struct RawRoute {
+    pub name: Option<Spanned<String>>,
+    pub r#match: Option<Spanned<RawMatch>>,
+    pub upstream: Option<Spanned<String>>,
+    /// `"proxy"` (the default) or `"deny"`: answered by the gateway, never forwarded.
+    pub action: Option<Spanned<String>>,
+    /// The status a `deny` route answers: 404 (the default: nothing to see) or 403.
+    pub deny_status: Option<Spanned<u16>>,
+    pub policy: PolicyKeys,
+}
 
-        /// The policy keys of a route or of `[defaults]`, borrowed, for merging.
-        pub struct PolicyKeys<'a> {
-            $( pub $key: &'a Option<$ty>, )*
-        }
+/// A route's own keys, besides the policies'.
+const ROUTE_KEYS: &[&str] = &["name", "match", "upstream", "action", "deny_status"];
 
-        impl RawPolicy {
-            pub fn policy_keys(&self) -> PolicyKeys<'_> {
-                PolicyKeys { $( $key: &self.$key, )* }
+/// A key of a table whose keys are `names`: an unknown one is refused while the key itself is
+/// read, so the error points at it (as `deny_unknown_fields` does).
+struct KnownKey(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KnownKey {
+    type Value = String;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        struct V(&'static [&'static str]);
+        impl serde::de::Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+                if self.0.contains(&v) { Ok(v.to_string()) } else { Err(E::unknown_field(v, self.0)) }
             }
         }
+        d.deserialize_identifier(V(self.0))
+    }
+}
 
-        impl RawRoute {
-            pub fn policy_keys(&self) -> PolicyKeys<'_> {
-                PolicyKeys { $( $key: &self.$key, )* }
+/// The keys a route takes: its own, then every policy's.
+fn route_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| ROUTE_KEYS.iter().chain(PolicyKeys::names()).copied().collect())
+}
+
+/// Reads a table's keys one by one, each value with its own position (no `flatten`).
+fn read_table<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    names: &'static [&'static str],
+    mut own: impl FnMut(&str, &mut A) -> Result<bool, A::Error>,
+    policy: &mut PolicyKeys,
+) -> Result<(), A::Error> {
+    while let Some(key) = map.next_key_seed(KnownKey(names))? {
+        if !own(&key, &mut map)? && !policy.accept(&key, &mut map)? {
+            return Err(serde::de::Error::unknown_field(&key, names));
+        }
+    }
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for RawPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of policy keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawPolicy, A::Error> {
+                let mut out = RawPolicy::default();
+                read_table(map, PolicyKeys::names(), |_, _| Ok(false), &mut out.policy)?;
+                Ok(out)
             }
         }
-    };
+        d.deserialize_map(V)
+    }
 }
 
-policy_keys! {
-    /// Total time for the whole upstream exchange.
-    timeout: Spanned<Dur>,
-    connect_timeout: Spanned<Dur>,
-    /// Longest wait between two reads from the upstream.
-    read_timeout: Spanned<Dur>,
-    max_body: Spanned<Size>,
-    /// Request bodies up to this are read whole, framing checked, before the backend sees
-    /// the request; larger ones are refused (413). At most 64 KiB.
-    buffer_request_body: Spanned<Size>,
-    /// Cap on the response body the backend may send.
-    max_response_body: Spanned<Size>,
-    /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.
-    streaming: Spanned<bool>,
-    stream_idle_timeout: Spanned<Dur>,
-    /// Limits stacked on the route; all must allow a request.
-    rate_limit: Spanned<Vec<Spanned<RawRateLimit>>>,
-    /// Client addresses/CIDRs, or `key:VALUE` limit keys, that no limit applies to.
-    rate_limit_bypass: Vec<Spanned<EnvString>>,
-    /// In-flight requests on the route.
-    max_concurrent: Spanned<usize>,
-    /// Requests that may wait for a `max_concurrent` slot, and for how long.
-    queue: Spanned<RawQueue>,
-    compress: Spanned<Toggle<RawCompress>>,
-    /// Response caching: `"off"`, `"on"`, or a table.
-    cache: Spanned<Toggle<RawCachePolicy>>,
-    /// Tags purged after a successful unsafe request (POST/PUT/PATCH/DELETE) on the route.
-    invalidate_tags: Vec<Spanned<String>>,
-    /// What a successful write on the route invalidates besides its own path: `"resource"`,
-    /// `"viewer"`, or path patterns (`"/api/users/{user_id}"`, `"/api/items/**"`).
-    invalidate: Vec<Spanned<String>>,
-    /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
-    slow_threshold: Spanned<Dur>,
-    /// More attempts for a failed exchange: `{ attempts = 2, on = ["connect", "reset", "timeout"] }`.
-    retry: Spanned<RawRetry>,
-    /// Page-size default and cap, and an offset cap, for a list endpoint.
-    pagination: Spanned<RawPagination>,
-    /// `?fields=a,b.c` selects members of JSON responses: `"on"`, `"off"` or a table.
-    fields: Spanned<Toggle<RawFields>>,
-    /// Rewrite FastAPI error bodies (`{"detail": ...}`) into the gateway's problem+json.
-    normalize_errors: Spanned<bool>,
-    /// `Strict-Transport-Security` on HTTPS responses: `"on"` (one year), `"off"`, or a table.
-    hsts: Spanned<Toggle<RawHsts>>,
-    /// What the route's rate limits do while shared state (Redis) is unreachable: `"local"`
-    /// (this replica's own limiter, the default), `"allow"` or `"deny"` (503).
-    on_state_error: Spanned<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHsts {
-    pub max_age: Option<Spanned<Dur>>,
-    pub include_subdomains: Option<Spanned<bool>>,
-    pub preload: Option<Spanned<bool>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPagination {
-    /// The page-size parameter; `limit` unless given.
-    pub param: Option<Spanned<String>>,
-    /// Added when a request has none.
-    pub default: Option<Spanned<u64>>,
-    pub max: Spanned<u64>,
-    /// `"clamp"` (the default) or `"reject"`.
-    pub on_excess: Option<Spanned<String>>,
-    /// The offset parameter; `offset` unless given.
-    pub offset_param: Option<Spanned<String>>,
-    pub max_offset: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFields {
-    /// The query parameter; `fields` unless given.
-    pub param: Option<Spanned<String>>,
-    /// Larger responses pass unfiltered.
-    pub max_body: Option<Spanned<Size>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCachePolicy {
-    /// Freshness of successful responses the backend gives none; `"origin"` or unset: none.
-    pub ttl: Option<Spanned<Ttl>>,
-    /// Freshness of 404, 405, 410, 414 and 501 answers the backend gives none; unset: not stored.
-    pub negative_ttl: Option<Spanned<Dur>>,
-    /// Tags every stored response of the route carries (`"item:{item_id}"`).
-    #[serde(default)]
-    pub tags: Vec<Spanned<String>>,
-    /// A targeted cache-control field (RFC 9213) read ahead of `CDN-Cache-Control`.
-    pub targeted_field: Option<Spanned<String>>,
-    /// Serve fresh entries even when the client sends `Cache-Control: no-cache` or `max-age=0`.
-    pub ignore_client_no_cache: Option<Spanned<bool>>,
-    pub stale_while_revalidate: Option<Spanned<Dur>>,
-    pub stale_if_error: Option<Spanned<Dur>>,
-    pub key: Option<RawCacheKey>,
-    /// Use `ttl` whatever the backend's `Cache-Control` says.
-    pub override_origin: Option<Spanned<bool>>,
-    /// The data is the same for every client: credentials do not bypass the cache.
-    pub public: Option<Spanned<bool>>,
-    pub strip_set_cookie: Option<Spanned<bool>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCacheKey {
-    #[serde(default)]
-    pub headers: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub cookies: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub ignore_query: Vec<Spanned<String>>,
+impl<'de> Deserialize<'de> for RawRoute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRoute;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a route table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRoute, A::Error> {
+                let mut out = RawRoute::default();
+                let mut policy = PolicyKeys::default();
+                read_table(
+                    map,
+                    route_keys(),
+                    |key, map| {
+                        match key {
+                            "name" => out.name = Some(map.next_value()?),
+                            "match" => out.r#match = Some(map.next_value()?),
+                            "upstream" => out.upstream = Some(map.next_value()?),
+                            "action" => out.action = Some(map.next_value()?),
+                            "deny_status" => out.deny_status = Some(map.next_value()?),
+                            _ => return Ok(false),
+                        }
+                        Ok(true)
+                    },
+                    &mut policy,
+                )?;
+                out.policy = policy;
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// `[cache]`: the process's cache store (start-up only).
@@ -396,48 +356,5 @@ pub struct RawWarm {
     pub path: Spanned<EnvString>,
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<EnvString>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
-    /// `"100/s"`, `"600/m"`, `"1000/h"`.
-    pub rate: Spanned<String>,
-    pub burst: Option<Spanned<u32>>,
-    /// `client_ip` (default), `header:NAME`, `cookie:NAME`, `query:NAME`, `route`.
-    pub key: Option<Spanned<String>>,
-    /// Without the key: `shared` (one bucket), `client_ip`, or `reject`.
-    pub on_missing_key: Option<Spanned<String>>,
-    /// Status for `reject`: 400 or 401.
-    pub missing_key_status: Option<Spanned<u16>>,
-    /// Label in `RateLimit-Policy` and metrics; defaults to the key.
-    pub name: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetry {
-    pub attempts: Spanned<u32>,
-    pub on: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawQueue {
-    pub size: Spanned<usize>,
-    pub timeout: Option<Spanned<Dur>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCompress {
-    /// In order of preference on equal q-values.
-    pub algorithms: Option<Vec<Spanned<String>>>,
-    pub min_size: Option<Spanned<Size>>,
-    /// Content-type prefixes that are compressed.
-    pub types: Option<Vec<Spanned<String>>>,
-    pub gzip_level: Option<Spanned<u32>>,
-    pub brotli_level: Option<Spanned<u32>>,
-    pub zstd_level: Option<Spanned<u32>>,
 }
 

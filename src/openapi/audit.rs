@@ -111,7 +111,7 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
                 ));
             }
             Some(ops) => {
-                let cached = r.policy.cache.is_some();
+                let cached = r.policy.cache.as_ref().is_some_and(|c| c.policy.is_some());
                 if cached && !ops.iter().any(|o| o.method == "GET" || o.method == "HEAD") {
                     out.push(finding(
                         Warning,
@@ -194,7 +194,8 @@ fn limits(out: &mut Vec<Finding>, doc: &Document, r: &RouteDef, op: &Operation) 
     if let Some(bound) = op.request.as_ref().and_then(|s| doc.max_json_size(s)) {
         // `init` writes twice the bound (whitespace and key order are the client's)
         let cap = (bound * 2).max(1024);
-        if r.policy.max_body > cap * 4 {
+        let max_body = r.policy.body.as_ref().map_or(crate::policy::builtin::MAX_BODY, |b| b.max_body);
+        if max_body > cap * 4 {
             out.push(finding(
                 Severity::Warning,
                 "looser_than_schema",
@@ -202,7 +203,7 @@ fn limits(out: &mut Vec<Finding>, doc: &Document, r: &RouteDef, op: &Operation) 
                 Some(op),
                 format!(
                     "`max_body` is {} bytes but the request schema allows at most {bound} bytes of JSON: a cap near {cap} refuses oversized bodies before the backend reads them",
-                    r.policy.max_body
+                    max_body
                 ),
             ));
         }

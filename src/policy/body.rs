@@ -5,12 +5,26 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use super::{Cut, Directives, Exchange, Flow, Policy};
+use super::registry::{keys, Env, MaterializeError, Scope, Spec};
+use super::{builtin, Cut, Directives, Exchange, Flow, Policy};
+use crate::model::diag::Diagnostics;
+use crate::model::units::Size;
+use toml::Spanned;
 use crate::problem::{GatewayError, Problem};
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use pingora::http::ResponseHeader;
 
+keys! {
+    max_body: Spanned<Size>,
+    /// Request bodies up to this are read whole, framing checked, before the backend sees
+    /// the request; larger ones are refused (413). At most 64 KiB.
+    buffer_request_body: Spanned<Size>,
+    /// Cap on the response body the backend may send.
+    max_response_body: Spanned<Size>,
+}
+
+/// The definition and the live policy: plain values, nothing to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyLimits {
     /// Request body cap in bytes.
@@ -54,6 +68,51 @@ pub fn check_declared(content_length: Option<&[u8]>, max: u64) -> Declared {
 pub fn exceeds(seen: &mut u64, chunk: usize, max: u64) -> bool {
     *seen = seen.saturating_add(chunk as u64);
     *seen > max
+}
+
+fn iec(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+impl Spec for BodyLimits {
+    type Keys = Keys;
+    type Def = BodyLimits;
+
+    fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<BodyLimits> {
+        let buffer = match &keys.buffer_request_body {
+            Some(b) if b.get_ref().0 == 0 || b.get_ref().0 > builtin::MAX_BUFFERED_BODY => cx.error(
+                b.span(),
+                format!("`buffer_request_body` must be between 1 byte and {} KiB", builtin::MAX_BUFFERED_BODY / 1024),
+                "pingora replays a buffered body from a 64 KiB buffer; larger bodies stream (max_body still caps them)",
+            ),
+            Some(b) => Some(b.get_ref().0),
+            None => None,
+        };
+        Some(BodyLimits {
+            max_body: keys.max_body.as_ref().map_or(builtin::MAX_BODY, |s| s.get_ref().0),
+            max_response_body: keys.max_response_body.as_ref().map(|s| s.get_ref().0),
+            buffer,
+        })
+    }
+
+    fn materialize(def: Option<&BodyLimits>, _env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        Ok(def.cloned())
+    }
+
+    fn summary(def: &BodyLimits) -> String {
+        let mut s = format!("max_body {}", iec(def.max_body));
+        if let Some(b) = def.buffer {
+            s.push_str(&format!(", buffer_request_body {}", iec(b)));
+        }
+        if let Some(cap) = def.max_response_body {
+            s.push_str(&format!(", max_response_body {}", iec(cap)));
+        }
+        s
+    }
+
+    fn facts(def: &BodyLimits, out: &mut serde_json::Map<String, serde_json::Value>) {
+        out.insert("max_body".into(), def.max_body.into());
+    }
 }
 
 impl BodyLimits {

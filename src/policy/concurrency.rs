@@ -4,7 +4,12 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::registry::{keys, Env, MaterializeError, Scope, Spec};
 use super::{Exchange, Flow, Policy};
+use crate::model::diag::Diagnostics;
+use crate::model::units::Dur;
+use serde::Deserialize;
+use toml::Spanned;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +19,42 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::model::plan::ConcurrencyDef;
 
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
+keys! {
+    /// In-flight requests on the route.
+    max_concurrent: Spanned<usize>,
+    /// Requests that may wait for a `max_concurrent` slot, and for how long.
+    queue: Spanned<RawQueue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub size: Spanned<usize>,
+    pub timeout: Option<Spanned<Dur>>,
+}
+
+/// `max_concurrent` and its `queue`, in a route or an upstream: `Some(None)` when unset,
+/// `None` on an error (recorded).
+pub fn compile_slots(cx: &mut Diagnostics<'_>, max: Option<&Spanned<usize>>, queue: Option<&Spanned<RawQueue>>) -> Option<Option<ConcurrencyDef>> {
+    let Some(max) = max else {
+        if let Some(q) = queue {
+            return cx.error(q.span(), "`queue` needs `max_concurrent`", "add max_concurrent = N: the queue holds requests waiting for one of N slots");
+        }
+        return Some(None);
+    };
+    if *max.get_ref() == 0 {
+        return cx.error(max.span(), "`max_concurrent` must be at least 1", "leave `max_concurrent` out for no limit");
+    }
+    let (size, timeout) = match queue {
+        None => (0, DEFAULT_QUEUE_TIMEOUT),
+        Some(q) => {
+            let RawQueue { size, timeout } = q.get_ref();
+            (*size.get_ref(), cx.positive(timeout.as_ref(), "queue timeout", DEFAULT_QUEUE_TIMEOUT))
+        }
+    };
+    Some(Some(ConcurrencyDef { max: *max.get_ref(), queue: size, queue_timeout: timeout }))
+}
 
 #[derive(Debug)]
 pub struct Concurrency {
@@ -68,6 +109,37 @@ impl Concurrency {
 pub struct ConcurrencyPolicy {
     pub route: Option<Arc<Concurrency>>,
     pub upstream: Option<Arc<Concurrency>>,
+}
+
+impl Spec for ConcurrencyPolicy {
+    type Keys = Keys;
+    type Def = ConcurrencyDef;
+
+    fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<ConcurrencyDef> {
+        compile_slots(cx, keys.max_concurrent.as_ref(), keys.queue.as_ref()).flatten()
+    }
+
+    /// The route's own slots (kept across a reload when their definition did not change) and
+    /// its upstream's; `None` when it has neither.
+    fn materialize(def: Option<&ConcurrencyDef>, env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        let route = def.map(|d| {
+            env.before
+                .and_then(|b| b.concurrency.as_ref())
+                .and_then(|c| c.route.clone())
+                .filter(|c| c.def == *d)
+                .unwrap_or_else(|| Arc::new(Concurrency::new(d.clone())))
+        });
+        let upstream = env.upstream_slots.clone();
+        Ok((route.is_some() || upstream.is_some()).then_some(ConcurrencyPolicy { route, upstream }))
+    }
+
+    fn summary(def: &ConcurrencyDef) -> String {
+        let mut s = format!("max {} in flight", def.max);
+        if def.queue > 0 {
+            s.push_str(&format!(" (queue {}, {:?})", def.queue, def.queue_timeout));
+        }
+        s
+    }
 }
 
 #[derive(Debug, Default)]

@@ -11,7 +11,10 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::registry::{keys, Env, MaterializeError, Scope, Spec};
 use super::{Cut, Directives, Exchange, Policy};
+use crate::model::diag::Diagnostics;
+use toml::Spanned;
 use crate::problem::{self, GatewayError};
 use crate::telemetry::outcome::Outcome;
 use super::gather::{self, Gather, Gathered};
@@ -23,8 +26,31 @@ use pingora::http::ResponseHeader;
 /// validation list of a large body a few KiB.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
+keys! {
+    /// Rewrite FastAPI error bodies (`{"detail": ...}`) into the gateway's problem+json.
+    normalize_errors: Spanned<bool>,
+}
+
+/// Nothing to configure beyond on or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NormalizeErrors;
+
+impl Spec for NormalizeErrors {
+    type Keys = Keys;
+    type Def = NormalizeErrors;
+
+    fn compile(keys: &Keys, _cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<NormalizeErrors> {
+        keys.normalize_errors.as_ref().is_some_and(|b| *b.get_ref()).then_some(NormalizeErrors)
+    }
+
+    fn materialize(def: Option<&NormalizeErrors>, _env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        Ok(def.copied())
+    }
+
+    fn summary(_def: &NormalizeErrors) -> String {
+        "normalize_errors".into()
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct ErrorsState {

@@ -13,7 +13,12 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::registry::{keys, query_name, Env, MaterializeError, Scope, Spec};
 use super::{query, Cut, Directives, Exchange, Flow, Policy};
+use crate::model::diag::Diagnostics;
+use crate::model::units::{Size, Toggle};
+use serde::Deserialize;
+use toml::Spanned;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use super::gather::{self, Gather, Gathered};
@@ -25,6 +30,21 @@ use pingora::http::{RequestHeader, ResponseHeader};
 const MAX_SELECTOR: usize = 2048;
 const MAX_FIELDS: usize = 100;
 
+keys! {
+    /// `?fields=a,b.c` selects members of JSON responses: `"on"`, `"off"` or a table.
+    fields: Spanned<Toggle<RawFields>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFields {
+    /// The query parameter; `fields` unless given.
+    pub param: Option<Spanned<String>>,
+    /// Larger responses pass unfiltered.
+    pub max_body: Option<Spanned<Size>>,
+}
+
+/// The definition and the live policy: plain values, nothing to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldSelection {
     /// The query parameter (`fields`).
@@ -306,6 +326,29 @@ pub struct FieldsState {
 /// FNV-1a, for a short stable tag of the selection in the derived `ETag`.
 fn fnv(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+impl Spec for FieldSelection {
+    type Keys = Keys;
+    type Def = FieldSelection;
+
+    fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<FieldSelection> {
+        let raw = match keys.fields.as_ref()?.get_ref() {
+            Toggle::Off => return None,
+            Toggle::On(raw) => raw.as_ref(),
+        };
+        let param = query_name(cx, &raw.and_then(|r| r.param.clone()), DEFAULT_PARAM, "param")?;
+        let max_body = raw.and_then(|r| r.max_body.as_ref()).map_or(DEFAULT_MAX_BODY, |s| s.get_ref().0);
+        Some(FieldSelection { param, max_body })
+    }
+
+    fn materialize(def: Option<&FieldSelection>, _env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        Ok(def.cloned())
+    }
+
+    fn summary(def: &FieldSelection) -> String {
+        format!("fields ?{}= up to {}", def.param, bytesize::ByteSize(def.max_body).display().iec())
+    }
 }
 
 impl FieldSelection {

@@ -6,8 +6,8 @@
 //! policy needs from the engine (close the connection, switch response compression on or off)
 //! it asks for through [`Directives`]; the proxy carries it out.
 //!
-//! The route's policies run in the fixed order of the [`chain!`] list below, in every phase.
-//! Adding a policy: its module, its config keys, one line in that list.
+//! The route's policies run in the fixed order of the registry's list (`registry.rs`), in
+//! every phase. Adding a policy: its file (keys, definition, `Spec`, hooks) and one line there.
 //!
 //! Server-level policies (`server_limits` before routing, `forwarding` on the upstream
 //! request) are not per route and are called by the proxy directly.
@@ -27,6 +27,8 @@ pub mod hsts;
 pub mod pagination;
 pub mod query;
 pub mod ratelimit;
+pub mod registry;
+pub mod retry;
 pub mod server_limits;
 pub mod timeout;
 
@@ -107,6 +109,18 @@ pub struct Cut {
     pub why: &'static str,
 }
 
+/// How an exchange with the upstream failed, for retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Refused or timed out before anything was sent.
+    Connect,
+    /// Closed before a response.
+    Reset,
+    /// No response within the read timeout.
+    Timeout,
+}
+
+
 /// The phase hooks of one policy; every hook has a default that does nothing.
 pub trait Policy {
     /// Per-request state, created empty with the request.
@@ -131,6 +145,11 @@ pub trait Policy {
     fn on_upstream_request(&self, _x: &Exchange<'_>, _up: &mut RequestHeader, _st: &mut Self::State) -> Result<(), GatewayError> {
         Ok(())
     }
+    /// Attempts after the first this policy allows for an exchange that failed so; `None`: no
+    /// opinion.
+    fn retries(&self, _failure: Failure) -> Option<usize> {
+        None
+    }
     /// The response header about to be sent to the client (from the upstream or the cache).
     async fn on_response(
         &self,
@@ -151,66 +170,20 @@ pub trait Policy {
     fn on_done(&self, _st: &Self::State, _out: &mut Outcome) {}
 }
 
-/// Declares the route's policies, in the order they run, and generates from that one list:
-/// `RoutePolicies` (each policy of a route, `None` when the route does not use it),
-/// `PolicyStates` (each policy's per-request state) and the dispatch of every hook.
-macro_rules! chain {
-    ( $( $(#[$doc:meta])* $field:ident : $ty:ty ),* $(,)? ) => {
-        /// A route's policies, materialized.
-        #[derive(Debug, Default)]
-        pub struct RoutePolicies {
-            $( $(#[$doc])* pub $field: Option<$ty>, )*
-        }
-
-        /// Each policy's per-request state.
-        #[derive(Default)]
-        pub struct PolicyStates {
-            $( pub $field: <$ty as Policy>::State, )*
-        }
-
-        impl RoutePolicies {
-            pub async fn on_request(&self, x: &Exchange<'_>, st: &mut PolicyStates, d: &mut Directives) -> Flow {
-                $( if let Some(p) = &self.$field {
-                    if let Flow::Respond(e) = p.on_request(x, &mut st.$field, d).await { return Flow::Respond(e); }
-                } )*
-                Flow::Continue
-            }
-            pub async fn admit(&self, x: &Exchange<'_>, st: &mut PolicyStates) -> Flow {
-                $( if let Some(p) = &self.$field {
-                    if let Flow::Respond(e) = p.admit(x, &mut st.$field).await { return Flow::Respond(e); }
-                } )*
-                Flow::Continue
-            }
-            pub fn on_request_body(&self, chunk: &mut Option<Bytes>, st: &mut PolicyStates) -> Result<(), GatewayError> {
-                $( if let Some(p) = &self.$field { p.on_request_body(chunk, &mut st.$field)?; } )*
-                Ok(())
-            }
-            pub fn on_peer(&self, x: &Exchange<'_>, st: &mut PolicyStates, opts: &mut PeerOptions) {
-                $( if let Some(p) = &self.$field { p.on_peer(x, &mut st.$field, opts); } )*
-            }
-            pub fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, st: &mut PolicyStates) -> Result<(), GatewayError> {
-                $( if let Some(p) = &self.$field { p.on_upstream_request(x, up, &mut st.$field)?; } )*
-                Ok(())
-            }
-            pub async fn on_response(&self, x: &Exchange<'_>, resp: &mut ResponseHeader, st: &mut PolicyStates, d: &mut Directives) -> Result<(), GatewayError> {
-                $( if let Some(p) = &self.$field { p.on_response(x, resp, &mut st.$field, d).await?; } )*
-                Ok(())
-            }
-            pub fn decorate(&self, resp: &mut ResponseHeader, st: &PolicyStates) {
-                $( if let Some(p) = &self.$field { p.decorate(resp, &st.$field); } )*
-            }
-            pub fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut PolicyStates) -> Result<(), Cut> {
-                $( if let Some(p) = &self.$field { p.on_response_body(body, eos, &mut st.$field)?; } )*
-                Ok(())
-            }
-            pub fn on_done(&self, st: &PolicyStates, out: &mut Outcome) {
-                $( if let Some(p) = &self.$field { p.on_done(&st.$field, out); } )*
-            }
-        }
-    };
+/// Rules that tie two policies together.
+fn cross_policy(def: &mut PolicyDef) {
+    // the cache stores the whole response and filters it per request: the selector is not part
+    // of the cache key
+    if let (Some(c), Some(f)) = (def.cache.as_mut().and_then(|c| c.policy.as_mut()), def.fields.as_ref())
+        && !c.ignore_query.contains(&f.param)
+    {
+        c.ignore_query.push(f.param.clone());
+    }
 }
 
-chain! {
+
+// Every route policy, once, in the order they run in every phase.
+registry::registry! {
     /// Request body cap (413 from `Content-Length`, then counted) and response body cap.
     body: body::BodyLimits,
     /// Stacked rate limits; their `RateLimit` fields go on every response.
@@ -219,6 +192,8 @@ chain! {
     pagination: pagination::Pagination,
     /// Timeouts: connect, read, the total deadline, and stream detection.
     timeout: timeout::Timeouts,
+    /// More attempts for failed exchanges.
+    retry: retry::Retry,
     /// Route and upstream concurrency slots, taken only by requests that go upstream.
     concurrency: concurrency::ConcurrencyPolicy,
     /// Response caching: bypass, validators, `X-Cache`, invalidation after writes.
@@ -229,6 +204,7 @@ chain! {
     errors: errors::NormalizeErrors,
     /// Response compression, chosen per client and per response.
     compress: compress::CompressPolicy,
+    /// `Strict-Transport-Security` on HTTPS responses.
     hsts: hsts::Hsts,
 }
 

@@ -7,7 +7,11 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::registry::{keys, query_name, Env, MaterializeError, Scope, Spec};
 use super::{query, Directives, Exchange, Flow, Policy};
+use crate::model::diag::Diagnostics;
+use serde::Deserialize;
+use toml::Spanned;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -21,6 +25,27 @@ pub enum Excess {
     Reject,
 }
 
+keys! {
+    /// Page-size default and cap, and an offset cap, for a list endpoint.
+    pagination: Spanned<RawPagination>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagination {
+    /// The page-size parameter; `limit` unless given.
+    pub param: Option<Spanned<String>>,
+    /// Added when a request has none.
+    pub default: Option<Spanned<u64>>,
+    pub max: Spanned<u64>,
+    /// `"clamp"` (the default) or `"reject"`.
+    pub on_excess: Option<Spanned<String>>,
+    /// The offset parameter; `offset` unless given.
+    pub offset_param: Option<Spanned<String>>,
+    pub max_offset: Option<Spanned<u64>>,
+}
+
+/// The definition and the live policy: plain values, nothing to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pagination {
     /// The page-size parameter (`limit`, `page_size`, `size`).
@@ -32,6 +57,55 @@ pub struct Pagination {
     /// The offset parameter (`offset`, `skip`, `page`) and its maximum.
     pub offset_param: String,
     pub max_offset: Option<u64>,
+}
+
+impl Spec for Pagination {
+    type Keys = Keys;
+    type Def = Pagination;
+
+    fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<Pagination> {
+        let RawPagination { param, default, max, on_excess, offset_param, max_offset } = keys.pagination.as_ref()?.get_ref();
+        let param = query_name(cx, param, "limit", "param");
+        let offset_param = query_name(cx, offset_param, "offset", "offset_param");
+        let max_value = *max.get_ref();
+        if max_value == 0 {
+            cx.error::<()>(max.span(), "`max` must be above zero", "the largest page a client may ask for, e.g. max = 200");
+        }
+        if let Some(d) = default.as_ref().filter(|d| *d.get_ref() > max_value || *d.get_ref() == 0) {
+            cx.error::<()>(d.span(), format!("`default` must be 1 to `max` ({max_value})"), "the page size a request without one gets, e.g. default = 50");
+        }
+        let on_excess = match on_excess.as_ref().map(|v| (v.span(), v.get_ref().as_str())) {
+            None | Some((_, "clamp")) => Excess::Clamp,
+            Some((_, "reject")) => Excess::Reject,
+            Some((span, other)) => return cx.error(span, format!("unknown `on_excess` {other:?}"), "\"clamp\" (lower it to `max`) or \"reject\" (400)"),
+        };
+        Some(Pagination {
+            param: param?,
+            default: default.as_ref().map(|d| *d.get_ref()),
+            max: max_value,
+            on_excess,
+            offset_param: offset_param?,
+            max_offset: max_offset.as_ref().map(|m| *m.get_ref()),
+        })
+    }
+
+    fn materialize(def: Option<&Pagination>, _env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        Ok(def.cloned())
+    }
+
+    fn summary(def: &Pagination) -> String {
+        let mut s = format!("pagination {} max {}", def.param, def.max);
+        if let Some(d) = def.default {
+            s.push_str(&format!(" default {d}"));
+        }
+        if def.on_excess == Excess::Reject {
+            s.push_str(" (reject)");
+        }
+        if let Some(m) = def.max_offset {
+            s.push_str(&format!(", {} max {m}", def.offset_param));
+        }
+        s
+    }
 }
 
 #[derive(Debug, Default)]

@@ -8,7 +8,11 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::registry::{above_zero, keys, Env, MaterializeError, RouteTraits, Scope, Spec};
 use super::{builtin, Cut, Directives, Exchange, Policy};
+use crate::model::diag::Diagnostics;
+use crate::model::units::Dur;
+use toml::Spanned;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use bytes::Bytes;
@@ -17,23 +21,6 @@ use pingora::cache::CachePhase;
 use pingora::http::ResponseHeader;
 use pingora::upstreams::peer::PeerOptions;
 use std::time::{Duration, Instant};
-
-/// A route's `retry`: more attempts for an exchange that failed before any of the response
-/// reached the client. A failed connect is retried for every method (nothing was sent); a
-/// reset or a timeout after the request was sent only for GET, HEAD and OPTIONS, which a
-/// backend may see twice. Another server of the upstream is tried first when there is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    /// Attempts after the first.
-    pub attempts: u32,
-    pub connect: bool,
-    pub reset: bool,
-    pub timeout: bool,
-}
-
-impl Retry {
-    pub const MAX_ATTEMPTS: u32 = 5;
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
@@ -54,6 +41,82 @@ impl Default for Timeouts {
             read: builtin::TIMEOUT,
             stream_idle: builtin::STREAM_IDLE_TIMEOUT,
         }
+    }
+}
+
+keys! {
+    /// Total time for the whole upstream exchange.
+    timeout: Spanned<Dur>,
+    connect_timeout: Spanned<Dur>,
+    /// Longest wait between two reads from the upstream.
+    read_timeout: Spanned<Dur>,
+    /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.
+    streaming: Spanned<bool>,
+    stream_idle_timeout: Spanned<Dur>,
+    /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
+    slow_threshold: Spanned<Dur>,
+}
+
+/// A route's timeouts as configured, and how the route's requests are timed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutDef {
+    pub timeouts: Timeouts,
+    /// The route streams: no total timeout, `stream_idle` between reads.
+    pub streaming: bool,
+    pub slow_threshold: Duration,
+}
+
+impl Spec for Timeouts {
+    type Keys = Keys;
+    type Def = TimeoutDef;
+
+    fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<TimeoutDef> {
+        let total = above_zero(cx, &keys.timeout, "timeout").unwrap_or(builtin::TIMEOUT);
+        let connect = above_zero(cx, &keys.connect_timeout, "connect_timeout").unwrap_or(builtin::CONNECT_TIMEOUT);
+        // Without its own value, the read timeout is the total timeout: one slow read cannot
+        // outlast it.
+        let mut read = above_zero(cx, &keys.read_timeout, "read_timeout").unwrap_or(total);
+        if let Some(r) = keys.read_timeout.as_ref().filter(|_| read > total) {
+            cx.warn(
+                r.span(),
+                format!("`read_timeout` {read:?} is longer than the route's `timeout` {total:?}; {total:?} is used"),
+                "no single read can outlast the whole exchange: lower `read_timeout` or raise `timeout`",
+            );
+            read = total;
+        }
+        let stream_idle = above_zero(cx, &keys.stream_idle_timeout, "stream_idle_timeout").unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
+        let slow_threshold = above_zero(cx, &keys.slow_threshold, "slow_threshold").unwrap_or(builtin::SLOW_THRESHOLD);
+        Some(TimeoutDef {
+            timeouts: Timeouts { total, connect, read, stream_idle },
+            streaming: keys.streaming.as_ref().is_some_and(|s| *s.get_ref()),
+            slow_threshold,
+        })
+    }
+
+    fn materialize(def: Option<&TimeoutDef>, _env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        Ok(def.map(|d| d.timeouts.clone()))
+    }
+
+    fn summary(def: &TimeoutDef) -> String {
+        let t = &def.timeouts;
+        if def.streaming {
+            format!("streaming (idle {:?})", t.stream_idle)
+        } else {
+            format!("timeout {:?} (connect {:?}, read {:?})", t.total, t.connect, t.read)
+        }
+    }
+
+    fn facts(def: &TimeoutDef, out: &mut serde_json::Map<String, serde_json::Value>) {
+        let t = &def.timeouts;
+        out.insert("timeout_ms".into(), (t.total.as_millis() as u64).into());
+        out.insert("connect_timeout_ms".into(), (t.connect.as_millis() as u64).into());
+        out.insert("read_timeout_ms".into(), (t.read.as_millis() as u64).into());
+        out.insert("streaming".into(), def.streaming.into());
+    }
+
+    fn route_traits(def: &TimeoutDef, t: &mut RouteTraits) {
+        t.streaming = def.streaming;
+        t.slow_threshold = def.slow_threshold;
     }
 }
 

@@ -29,7 +29,7 @@ pub mod respond;
 
 use crate::app::App;
 use crate::cache;
-use crate::policy::{forwarding, Cut, Directives, Exchange, Flow, Policy};
+use crate::policy::{forwarding, Cut, Directives, Exchange, Failure, Flow, Policy};
 use crate::problem::{self, GatewayError, Problem};
 use crate::model::matcher::request_host;
 use crate::model::normalize::{normalize_with, PathError};
@@ -391,11 +391,7 @@ impl ProxyHttp for Gateway {
             return e;
         };
         upstream.failed(*addr);
-        let attempts = match route.def.retry {
-            Some(r) if r.connect => r.attempts as usize,
-            Some(_) => 0,
-            None => upstream.failover_attempts(),
-        };
+        let attempts = route.policies.retries(Failure::Connect).unwrap_or_else(|| upstream.failover_attempts());
         if ctx.core.retries < attempts {
             ctx.core.retries += 1;
             ctx.core.failed_server = Some(*addr);
@@ -417,23 +413,21 @@ impl ProxyHttp for Gateway {
         } else {
             e.retry.decide_reuse(client_reused);
         }
-        let retry = ctx.decision.route().and_then(|r| r.def.retry);
-        if let Some(r) = retry
+        let failure = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Failure::Timeout),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => Some(Failure::Reset),
+            _ => None,
+        };
+        let attempts = failure.and_then(|f| ctx.decision.route()?.policies.retries(f));
+        if let Some(attempts) = attempts
             && safe
             && e.esource() == &pingora::ErrorSource::Upstream
             && session.response_written().is_none()
-            && ctx.core.retries < r.attempts as usize
+            && ctx.core.retries < attempts
         {
-            let kind_listed = match e.etype() {
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => r.timeout,
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => r.reset,
-                _ => false,
-            };
-            if kind_listed {
-                ctx.core.retries += 1;
-                ctx.core.failed_server = peer.address().as_inet().copied();
-                e.set_retry(true);
-            }
+            ctx.core.retries += 1;
+            ctx.core.failed_server = peer.address().as_inet().copied();
+            e.set_retry(true);
         }
         e
     }

@@ -13,7 +13,7 @@
 //! Prefixes match whole segments: `/api/market` matches `/api/market` and `/api/market/x`,
 //! never `/api/marketing`.
 
-use crate::config::plan::PolicyDef;
+use crate::policy::PolicyDef;
 use crate::model::matcher::Matcher;
 use crate::model::template::Params;
 use crate::policy::RoutePolicies;
@@ -199,7 +199,7 @@ mod tests {
                         name: name.into(),
                         matcher,
                         target: Target::Upstream(up.clone()),
-                        def: PolicyDef::default(),
+                        def: PolicyDef::builtin(),
                         policies: Default::default(),
                         streaming: false,
                         slow_threshold: std::time::Duration::from_millis(100),

@@ -19,18 +19,22 @@
 use crate::model::template::Params;
 use crate::shared::limiter::{SharedLimit, Verdict};
 use crate::shared::Redis;
+mod def;
+
+pub use def::{KeySource, OnMissing, OnStateError, RateLimitDef, RateLimitsDef};
+use super::registry::{Env, MaterializeError, Scope, Spec};
 use super::{query, Directives, Exchange, Flow, Policy};
+use crate::model::diag::Diagnostics;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use governor::RateLimiter;
+use http::header::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::ResponseHeader;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,120 +55,6 @@ pub enum LimitKey {
 fn bypass_forms(value: &str) -> impl Iterator<Item = LimitKey> {
     let ip = value.parse::<IpAddr>().ok().map(LimitKey::Ip);
     std::iter::once(LimitKey::Text(value.into())).chain(ip)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    ClientIp,
-    Header(HeaderName),
-    Cookie(String),
-    Query(String),
-    /// A parameter of the route's path template: one bucket per resource.
-    Path(String),
-    /// One bucket for the whole route.
-    Route,
-}
-
-impl KeySource {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        match s.split_once(':') {
-            None if s == "client_ip" => Ok(KeySource::ClientIp),
-            None if s == "route" => Ok(KeySource::Route),
-            Some(("header", name)) => HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
-                .map(KeySource::Header)
-                .map_err(|_| format!("invalid header name {name:?}")),
-            Some(("cookie", name)) if !name.trim().is_empty() => Ok(KeySource::Cookie(name.trim().to_string())),
-            Some(("query", name)) if !name.trim().is_empty() => Ok(KeySource::Query(name.trim().to_string())),
-            Some(("path", name)) if !name.trim().is_empty() => Ok(KeySource::Path(name.trim().to_string())),
-            _ => Err(format!(
-                "unknown rate limit key {s:?}; use client_ip, route, header:NAME, cookie:NAME, query:NAME or path:NAME"
-            )),
-        }
-    }
-
-    /// How the key is written in config: the default name of a limit and its metric label.
-    pub fn label(&self) -> String {
-        match self {
-            KeySource::ClientIp => "client_ip".into(),
-            KeySource::Route => "route".into(),
-            KeySource::Header(h) => format!("header:{h}"),
-            KeySource::Cookie(c) => format!("cookie:{c}"),
-            KeySource::Query(q) => format!("query:{q}"),
-            KeySource::Path(p) => format!("path:{p}"),
-        }
-    }
-}
-
-/// What a route's limits do while shared state (Redis) cannot be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnStateError {
-    /// This replica's own limiter: the limit holds per replica.
-    #[default]
-    Local,
-    /// No limit until Redis answers again.
-    Allow,
-    /// 503 until Redis answers again.
-    Deny,
-}
-
-/// What happens to a request that lacks the key a limit is keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnMissing {
-    /// All such requests share one bucket.
-    Shared,
-    /// Keyed by client IP instead.
-    ClientIp,
-    /// Refused with this status (400 or 401).
-    Reject(u16),
-}
-
-/// `count` requests per `per`, bursts up to `burst`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitDef {
-    pub name: String,
-    pub count: u32,
-    pub per: Duration,
-    pub burst: u32,
-    pub key: KeySource,
-    pub on_missing: OnMissing,
-}
-
-impl RateLimitDef {
-    /// Parses `"100/s"`, `"600/m"`, `"1000/h"`, `"5/10s"`.
-    pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
-        let (n, unit) = s
-            .split_once('/')
-            .ok_or_else(|| format!("invalid rate {s:?}; write e.g. \"100/s\", \"600/m\""))?;
-        let count: u32 = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|c| *c > 0)
-            .ok_or_else(|| format!("invalid request count {n:?} in rate {s:?}"))?;
-        let per = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            other => humantime::parse_duration(other).map_err(|_| format!("invalid rate unit {other:?} in {s:?}"))?,
-        };
-        if per.is_zero() {
-            return Err(format!("rate {s:?} has a zero period"));
-        }
-        Ok((count, per))
-    }
-
-    /// `None` when the rate is too fine for the limiter (checked when the config compiles).
-    pub fn quota(&self) -> Option<Quota> {
-        let replenish = self.per / self.count;
-        let burst = NonZeroU32::new(self.burst)?;
-        Quota::with_period(replenish).map(|q| q.allow_burst(burst))
-    }
-
-    /// Seconds to refill the whole burst: the `w` of `RateLimit-Policy`.
-    fn window_secs(&self) -> u64 {
-        (self.per.as_secs_f64() * f64::from(self.burst) / f64::from(self.count)).ceil().max(1.0) as u64
-    }
 }
 
 pub struct RateLimit {
@@ -241,6 +131,55 @@ pub struct RateLimits {
     pub bypass_key_count: usize,
     policy_header: Option<HeaderValue>,
     pub on_state_error: OnStateError,
+}
+
+impl Spec for RateLimits {
+    type Keys = def::Keys;
+    type Def = RateLimitsDef;
+
+    fn compile(keys: &def::Keys, cx: &mut Diagnostics<'_>, scope: &Scope<'_>) -> Option<RateLimitsDef> {
+        def::compile(keys, cx, scope)
+    }
+
+    /// Each limit is kept across a reload when its definition did not change (its counters
+    /// with it), decided in Redis when the process shares state.
+    fn materialize(def: Option<&RateLimitsDef>, env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        let Some(def) = def else { return Ok(None) };
+        let mut limits = Vec::with_capacity(def.limits.len());
+        for d in &def.limits {
+            let reused = env.before.and_then(|b| b.rate_limit.as_ref()).and_then(|b| b.limits.iter().find(|l| l.def == *d).cloned());
+            let limit = match reused {
+                Some(l) => l,
+                None => {
+                    let built = match env.redis {
+                        Some(redis) => RateLimit::shared(d.clone(), redis.clone(), env.route),
+                        None => RateLimit::new(d.clone()),
+                    };
+                    Arc::new(built.ok_or_else(|| MaterializeError::RateLimit { limit: d.name.clone() })?)
+                }
+            };
+            limits.push(limit);
+        }
+        Ok(Some(RateLimits::new(limits, def.bypass_nets.clone(), def.bypass_keys.clone(), def.on_state_error)))
+    }
+
+    fn summary(def: &RateLimitsDef) -> String {
+        let mut parts = Vec::new();
+        for d in &def.limits {
+            let per = match d.per.as_secs() {
+                1 if d.per.subsec_nanos() == 0 => "s".to_string(),
+                60 if d.per.subsec_nanos() == 0 => "m".to_string(),
+                3600 if d.per.subsec_nanos() == 0 => "h".to_string(),
+                _ => format!("{:?}", d.per),
+            };
+            parts.push(format!("rate {}/{per} burst {} by {}", d.count, d.burst, d.name));
+        }
+        let mut s = parts.join(", ");
+        if !def.bypass_nets.is_empty() || !def.bypass_keys.is_empty() {
+            s.push_str(&format!(" (bypass: {} nets, {} keys)", def.bypass_nets.len(), def.bypass_keys.len()));
+        }
+        s
+    }
 }
 
 /// What a request looks like to the limiter.

@@ -13,7 +13,12 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod def;
+
+pub use def::CacheRouteDef;
+use super::registry::{Env, MaterializeError, Scope, Spec};
 use super::{Directives, Exchange, Flow, Policy};
+use crate::model::diag::Diagnostics;
 use crate::cache::invalidate::{self, InvalidateRule, Reason};
 use crate::cache::store::{CacheStore, PurgeSelector, StoreKey, StoredObject};
 use crate::cache::{self, CachePolicy, TagTemplate};
@@ -50,6 +55,53 @@ impl std::fmt::Debug for CacheRoute {
             .field("invalidate_tags", &self.invalidate_tags)
             .field("invalidate", &self.invalidate)
             .finish()
+    }
+}
+
+impl Spec for CacheRoute {
+    type Keys = def::Keys;
+    type Def = CacheRouteDef;
+
+    fn compile(keys: &def::Keys, cx: &mut Diagnostics<'_>, scope: &Scope<'_>) -> Option<CacheRouteDef> {
+        def::compile(keys, cx, scope)
+    }
+
+    fn materialize(def: Option<&CacheRouteDef>, env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
+        Ok(def.map(|d| CacheRoute {
+            policy: d.policy.clone(),
+            invalidate_tags: d.invalidate_tags.clone(),
+            invalidate: d.invalidate.clone(),
+            path: env.path.clone(),
+            store: env.store.clone(),
+            tag_header: env.tag_header.clone(),
+        }))
+    }
+
+    fn summary(def: &CacheRouteDef) -> String {
+        let mut s = String::new();
+        if let Some(c) = &def.policy {
+            s.push_str(&format!("cache ttl {:?}", c.ttl));
+            if !c.stale_while_revalidate.is_zero() {
+                s.push_str(&format!(" swr {:?}", c.stale_while_revalidate));
+            }
+            if !c.stale_if_error.is_zero() {
+                s.push_str(&format!(" sie {:?}", c.stale_if_error));
+            }
+            if !c.key_headers.is_empty() {
+                let names: Vec<&str> = c.key_headers.iter().map(|h| h.as_str()).collect();
+                s.push_str(&format!(" keyed by {}", names.join(",")));
+            }
+            if c.public {
+                s.push_str(" public");
+            }
+        }
+        if !def.invalidate_tags.is_empty() {
+            if !s.is_empty() {
+                s.push_str(", ");
+            }
+            s.push_str(&format!("invalidates {} tag(s) on write", def.invalidate_tags.len()));
+        }
+        s
     }
 }
 

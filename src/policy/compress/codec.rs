@@ -1,148 +1,8 @@
-//! Response compression policy: which algorithm a client gets (by `Accept-Encoding` q-values,
-//! ties broken by the route's order), and which responses are worth compressing (content type,
-//! size, not already encoded). Every encoding is done here, not by pingora's compression
-//! module: gzip and zstd on states kept per thread (the module allocates and initializes a new
-//! one per response), brotli because pingora 0.9.1's brotli stream is never finished
-//! (cloudflare/pingora#1013) and strict decoders reject such a body.
+//! The gateway's own encoders of response bodies: brotli (pingora 0.9.1's stream is never
+//! finished, cloudflare/pingora#1013), and gzip and zstd on compressor states kept per thread
+//! and reused between responses (pingora's module allocates and initializes one per response).
 
-#![deny(clippy::unwrap_used, clippy::expect_used)]
-
-use super::{Cut, Directives, Exchange, Flow, Policy};
-use bytes::Bytes;
-use crate::problem::GatewayError;
-use crate::telemetry::outcome::Outcome;
-use http::header::{HeaderValue, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, TRANSFER_ENCODING, VARY};
 use pingora::protocols::http::compression::Algorithm;
-use pingora::http::{RequestHeader, ResponseHeader};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompressPolicy {
-    /// Preference order on equal q-values.
-    pub algorithms: Vec<Algorithm>,
-    pub min_size: u64,
-    /// Content-type prefixes, lower case.
-    pub types: Vec<String>,
-    pub gzip_level: u32,
-    pub brotli_level: u32,
-    pub zstd_level: u32,
-}
-
-pub const DEFAULT_MIN_SIZE: u64 = 1024;
-pub const DEFAULT_TYPES: &[&str] = &[
-    "application/json",
-    "application/problem+json",
-    "application/javascript",
-    "application/xml",
-    "text/",
-    "image/svg+xml",
-];
-
-impl Default for CompressPolicy {
-    fn default() -> Self {
-        CompressPolicy {
-            algorithms: vec![Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip],
-            min_size: DEFAULT_MIN_SIZE,
-            types: DEFAULT_TYPES.iter().map(|s| s.to_string()).collect(),
-            gzip_level: 6,
-            // measured on a 20 KiB JSON body (bench, scenario 2): level 2 is smaller than 3
-            // and 4 and the cheapest level smaller than gzip's output
-            brotli_level: 2,
-            zstd_level: 3,
-        }
-    }
-}
-
-pub fn parse_algorithm(token: &str) -> Option<Algorithm> {
-    let t = token.trim();
-    if t.eq_ignore_ascii_case("gzip") {
-        Some(Algorithm::Gzip)
-    } else if t.eq_ignore_ascii_case("br") || t.eq_ignore_ascii_case("brotli") {
-        Some(Algorithm::Brotli)
-    } else if t.eq_ignore_ascii_case("zstd") {
-        Some(Algorithm::Zstd)
-    } else {
-        None
-    }
-}
-
-fn slot(a: Algorithm) -> Option<usize> {
-    match a {
-        Algorithm::Gzip => Some(0),
-        Algorithm::Brotli => Some(1),
-        Algorithm::Zstd => Some(2),
-        _ => None,
-    }
-}
-
-pub fn token(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::Gzip => "gzip",
-        Algorithm::Brotli => "br",
-        Algorithm::Zstd => "zstd",
-        _ => "identity",
-    }
-}
-
-impl CompressPolicy {
-    pub fn level(&self, a: Algorithm) -> u32 {
-        match a {
-            Algorithm::Gzip => self.gzip_level,
-            Algorithm::Brotli => self.brotli_level,
-            Algorithm::Zstd => self.zstd_level,
-            _ => 0,
-        }
-    }
-
-    /// The best algorithm the client accepts (RFC 9110 12.5.3): highest q wins, q=0 refuses,
-    /// `*` covers encodings not named; ties go to the route's order.
-    pub fn choose(&self, accept_encoding: Option<&HeaderValue>) -> Option<Algorithm> {
-        let header = accept_encoding?.to_str().ok()?;
-        // q per known coding (gzip, br, zstd), and for `*`; no allocation on the request path
-        let mut named: [Option<f32>; 3] = [None; 3];
-        let mut star: Option<f32> = None;
-        for item in header.split(',') {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let q = parts
-                .find_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
-                .map_or(Some(1.0), |v| v.trim().parse::<f32>().ok())
-                .unwrap_or(0.0);
-            if coding == "*" {
-                star = Some(q);
-            } else if let Some(i) = parse_algorithm(coding).and_then(slot) {
-                named[i] = Some(q);
-            }
-        }
-        let mut best: Option<(Algorithm, f32)> = None;
-        for a in &self.algorithms {
-            let q = slot(*a).and_then(|i| named[i]).or(star).filter(|q| *q > 0.0);
-            if let Some(q) = q
-                && best.is_none_or(|(_, bq)| q > bq)
-            {
-                best = Some((*a, q));
-            }
-        }
-        best.map(|(a, _)| a)
-    }
-
-    /// Whether this response should be compressed.
-    pub fn eligible(&self, resp: &ResponseHeader) -> bool {
-        let h = &resp.headers;
-        if h.contains_key(CONTENT_ENCODING) || !resp.status.is_success() || resp.status.as_u16() == 204 || resp.status.as_u16() == 206 {
-            return false;
-        }
-        let type_ok = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-            let ct = ct.trim().to_ascii_lowercase();
-            // An event stream must reach the client event by event, not when a compressor flushes.
-            !ct.starts_with("text/event-stream") && self.types.iter().any(|t| ct.starts_with(t.as_str()))
-        });
-        let size_ok = match h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-            Some(len) => len >= self.min_size,
-            None => true, // streamed: size unknown, compress
-        };
-        type_ok && size_ok
-    }
-}
 
 /// brotli's window: 256 KiB (lgwin 18) rather than the format's 4 MiB default, so an encoder
 /// costs under a megabyte per response in flight; API bodies gain next to nothing from more.
@@ -150,7 +10,7 @@ const BROTLI_WINDOW_BITS: u32 = 18;
 
 /// A brotli stream over one response body: each chunk is flushed as it comes (a streamed
 /// response must not wait for the next), the last one finishes the stream.
-struct BrotliStream {
+pub(super) struct BrotliStream {
     /// `None` once the stream is finished.
     w: Option<brotli::CompressorWriter<Vec<u8>>>,
     bytes_in: usize,
@@ -376,141 +236,43 @@ impl<C: Codec> Drop for Pooled<C> {
     }
 }
 
-/// The gateway's own encoder of one response body.
-enum Stream {
+/// One of the encoders.
+enum Inner {
     /// Boxed: a brotli encoder is about 5.6 KiB.
     Brotli(Box<BrotliStream>),
     Gzip(Pooled<Gzip>),
     Zstd(Pooled<Zstd>),
 }
 
+/// The gateway's own encoder of one response body.
+pub(super) struct Stream(Inner);
+
 impl Stream {
-    fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, &'static str> {
-        match self {
-            Stream::Brotli(b) => b.encode(data, end).map_err(|_| "the brotli encoder failed"),
-            Stream::Gzip(g) => g.encode(data, end),
-            Stream::Zstd(z) => z.encode(data, end),
+    /// An encoder for `alg` at `level` over a body of `size` bytes (when known); `None` for an
+    /// algorithm it does not make, or when no state could be had (out of memory): that
+    /// response goes out as it is.
+    pub(super) fn new(alg: Algorithm, level: u32, size: Option<u64>) -> Option<Stream> {
+        match alg {
+            Algorithm::Brotli => Some(Stream(Inner::Brotli(Box::new(BrotliStream::new(level, size))))),
+            Algorithm::Gzip => Pooled::new(level, size).map(|p| Stream(Inner::Gzip(p))),
+            Algorithm::Zstd => Pooled::new(level, size).map(|p| Stream(Inner::Zstd(p))),
+            _ => None,
         }
     }
 
-    fn sizes(&self) -> (usize, usize) {
-        match self {
-            Stream::Brotli(b) => (b.bytes_in, b.bytes_out),
-            Stream::Gzip(g) => (g.bytes_in, g.bytes_out),
-            Stream::Zstd(z) => (z.bytes_in, z.bytes_out),
+    pub(super) fn encode(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, &'static str> {
+        match &mut self.0 {
+            Inner::Brotli(b) => b.encode(data, end).map_err(|_| "the brotli encoder failed"),
+            Inner::Gzip(g) => g.encode(data, end),
+            Inner::Zstd(z) => z.encode(data, end),
         }
     }
-}
 
-/// The encoding chosen for this request's response, if any.
-#[derive(Default)]
-pub struct CompressState {
-    chosen: Option<Algorithm>,
-    head: bool,
-    stream: Option<Stream>,
-    /// Bytes into and out of our own encoder, for the outcome.
-    sizes: Option<(usize, usize)>,
-}
-
-impl std::fmt::Debug for CompressState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompressState").field("chosen", &self.chosen).finish()
-    }
-}
-
-/// What the response's fields become when the gateway encodes its body: the encoding; no
-/// length but chunked framing (the body is streamed: without either, HTTP/1.1 frames it by
-/// closing the connection); no `Accept-Ranges` (ranges of the encoded stream cannot be
-/// served); `Vary`; and a weak validator (another byte representation of the same resource,
-/// RFC 9110 8.8.1). As pingora's compression module does; HTTP/2 drops `Transfer-Encoding`.
-fn mark_encoded(resp: &mut ResponseHeader, coding: &'static str) -> Result<(), GatewayError> {
-    let fail = |e: pingora::BError| GatewayError::new(crate::problem::Problem::Internal, format!("compression headers: {e}"));
-    resp.insert_header(CONTENT_ENCODING, coding).map_err(fail)?;
-    resp.remove_header(&CONTENT_LENGTH);
-    resp.remove_header(&ACCEPT_RANGES);
-    resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked")).map_err(fail)?;
-    let varies = resp.headers.get_all(VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding")))
-    });
-    if !varies {
-        resp.append_header(VARY, "Accept-Encoding").map_err(fail)?;
-    }
-    if let Some(tag) = resp.headers.get(ETAG).map(|t| t.as_bytes().to_vec()) {
-        if tag.starts_with(b"\"") {
-            let weak = HeaderValue::from_bytes(&[b"W/", tag.as_slice()].concat()).map_err(|e| GatewayError::new(crate::problem::Problem::Internal, e.to_string()))?;
-            resp.insert_header(ETAG, weak).map_err(fail)?;
-        } else if !tag.starts_with(b"W/") {
-            resp.remove_header(&ETAG);
-        }
-    }
-    Ok(())
-}
-
-impl Policy for CompressPolicy {
-    type State = CompressState;
-
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, _d: &mut Directives) -> Flow {
-        if let Some(alg) = self.choose(x.req.headers.get(ACCEPT_ENCODING)) {
-            st.chosen = Some(alg);
-            st.head = x.req.method == http::Method::HEAD;
-        }
-        Flow::Continue
-    }
-
-    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut CompressState) -> Result<(), GatewayError> {
-        // The gateway compresses one canonical form: ask the backend for identity.
-        up.remove_header(&ACCEPT_ENCODING);
-        Ok(())
-    }
-
-    async fn on_response(
-        &self,
-        _x: &Exchange<'_>,
-        resp: &mut ResponseHeader,
-        st: &mut CompressState,
-        _d: &mut Directives,
-    ) -> Result<(), GatewayError> {
-        let Some(alg) = st.chosen.filter(|_| self.eligible(resp)) else {
-            st.chosen = None;
-            return Ok(());
-        };
-        let size = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if !st.head {
-            let stream = match alg {
-                Algorithm::Brotli => Some(Stream::Brotli(Box::new(BrotliStream::new(self.brotli_level, size)))),
-                // no state (out of memory): this response goes out as it is
-                Algorithm::Gzip => Pooled::new(self.gzip_level, size).map(Stream::Gzip),
-                Algorithm::Zstd => Pooled::new(self.zstd_level, size).map(Stream::Zstd),
-                _ => None,
-            };
-            if stream.is_none() {
-                st.chosen = None;
-                return Ok(());
-            }
-            st.stream = stream;
-        }
-        mark_encoded(resp, token(alg))
-    }
-
-    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CompressState) -> Result<(), Cut> {
-        let Some(enc) = st.stream.as_mut() else { return Ok(()) };
-        let data = body.as_deref().unwrap_or_default();
-        match enc.encode(data, eos) {
-            Ok(out) => *body = (!out.is_empty()).then(|| Bytes::from(out)),
-            // nothing can be sent that the client could decode from here on
-            Err(why) => return Err(Cut { code: "compression_failed", why }),
-        }
-        if eos {
-            st.sizes = Some(enc.sizes());
-            st.stream = None;
-        }
-        Ok(())
-    }
-
-    fn on_done(&self, st: &CompressState, out: &mut Outcome) {
-        out.compression = st.chosen.map(token);
-        if let Some(sizes) = st.sizes {
-            out.compressed = Some(sizes);
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        match &self.0 {
+            Inner::Brotli(b) => (b.bytes_in, b.bytes_out),
+            Inner::Gzip(g) => (g.bytes_in, g.bytes_out),
+            Inner::Zstd(z) => (z.bytes_in, z.bytes_out),
         }
     }
 }
@@ -519,36 +281,6 @@ impl Policy for CompressPolicy {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    fn choose(ae: &str) -> Option<&'static str> {
-        CompressPolicy::default().choose(Some(&HeaderValue::from_str(ae).unwrap())).map(token)
-    }
-
-    #[test]
-    fn q_values_decide() {
-        assert_eq!(choose("gzip"), Some("gzip"));
-        assert_eq!(choose("gzip, br"), Some("br"));
-        assert_eq!(choose("gzip, zstd"), Some("zstd"));
-        assert_eq!(choose("gzip;q=1.0, zstd;q=0.5"), Some("gzip"));
-        assert_eq!(choose("zstd;q=0, br;q=0.1, gzip;q=0.2"), Some("gzip"));
-        assert_eq!(choose("br"), Some("br"));
-        assert_eq!(choose("gzip, deflate, br"), Some("br"));
-        assert_eq!(choose("*"), Some("zstd"));
-        assert_eq!(choose("*;q=0.5, gzip;q=0.8"), Some("gzip"));
-        assert_eq!(choose("gzip;q=0, *;q=0"), None);
-        assert_eq!(choose("identity"), None);
-        assert_eq!(choose("deflate"), None);
-        assert_eq!(CompressPolicy::default().choose(None), None);
-    }
-
-    fn resp(ct: &str, len: Option<u64>) -> ResponseHeader {
-        let mut r = ResponseHeader::build(200, None).unwrap();
-        r.insert_header("content-type", ct).unwrap();
-        if let Some(l) = len {
-            r.insert_header("content-length", l).unwrap();
-        }
-        r
-    }
 
     #[test]
     fn brotli_streams_finish_and_decode_to_the_identity_body() {
@@ -653,18 +385,5 @@ mod tests {
         drop(cut);
         let mut enc = Pooled::<Zstd>::new(3, None).unwrap();
         assert_eq!(zstd::decode_all(enc.encode(&body, true).unwrap().as_slice()).unwrap(), body);
-    }
-
-    #[test]
-    fn eligibility() {
-        let p = CompressPolicy::default();
-        assert!(p.eligible(&resp("application/json", Some(5000))));
-        assert!(p.eligible(&resp("text/plain", None)));
-        assert!(!p.eligible(&resp("text/event-stream", None)));
-        assert!(!p.eligible(&resp("application/json", Some(100))));
-        assert!(!p.eligible(&resp("image/png", Some(5000))));
-        let mut r = resp("application/json", Some(5000));
-        r.insert_header("content-encoding", "gzip").unwrap();
-        assert!(!p.eligible(&r));
     }
 }
