@@ -14,7 +14,7 @@
 //!   drops every variant of that path, `"/api/feed/**"` that path and everything under it.
 
 use super::store::PurgeSelector;
-use super::{split_placeholders, Piece};
+use super::tags::{split_placeholders, Piece};
 use crate::model::template::PathTemplate;
 use crate::model::matcher::PathMatch;
 use http::header::{HeaderMap, AUTHORIZATION, COOKIE};

@@ -17,7 +17,7 @@
 use super::{Policy, RoutePolicies};
 use crate::cache::invalidate;
 use crate::cache::store::CacheStore;
-use crate::cache::TagTemplate;
+use crate::cache::tags::TagTemplate;
 use crate::model::diag::{Diagnostics, Span};
 use crate::model::matcher::PathMatch;
 use crate::model::template::PathTemplate;

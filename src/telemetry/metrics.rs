@@ -69,157 +69,70 @@ pub struct Metrics {
 /// Body sizes: 64 B to 16 MiB, by powers of four.
 const SIZE_BUCKETS: &[f64] = &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
 
+/// `c`, registered: every series exists in the registry from the start.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    registered(registry, IntGauge::new(name, help)?)
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> Result<HistogramVec, prometheus::Error> {
+    registered(registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?)
+}
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "<none>";
 
 impl Metrics {
     pub fn new(latency_buckets: &[f64]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_server_request_duration_seconds",
-                "Time from the first request byte to the last response byte, per route.",
-            )
-            .buckets(latency_buckets.to_vec()),
-            &["route", "method", "status_class"],
+        let request_duration = histogram_vec(&registry, "http_server_request_duration_seconds", "Time from the first request byte to the last response byte, per route.", &["route", "method", "status_class"], latency_buckets.to_vec())?;
+        let gateway_errors = counter_vec(&registry, "fastgate_gateway_errors_total", "Responses the gateway produced itself, by problem code.", &["route", "code"])?;
+        let backend_errors = counter_vec(&registry, "fastgate_backend_errors_total", "Backend error bodies rewritten into problem+json (normalize_errors), by route and code.", &["route", "code"])?;
+        let in_flight = gauge_vec(&registry, "http_server_active_requests", "Requests in flight, per route.", &["route"])?;
+        let config_reloads = counter_vec(&registry, "fastgate_config_reloads_total", "Config reloads, by result (ok, failed).", &["result"])?;
+        let config_info = gauge_vec(&registry, "fastgate_config_info", "The loaded config: 1 for its hash.", &["hash"])?;
+        let upstream_health = gauge_vec(&registry, "fastgate_upstream_healthy", "1 when the upstream server passes its health check.", &["upstream", "server"])?;
+        let rate_limited = counter_vec(&registry, "fastgate_rate_limited_total", "Requests refused with 429, by route and limit.", &["route", "limit"])?;
+        let shed = counter_vec(&registry, "fastgate_shed_total", "Requests shed with 503 by a concurrency limit, by route and scope.", &["route", "scope"])?;
+        let rate_limit_keys = gauge(&registry, "fastgate_rate_limit_keys", "Keys tracked by all rate limiters (after the last eviction).")?;
+        let otlp_dropped = registered(
+            &registry,
+            prometheus::IntCounter::new("fastgate_otlp_spans_dropped_total", "Spans whose OTLP export failed (collector unreachable or refusing).")?,
         )?;
-        let gateway_errors = IntCounterVec::new(
-            Opts::new("fastgate_gateway_errors_total", "Responses the gateway produced itself, by problem code."),
-            &["route", "code"],
-        )?;
-        let backend_errors = IntCounterVec::new(
-            Opts::new(
-                "fastgate_backend_errors_total",
-                "Backend error bodies rewritten into problem+json (normalize_errors), by route and code.",
-            ),
-            &["route", "code"],
-        )?;
-        let in_flight = IntGaugeVec::new(
-            Opts::new("http_server_active_requests", "Requests in flight, per route."),
-            &["route"],
-        )?;
-        let config_reloads = IntCounterVec::new(
-            Opts::new("fastgate_config_reloads_total", "Config reloads, by result (ok, failed)."),
-            &["result"],
-        )?;
-        let config_info = IntGaugeVec::new(
-            Opts::new("fastgate_config_info", "The loaded config: 1 for its hash."),
-            &["hash"],
-        )?;
-        let upstream_health = IntGaugeVec::new(
-            Opts::new("fastgate_upstream_healthy", "1 when the upstream server passes its health check."),
-            &["upstream", "server"],
-        )?;
-        let rate_limited = IntCounterVec::new(
-            Opts::new("fastgate_rate_limited_total", "Requests refused with 429, by route and limit."),
-            &["route", "limit"],
-        )?;
-        let shed = IntCounterVec::new(
-            Opts::new("fastgate_shed_total", "Requests shed with 503 by a concurrency limit, by route and scope."),
-            &["route", "scope"],
-        )?;
-        let rate_limit_keys = IntGauge::new("fastgate_rate_limit_keys", "Keys tracked by all rate limiters (after the last eviction).")?;
-        registry.register(Box::new(rate_limit_keys.clone()))?;
-        let otlp_dropped = prometheus::IntCounter::new(
-            "fastgate_otlp_spans_dropped_total",
-            "Spans whose OTLP export failed (collector unreachable or refusing).",
-        )?;
-        registry.register(Box::new(otlp_dropped.clone()))?;
-        let connections_open = IntGauge::new("fastgate_connections_open", "Client connections open on the proxy listener.")?;
-        registry.register(Box::new(connections_open.clone()))?;
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
-                "fastgate_connections_refused_total",
-                "Client connections closed before a request reached the proxy, by reason (max_connections, max_connections_per_client, header_timeout, malformed_head, head_too_large).",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(connections_refused.clone()))?;
-        let cache_results = IntCounterVec::new(
-            Opts::new("fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS)."),
-            &["route", "result"],
-        )?;
-        let cache_purged = IntCounterVec::new(
-            Opts::new("fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write)."),
-            &["cause"],
-        )?;
-        let cache_invalidations = IntCounterVec::new(
-            Opts::new(
-                "fastgate_cache_invalidations_total",
-                "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag).",
-            ),
-            &["route", "reason"],
-        )?;
-        registry.register(Box::new(cache_invalidations.clone()))?;
-        let cache_bytes = IntGauge::new("fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
-        let cache_entries = IntGauge::new("fastgate_cache_entries", "Objects held by the cache store.")?;
-        let cache_evictions = IntGauge::new("fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;
-        let state_up = IntGauge::new("fastgate_state_up", "1 while shared state (Redis) answers; always 1 with the memory backend.")?;
-        let state_failures = IntGaugeVec::new(
-            Opts::new("fastgate_state_failures_total", "Shared-state calls that failed (error, timeout) or were not tried while Redis was down (skipped)."),
-            &["kind"],
-        )?;
-        let request_bytes = HistogramVec::new(
-            HistogramOpts::new("http_server_request_body_size_bytes", "Request body sizes, per route.").buckets(SIZE_BUCKETS.to_vec()),
-            &["route"],
-        )?;
-        let response_bytes = HistogramVec::new(
-            HistogramOpts::new("http_server_response_body_size_bytes", "Response body sizes sent to clients, per route.")
-                .buckets(SIZE_BUCKETS.to_vec()),
-            &["route"],
-        )?;
-        let upstream_ttfb = HistogramVec::new(
-            HistogramOpts::new(
-                "fastgate_upstream_response_time_seconds",
-                "From choosing an upstream server to its response header (connect + time to first byte).",
-            )
-            .buckets(latency_buckets.to_vec()),
-            &["upstream"],
-        )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new("fastgate_upstream_errors_total", "Upstream failures by kind (connect, timeout, failed)."),
-            &["upstream", "kind"],
-        )?;
-        let upstream_active = IntGaugeVec::new(
-            Opts::new("fastgate_upstream_active_requests", "Requests in flight to each upstream."),
-            &["upstream"],
-        )?;
-        let compression_bytes = IntCounterVec::new(
-            Opts::new("fastgate_compression_bytes_total", "Bytes into and out of response compression, by algorithm."),
-            &["algorithm", "direction"],
-        )?;
-        let slow = IntCounterVec::new(
-            Opts::new("fastgate_slow_requests_total", "Requests slower than their route's slow_threshold."),
-            &["route"],
-        )?;
-        for c in [&request_bytes, &response_bytes, &upstream_ttfb] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        for c in [&upstream_errors, &compression_bytes, &slow] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        registry.register(Box::new(upstream_active.clone()))?;
-        registry.register(Box::new(cache_results.clone()))?;
-        registry.register(Box::new(cache_purged.clone()))?;
-        registry.register(Box::new(cache_bytes.clone()))?;
-        registry.register(Box::new(cache_entries.clone()))?;
-        registry.register(Box::new(cache_evictions.clone()))?;
-        registry.register(Box::new(state_up.clone()))?;
-        registry.register(Box::new(state_failures.clone()))?;
+        let connections_open = gauge(&registry, "fastgate_connections_open", "Client connections open on the proxy listener.")?;
+        let connections_refused = counter_vec(&registry, "fastgate_connections_refused_total", "Client connections closed before a request reached the proxy, by reason (max_connections, max_connections_per_client, header_timeout, malformed_head, head_too_large).", &["reason"])?;
+        let cache_results = counter_vec(&registry, "fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS).", &["route", "result"])?;
+        let cache_purged = counter_vec(&registry, "fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write).", &["cause"])?;
+        let cache_invalidations = counter_vec(&registry, "fastgate_cache_invalidations_total", "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag).", &["route", "reason"])?;
+        let cache_bytes = gauge(&registry, "fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
+        let cache_entries = gauge(&registry, "fastgate_cache_entries", "Objects held by the cache store.")?;
+        let cache_evictions = gauge(&registry, "fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;
+        let state_up = gauge(&registry, "fastgate_state_up", "1 while shared state (Redis) answers; always 1 with the memory backend.")?;
+        let state_failures = gauge_vec(&registry, "fastgate_state_failures_total", "Shared-state calls that failed (error, timeout) or were not tried while Redis was down (skipped).", &["kind"])?;
+        let request_bytes = histogram_vec(&registry, "http_server_request_body_size_bytes", "Request body sizes, per route.", &["route"], SIZE_BUCKETS.to_vec())?;
+        let response_bytes = histogram_vec(&registry, "http_server_response_body_size_bytes", "Response body sizes sent to clients, per route.", &["route"], SIZE_BUCKETS.to_vec())?;
+        let upstream_ttfb = histogram_vec(&registry, "fastgate_upstream_response_time_seconds", "From choosing an upstream server to its response header (connect + time to first byte).", &["upstream"], latency_buckets.to_vec())?;
+        let upstream_errors = counter_vec(&registry, "fastgate_upstream_errors_total", "Upstream failures by kind (connect, timeout, failed).", &["upstream", "kind"])?;
+        let upstream_active = gauge_vec(&registry, "fastgate_upstream_active_requests", "Requests in flight to each upstream.", &["upstream"])?;
+        let compression_bytes = counter_vec(&registry, "fastgate_compression_bytes_total", "Bytes into and out of response compression, by algorithm.", &["algorithm", "direction"])?;
+        let slow = counter_vec(&registry, "fastgate_slow_requests_total", "Requests slower than their route's slow_threshold.", &["route"])?;
         state_up.set(1);
-        registry.register(Box::new(rate_limited.clone()))?;
-        registry.register(Box::new(shed.clone()))?;
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(gateway_errors.clone()))?;
-        registry.register(Box::new(backend_errors.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(config_reloads.clone()))?;
         // Series that alerts use with increase() must exist from the start at 0.
         for result in ["ok", "failed"] {
             config_reloads.with_label_values(&[result]);
         }
-        registry.register(Box::new(config_info.clone()))?;
-        registry.register(Box::new(upstream_health.clone()))?;
         // resident memory, CPU seconds, open fds, start time
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {

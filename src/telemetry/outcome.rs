@@ -88,60 +88,8 @@ pub const NO_ROUTE: &str = super::metrics::NO_ROUTE;
 pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<RequestTrace>) {
     let metrics = sinks.metrics;
     let route_name = f.route.map_or(NO_ROUTE, |r| r.name);
-    let secs = f.elapsed.as_secs_f64();
     if let Some(route) = f.route {
-        metrics.request_finished(route.name, route.metrics, f.method, f.status, secs);
-        metrics.body_sizes(route.name, route.metrics, f.bytes_in, f.bytes_out);
-        if let Some((upstream, series)) = route.upstream {
-            if out.upstream_started {
-                metrics.upstream_finished(upstream, series, out.ttfb.map(|t| t.as_secs_f64()));
-            }
-            if let Some(kind) = out.upstream_error {
-                metrics.upstream_error(upstream, kind);
-            }
-        }
-        if let Some(status) = out.cache {
-            // the metric keeps `X-Cache`'s values, which dashboards key on
-            let result = match status {
-                "hit" | "revalidated" => "HIT",
-                "miss" => "MISS",
-                "stale" => "STALE",
-                "expired" => "EXPIRED",
-                _ => "BYPASS",
-            };
-            metrics.cache_result(route.name, result);
-        }
-        for (reason, n) in &out.invalidated {
-            metrics.cache_purged("write", *n);
-            metrics.cache_invalidated(route.name, reason, *n);
-        }
-        if let Some(limit) = &out.limited_by {
-            metrics.rate_limited(route.name, limit);
-        }
-        if let Some(code) = out.backend_error {
-            metrics.backend_error(route.name, code);
-        }
-        if let Some(scope) = out.shed {
-            metrics.shed(route.name, scope);
-        }
-        if let (Some(alg), Some((bytes_in, bytes_out))) = (out.compression, out.compressed) {
-            metrics.compression(alg, bytes_in, bytes_out);
-        }
-        if !out.streaming && f.elapsed > route.slow_threshold {
-            metrics.slow_request(route.name);
-            let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
-            tracing::warn!(
-                request_id = f.request_id,
-                route = %route.name,
-                status = f.status,
-                total_ms = secs * 1000.0,
-                upstream_connect_ms = ms(out.connect),
-                upstream_ttfb_ms = ms(out.ttfb),
-                threshold_ms = route.slow_threshold.as_secs_f64() * 1000.0,
-                upstream = out.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
-                "slow request"
-            );
-        }
+        route_metrics(out, f, route, metrics);
     }
     if let Some(code) = out.problem {
         metrics.gateway_error(route_name, code);
@@ -169,9 +117,71 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
         t.finish(f.status, error);
     }
 
-    if !f.access_log {
-        return;
+    if f.access_log {
+        access_line(out, f, route_name, trace_id.as_deref());
     }
+}
+
+/// The route's own series: requests, sizes, its upstream, cache, invalidations, limits, slow
+/// requests.
+fn route_metrics(out: &Outcome, f: &Finished<'_>, route: RouteSeen<'_>, metrics: &Metrics) {
+    let secs = f.elapsed.as_secs_f64();
+    metrics.request_finished(route.name, route.metrics, f.method, f.status, secs);
+    metrics.body_sizes(route.name, route.metrics, f.bytes_in, f.bytes_out);
+    if let Some((upstream, series)) = route.upstream {
+        if out.upstream_started {
+            metrics.upstream_finished(upstream, series, out.ttfb.map(|t| t.as_secs_f64()));
+        }
+        if let Some(kind) = out.upstream_error {
+            metrics.upstream_error(upstream, kind);
+        }
+    }
+    if let Some(status) = out.cache {
+        // the metric keeps `X-Cache`'s values, which dashboards key on
+        let result = match status {
+            "hit" | "revalidated" => "HIT",
+            "miss" => "MISS",
+            "stale" => "STALE",
+            "expired" => "EXPIRED",
+            _ => "BYPASS",
+        };
+        metrics.cache_result(route.name, result);
+    }
+    for (reason, n) in &out.invalidated {
+        metrics.cache_purged("write", *n);
+        metrics.cache_invalidated(route.name, reason, *n);
+    }
+    if let Some(limit) = &out.limited_by {
+        metrics.rate_limited(route.name, limit);
+    }
+    if let Some(code) = out.backend_error {
+        metrics.backend_error(route.name, code);
+    }
+    if let Some(scope) = out.shed {
+        metrics.shed(route.name, scope);
+    }
+    if let (Some(alg), Some((bytes_in, bytes_out))) = (out.compression, out.compressed) {
+        metrics.compression(alg, bytes_in, bytes_out);
+    }
+    if !out.streaming && f.elapsed > route.slow_threshold {
+        metrics.slow_request(route.name);
+        let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+        tracing::warn!(
+            request_id = f.request_id,
+            route = %route.name,
+            status = f.status,
+            total_ms = secs * 1000.0,
+            upstream_connect_ms = ms(out.connect),
+            upstream_ttfb_ms = ms(out.ttfb),
+            threshold_ms = route.slow_threshold.as_secs_f64() * 1000.0,
+            upstream = out.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
+            "slow request"
+        );
+    }
+}
+
+/// The access line: one JSON object per request (target `fastgate::access`).
+fn access_line(out: &Outcome, f: &Finished<'_>, route_name: &str, trace_id: Option<&str>) {
     // Milliseconds to the microsecond: enough to read, short to store.
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     tracing::info!(
@@ -195,7 +205,7 @@ pub fn record(out: &Outcome, f: &Finished<'_>, sinks: &Sinks<'_>, trace: Option<
         upstream_ttfb_ms = out.ttfb.map(ms),
         problem = out.problem,
         error = f.error.as_deref(),
-        trace_id = trace_id.as_deref(),
+        trace_id,
         "request"
     );
 }

@@ -3,7 +3,8 @@
 //! `mod.rs` makes them live.
 
 use crate::cache::invalidate::{self, InvalidateRule};
-use crate::cache::{CachePolicy, TagTemplate};
+use crate::cache::tags::TagTemplate;
+use crate::cache::CachePolicy;
 use crate::model::diag::Diagnostics;
 use crate::model::units::{Dur, Toggle, Ttl};
 use crate::policy::registry::{keys, Scope};

@@ -1,0 +1,35 @@
+//! The fast path of a cache hit: a fresh stored response sent from `request_filter`, before
+//! pingora's cache state machine, through the same response filters as its hit path.
+
+use super::ctx::Ctx;
+use super::Gateway;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::Result;
+
+impl Gateway {
+    /// Sends a fresh hit the way pingora's hit path would (`proxy_cache_hit`): the route's
+    /// response filters on the stored header, the engine's modules (compression), then the
+    /// stored body through the body filters.
+    pub(super) async fn serve_fresh_hit(&self, session: &mut Session, ctx: &mut Ctx, hit: crate::policy::cache::FreshHit) -> Result<()> {
+        ctx.core.fast_hit = true;
+        let mut header = Box::new(hit.header);
+        self.response_filter(session, &mut header, ctx).await?;
+        session.write_response_header(header, false).await?;
+        let (body, len) = (&hit.obj.body, hit.obj.body.len());
+        let mut pos = 0;
+        loop {
+            let chunk = body.chunk_at(pos, len);
+            pos += chunk.len();
+            let end = pos >= len;
+            let mut data = Some(chunk);
+            self.response_body_filter(session, &mut data, end, ctx)?;
+            if end || data.as_ref().is_some_and(|b| !b.is_empty()) {
+                session.write_response_body(data, end).await?;
+            }
+            if end {
+                return Ok(());
+            }
+        }
+    }
+}
+
