@@ -12,7 +12,7 @@
 //! probes and scrapers can reach it off the host while the admin API stays on loopback.
 
 use crate::app::App;
-use crate::policy::forwarding::new_request_id;
+use crate::edge::forwarding::new_request_id;
 use crate::problem::{self, GatewayError, Problem};
 use crate::reload;
 use async_trait::async_trait;
@@ -355,7 +355,7 @@ impl ServeHttp for Admin {
                 Err(e) => {
                     let errors: Vec<String> = match &e {
                         reload::ReloadError::Config(c) => c.diagnostics().iter().map(ToString::to_string).collect(),
-                        reload::ReloadError::State(s) => vec![s.to_string()],
+                        reload::ReloadError::Runtime(s) => vec![s.to_string()],
                     };
                     let mut ext = serde_json::Map::new();
                     ext.insert("reloaded".into(), json!(false));

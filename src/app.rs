@@ -2,7 +2,7 @@
 //! behind an atomic pointer, metrics, and process counters.
 
 use crate::model::plan::Settings;
-use crate::state::{ProcessParts, Runtime};
+use crate::runtime::{ProcessParts, Runtime};
 use crate::cache::Cache;
 use crate::telemetry::otel::Tracing;
 use crate::telemetry::Metrics;
@@ -30,7 +30,7 @@ pub struct App {
     pub tracing: Option<Tracing>,
     pub cache: Cache,
     /// The Redis connections, when `[state] backend = "redis"`.
-    pub redis: Option<Arc<crate::shared::Redis>>,
+    pub redis: Option<Arc<crate::shared_state::Redis>>,
     pub errors: crate::telemetry::errorlog::ErrorLog,
     /// Sliding window behind the status page (one minute, a snapshot every 10 s).
     pub status: crate::telemetry::status::StatusWindow,
@@ -52,7 +52,7 @@ impl App {
         metrics: Arc<Metrics>,
         tracing: Option<Tracing>,
         cache: Cache,
-        redis: Option<Arc<crate::shared::Redis>>,
+        redis: Option<Arc<crate::shared_state::Redis>>,
     ) -> Arc<Self> {
         metrics.config_loaded(&runtime.hash);
         Arc::new(App {

@@ -75,7 +75,7 @@ pub fn headers(data: &[u8]) {
     let _ = cache::freshness::last_modified_heuristic(&resp, now);
     let _ = cache::freshness::initial_age(&resp, now, now);
     let trusted = ["10.0.0.0/8".parse().expect("static net")];
-    let _ = crate::policy::forwarding::real_client_ip(Some([10, 0, 0, 1].into()), Some(&v), &trusted);
+    let _ = crate::edge::forwarding::real_client_ip(Some([10, 0, 0, 1].into()), Some(&v), &trusted);
 }
 
 /// Cache keys: the same request gives the same key; a different query value another.

@@ -1,6 +1,6 @@
 //! fastgate: a reverse-proxy gateway for FastAPI backends, on pingora.
 //!
-//! Config flows raw -> plan (`config`) -> live runtime (`state`); requests flow through the
+//! Config flows raw -> plan (`config`) -> live runtime (`runtime`); requests flow through the
 //! `proxy` dispatcher over the `routing` table and each route's chain of `policy` modules;
 //! every gateway-made response comes from `problem`; each request's `Outcome` is reported once
 //! by `telemetry`. `tests/architecture.rs` keeps these layers apart.
@@ -12,6 +12,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod discovery;
+pub mod edge;
 pub mod fuzzing;
 pub mod model;
 pub mod openapi;
@@ -20,8 +21,8 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
-pub mod shared;
-pub mod state;
+pub mod runtime;
+pub mod shared_state;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

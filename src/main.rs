@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use fastgate::telemetry::logging::{self, LogFormat};
 use fastgate::telemetry::otel::{TraceSettings, Tracing};
-use fastgate::{app::App, bootstrap, config, state, telemetry::Metrics};
+use fastgate::{app::App, bootstrap, config, runtime, telemetry::Metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -135,7 +135,7 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
     let cache_settings = settings.cache.clone();
     let redis = match &settings.state {
         fastgate::model::plan::StateDef::Memory => None,
-        fastgate::model::plan::StateDef::Redis(def) => match fastgate::shared::Redis::start(def.clone()) {
+        fastgate::model::plan::StateDef::Redis(def) => match fastgate::shared_state::Redis::start(def.clone()) {
             Ok(r) => {
                 tracing::info!(url = %def.display_url(), lease = def.lease, "shared state in redis");
                 Some(r)
@@ -148,15 +148,15 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
     };
     let store: std::sync::Arc<dyn fastgate::cache::store::CacheStore> = match &redis {
         None => std::sync::Arc::new(fastgate::cache::memory::MemoryStore::new(cache_settings.max_size)),
-        Some(r) => fastgate::cache::shared::SharedStore::new(r.clone()),
+        Some(r) => fastgate::shared_state::cache::SharedStore::new(r.clone()),
     };
     let cache = fastgate::cache::Cache::new(cache_settings, store.clone());
-    let parts = state::ProcessParts {
+    let parts = runtime::ProcessParts {
         store,
         tag_header: cache.settings.tag_header.clone(),
         redis: redis.clone(),
     };
-    let runtime = match state::materialize(plan, None, &parts) {
+    let runtime = match runtime::materialize(plan, None, &parts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fastgate: {e}");

@@ -4,7 +4,7 @@
 
 use crate::app::App;
 use crate::config;
-use crate::state;
+use crate::runtime;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +12,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("cannot make the config live: {0}")]
-    State(#[from] state::StateError),
+    Runtime(#[from] runtime::RuntimeError),
 }
 
 /// Reloads the config file; the old config stays in force on any error.
@@ -27,7 +27,7 @@ pub fn reload(app: &App) -> Result<(), ReloadError> {
             tracing::warn!(warning = %w, "config warning");
         }
         let current = app.runtime();
-        Ok(state::materialize(plan, Some(&current), &app.process_parts())?)
+        Ok(runtime::materialize(plan, Some(&current), &app.process_parts())?)
     });
     match result {
         Ok(runtime) => {

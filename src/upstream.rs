@@ -1,5 +1,5 @@
 //! Upstreams: a named group of servers, picked round-robin among the healthy ones, with active
-//! HTTP health checks: the live state `state` materializes from an `UpstreamDef`.
+//! HTTP health checks: the live part `runtime` materializes from an `UpstreamDef`.
 //!
 //! Built on pingora's load balancer, with a health check of our own (one connector for all).
 //! Server addresses are resolved when the

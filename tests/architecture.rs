@@ -21,29 +21,31 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("client", &[]),
     ("lib", &[]),
     // connections and loaders built from definitions
-    ("shared", &["model"]),
     ("discovery", &["model"]),
     ("tls", &["model"]),
     ("telemetry", &["model"]),
     // mechanisms
-    ("cache", &["model", "shared"]),
-    ("policy", &["model", "problem", "cache", "shared", "telemetry"]),
+    ("cache", &["model"]),
+    ("shared_state", &["model", "cache"]),
+    ("policy", &["model", "problem", "cache", "shared_state", "telemetry"]),
     ("upstream", &["model", "discovery", "tls", "telemetry", "policy"]),
+    // what every request gets from the server, before and beside its route
+    ("edge", &["model", "problem", "policy"]),
     // config compiles raw text into the plan, with each policy's parsers
-    ("config", &["model", "policy"]),
+    ("config", &["model", "policy", "edge"]),
     // the live route table and its materialization
     ("routing", &["model", "problem", "telemetry", "policy", "upstream"]),
-    ("state", &["problem", "shared", "discovery", "tls", "cache", "policy", "upstream", "config", "routing"]),
-    ("app", &["model", "shared", "telemetry", "cache", "state"]),
+    ("runtime", &["problem", "shared_state", "discovery", "tls", "cache", "policy", "upstream", "config", "routing", "edge"]),
+    ("app", &["model", "shared_state", "telemetry", "cache", "runtime"]),
     // the server: requests, the admin listener, reloads, start-up
-    ("reload", &["config", "state", "app"]),
-    ("proxy", &["model", "problem", "telemetry", "cache", "policy", "routing", "state", "app"]),
-    ("admin", &["model", "problem", "cache", "policy", "app", "reload"]),
+    ("reload", &["config", "runtime", "app"]),
+    ("proxy", &["model", "problem", "telemetry", "cache", "policy", "routing", "runtime", "app", "edge"]),
+    ("admin", &["model", "problem", "cache", "app", "reload", "edge"]),
     ("bootstrap", &["model", "app", "reload", "proxy", "admin"]),
     // tools beside the server
     ("openapi", &["model", "client", "cache", "policy", "config"]),
-    ("fuzzing", &["model", "cache", "policy", "config", "proxy"]),
-    ("main", &["model", "client", "shared", "discovery", "tls", "telemetry", "cache", "config", "state", "app", "bootstrap", "openapi"]),
+    ("fuzzing", &["model", "cache", "policy", "config", "proxy", "edge"]),
+    ("main", &["model", "client", "shared_state", "discovery", "tls", "telemetry", "cache", "config", "runtime", "app", "bootstrap", "openapi"]),
 ];
 
 /// Text that builds live state: never in config.
@@ -418,8 +420,8 @@ fn the_reader_resolves_every_spelling() {
     let text = "#[cfg(test)]\nmod tests { use crate::proxy::X; }\nuse crate::admin::Admin;";
     assert_eq!(paths(&["policy"], text), set(&["admin::Admin"]));
     // inside a function body and a macro
-    let text = "fn f() { use crate::state::Runtime; let _ = format!(\"{}\", crate::app::NAME); }";
-    assert_eq!(paths(&["policy"], text), set(&["state::Runtime", "app::NAME"]));
+    let text = "fn f() { use crate::runtime::Runtime; let _ = format!(\"{}\", crate::app::NAME); }";
+    assert_eq!(paths(&["policy"], text), set(&["runtime::Runtime", "app::NAME"]));
     // comments and strings are not paths
     assert!(paths(&["policy"], "// crate::proxy\nconst S: &str = \"crate::proxy\";").is_empty());
 }

@@ -18,8 +18,7 @@
 pub mod freshness;
 pub mod invalidate;
 pub mod memory;
-pub mod shared;
-pub mod storage;
+pub mod engine;
 pub mod store;
 pub mod tags;
 
@@ -351,14 +350,14 @@ pub fn x_cache(phase: CachePhase) -> &'static str {
 pub struct Cache {
     pub settings: CacheSettings,
     pub store: Arc<dyn CacheStore>,
-    pub storage: &'static storage::PingoraStorage,
+    pub storage: &'static engine::PingoraStorage,
     pub lock: &'static CacheKeyLockImpl,
 }
 
 impl Cache {
     /// Built once per process; the leaked parts live as long as the process does.
     pub fn new(settings: CacheSettings, store: Arc<dyn CacheStore>) -> Self {
-        let storage: &'static storage::PingoraStorage = Box::leak(Box::new(storage::PingoraStorage {
+        let storage: &'static engine::PingoraStorage = Box::leak(Box::new(engine::PingoraStorage {
             store: store.clone(),
             tag_header: settings.tag_header.clone(),
         }));

@@ -1,9 +1,9 @@
 //! What a routes file compiles to: plain, comparable definitions. A plan holds no limiter,
-//! semaphore, load balancer, metric series or socket; `state::materialize` turns it into the
+//! semaphore, load balancer, metric series or socket; `runtime::materialize` turns it into the
 //! live `Runtime`, reusing the live parts whose definition did not change.
 
 use crate::model::plan::{CertSpec, Settings, UpstreamDef};
-use crate::policy::server_limits::ServerLimits;
+use crate::edge::limits::ServerLimits;
 use crate::model::matcher::Matcher;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ pub struct ServerDef {
     pub trusted_proxies: Vec<IpNet>,
     /// Removed from every request before routing, the cache and the backend.
     pub remove_request_headers: Vec<http::HeaderName>,
-    pub forwarded: crate::policy::forwarding::ForwardedFields,
+    pub forwarded: crate::edge::forwarding::ForwardedFields,
     pub admin_token: Option<String>,
     pub limits: ServerLimits,
     /// The plain listener redirects to HTTPS on this port.

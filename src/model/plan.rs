@@ -1,6 +1,6 @@
 //! The plan's process-level definitions: listeners, upstreams and their servers, health checks
 //! and TLS, shared state, telemetry and the cache's own settings. Plain, comparable values
-//! (`state` compares them across reloads to keep live parts whose definition did not change);
+//! (`runtime` compares them across reloads to keep live parts whose definition did not change);
 //! the route-level definitions, which aggregate each policy's, are in `config::plan`.
 
 use http::HeaderName;

@@ -194,7 +194,7 @@ fn limits(out: &mut Vec<Finding>, doc: &Document, r: &RouteDef, op: &Operation) 
     if let Some(bound) = op.request.as_ref().and_then(|s| doc.max_json_size(s)) {
         // `init` writes twice the bound (whitespace and key order are the client's)
         let cap = (bound * 2).max(1024);
-        let max_body = r.policy.body.as_ref().map_or(crate::policy::builtin::MAX_BODY, |b| b.max_body);
+        let max_body = r.policy.body.as_ref().map_or(crate::policy::body::MAX_BODY, |b| b.max_body);
         if max_body > cap * 4 {
             out.push(finding(
                 Severity::Warning,

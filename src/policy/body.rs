@@ -6,7 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use super::registry::{keys, Env, MaterializeError, Scope, Spec};
-use super::{builtin, Cut, Directives, Exchange, Flow, Policy};
+use super::{Cut, Directives, Exchange, Flow, Policy};
 use crate::model::diag::Diagnostics;
 use crate::model::units::Size;
 use toml::Spanned;
@@ -25,6 +25,11 @@ keys! {
 }
 
 /// The definition and the live policy: plain values, nothing to build.
+/// The request body cap when neither the route nor `[defaults]` sets one.
+pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+/// The largest `buffer_request_body`: the size of the buffer pingora replays a body from.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyLimits {
     /// Request body cap in bytes.
@@ -37,7 +42,7 @@ pub struct BodyLimits {
 }
 
 #[derive(Debug, Default)]
-pub struct BodyState {
+pub struct BodyScratch {
     request_seen: u64,
     response_seen: u64,
 }
@@ -80,16 +85,16 @@ impl Spec for BodyLimits {
 
     fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<BodyLimits> {
         let buffer = match &keys.buffer_request_body {
-            Some(b) if b.get_ref().0 == 0 || b.get_ref().0 > builtin::MAX_BUFFERED_BODY => cx.error(
+            Some(b) if b.get_ref().0 == 0 || b.get_ref().0 > MAX_BUFFERED_BODY => cx.error(
                 b.span(),
-                format!("`buffer_request_body` must be between 1 byte and {} KiB", builtin::MAX_BUFFERED_BODY / 1024),
+                format!("`buffer_request_body` must be between 1 byte and {} KiB", MAX_BUFFERED_BODY / 1024),
                 "pingora replays a buffered body from a 64 KiB buffer; larger bodies stream (max_body still caps them)",
             ),
             Some(b) => Some(b.get_ref().0),
             None => None,
         };
         Some(BodyLimits {
-            max_body: keys.max_body.as_ref().map_or(builtin::MAX_BODY, |s| s.get_ref().0),
+            max_body: keys.max_body.as_ref().map_or(MAX_BODY, |s| s.get_ref().0),
             max_response_body: keys.max_response_body.as_ref().map(|s| s.get_ref().0),
             buffer,
         })
@@ -125,9 +130,9 @@ impl BodyLimits {
 }
 
 impl Policy for BodyLimits {
-    type State = BodyState;
+    type Scratch = BodyScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, _st: &mut BodyState, d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, _st: &mut BodyScratch, d: &mut Directives) -> Flow {
         let declared = x.req.headers.get(CONTENT_LENGTH).map(|v| v.as_bytes());
         match check_declared(declared, self.max_body) {
             Declared::Fits | Declared::Unknown => Flow::Continue,
@@ -143,7 +148,7 @@ impl Policy for BodyLimits {
         }
     }
 
-    fn on_request_body(&self, chunk: &mut Option<Bytes>, st: &mut BodyState) -> Result<(), GatewayError> {
+    fn on_request_body(&self, chunk: &mut Option<Bytes>, st: &mut BodyScratch) -> Result<(), GatewayError> {
         let Some(c) = chunk.as_ref() else { return Ok(()) };
         if exceeds(&mut st.request_seen, c.len(), self.max_body) {
             // Drop the chunk that crossed the cap: the backend never receives more than the cap.
@@ -157,7 +162,7 @@ impl Policy for BodyLimits {
         &self,
         _x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        _st: &mut BodyState,
+        _st: &mut BodyScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         let Some(cap) = self.max_response_body else { return Ok(()) };
@@ -171,7 +176,7 @@ impl Policy for BodyLimits {
         Ok(())
     }
 
-    fn on_response_body(&self, body: &mut Option<Bytes>, _eos: bool, st: &mut BodyState) -> Result<(), Cut> {
+    fn on_response_body(&self, body: &mut Option<Bytes>, _eos: bool, st: &mut BodyScratch) -> Result<(), Cut> {
         let (Some(cap), Some(chunk)) = (self.max_response_body, body.as_ref()) else { return Ok(()) };
         if exceeds(&mut st.response_seen, chunk.len(), cap) {
             // The header is out: cut the connection rather than hand over a truncated body.
@@ -212,7 +217,7 @@ mod tests {
         let p = BodyLimits { max_body: 4, max_response_body: None, buffer: None };
         let mut req = pingora::http::RequestHeader::build("POST", b"/x", None).unwrap();
         req.insert_header("content-length", "5").unwrap();
-        let (mut st, mut d) = (BodyState::default(), Directives::default());
+        let (mut st, mut d) = (BodyScratch::default(), Directives::default());
         match p.on_request(&exchange(&req), &mut st, &mut d).now_or_never().unwrap() {
             Flow::Respond(e) => assert_eq!(e.problem, Problem::PayloadTooLarge),
             Flow::Continue => panic!("not refused"),
@@ -223,7 +228,7 @@ mod tests {
     #[test]
     fn streamed_request_body_drops_the_crossing_chunk() {
         let p = BodyLimits { max_body: 4, max_response_body: None, buffer: None };
-        let mut st = BodyState::default();
+        let mut st = BodyScratch::default();
         let mut chunk = Some(Bytes::from_static(b"abc"));
         assert!(p.on_request_body(&mut chunk, &mut st).is_ok());
         let mut chunk = Some(Bytes::from_static(b"de"));
@@ -234,7 +239,7 @@ mod tests {
     #[test]
     fn streamed_response_over_the_cap_is_cut() {
         let p = BodyLimits { max_body: 4, max_response_body: Some(3), buffer: None };
-        let mut st = BodyState::default();
+        let mut st = BodyScratch::default();
         let mut body = Some(Bytes::from_static(b"abcd"));
         assert_eq!(p.on_response_body(&mut body, false, &mut st).unwrap_err().code, "response_too_large");
         assert!(body.is_none());

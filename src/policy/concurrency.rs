@@ -143,16 +143,16 @@ impl Spec for ConcurrencyPolicy {
 }
 
 #[derive(Debug, Default)]
-pub struct ConcurrencyState {
+pub struct ConcurrencyScratch {
     route: Option<OwnedSemaphorePermit>,
     upstream: Option<OwnedSemaphorePermit>,
     shed: Option<&'static str>,
 }
 
 impl Policy for ConcurrencyPolicy {
-    type State = ConcurrencyState;
+    type Scratch = ConcurrencyScratch;
 
-    async fn admit(&self, x: &Exchange<'_>, st: &mut ConcurrencyState) -> Flow {
+    async fn admit(&self, x: &Exchange<'_>, st: &mut ConcurrencyScratch) -> Flow {
         // A stream (WebSocket, SSE) would hold an upstream slot for its whole life: the
         // upstream limit guards short calls to the database pool. A route limit still applies.
         let upstream = if x.streaming { None } else { self.upstream.as_deref() };
@@ -179,7 +179,7 @@ impl Policy for ConcurrencyPolicy {
         Flow::Continue
     }
 
-    fn on_done(&self, st: &ConcurrencyState, out: &mut Outcome) {
+    fn on_done(&self, st: &ConcurrencyScratch, out: &mut Outcome) {
         out.shed = st.shed;
     }
 }

@@ -17,7 +17,7 @@ use crate::model::diag::Diagnostics;
 use toml::Spanned;
 use crate::problem::{self, GatewayError};
 use crate::telemetry::outcome::Outcome;
-use super::gather::{self, Gather, Gathered};
+use super::support::gather::{self, Gather, Gathered};
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use pingora::http::ResponseHeader;
@@ -53,7 +53,7 @@ impl Spec for NormalizeErrors {
 }
 
 #[derive(Debug, Default)]
-pub struct ErrorsState {
+pub struct ErrorsScratch {
     body: Gather,
     request_id: String,
     status: u16,
@@ -72,13 +72,13 @@ fn rewritable(resp: &ResponseHeader, head: bool) -> bool {
 }
 
 impl Policy for NormalizeErrors {
-    type State = ErrorsState;
+    type Scratch = ErrorsScratch;
 
     async fn on_response(
         &self,
         x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        st: &mut ErrorsState,
+        st: &mut ErrorsScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         if rewritable(resp, x.req.method == http::Method::HEAD) {
@@ -91,7 +91,7 @@ impl Policy for NormalizeErrors {
         Ok(())
     }
 
-    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut ErrorsState) -> Result<(), Cut> {
+    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut ErrorsScratch) -> Result<(), Cut> {
         if let Gathered::Whole(original) = st.body.push(body, eos) {
             *body = Some(match problem::from_fastapi(st.status, &original, &st.request_id) {
                 Some((rewritten, code)) => {
@@ -104,7 +104,7 @@ impl Policy for NormalizeErrors {
         Ok(())
     }
 
-    fn on_done(&self, st: &ErrorsState, out: &mut Outcome) {
+    fn on_done(&self, st: &ErrorsScratch, out: &mut Outcome) {
         out.backend_error = st.code;
     }
 }
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn a_body_in_pieces_is_rewritten_once_at_the_end() {
         let p = NormalizeErrors;
-        let mut st = ErrorsState { status: 404, request_id: "r".into(), ..Default::default() };
+        let mut st = ErrorsScratch { status: 404, request_id: "r".into(), ..Default::default() };
         st.body.start(None, MAX_ERROR_BODY);
         let mut first = Some(Bytes::from_static(b"{\"detail\":"));
         p.on_response_body(&mut first, false, &mut st).unwrap();

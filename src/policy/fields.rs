@@ -14,14 +14,15 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use super::registry::{keys, query_name, Env, MaterializeError, Scope, Spec};
-use super::{query, Cut, Directives, Exchange, Flow, Policy};
+use super::support::query;
+use super::{Cut, Directives, Exchange, Flow, Policy};
 use crate::model::diag::Diagnostics;
 use crate::model::units::{Size, Toggle};
 use serde::Deserialize;
 use toml::Spanned;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
-use super::gather::{self, Gather, Gathered};
+use super::support::gather::{self, Gather, Gathered};
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -315,7 +316,7 @@ pub fn filter(body: &[u8], sel: &Selector) -> Result<Vec<u8>, NotJson> {
 }
 
 #[derive(Debug, Default)]
-pub struct FieldsState {
+pub struct FieldsScratch {
     selector: Option<Selector>,
     /// The raw selector, for the derived `ETag`.
     raw: String,
@@ -364,9 +365,9 @@ impl FieldSelection {
 }
 
 impl Policy for FieldSelection {
-    type State = FieldsState;
+    type Scratch = FieldsScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut FieldsState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut FieldsScratch, _d: &mut Directives) -> Flow {
         let Some(raw) = query::param(x.req.uri.query(), &self.param) else { return Flow::Continue };
         match Selector::parse(raw) {
             Ok(sel) => {
@@ -381,7 +382,7 @@ impl Policy for FieldSelection {
         }
     }
 
-    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut FieldsState) -> Result<(), GatewayError> {
+    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut FieldsScratch) -> Result<(), GatewayError> {
         if query::param(up.uri.query(), &self.param).is_none() {
             return Ok(());
         }
@@ -393,7 +394,7 @@ impl Policy for FieldSelection {
         &self,
         x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        st: &mut FieldsState,
+        st: &mut FieldsScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         if st.selector.is_none() {
@@ -423,7 +424,7 @@ impl Policy for FieldSelection {
         Ok(())
     }
 
-    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut FieldsState) -> Result<(), Cut> {
+    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut FieldsScratch) -> Result<(), Cut> {
         let original = match st.body.push(body, eos) {
             Gathered::Whole(b) => b,
             Gathered::Held => return Ok(()),
@@ -450,7 +451,7 @@ impl Policy for FieldSelection {
         Ok(())
     }
 
-    fn on_done(&self, st: &FieldsState, out: &mut Outcome) {
+    fn on_done(&self, st: &FieldsScratch, out: &mut Outcome) {
         out.fields = st.result;
     }
 }

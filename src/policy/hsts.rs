@@ -76,7 +76,7 @@ impl Spec for Hsts {
 }
 
 impl Policy for Hsts {
-    type State = ();
+    type Scratch = ();
 
     async fn on_response(&self, x: &Exchange<'_>, resp: &mut ResponseHeader, _st: &mut (), _d: &mut Directives) -> Result<(), GatewayError> {
         if x.tls {

@@ -9,8 +9,8 @@
 //! The route's policies run in the fixed order of the registry's list (`registry.rs`), in
 //! every phase. Adding a policy: its file (keys, definition, `Spec`, hooks) and one line there.
 //!
-//! Server-level policies (`server_limits` before routing, `forwarding` on the upstream
-//! request) are not per route and are called by the proxy directly.
+//! Server-level request handling (head limits before routing, forwarding fields on the
+//! upstream request) is not per route: it lives in `edge` and the proxy calls it directly.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![allow(async_fn_in_trait)] // static dispatch only: the futures' Send-ness is inferred
@@ -21,15 +21,12 @@ pub mod compress;
 pub mod concurrency;
 pub mod errors;
 pub mod fields;
-pub mod forwarding;
-pub mod gather;
 pub mod hsts;
 pub mod pagination;
-pub mod query;
 pub mod ratelimit;
 pub mod registry;
 pub mod retry;
-pub mod server_limits;
+pub mod support;
 pub mod timeout;
 
 use crate::problem::GatewayError;
@@ -41,18 +38,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::PeerOptions;
 use std::net::IpAddr;
 use std::time::Instant;
-
-/// Built-in defaults, used where neither the route nor `[defaults]` says otherwise.
-pub mod builtin {
-    use std::time::Duration;
-    pub const TIMEOUT: Duration = Duration::from_secs(30);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-    pub const MAX_BODY: u64 = 10 * 1024 * 1024;
-    /// The largest `buffer_request_body`: the size of the buffer pingora replays a body from.
-    pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
-    pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
-}
 
 impl Exchange<'_> {
     /// The value of path parameter `name` (`{name}` in the route's template).
@@ -124,25 +109,25 @@ pub enum Failure {
 /// The phase hooks of one policy; every hook has a default that does nothing.
 pub trait Policy {
     /// Per-request state, created empty with the request.
-    type State: Default + Send;
+    type Scratch: Default + Send;
 
     /// The request header arrived and the route is known.
     /// Async only for what consults shared state (rate limits over Redis).
-    async fn on_request(&self, _x: &Exchange<'_>, _st: &mut Self::State, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, _x: &Exchange<'_>, _st: &mut Self::Scratch, _d: &mut Directives) -> Flow {
         Flow::Continue
     }
     /// The request will go upstream (cache hits never get here): may wait for a slot.
-    async fn admit(&self, _x: &Exchange<'_>, _st: &mut Self::State) -> Flow {
+    async fn admit(&self, _x: &Exchange<'_>, _st: &mut Self::Scratch) -> Flow {
         Flow::Continue
     }
     /// A chunk of the request body; set it to `None` to drop it.
-    fn on_request_body(&self, _chunk: &mut Option<Bytes>, _st: &mut Self::State) -> Result<(), GatewayError> {
+    fn on_request_body(&self, _chunk: &mut Option<Bytes>, _st: &mut Self::Scratch) -> Result<(), GatewayError> {
         Ok(())
     }
     /// Connection options for the chosen upstream server.
-    fn on_peer(&self, _x: &Exchange<'_>, _st: &mut Self::State, _opts: &mut PeerOptions) {}
+    fn on_peer(&self, _x: &Exchange<'_>, _st: &mut Self::Scratch, _opts: &mut PeerOptions) {}
     /// The request header about to be sent upstream.
-    fn on_upstream_request(&self, _x: &Exchange<'_>, _up: &mut RequestHeader, _st: &mut Self::State) -> Result<(), GatewayError> {
+    fn on_upstream_request(&self, _x: &Exchange<'_>, _up: &mut RequestHeader, _st: &mut Self::Scratch) -> Result<(), GatewayError> {
         Ok(())
     }
     /// Attempts after the first this policy allows for an exchange that failed so; `None`: no
@@ -155,19 +140,19 @@ pub trait Policy {
         &self,
         _x: &Exchange<'_>,
         _resp: &mut ResponseHeader,
-        _st: &mut Self::State,
+        _st: &mut Self::Scratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         Ok(())
     }
     /// Fields every response of the route carries, the gateway's own problem responses too.
-    fn decorate(&self, _resp: &mut ResponseHeader, _st: &Self::State) {}
+    fn decorate(&self, _resp: &mut ResponseHeader, _st: &Self::Scratch) {}
     /// A chunk of the response body, after the header went out.
-    fn on_response_body(&self, _body: &mut Option<Bytes>, _eos: bool, _st: &mut Self::State) -> Result<(), Cut> {
+    fn on_response_body(&self, _body: &mut Option<Bytes>, _eos: bool, _st: &mut Self::Scratch) -> Result<(), Cut> {
         Ok(())
     }
     /// The request is over: what the policy decided, for telemetry.
-    fn on_done(&self, _st: &Self::State, _out: &mut Outcome) {}
+    fn on_done(&self, _st: &Self::Scratch, _out: &mut Outcome) {}
 }
 
 /// Rules that tie two policies together.
@@ -209,6 +194,7 @@ registry::registry! {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
 
@@ -229,6 +215,60 @@ pub(crate) mod tests {
             streaming: false,
             cache_phase: CachePhase::Uninit,
             cache_meta: None,
+        }
+    }
+
+    #[test]
+    fn every_policy_a_route_runs_is_in_its_summary_and_every_key_is_read() {
+        const BASE: &str = "[upstreams.api]\nservers = [\"127.0.0.1:8000\"]\n\n[[routes]]\nname = \"market\"\nmatch = { path_prefix = \"/api/market\" }\nupstream = \"api\"\n";
+        let route = r#"
+[[routes]]
+name = "all"
+match = { path = "/api/items/{item_id}" }
+upstream = "api"
+max_body = "64KiB"
+rate_limit = [{ rate = "5/s", key = "path:item_id" }]
+rate_limit_bypass = ["10.0.0.0/8"]
+on_state_error = "deny"
+pagination = { max = 100, default = 20 }
+timeout = "5s"
+slow_threshold = "1s"
+retry = { attempts = 2, on = ["connect", "reset"] }
+max_concurrent = 3
+cache = { ttl = "10s" }
+invalidate_tags = ["item:{item_id}"]
+fields = "on"
+normalize_errors = true
+compress = "on"
+hsts = { max_age = "1d", preload = true }
+"#;
+        let plan = crate::config::load_str("t.toml", &format!("{BASE}{route}")).unwrap();
+        let summary = plan.routes[1].policy.to_string();
+        for part in [
+            "max_body 64.0 KiB",
+            "rate 5/s burst 5 by path:item_id (bypass: 1 nets, 0 keys)",
+            "pagination limit max 100 default 20",
+            "timeout 5s (connect 2s, read 5s)",
+            "retry 2 on connect/reset",
+            "max 3 in flight",
+            "cache ttl Some(10s)",
+            "invalidates 1 tag(s) on write",
+            "fields ?fields= up to 8.0 MiB",
+            "normalize_errors",
+            "compress zstd/br/gzip from 1.0 KiB",
+            "hsts max-age=86400; preload",
+        ] {
+            assert!(summary.contains(part), "{part:?} missing from {summary:?}");
+        }
+        // the built-in policy says only what every route has
+        assert_eq!(plan.routes[0].policy.to_string(), "max_body 10.0 MiB, timeout 30s (connect 2s, read 30s)");
+        // every key above is one the registry reads, and none is read twice
+        let names = PolicyKeys::names();
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for line in route.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap().trim();
+            assert!(["name", "match", "upstream"].contains(&key) || names.contains(&key), "{key}");
         }
     }
 }

@@ -8,7 +8,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use super::registry::{keys, query_name, Env, MaterializeError, Scope, Spec};
-use super::{query, Directives, Exchange, Flow, Policy};
+use super::support::query;
+use super::{Directives, Exchange, Flow, Policy};
 use crate::model::diag::Diagnostics;
 use serde::Deserialize;
 use toml::Spanned;
@@ -109,7 +110,7 @@ impl Spec for Pagination {
 }
 
 #[derive(Debug, Default)]
-pub struct PaginationState {
+pub struct PaginationScratch {
     /// The page size to send upstream instead of the client's (or in the absence of one).
     set: Option<u64>,
     /// What the client asked, when it was clamped.
@@ -117,9 +118,9 @@ pub struct PaginationState {
 }
 
 impl Policy for Pagination {
-    type State = PaginationState;
+    type Scratch = PaginationScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut PaginationState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut PaginationScratch, _d: &mut Directives) -> Flow {
         let q = x.req.uri.query();
         if let Some(max_offset) = self.max_offset {
             let offset = query::param(q, &self.offset_param).and_then(|v| v.parse::<u64>().ok());
@@ -147,7 +148,7 @@ impl Policy for Pagination {
         Flow::Continue
     }
 
-    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, st: &mut PaginationState) -> Result<(), GatewayError> {
+    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, st: &mut PaginationScratch) -> Result<(), GatewayError> {
         let Some(n) = st.set else { return Ok(()) };
         query::set_param(up, &self.param, Some(&n.to_string()))
             .map_err(|e| GatewayError::new(Problem::Internal, format!("setting `{}`: {e}", self.param)))
@@ -157,7 +158,7 @@ impl Policy for Pagination {
         &self,
         _x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        st: &mut PaginationState,
+        st: &mut PaginationScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         if let (Some(requested), Some(set)) = (st.requested, st.set) {
@@ -166,7 +167,7 @@ impl Policy for Pagination {
         Ok(())
     }
 
-    fn on_done(&self, st: &PaginationState, out: &mut Outcome) {
+    fn on_done(&self, st: &PaginationScratch, out: &mut Outcome) {
         if st.requested.is_some() {
             out.pagination = Some("clamped");
         }
@@ -191,9 +192,9 @@ mod tests {
         }
     }
 
-    fn run(p: &Pagination, target: &str) -> (Flow, PaginationState, String) {
+    fn run(p: &Pagination, target: &str) -> (Flow, PaginationScratch, String) {
         let req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
-        let mut st = PaginationState::default();
+        let mut st = PaginationScratch::default();
         let flow = p.on_request(&exchange(&req), &mut st, &mut Directives::default()).now_or_never().unwrap();
         let mut up = req.clone();
         p.on_upstream_request(&exchange(&req), &mut up, &mut st).unwrap();

@@ -4,7 +4,7 @@
 //!   (each policy declares its own with [`keys!`]), and their merge, key by key;
 //! - `PolicyDef`: each policy's compiled definition, compiled by each policy's [`Spec`];
 //! - `RoutePolicies`: each policy made live (materialized), and the dispatch of every phase
-//!   hook in the list's order; `PolicyStates`, each policy's per-request state;
+//!   hook in the list's order; `PolicyScratch`, each policy's per-request state;
 //! - the text summary of a definition (`check`, the admin API, the status page), the admin
 //!   API's facts, and what a route as a whole takes from its policies (`RouteTraits`).
 //!
@@ -21,7 +21,7 @@ use crate::cache::tags::TagTemplate;
 use crate::model::diag::{Diagnostics, Span};
 use crate::model::matcher::PathMatch;
 use crate::model::template::PathTemplate;
-use crate::shared::Redis;
+use crate::shared_state::Redis;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use toml::Spanned;
@@ -184,8 +184,8 @@ macro_rules! registry {
 
         /// Each policy's per-request state.
         #[derive(Default)]
-        pub struct PolicyStates {
-            $( pub $field: <$ty as $crate::policy::Policy>::State, )*
+        pub struct PolicyScratch {
+            $( pub $field: <$ty as $crate::policy::Policy>::Scratch, )*
         }
 
         /// The policy keys of a route or of `[defaults]`, as written.
@@ -241,7 +241,7 @@ macro_rules! registry {
 
             /// What the route as a whole takes from its policies.
             pub fn route_traits(&self) -> $crate::policy::registry::RouteTraits {
-                let mut t = $crate::policy::registry::RouteTraits { streaming: false, slow_threshold: $crate::policy::builtin::SLOW_THRESHOLD };
+                let mut t = $crate::policy::registry::RouteTraits { streaming: false, slow_threshold: $crate::policy::timeout::SLOW_THRESHOLD };
                 $( if let Some(d) = &self.$field { <$ty as $crate::policy::registry::Spec>::route_traits(d, &mut t); } )*
                 t
             }
@@ -265,26 +265,26 @@ macro_rules! registry {
                 Ok(RoutePolicies { $( $field: <$ty as $crate::policy::registry::Spec>::materialize(def.$field.as_ref(), env)?, )* })
             }
 
-            pub async fn on_request(&self, x: &$crate::policy::Exchange<'_>, st: &mut PolicyStates, d: &mut $crate::policy::Directives) -> $crate::policy::Flow {
+            pub async fn on_request(&self, x: &$crate::policy::Exchange<'_>, st: &mut PolicyScratch, d: &mut $crate::policy::Directives) -> $crate::policy::Flow {
                 $( if let Some(p) = &self.$field {
                     if let $crate::policy::Flow::Respond(e) = $crate::policy::Policy::on_request(p, x, &mut st.$field, d).await { return $crate::policy::Flow::Respond(e); }
                 } )*
                 $crate::policy::Flow::Continue
             }
-            pub async fn admit(&self, x: &$crate::policy::Exchange<'_>, st: &mut PolicyStates) -> $crate::policy::Flow {
+            pub async fn admit(&self, x: &$crate::policy::Exchange<'_>, st: &mut PolicyScratch) -> $crate::policy::Flow {
                 $( if let Some(p) = &self.$field {
                     if let $crate::policy::Flow::Respond(e) = $crate::policy::Policy::admit(p, x, &mut st.$field).await { return $crate::policy::Flow::Respond(e); }
                 } )*
                 $crate::policy::Flow::Continue
             }
-            pub fn on_request_body(&self, chunk: &mut Option<bytes::Bytes>, st: &mut PolicyStates) -> Result<(), $crate::problem::GatewayError> {
+            pub fn on_request_body(&self, chunk: &mut Option<bytes::Bytes>, st: &mut PolicyScratch) -> Result<(), $crate::problem::GatewayError> {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::on_request_body(p, chunk, &mut st.$field)?; } )*
                 Ok(())
             }
-            pub fn on_peer(&self, x: &$crate::policy::Exchange<'_>, st: &mut PolicyStates, opts: &mut pingora::upstreams::peer::PeerOptions) {
+            pub fn on_peer(&self, x: &$crate::policy::Exchange<'_>, st: &mut PolicyScratch, opts: &mut pingora::upstreams::peer::PeerOptions) {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::on_peer(p, x, &mut st.$field, opts); } )*
             }
-            pub fn on_upstream_request(&self, x: &$crate::policy::Exchange<'_>, up: &mut pingora::http::RequestHeader, st: &mut PolicyStates) -> Result<(), $crate::problem::GatewayError> {
+            pub fn on_upstream_request(&self, x: &$crate::policy::Exchange<'_>, up: &mut pingora::http::RequestHeader, st: &mut PolicyScratch) -> Result<(), $crate::problem::GatewayError> {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::on_upstream_request(p, x, up, &mut st.$field)?; } )*
                 Ok(())
             }
@@ -294,18 +294,18 @@ macro_rules! registry {
                 $( if let Some(n) = self.$field.as_ref().and_then(|p| $crate::policy::Policy::retries(p, failure)) { return Some(n); } )*
                 None
             }
-            pub async fn on_response(&self, x: &$crate::policy::Exchange<'_>, resp: &mut pingora::http::ResponseHeader, st: &mut PolicyStates, d: &mut $crate::policy::Directives) -> Result<(), $crate::problem::GatewayError> {
+            pub async fn on_response(&self, x: &$crate::policy::Exchange<'_>, resp: &mut pingora::http::ResponseHeader, st: &mut PolicyScratch, d: &mut $crate::policy::Directives) -> Result<(), $crate::problem::GatewayError> {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::on_response(p, x, resp, &mut st.$field, d).await?; } )*
                 Ok(())
             }
-            pub fn decorate(&self, resp: &mut pingora::http::ResponseHeader, st: &PolicyStates) {
+            pub fn decorate(&self, resp: &mut pingora::http::ResponseHeader, st: &PolicyScratch) {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::decorate(p, resp, &st.$field); } )*
             }
-            pub fn on_response_body(&self, body: &mut Option<bytes::Bytes>, eos: bool, st: &mut PolicyStates) -> Result<(), $crate::policy::Cut> {
+            pub fn on_response_body(&self, body: &mut Option<bytes::Bytes>, eos: bool, st: &mut PolicyScratch) -> Result<(), $crate::policy::Cut> {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::on_response_body(p, body, eos, &mut st.$field)?; } )*
                 Ok(())
             }
-            pub fn on_done(&self, st: &PolicyStates, out: &mut $crate::telemetry::outcome::Outcome) {
+            pub fn on_done(&self, st: &PolicyScratch, out: &mut $crate::telemetry::outcome::Outcome) {
                 $( if let Some(p) = &self.$field { $crate::policy::Policy::on_done(p, &st.$field, out); } )*
             }
         }

@@ -85,7 +85,7 @@ impl Spec for Retry {
 }
 
 impl Policy for Retry {
-    type State = ();
+    type Scratch = ();
 
     /// A failure the route lists gets its attempts; one it does not, none (not even another
     /// server: the route said which failures to retry).

@@ -9,7 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use super::registry::{above_zero, keys, Env, MaterializeError, RouteTraits, Scope, Spec};
-use super::{builtin, Cut, Directives, Exchange, Policy};
+use super::{Cut, Directives, Exchange, Policy};
 use crate::model::diag::Diagnostics;
 use crate::model::units::Dur;
 use toml::Spanned;
@@ -36,13 +36,19 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            total: builtin::TIMEOUT,
-            connect: builtin::CONNECT_TIMEOUT,
-            read: builtin::TIMEOUT,
-            stream_idle: builtin::STREAM_IDLE_TIMEOUT,
+            total: TIMEOUT,
+            connect: CONNECT_TIMEOUT,
+            read: TIMEOUT,
+            stream_idle: STREAM_IDLE_TIMEOUT,
         }
     }
 }
+
+/// Defaults when neither the route nor `[defaults]` says otherwise.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
 
 keys! {
     /// Total time for the whole upstream exchange.
@@ -71,8 +77,8 @@ impl Spec for Timeouts {
     type Def = TimeoutDef;
 
     fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, _scope: &Scope<'_>) -> Option<TimeoutDef> {
-        let total = above_zero(cx, &keys.timeout, "timeout").unwrap_or(builtin::TIMEOUT);
-        let connect = above_zero(cx, &keys.connect_timeout, "connect_timeout").unwrap_or(builtin::CONNECT_TIMEOUT);
+        let total = above_zero(cx, &keys.timeout, "timeout").unwrap_or(TIMEOUT);
+        let connect = above_zero(cx, &keys.connect_timeout, "connect_timeout").unwrap_or(CONNECT_TIMEOUT);
         // Without its own value, the read timeout is the total timeout: one slow read cannot
         // outlast it.
         let mut read = above_zero(cx, &keys.read_timeout, "read_timeout").unwrap_or(total);
@@ -84,8 +90,8 @@ impl Spec for Timeouts {
             );
             read = total;
         }
-        let stream_idle = above_zero(cx, &keys.stream_idle_timeout, "stream_idle_timeout").unwrap_or(builtin::STREAM_IDLE_TIMEOUT);
-        let slow_threshold = above_zero(cx, &keys.slow_threshold, "slow_threshold").unwrap_or(builtin::SLOW_THRESHOLD);
+        let stream_idle = above_zero(cx, &keys.stream_idle_timeout, "stream_idle_timeout").unwrap_or(STREAM_IDLE_TIMEOUT);
+        let slow_threshold = above_zero(cx, &keys.slow_threshold, "slow_threshold").unwrap_or(SLOW_THRESHOLD);
         Some(TimeoutDef {
             timeouts: Timeouts { total, connect, read, stream_idle },
             streaming: keys.streaming.as_ref().is_some_and(|s| *s.get_ref()),
@@ -121,22 +127,22 @@ impl Spec for Timeouts {
 }
 
 #[derive(Debug, Default)]
-pub struct TimeoutState {
+pub struct TimeoutScratch {
     streaming: bool,
     deadline: Option<Instant>,
 }
 
 impl Policy for Timeouts {
-    type State = TimeoutState;
+    type Scratch = TimeoutScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut TimeoutState, _d: &mut Directives) -> super::Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut TimeoutScratch, _d: &mut Directives) -> super::Flow {
         st.streaming = x.streaming;
         super::Flow::Continue
     }
 
     /// Called again when pingora retries a failed reused connection: the deadline stays the
     /// one armed first, counted from the request's start.
-    fn on_peer(&self, x: &Exchange<'_>, st: &mut TimeoutState, opts: &mut PeerOptions) {
+    fn on_peer(&self, x: &Exchange<'_>, st: &mut TimeoutScratch, opts: &mut PeerOptions) {
         opts.connection_timeout = Some(self.connect);
         if st.streaming {
             opts.read_timeout = Some(self.stream_idle);
@@ -152,7 +158,7 @@ impl Policy for Timeouts {
         &self,
         x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        st: &mut TimeoutState,
+        st: &mut TimeoutScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         // A body served from the cache (a hit, or a stale copy after the upstream timed out)
@@ -170,7 +176,7 @@ impl Policy for Timeouts {
         Ok(())
     }
 
-    fn on_response_body(&self, _body: &mut Option<Bytes>, eos: bool, st: &mut TimeoutState) -> Result<(), Cut> {
+    fn on_response_body(&self, _body: &mut Option<Bytes>, eos: bool, st: &mut TimeoutScratch) -> Result<(), Cut> {
         if !st.streaming && !eos && st.deadline.is_some_and(|d| Instant::now() > d) {
             return Err(Cut {
                 code: Problem::UpstreamTimeout.code(),
@@ -180,7 +186,7 @@ impl Policy for Timeouts {
         Ok(())
     }
 
-    fn on_done(&self, st: &TimeoutState, out: &mut Outcome) {
+    fn on_done(&self, st: &TimeoutScratch, out: &mut Outcome) {
         out.streaming = st.streaming;
     }
 }
@@ -198,7 +204,7 @@ mod tests {
         let t = Timeouts { total: Duration::from_millis(200), connect: Duration::from_secs(1), read: Duration::from_secs(5), stream_idle: Duration::from_secs(60) };
         let req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
         let x = exchange(&req);
-        let mut st = TimeoutState::default();
+        let mut st = TimeoutScratch::default();
         assert!(matches!(t.on_request(&x, &mut st, &mut Directives::default()).now_or_never().unwrap(), Flow::Continue));
         let mut opts = PeerOptions::new();
         t.on_peer(&x, &mut st, &mut opts);
@@ -209,7 +215,7 @@ mod tests {
     #[test]
     fn an_event_stream_has_no_deadline() {
         let t = Timeouts { total: Duration::from_millis(1), ..Timeouts::default() };
-        let mut st = TimeoutState { streaming: false, deadline: Some(Instant::now() - Duration::from_secs(1)) };
+        let mut st = TimeoutScratch { streaming: false, deadline: Some(Instant::now() - Duration::from_secs(1)) };
         let mut body = Some(Bytes::from_static(b"x"));
         assert!(t.on_response_body(&mut body, false, &mut st).is_err());
         st.streaming = true;

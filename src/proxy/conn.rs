@@ -15,8 +15,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::app::App;
-use crate::policy::forwarding::new_request_id;
-use crate::policy::server_limits::ServerLimits;
+use crate::edge::forwarding::new_request_id;
+use crate::edge::limits::ServerLimits;
 use crate::problem::{self, GatewayError, Problem};
 use async_trait::async_trait;
 use bytes::BytesMut;

@@ -2,10 +2,10 @@
 //! client is) plus each policy's own state and the outcome record telemetry gets at the end.
 
 use crate::app::InFlight;
-use crate::policy::PolicyStates;
+use crate::policy::PolicyScratch;
 use crate::problem::GatewayError;
 use crate::routing::Route;
-use crate::state::Runtime;
+use crate::runtime::Runtime;
 use crate::telemetry::otel::RequestTrace;
 use crate::telemetry::outcome::Outcome;
 use std::net::IpAddr;
@@ -72,7 +72,7 @@ impl Decision {
 /// 1k instructions of copying per request; one allocation costs far less).
 #[derive(Default)]
 pub struct Record {
-    pub states: PolicyStates,
+    pub scratch: PolicyScratch,
     pub outcome: Outcome,
 }
 

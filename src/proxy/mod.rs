@@ -31,7 +31,8 @@ pub mod respond;
 
 use crate::app::App;
 use crate::cache;
-use crate::policy::{forwarding, Directives, Failure, Flow, Policy};
+use crate::edge::forwarding;
+use crate::policy::{Directives, Failure, Flow, Policy};
 use crate::problem::{self, GatewayError, Problem};
 use crate::model::matcher::request_host;
 use crate::model::normalize::{normalize_with, PathError};
@@ -150,7 +151,7 @@ impl ProxyHttp for Gateway {
                     let req = session.req_header();
                     Some(GatewayError::new(problem, format!("{} {} is not served here", req.method, req.uri.path())))
                 }
-                Target::Upstream(_) => match route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.states, &mut d).await {
+                Target::Upstream(_) => match route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.scratch, &mut d).await {
                     Flow::Respond(err) => Some(err),
                     Flow::Continue => None,
                 },
@@ -171,7 +172,7 @@ impl ProxyHttp for Gateway {
                     let mut hit = None;
                     if let Some(c) = route.policies.cache.as_ref()
                         && let Some(policy) = c.policy.as_ref()
-                        && c.may_hit_fast(&exchange(session, &ctx.core), &ctx.record.states.cache)
+                        && c.may_hit_fast(&exchange(session, &ctx.core), &ctx.record.scratch.cache)
                     {
                         hit = c.fresh_hit(&cache_key(session, &ctx.core, policy).combined_bin());
                     }
@@ -201,7 +202,7 @@ impl ProxyHttp for Gateway {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let Decision::Routed(route) = &ctx.decision else { return Ok(()) };
-        if !route.policies.cache.as_ref().is_some_and(|c| c.enabled(&ctx.record.states.cache)) {
+        if !route.policies.cache.as_ref().is_some_and(|c| c.enabled(&ctx.record.scratch.cache)) {
             return Ok(());
         }
         let cache = &self.app.cache;
@@ -222,7 +223,7 @@ impl ProxyHttp for Gateway {
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(route) = ctx.decision.route() else { return Ok(false) };
-        let flow = route.policies.admit(&exchange(session, &ctx.core), &mut ctx.record.states).await;
+        let flow = route.policies.admit(&exchange(session, &ctx.core), &mut ctx.record.scratch).await;
         match flow {
             Flow::Continue => Ok(true),
             Flow::Respond(err) => {
@@ -251,7 +252,7 @@ impl ProxyHttp for Gateway {
             self.app.metrics.upstream_started(&upstream.name, &upstream.metrics);
         }
         let mut peer = upstream.peer(addr);
-        route.policies.on_peer(&exchange(session, &ctx.core), &mut ctx.record.states, &mut peer.options);
+        route.policies.on_peer(&exchange(session, &ctx.core), &mut ctx.record.scratch, &mut peer.options);
         ctx.core.upstream_at = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -329,7 +330,7 @@ impl ProxyHttp for Gateway {
             .runtime
             .forwarding
             .on_upstream_request(&x, upstream, &mut ())
-            .and_then(|()| route.policies.on_upstream_request(&x, upstream, &mut ctx.record.states));
+            .and_then(|()| route.policies.on_upstream_request(&x, upstream, &mut ctx.record.scratch));
         if let Err(err) = done {
             return Err(fail(ctx, err));
         }
@@ -349,7 +350,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _eos: bool, ctx: &mut Ctx) -> Result<()> {
         let Some(route) = ctx.decision.route() else { return Ok(()) };
-        match route.policies.on_request_body(body, &mut ctx.record.states) {
+        match route.policies.on_request_body(body, &mut ctx.record.scratch) {
             Ok(()) => Ok(()),
             Err(err) => Err(fail(ctx, err)),
         }
@@ -378,7 +379,7 @@ impl ProxyHttp for Gateway {
         let Some(policy) = ctx.decision.route().and_then(|r| r.policies.cache.as_ref()?.policy.as_ref()) else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        if ctx.record.states.cache.no_store() {
+        if ctx.record.scratch.cache.no_store() {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("request no-store")));
         }
         let response_time = SystemTime::now();
@@ -401,7 +402,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
         let Some(cache) = ctx.decision.route().and_then(|r| r.policies.cache.as_ref()) else { return Ok(None) };
-        Ok(cache.on_hit(&mut ctx.record.states.cache, meta, is_fresh))
+        Ok(cache.on_hit(&mut ctx.record.scratch.cache, meta, is_fresh))
     }
 
     fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
@@ -429,10 +430,10 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         let Some(route) = ctx.decision.route() else { return Ok(()) };
-        route.policies.decorate(resp, &ctx.record.states);
+        route.policies.decorate(resp, &ctx.record.scratch);
         let mut d = Directives::default();
         let x = exchange(session, &ctx.core);
-        if let Err(err) = route.policies.on_response(&x, resp, &mut ctx.record.states, &mut d).await {
+        if let Err(err) = route.policies.on_response(&x, resp, &mut ctx.record.scratch, &mut d).await {
             return Err(fail(ctx, err));
         }
         apply(session, d)
@@ -440,7 +441,7 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
         let Some(route) = ctx.decision.route() else { return Ok(None) };
-        match route.policies.on_response_body(body, eos, &mut ctx.record.states) {
+        match route.policies.on_response_body(body, eos, &mut ctx.record.scratch) {
             Ok(()) => Ok(None),
             Err(c) => Err(cut(ctx, c)),
         }
@@ -495,7 +496,7 @@ impl ProxyHttp for Gateway {
             up.succeeded(addr);
         }
         if let Some(route) = ctx.decision.route() {
-            route.policies.on_done(&ctx.record.states, &mut ctx.record.outcome);
+            route.policies.on_done(&ctx.record.scratch, &mut ctx.record.outcome);
         }
         let req = session.req_header();
         let access_log = ctx.core.runtime.limits.access_log;

@@ -11,7 +11,7 @@ use pingora::Result;
 pub async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
     let (mut header, body) = problem::render(&err, &ctx.core.request_id);
     if let Some(route) = ctx.route() {
-        route.policies.decorate(&mut header, &ctx.record.states);
+        route.policies.decorate(&mut header, &ctx.record.scratch);
     }
     note(ctx, err);
     if session.is_process_shutting_down() {

@@ -7,8 +7,8 @@ use crate::model::diag::Diagnostics;
 use crate::model::normalize::EncodedSlash;
 use crate::model::plan::{CacheSettings, CertSpec, Settings, StateDef, TelemetryDef, TlsListenDef};
 use crate::model::units::{Dur, EnvString, Size};
-use crate::policy::forwarding::ForwardedFields;
-use crate::policy::server_limits::ServerLimits;
+use crate::edge::forwarding::ForwardedFields;
+use crate::edge::limits::ServerLimits;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -240,7 +240,7 @@ fn compile_server(
 }
 
 fn compile_removed_headers(cx: &mut Diagnostics<'_>, extra: Vec<Spanned<String>>) -> Vec<http::HeaderName> {
-    let mut names: Vec<http::HeaderName> = crate::policy::forwarding::TARGET_REWRITING.iter().map(|n| http::HeaderName::from_static(n)).collect();
+    let mut names: Vec<http::HeaderName> = crate::edge::forwarding::TARGET_REWRITING.iter().map(|n| http::HeaderName::from_static(n)).collect();
     for e in extra {
         match http::HeaderName::from_bytes(e.get_ref().trim().to_ascii_lowercase().as_bytes()) {
             Ok(n) if !names.contains(&n) => names.push(n),

@@ -134,7 +134,7 @@ impl ClientDirectives {
 }
 
 #[derive(Debug, Default)]
-pub struct CacheState {
+pub struct CacheScratch {
     /// The route caches, but this request may not use the cache (method, credentials).
     bypass: bool,
     client: ClientDirectives,
@@ -158,7 +158,7 @@ fn needs_full_path(name: &HeaderName) -> bool {
     [CACHE_CONTROL, PRAGMA, RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE].contains(name)
 }
 
-impl CacheState {
+impl CacheScratch {
     /// The client said `no-store`: nothing of this exchange may be stored.
     pub fn no_store(&self) -> bool {
         self.client.no_store
@@ -167,14 +167,14 @@ impl CacheState {
 
 impl CacheRoute {
     /// The route caches and this request may use the cache.
-    pub fn enabled(&self, st: &CacheState) -> bool {
+    pub fn enabled(&self, st: &CacheScratch) -> bool {
         self.policy.is_some() && !st.bypass
     }
 
     /// Whether the client's own directives force a stored entry back to the backend
     /// (`cache_hit_filter`): `no-cache`, or an entry older than its `max-age` or fresh for less
     /// than its `min-fresh`. Off when the route ignores them.
-    pub fn on_hit(&self, st: &mut CacheState, meta: &CacheMeta, is_fresh: bool) -> Option<ForcedFreshness> {
+    pub fn on_hit(&self, st: &mut CacheScratch, meta: &CacheMeta, is_fresh: bool) -> Option<ForcedFreshness> {
         let policy = self.policy.as_ref()?;
         if policy.ignore_client_no_cache || !is_fresh {
             return None;
@@ -191,7 +191,7 @@ impl CacheRoute {
 
     /// Whether this request may take the fast path of a hit (`fresh_hit`): a plain GET on a
     /// route that caches, without validators, ranges or cache directives of its own.
-    pub fn may_hit_fast(&self, x: &Exchange<'_>, st: &CacheState) -> bool {
+    pub fn may_hit_fast(&self, x: &Exchange<'_>, st: &CacheScratch) -> bool {
         self.enabled(st) && x.req.method == http::Method::GET && !x.req.headers.keys().any(needs_full_path)
     }
 
@@ -252,9 +252,9 @@ impl CacheRoute {
 }
 
 impl Policy for CacheRoute {
-    type State = CacheState;
+    type Scratch = CacheScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut CacheState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut CacheScratch, _d: &mut Directives) -> Flow {
         if let Some(policy) = &self.policy {
             st.bypass = policy.bypass(&x.req.method, &x.req.headers).is_some();
             if !st.bypass && x.req.headers.contains_key(http::header::CACHE_CONTROL) {
@@ -264,7 +264,7 @@ impl Policy for CacheRoute {
         Flow::Continue
     }
 
-    async fn admit(&self, x: &Exchange<'_>, st: &mut CacheState) -> Flow {
+    async fn admit(&self, x: &Exchange<'_>, st: &mut CacheScratch) -> Flow {
         // Going upstream means no usable stored response (RFC 9111 5.2.1.7).
         if st.client.only_if_cached && self.enabled(st) && !matches!(x.cache_phase, CachePhase::Hit) {
             st.status = Some("miss");
@@ -273,7 +273,7 @@ impl Policy for CacheRoute {
         Flow::Continue
     }
 
-    fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut CacheState) -> Result<(), GatewayError> {
+    fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut CacheScratch) -> Result<(), GatewayError> {
         if self.policy.is_none() {
             return Ok(());
         }
@@ -300,7 +300,7 @@ impl Policy for CacheRoute {
         &self,
         x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        st: &mut CacheState,
+        st: &mut CacheScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         if self.policy.is_some() {
@@ -327,7 +327,7 @@ impl Policy for CacheRoute {
         Ok(())
     }
 
-    fn on_done(&self, st: &CacheState, out: &mut Outcome) {
+    fn on_done(&self, st: &CacheScratch, out: &mut Outcome) {
         out.cache = st.status;
         for (reason, n) in Reason::ALL.iter().zip(st.invalidated) {
             if n > 0 {

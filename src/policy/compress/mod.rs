@@ -233,7 +233,7 @@ impl CompressPolicy {
 
 /// The encoding chosen for this request's response, if any.
 #[derive(Default)]
-pub struct CompressState {
+pub struct CompressScratch {
     chosen: Option<Algorithm>,
     head: bool,
     stream: Option<Stream>,
@@ -241,9 +241,9 @@ pub struct CompressState {
     sizes: Option<(usize, usize)>,
 }
 
-impl std::fmt::Debug for CompressState {
+impl std::fmt::Debug for CompressScratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompressState").field("chosen", &self.chosen).finish()
+        f.debug_struct("CompressScratch").field("chosen", &self.chosen).finish()
     }
 }
 
@@ -276,9 +276,9 @@ fn mark_encoded(resp: &mut ResponseHeader, coding: &'static str) -> Result<(), G
 }
 
 impl Policy for CompressPolicy {
-    type State = CompressState;
+    type Scratch = CompressScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut CompressState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut CompressScratch, _d: &mut Directives) -> Flow {
         if let Some(alg) = self.choose(x.req.headers.get(ACCEPT_ENCODING)) {
             st.chosen = Some(alg);
             st.head = x.req.method == http::Method::HEAD;
@@ -286,7 +286,7 @@ impl Policy for CompressPolicy {
         Flow::Continue
     }
 
-    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut CompressState) -> Result<(), GatewayError> {
+    fn on_upstream_request(&self, _x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut CompressScratch) -> Result<(), GatewayError> {
         // The gateway compresses one canonical form: ask the backend for identity.
         up.remove_header(&ACCEPT_ENCODING);
         Ok(())
@@ -296,7 +296,7 @@ impl Policy for CompressPolicy {
         &self,
         _x: &Exchange<'_>,
         resp: &mut ResponseHeader,
-        st: &mut CompressState,
+        st: &mut CompressScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
         let Some(alg) = st.chosen.filter(|_| self.eligible(resp)) else {
@@ -315,7 +315,7 @@ impl Policy for CompressPolicy {
         mark_encoded(resp, token(alg))
     }
 
-    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CompressState) -> Result<(), Cut> {
+    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CompressScratch) -> Result<(), Cut> {
         let Some(enc) = st.stream.as_mut() else { return Ok(()) };
         let data = body.as_deref().unwrap_or_default();
         match enc.encode(data, eos) {
@@ -330,7 +330,7 @@ impl Policy for CompressPolicy {
         Ok(())
     }
 
-    fn on_done(&self, st: &CompressState, out: &mut Outcome) {
+    fn on_done(&self, st: &CompressScratch, out: &mut Outcome) {
         out.compression = st.chosen.map(token);
         if let Some(sizes) = st.sizes {
             out.compressed = Some(sizes);

@@ -47,7 +47,7 @@ pub struct RateLimitsDef {
     pub limits: Vec<RateLimitDef>,
     pub bypass_nets: Vec<IpNet>,
     pub bypass_keys: Vec<String>,
-    pub on_state_error: OnStateError,
+    pub on_state_error: OnRuntimeError,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl KeySource {
 
 /// What a route's limits do while shared state (Redis) cannot be asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnStateError {
+pub enum OnRuntimeError {
     /// This replica's own limiter: the limit holds per replica.
     #[default]
     Local,
@@ -167,11 +167,11 @@ impl RateLimitDef {
 /// The route's limits; `None` when it has none (or on errors, which are recorded).
 pub fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, scope: &Scope<'_>) -> Option<RateLimitsDef> {
     let on_state_error = match &keys.on_state_error {
-        None => OnStateError::default(),
+        None => OnRuntimeError::default(),
         Some(v) => match v.get_ref().trim() {
-            "local" => OnStateError::Local,
-            "allow" => OnStateError::Allow,
-            "deny" => OnStateError::Deny,
+            "local" => OnRuntimeError::Local,
+            "allow" => OnRuntimeError::Allow,
+            "deny" => OnRuntimeError::Deny,
             other => cx
                 .error(
                     v.span(),

@@ -17,13 +17,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::model::template::Params;
-use crate::shared::limiter::{SharedLimit, Verdict};
-use crate::shared::Redis;
+use crate::shared_state::limiter::{SharedLimit, Verdict};
+use crate::shared_state::Redis;
 mod def;
 
-pub use def::{KeySource, OnMissing, OnStateError, RateLimitDef, RateLimitsDef};
+pub use def::{KeySource, OnMissing, OnRuntimeError, RateLimitDef, RateLimitsDef};
 use super::registry::{Env, MaterializeError, Scope, Spec};
-use super::{query, Directives, Exchange, Flow, Policy};
+use super::support::query;
+use super::{Directives, Exchange, Flow, Policy};
 use crate::model::diag::Diagnostics;
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome::Outcome;
@@ -130,7 +131,7 @@ pub struct RateLimits {
     /// How many `key:VALUE` bypasses were configured.
     pub bypass_key_count: usize,
     policy_header: Option<HeaderValue>,
-    pub on_state_error: OnStateError,
+    pub on_state_error: OnRuntimeError,
 }
 
 impl Spec for RateLimits {
@@ -211,7 +212,7 @@ pub struct Headers {
 }
 
 impl RateLimits {
-    pub fn new(limits: Vec<Arc<RateLimit>>, bypass_nets: Vec<IpNet>, bypass_keys: Vec<String>, on_state_error: OnStateError) -> Self {
+    pub fn new(limits: Vec<Arc<RateLimit>>, bypass_nets: Vec<IpNet>, bypass_keys: Vec<String>, on_state_error: OnRuntimeError) -> Self {
         let policy = limits
             .iter()
             .map(|l| format!("\"{}\";q={};w={}", l.def.name, l.def.burst, l.def.window_secs()))
@@ -253,9 +254,9 @@ impl RateLimits {
                     Ok(Verdict::Allow { remaining, full_in }) => Ok((remaining, full_in.as_secs_f64().ceil() as u64)),
                     Ok(Verdict::Refuse { wait }) => Err(wait),
                     Err(_) => match self.on_state_error {
-                        OnStateError::Local => limit.check_local(&key),
-                        OnStateError::Allow => continue,
-                        OnStateError::Deny => return Decision::StateDown { limit: def.name.clone() },
+                        OnRuntimeError::Local => limit.check_local(&key),
+                        OnRuntimeError::Allow => continue,
+                        OnRuntimeError::Deny => return Decision::StateDown { limit: def.name.clone() },
                     },
                 },
             };
@@ -328,16 +329,16 @@ fn extract_key(source: &KeySource, req: &RequestView<'_>) -> Option<LimitKey> {
 }
 
 #[derive(Debug, Default)]
-pub struct RateLimitState {
+pub struct RateLimitScratch {
     headers: Option<Headers>,
     decision: Option<&'static str>,
     limited_by: Option<String>,
 }
 
 impl Policy for RateLimits {
-    type State = RateLimitState;
+    type Scratch = RateLimitScratch;
 
-    async fn on_request(&self, x: &Exchange<'_>, st: &mut RateLimitState, _d: &mut Directives) -> Flow {
+    async fn on_request(&self, x: &Exchange<'_>, st: &mut RateLimitScratch, _d: &mut Directives) -> Flow {
         let view = RequestView {
             client_ip: x.client_ip,
             headers: &x.req.headers,
@@ -375,14 +376,14 @@ impl Policy for RateLimits {
         }
     }
 
-    fn decorate(&self, resp: &mut ResponseHeader, st: &RateLimitState) {
+    fn decorate(&self, resp: &mut ResponseHeader, st: &RateLimitScratch) {
         if let Some(h) = &st.headers {
             let _ = resp.insert_header("ratelimit-policy", h.policy.clone());
             let _ = resp.insert_header("ratelimit", h.state.clone());
         }
     }
 
-    fn on_done(&self, st: &RateLimitState, out: &mut Outcome) {
+    fn on_done(&self, st: &RateLimitScratch, out: &mut Outcome) {
         out.rate_limit = st.decision;
         out.limited_by.clone_from(&st.limited_by);
     }
@@ -425,7 +426,7 @@ mod tests {
 
     #[test]
     fn keyed_by_header_with_burst_then_refusal() {
-        let limits = RateLimits::new(vec![Arc::new(RateLimit::new(def("1/m", 2, "header:x-api-key")).unwrap())], vec![], vec![], OnStateError::Local);
+        let limits = RateLimits::new(vec![Arc::new(RateLimit::new(def("1/m", 2, "header:x-api-key")).unwrap())], vec![], vec![], OnRuntimeError::Local);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("k1"));
         let view = RequestView { client_ip: None, headers: &h, query: None, path: "/", params: &NO_PARAMS };
@@ -453,7 +454,7 @@ mod tests {
     #[test]
     fn bypass_keys_match_text_and_address_keys() {
         let by_ip = || Arc::new(RateLimit::new(def("1/m", 1, "client_ip")).unwrap());
-        let limits = RateLimits::new(vec![by_ip()], vec![], vec!["10.0.0.9".into()], OnStateError::Local);
+        let limits = RateLimits::new(vec![by_ip()], vec![], vec!["10.0.0.9".into()], OnRuntimeError::Local);
         let h = HeaderMap::new();
         let from = |ip: &str| RequestView { client_ip: Some(ip.parse().unwrap()), headers: &h, query: None, path: "/", params: &NO_PARAMS };
         for _ in 0..3 {

@@ -5,7 +5,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use super::{Exchange, Policy};
+use crate::policy::{Exchange, Policy};
 use crate::problem::{GatewayError, Problem, REQUEST_ID_HEADER};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -210,7 +210,7 @@ impl Forwarding {
 }
 
 impl Policy for Forwarding {
-    type State = ();
+    type Scratch = ();
 
     fn on_upstream_request(&self, x: &Exchange<'_>, up: &mut RequestHeader, _st: &mut ()) -> Result<(), GatewayError> {
         let fail = |e: pingora::BError| GatewayError::new(Problem::Internal, format!("forwarding headers: {e}"));

@@ -1,6 +1,7 @@
-//! State that replicas share, through Redis (or a server speaking its protocol: Valkey,
-//! Dragonfly): the connections, their health, and what rides on them (the distributed rate
-//! limiter here, the shared cache store in `cache::shared`).
+//! `[state] backend = "redis"`: what replicas share, through Redis (or a server speaking its
+//! protocol: Valkey, Dragonfly). All the Redis code is here: the connections and their health,
+//! and what rides on them: the distributed rate limiter (`limiter`) and the shared cache store
+//! with its in-process tier (`cache`).
 //!
 //! The connections live on a runtime of their own (one thread), so they exist before pingora's
 //! runtimes do and outlive none of them; requests on any pingora thread reach them through
@@ -10,6 +11,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cache;
 pub mod limiter;
 
 use crate::model::plan::RedisDef;

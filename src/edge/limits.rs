@@ -4,7 +4,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use super::{Directives, Exchange, Flow, Policy};
+use crate::policy::{Directives, Exchange, Flow, Policy};
 use crate::problem::{GatewayError, Problem};
 use http::Method;
 use std::time::Duration;
@@ -70,7 +70,7 @@ impl Default for ServerLimits {
 }
 
 impl Policy for ServerLimits {
-    type State = ();
+    type Scratch = ();
 
     async fn on_request(&self, x: &Exchange<'_>, _st: &mut (), d: &mut Directives) -> Flow {
         let req = x.req;

@@ -8,14 +8,14 @@
 
 use crate::cache::store::CacheStore;
 use crate::config::plan::{Plan, RouteDef, RouteTarget, ServerDef};
-use crate::policy::forwarding::Forwarding;
+use crate::edge::forwarding::Forwarding;
 use crate::policy::registry::{Env, MaterializeError};
-use crate::policy::server_limits::ServerLimits;
+use crate::edge::limits::ServerLimits;
 use crate::policy::RoutePolicies;
 use crate::problem::Problem;
 use crate::routing::{Route, RouteTable, Target};
 use crate::discovery::Resolver;
-use crate::shared::Redis;
+use crate::shared_state::Redis;
 use crate::tls::{Certificates, TlsError};
 use crate::upstream::{Upstream, UpstreamError};
 use http::HeaderName;
@@ -43,7 +43,7 @@ pub struct Runtime {
 
 /// Why a plan could not be made live.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub enum RuntimeError {
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -72,7 +72,7 @@ pub struct ProcessParts {
 
 /// Builds the runtime for `plan`, reusing the live parts of `previous` whose definition is
 /// unchanged.
-pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &ProcessParts) -> Result<Runtime, StateError> {
+pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &ProcessParts) -> Result<Runtime, RuntimeError> {
     let Plan {
         settings: _,
         server,
@@ -94,11 +94,11 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &ProcessParts)
         // both unchanged is kept whole.
         let addrs = resolver
             .lookup_all_blocking(&def.servers)
-            .map_err(|e| StateError::Upstream { name: name.clone(), source: e.into() })?;
+            .map_err(|e| RuntimeError::Upstream { name: name.clone(), source: e.into() })?;
         let upstream = match before {
             Some(u) if u.def == def && u.addresses() == addrs => u.clone(),
             _ => {
-                let up = Upstream::new(&name, def, addrs).map_err(|source| StateError::Upstream { name: name.clone(), source })?;
+                let up = Upstream::new(&name, def, addrs).map_err(|source| RuntimeError::Upstream { name: name.clone(), source })?;
                 if let Some(before) = before {
                     up.inherit(before);
                 }
@@ -142,7 +142,7 @@ fn route(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     before: Option<&Route>,
     cache: &ProcessParts,
-) -> Result<Route, StateError> {
+) -> Result<Route, RuntimeError> {
     let RouteDef {
         name,
         matcher,
@@ -152,7 +152,7 @@ fn route(
     let target = match target {
         RouteTarget::Upstream(upstream) => match upstreams.get(&upstream) {
             Some(u) => Target::Upstream(u.clone()),
-            None => return Err(StateError::MissingUpstream { route: name, upstream }),
+            None => return Err(RuntimeError::MissingUpstream { route: name, upstream }),
         },
         RouteTarget::Deny(403) => Target::Deny(Problem::Forbidden),
         RouteTarget::Deny(_) => Target::Deny(Problem::NotFound),
@@ -170,7 +170,7 @@ fn route(
         upstream_slots,
         before: before.map(|r| &r.policies),
     };
-    let policies = RoutePolicies::materialize(&policy, &env).map_err(|e| StateError::Route { route: name.clone(), source: e })?;
+    let policies = RoutePolicies::materialize(&policy, &env).map_err(|e| RuntimeError::Route { route: name.clone(), source: e })?;
     let traits = policy.route_traits();
     Ok(Route {
         name,

@@ -15,9 +15,9 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use super::memory::MemoryStore;
-use super::store::{Body, CacheStore, PurgeSelector, StoreError, StoreKey, StoreStats, StoredMeta, StoredObject};
-use crate::shared::Redis;
+use crate::cache::memory::MemoryStore;
+use crate::cache::store::{Body, CacheStore, PurgeSelector, StoreError, StoreKey, StoreStats, StoredMeta, StoredObject};
+use super::Redis;
 use async_trait::async_trait;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -130,7 +130,7 @@ impl SharedStore {
     }
 }
 
-fn unavailable(e: crate::shared::SharedError) -> StoreError {
+fn unavailable(e: crate::shared_state::SharedError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
