@@ -28,10 +28,10 @@ pub struct RawHsts {
     pub preload: Option<Spanned<bool>>,
 }
 
-/// The field's value, as sent.
+/// The field's value, as sent (built and checked when the config compiles).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HstsDef {
-    pub value: String,
+    pub value: HeaderValue,
 }
 
 #[derive(Debug, Clone)]
@@ -62,16 +62,16 @@ impl Spec for Hsts {
         if raw.and_then(|r| r.preload.as_ref()).is_some_and(|b| *b.get_ref()) {
             value.push_str("; preload");
         }
-        Some(HstsDef { value })
+        // digits and fixed words: always a valid field value
+        HeaderValue::from_str(&value).ok().map(|value| HstsDef { value })
     }
 
     fn materialize(def: Option<&HstsDef>, _env: &Env<'_>) -> Result<Option<Self>, MaterializeError> {
-        // the compiler builds only valid values (digits and fixed words)
-        Ok(def.and_then(|d| HeaderValue::from_str(&d.value).ok()).map(|value| Hsts { value }))
+        Ok(def.map(|d| Hsts { value: d.value.clone() }))
     }
 
     fn summary(def: &HstsDef) -> String {
-        format!("hsts {}", def.value)
+        format!("hsts {}", def.value.to_str().unwrap_or("?"))
     }
 }
 
