@@ -66,7 +66,8 @@ pub enum Choice {
 pub fn choose(doc: &Document, probe: &dyn Fn(&str) -> Result<u16, String>) -> Choice {
     let mut passed_over = Vec::new();
     let mut unreachable: Option<(String, String)> = None;
-    for op in candidates(doc) {
+    let found = candidates(doc);
+    for op in &found {
         match probe(&op.path) {
             Ok(200) => return Choice::Operation { path: op.path.clone(), name: function_name(op) },
             Ok(status) => passed_over.push(format!("{} answered {status}", op.path)),
@@ -85,7 +86,7 @@ pub fn choose(doc: &Document, probe: &dyn Fn(&str) -> Result<u16, String>) -> Ch
         }
     }
     let mut why = Vec::new();
-    if candidates(doc).is_empty() {
+    if found.is_empty() {
         why.push("no GET operation without parameters or credentials says health".to_string());
     }
     why.extend(passed_over);
