@@ -79,6 +79,8 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &ProcessParts)
         upstreams,
         routes,
         hash,
+        // compiled into each route's cache definition already
+        entities: _,
         warnings: _,
     } = plan;
     // Read at every load, unchanged paths too: a renewal rewrites the files in place.

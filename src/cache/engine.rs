@@ -129,6 +129,9 @@ impl Storage for PingoraStorage {
             tags: {
                 let mut tags = tags_of(meta, &self.tag_header);
                 tags.extend(info.tags.iter().cloned());
+                if let Some(e) = &info.entities {
+                    e.entry_tags(&info.path, &info.url, &mut tags);
+                }
                 tags
             },
             info,
@@ -223,13 +226,17 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let Miss { storage, key, meta, ttl, tags, info, body } = *self;
+        let Miss { storage, key, meta, ttl, mut tags, info, body } = *self;
         // Copied as it arrived, not kept: a chunk may be a slice of a larger read buffer the
         // store's size bound would never see.
         let size = body.written();
+        let body = body.finish();
+        if let (Some(e), Some(decoded)) = (&info.entities, &meta.decoded) {
+            e.body_tags(&decoded.header, &body, &mut tags);
+        }
         let obj = StoredObject {
             meta,
-            body: body.finish(),
+            body,
             url: info.url,
             path: info.path,
             tags,

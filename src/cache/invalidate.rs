@@ -2,7 +2,9 @@
 //!
 //! A write (an unsafe method answered 2xx/3xx) always drops every cached variant of its own
 //! path and of its `Location`/`Content-Location` targets (RFC 9111 4.4). A route's
-//! `invalidate` list adds, by default `["resource", "viewer"]`:
+//! `invalidate` list adds, by default `["entities", "viewer"]`:
+//! - `"entities"`: what the write names of the `[entities]` (`cache::entities`); where it
+//!   names none, `"resource"`;
 //! - `"resource"`: the resource's collection and everything under it, every variant. On a
 //!   path template route the collection is the literal part before the first parameter
 //!   (`/api/items` for a write to `/api/items/{item_id}/reviews`); on a prefix route it is
@@ -13,14 +15,17 @@
 //! - a path pattern with the write's path parameters filled in: `"/api/users/{user_id}"`
 //!   drops every variant of that path, `"/api/feed/**"` that path and everything under it.
 
+use super::entities::EntityRoute;
 use super::store::PurgeSelector;
 use super::tags::{split_placeholders, Piece};
 use crate::model::template::PathTemplate;
 use crate::model::matcher::PathMatch;
 use http::header::{HeaderMap, AUTHORIZATION, COOKIE};
+use http::Method;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidateRule {
+    Entities,
     Resource,
     Viewer,
     /// A path, `{name}` filled from the write's path parameters; `subtree` when it ended in `/**`.
@@ -42,10 +47,14 @@ pub enum Reason {
     Viewer,
     Path,
     Tag,
+    /// An entity the write named or answered with.
+    Entity,
+    /// A collection's lists whose membership the write changed.
+    List,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [Reason::Target, Reason::Resource, Reason::Viewer, Reason::Path, Reason::Tag];
+    pub const ALL: [Reason; 7] = [Reason::Target, Reason::Resource, Reason::Viewer, Reason::Path, Reason::Tag, Reason::Entity, Reason::List];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,13 +63,15 @@ impl Reason {
             Reason::Viewer => "viewer",
             Reason::Path => "path",
             Reason::Tag => "tag",
+            Reason::Entity => "entity",
+            Reason::List => "list",
         }
     }
 }
 
 /// The rules of a route that says nothing.
 pub fn default_rules() -> Vec<InvalidateRule> {
-    vec![InvalidateRule::Resource, InvalidateRule::Viewer]
+    vec![InvalidateRule::Entities, InvalidateRule::Viewer]
 }
 
 impl InvalidateRule {
@@ -68,13 +79,14 @@ impl InvalidateRule {
     /// the compiler to check against the route's template.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.trim() {
+            "entities" => return Ok(InvalidateRule::Entities),
             "resource" => return Ok(InvalidateRule::Resource),
             "viewer" => return Ok(InvalidateRule::Viewer),
             _ => {}
         }
         let s = s.trim();
         if !s.starts_with('/') {
-            return Err(format!("{s:?} is neither \"resource\", \"viewer\" nor a path starting with `/`"));
+            return Err(format!("{s:?} is neither \"entities\", \"resource\", \"viewer\" nor a path starting with `/`"));
         }
         let (body, subtree) = match s.strip_suffix("/**") {
             Some(b) => (if b.is_empty() { "/" } else { b }, true),
@@ -132,14 +144,19 @@ pub fn resource_root(matcher: &PathMatch, path: &str) -> String {
 /// The selectors of `rules` for a write to `path` with parameter lookup `param`.
 pub fn rule_selectors<'a>(
     rules: &[InvalidateRule],
-    matcher: &PathMatch,
-    path: &str,
-    param: impl Fn(&str) -> Option<&'a str>,
+    (matcher, entities): (&PathMatch, &EntityRoute),
+    (method, path): (&Method, &str),
+    param: impl Fn(&str) -> Option<&'a str> + Copy,
     headers: &HeaderMap,
     out: &mut Vec<(Reason, PurgeSelector)>,
 ) {
     for rule in rules {
         match rule {
+            InvalidateRule::Entities => {
+                if !entities.write_selectors(method, path, param, out) {
+                    out.push((Reason::Resource, PurgeSelector::PathPrefix(resource_root(matcher, path))));
+                }
+            }
             InvalidateRule::Resource => out.push((Reason::Resource, PurgeSelector::PathPrefix(resource_root(matcher, path)))),
             InvalidateRule::Viewer => {
                 for tag in writer_tags(headers) {

@@ -212,6 +212,10 @@ impl CacheStore for MemoryStore {
     async fn purge(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
         self.purge_now(selector)
     }
+    fn purge_local(&self, selector: &PurgeSelector) -> usize {
+        self.purge_now(selector).unwrap_or(0)
+    }
+
     fn get_local(&self, key: &StoreKey) -> Option<Arc<StoredObject>> {
         self.cache.get(key).map(|e| e.obj)
     }

@@ -15,6 +15,7 @@
 //! key or the route says the data is `public`; a request carrying `Cookie` only when the key
 //! names cookies or the data is public. Otherwise it bypasses the cache both ways.
 
+pub mod entities;
 pub mod freshness;
 pub mod invalidate;
 pub mod memory;
@@ -32,6 +33,7 @@ use pingora::cache::{CachePhase, NoCacheReason, RespCacheable, VarianceBuilder};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use entities::EntityRoute;
 use store::{CacheStore, PurgeSelector};
 use tags::TagTemplate;
 
@@ -61,6 +63,8 @@ pub struct CachePolicy {
     pub strip_set_cookie: bool,
     /// Serve fresh entries even to a client that asks `no-cache` / `max-age=0`.
     pub ignore_client_no_cache: bool,
+    /// How the route stands to the entities: the tags a stored entry gets beyond `tags`.
+    pub entities: Arc<EntityRoute>,
 }
 
 impl Default for CachePolicy {
@@ -79,6 +83,7 @@ impl Default for CachePolicy {
             public: false,
             strip_set_cookie: false,
             ignore_client_no_cache: false,
+            entities: Arc::default(),
         }
     }
 }
@@ -90,6 +95,9 @@ pub struct EntryInfo {
     pub path: String,
     /// The route's `tags` and the viewer tags of keyed credentials, rendered for this request.
     pub tags: Vec<String>,
+    /// The route's entities, when it has any: the entry's entity tags are made when it is
+    /// stored (from `path`, `url` and the body), never on a lookup.
+    pub entities: Option<Arc<EntityRoute>>,
 }
 
 /// Why a request does not use the cache.
@@ -161,7 +169,8 @@ impl CachePolicy {
             let auth_keyed = self.key_headers.contains(&AUTHORIZATION);
             invalidate::entry_viewer_tags(auth_keyed, &self.key_cookies, headers, &mut tags);
         }
-        (primary, EntryInfo { url, path: path.to_string(), tags })
+        let entities = (!self.entities.is_empty()).then(|| self.entities.clone());
+        (primary, EntryInfo { url, path: path.to_string(), tags, entities })
     }
 
     /// RFC 9111 storage rules for a shared cache, with the route's `ttl` and `negative_ttl`

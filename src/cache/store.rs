@@ -69,6 +69,16 @@ impl Body {
         self.allocated
     }
 
+    /// The whole body in one slice: borrowed when it is one block, else copied (what a reader
+    /// of the whole text, such as the entity scan, needs).
+    pub fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.blocks.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [one] => std::borrow::Cow::Borrowed(one),
+            many => std::borrow::Cow::Owned(many.concat()),
+        }
+    }
+
     /// The part of the body from `pos` to the end of its block or `end`, whichever is first:
     /// a slice of one block, no copy. Empty at or past `end`.
     pub fn chunk_at(&self, pos: usize, end: usize) -> Bytes {
@@ -206,6 +216,12 @@ pub trait CacheStore: Send + Sync + 'static {
     /// fast path reads. A miss here says nothing; `get` decides.
     fn get_local(&self, _key: &StoreKey) -> Option<Arc<StoredObject>> {
         None
+    }
+    /// Removes what `selector` selects from what this process holds, without waiting on
+    /// anything: for the end of a response body, where nothing can be awaited. `purge` still
+    /// has to run for a shared store's other copies.
+    fn purge_local(&self, _selector: &PurgeSelector) -> usize {
+        0
     }
 }
 

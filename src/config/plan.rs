@@ -4,6 +4,7 @@
 
 use crate::model::plan::{CertSpec, Settings, UpstreamDef};
 use crate::edge::limits::ServerLimits;
+use crate::model::entity::Entities;
 use crate::model::matcher::Matcher;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ pub struct Plan {
     pub upstreams: BTreeMap<String, UpstreamDef>,
     /// In file order; the route table sorts them by precedence.
     pub routes: Vec<RouteDef>,
+    /// `[entities]`: what the cache tags stored bodies with and writes purge by.
+    pub entities: Entities,
     /// Hex digest of the file's text: tells which config is loaded.
     pub hash: String,
     /// Not errors, but worth a look (overlapping routes, values that were adjusted).

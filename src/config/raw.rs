@@ -27,6 +27,23 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub state: RawState,
+    /// `[entities.NAME]`: the resources the backend serves and how each is identified.
+    #[serde(default)]
+    pub entities: BTreeMap<String, Spanned<RawEntity>>,
+}
+
+/// `[entities.Article]`: `id = "slug"`, `item = "/api/articles/{slug}"`, `lists = "creates"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntity {
+    /// The member of its JSON objects that identifies it; the item path's last parameter
+    /// name when unset.
+    pub id: Option<Spanned<String>>,
+    /// The item path, or several (a router included twice): its last segment is the
+    /// identifying parameter.
+    pub item: Option<Spanned<crate::model::units::OneOrList>>,
+    /// Which writes change its lists besides creates and deletes: "creates", "filtered", "all".
+    pub lists: Option<Spanned<String>>,
 }
 
 /// `[state]`: where the state replicas share lives (start-up only).

@@ -4,6 +4,8 @@
 //! state, telemetry). No live object (limiter, socket, metric series) is built here.
 
 pub mod diag;
+pub mod entity;
+pub mod json;
 pub mod matcher;
 pub mod normalize;
 pub mod plan;

@@ -130,6 +130,34 @@ impl PathTemplate {
         root
     }
 
+    /// How this template stands to an entity's item template (`/api/articles/{slug}`): the
+    /// name this template gives the item's identifying (last) parameter, when this template is
+    /// the item or below it (`/api/articles/{s}/favorite` gives `s`), and whether it is the
+    /// item itself. Literal segments must be equal; parameters match by position.
+    pub fn under_item(&self, item: &PathTemplate) -> Option<(&str, bool)> {
+        let Some(Seg::Param(_)) = item.segs.last() else { return None };
+        if item.rest.is_some() || self.segs.len() < item.segs.len() || !self.starts_like(&item.segs) {
+            return None;
+        }
+        let Seg::Param(name) = &self.segs[item.segs.len() - 1] else { return None };
+        Some((name.as_str(), self.segs.len() == item.segs.len() && self.rest.is_none()))
+    }
+
+    /// Whether this template is the collection of an entity's item template: the item path
+    /// without its identifying segment (`/api/articles` for `/api/articles/{slug}`).
+    pub fn is_collection_of(&self, item: &PathTemplate) -> bool {
+        let Some((Seg::Param(_), parent)) = item.segs.split_last() else { return false };
+        item.rest.is_none() && self.rest.is_none() && self.segs.len() == parent.len() && self.starts_like(parent)
+    }
+
+    fn starts_like(&self, segs: &[Seg]) -> bool {
+        self.segs.iter().zip(segs).all(|(a, b)| match (a, b) {
+            (Seg::Lit(x), Seg::Lit(y)) => x == y,
+            (Seg::Param(_), Seg::Param(_)) => true,
+            _ => false,
+        })
+    }
+
     /// The parameters' byte ranges in `path`, or `None` when it does not match.
     pub fn matches(&self, path: &str) -> Option<Vec<Range<u32>>> {
         let mut spans = Vec::new();

@@ -6,6 +6,7 @@
 use super::health::Known;
 use super::init::function_name;
 use super::{Document, Operation};
+use crate::model::entity::Step;
 use crate::config::plan::{Plan, RouteDef, RouteTarget};
 use crate::model::matcher::{in_precedence_order, PathMatch};
 use http::Method;
@@ -24,7 +25,7 @@ pub struct Finding {
     pub severity: Severity,
     /// Stable, for CI: `no_operation`, `uncovered`, `shadowed`, `duplicate_operation`,
     /// `cache_on_writes_only`, `looser_than_schema`, `unknown_health_check`,
-    /// `secured_health_check`.
+    /// `secured_health_check`, `entity_without_identifier`, `entity_not_declared`.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -63,6 +64,7 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
     // which route each operation reaches, and every route that would match it
     let mut wins: BTreeMap<&str, usize> = BTreeMap::new();
     let mut matched: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    let mut won: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in &doc.operations {
         let path = sample(&op.path);
         let Ok(method) = Method::from_bytes(op.method.as_bytes()) else { continue };
@@ -71,7 +73,10 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
             matched.entry(r.name.as_str()).or_default().push(op);
         }
         match candidates.first() {
-            Some(winner) if !catch_all(winner) => *wins.entry(winner.name.as_str()).or_default() += 1,
+            Some(winner) if !catch_all(winner) => {
+                *wins.entry(winner.name.as_str()).or_default() += 1;
+                won.entry(winner.name.as_str()).or_default().push(op);
+            }
             Some(winner) => out.push(finding(
                 Warning,
                 "uncovered",
@@ -112,6 +117,9 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
             }
             Some(ops) => {
                 let cached = r.policy.cache.as_ref().is_some_and(|c| c.policy.is_some());
+                if cached && let Some(served) = won.get(r.name.as_str()) {
+                    entities(&mut out, doc, r, served);
+                }
                 if cached && !ops.iter().any(|o| o.method == "GET" || o.method == "HEAD") {
                     out.push(finding(
                         Warning,
@@ -127,6 +135,55 @@ pub fn audit(doc: &Document, plan: &Plan) -> Vec<Finding> {
     duplicates(&mut out, doc);
     health_checks(&mut out, doc, plan, &matched);
     out
+}
+
+/// A cached route's entities against its answer's schema: each occurrence the route gives
+/// must find its identifier there (else no tag is read, and writes never drop the entry by it);
+/// a schema with an `id` that is no entity is said once, since writes to it drop this route's
+/// entries only by path or TTL.
+fn entities(out: &mut Vec<Finding>, doc: &Document, r: &RouteDef, served: &[&Operation]) {
+    let Some(get) = served.iter().find(|o| o.method == "GET") else { return };
+    let Some(schema) = get.response.as_ref() else { return };
+    let Some(def) = r.policy.cache.as_ref() else { return };
+    let answers: Vec<&serde_json::Value> = served.iter().filter_map(|o| o.response.as_ref()).collect();
+    for (steps, entity, id) in def.entities.reads.iter() {
+        let found: Vec<&serde_json::Value> = answers.iter().filter_map(|a| doc.schema_at(a, steps)).collect();
+        let at = found.first();
+        if !found.iter().any(|s| doc.has_property(s, id)) {
+            let path = if steps.is_empty() { "/".to_string() } else { steps.iter().map(|s| match s { Step::Each => "/*".to_string(), Step::Member(m) => format!("/{m}") }).collect() };
+            let why = if at.is_none() { "no answer's schema has anything there" } else { "the schema there has no such member" };
+            out.push(finding(
+                Severity::Error,
+                "entity_without_identifier",
+                Some(&r.name),
+                Some(get),
+                format!("`{entity}` at {path} is identified by `{id}`, but {why}: no tag is read, so writes to it never drop this route's entries"),
+            ));
+        }
+    }
+    let inferred = super::entities::infer(doc);
+    let declared: BTreeSet<&str> = def.entities.reads.iter().map(|(_, e, _)| e).collect();
+    for name in doc.contained(schema) {
+        let known = inferred.iter().any(|e| e.schemas.contains(&name) && declared.contains(e.name.as_str()));
+        let has_id = doc.has_property(&serde_json::json!({ "$ref": format!("#/components/schemas/{name}") }), "id");
+        if has_id && !known && !inferred.iter().any(|e| e.schemas.contains(&name)) {
+            out.push(finding(
+                Severity::Warning,
+                "entity_without_identifier",
+                Some(&r.name),
+                Some(get),
+                format!("the answer holds `{name}`, which has an `id` but is no entity (no GET item route answers it): a write that changes one drops this route's entries only by its path rules, or they live out their TTL"),
+            ));
+        } else if !known && let Some(e) = inferred.iter().find(|e| e.schemas.contains(&name)) {
+            out.push(finding(
+                Severity::Warning,
+                "entity_not_declared",
+                Some(&r.name),
+                Some(get),
+                format!("the answer holds `{name}` (the entity `{}`), but the route's `entities` does not say where: writes to one do not drop this route's entries", e.name),
+            ));
+        }
+    }
 }
 
 /// Each upstream that serves the document's operations must check a path the app serves

@@ -3,6 +3,7 @@
 //! comment; invalidation rules come from the schema graph (a write returning `Owner` drops the
 //! cached GETs whose responses embed an `Owner`).
 
+use super::entities::{self, Inferred};
 use super::health::{self, Choice};
 use super::{top_names, Document, Operation};
 use crate::model::template::PathTemplate;
@@ -25,6 +26,9 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 const TTL: &str = "10s";
 const PAGE_SIZE: [&str; 5] = ["limit", "page_size", "size", "per_page", "pagesize"];
 const OFFSET: [&str; 4] = ["offset", "skip", "page", "start"];
+/// The page size `init` allows where the schema gives no maximum: generous for a client,
+/// bounded for the database.
+const PAGE_CAP: u64 = 1000;
 /// Whole words of a path or tag that mark an auth endpoint (`/auth/token`, `/users/login`;
 /// not `/authors`).
 const AUTH_WORDS: [&str; 10] = ["login", "logout", "token", "auth", "oauth", "oauth2", "signin", "signup", "register", "password"];
@@ -159,6 +163,8 @@ pub fn generate(doc: &Document, opts: &InitOptions) -> String {
     let _ = writeln!(out, "normalize_errors = true");
     let _ = writeln!(out, "# JSON reads may ask for fewer members: ?fields=id,name,owner.name");
     let _ = writeln!(out, "fields = \"on\"\n");
+    let entities = entities::infer(doc);
+    entities_section(&mut out, &entities);
 
     let all_paths: Vec<(&str, BTreeSet<String>)> =
         groups.iter().flat_map(|(_, l)| l.iter()).map(|(p, ops)| (*p, ops.iter().map(|o| function_name(o)).collect())).collect();
@@ -169,7 +175,7 @@ pub fn generate(doc: &Document, opts: &InitOptions) -> String {
         for (path, ops) in list {
             let fns: BTreeSet<String> = ops.iter().map(|o| function_name(o)).collect();
             let twins: Vec<&str> = all_paths.iter().filter(|(q, f)| q != path && *f == fns && twin(path, q)).map(|(q, _)| *q).collect();
-            let graph = Graph { gets: &gets, contained: &contained, twins: &twins };
+            let graph = Graph { gets: &gets, contained: &contained, twins: &twins, entities: &entities };
             route(&mut out, doc, path, ops, &graph, &mut names);
         }
     }
@@ -222,6 +228,7 @@ struct Graph<'a> {
     contained: &'a HashMap<&'a str, BTreeSet<String>>,
     /// The same operations under other prefixes (a router included twice).
     twins: &'a [&'a str],
+    entities: &'a [Inferred],
 }
 
 /// `a` and `b` are the same template under two literal prefixes: they end alike from their
@@ -272,7 +279,10 @@ fn route(out: &mut String, doc: &Document, path: &str, ops: &[&Operation], graph
         let _ = writeln!(out, "streaming = true\nfields = \"off\"");
     }
     if let Some(g) = get.filter(|_| !auth && !streaming) {
-        if g.secured {
+        if !g.secured && g.headers.iter().any(|h| h == "authorization") {
+            let _ = writeln!(out, "# GET is cached {TTL} unless the backend's Cache-Control says otherwise; it reads `Authorization` (a header parameter, often a dependency's), so each caller has its own entries");
+            let _ = writeln!(out, "cache = {{ ttl = \"{TTL}\", key = {{ headers = [\"authorization\"] }} }}");
+        } else if g.secured {
             let _ = writeln!(out, "# GET is cached {TTL} unless the backend's Cache-Control says otherwise; it requires credentials, so each caller has its own entries");
             let _ = writeln!(out, "cache = {{ ttl = \"{TTL}\", key = {{ headers = [\"authorization\"] }} }}");
         } else {
@@ -281,16 +291,34 @@ fn route(out: &mut String, doc: &Document, path: &str, ops: &[&Operation], graph
         }
         pagination(out, g);
     }
+    let occ = entities::route_occurrences(doc, graph.entities, ops);
+    if !occ.is_empty() {
+        let shown: Vec<String> = occ.iter().map(|(p, e)| format!("{e} at {p}")).collect();
+        let what = if get.is_some() { "a stored answer is tagged with each one's identifier, and a write to any of them drops it" } else { "a write's answer names what it changed (the resource it answers with, not the copies embedded in it)" };
+        comment(out, &format!("its answers show {}: {what}", shown.join(", ")));
+        let pairs: Vec<String> = occ.iter().map(|(p, e)| format!("{} = {}", q(p), q(e))).collect();
+        let _ = writeln!(out, "entities = {{ {} }}", pairs.join(", "));
+    }
     body_cap(out, doc, ops);
-    invalidation(out, path, ops, graph);
+    let mut answered = crate::model::entity::Occurrences::default();
+    for (p, e) in &occ {
+        if let Ok(steps) = crate::model::entity::parse_path(p) {
+            answered.add(&steps, e, "");
+        }
+    }
+    invalidation(out, path, ops, graph, !answered.written().is_empty());
     out.push('\n');
 }
 
 fn pagination(out: &mut String, g: &Operation) {
-    let Some(size) = g.query.iter().find(|p| PAGE_SIZE.contains(&p.name.as_str()) && p.maximum.is_some()) else { return };
-    let Some(max) = size.maximum.filter(|m| *m > 0) else { return };
+    let Some(size) = g.query.iter().find(|p| PAGE_SIZE.contains(&p.name.as_str())) else { return };
+    let (max, mut why) = match size.maximum.filter(|m| *m > 0) {
+        Some(max) => (max, format!("`{}` has maximum {max} in the schema", size.name)),
+        // `size` alone may mean bytes (`/binary?size=`): capped only beside an offset
+        None if size.name == "size" && !g.query.iter().any(|p| OFFSET.contains(&p.name.as_str())) => return,
+        None => (PAGE_CAP, format!("`{}` has no maximum in the schema, so one request could ask for every row: the gateway caps it at {PAGE_CAP}", size.name)),
+    };
     let mut text = format!("pagination = {{ param = {}, max = {max}", q(&size.name));
-    let mut why = format!("`{}` has maximum {max} in the schema", size.name);
     if let Some(d) = size.default.filter(|d| *d >= 1 && *d <= max) {
         let _ = write!(text, ", default = {d}");
     }
@@ -305,6 +333,64 @@ fn pagination(out: &mut String, g: &Operation) {
     }
     let _ = writeln!(out, "# {why}: the gateway holds the same bounds (larger pages are lowered to the maximum)");
     let _ = writeln!(out, "{text} }}");
+}
+
+/// `[entities.NAME]` tables, each with why.
+fn entities_section(out: &mut String, entities: &[Inferred]) {
+    if entities.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# ---- entities ----");
+    comment(out, "What the cache tags stored answers with: a write drops the entries that show what it changed (the item it names, and lists whose members it changes), not a whole path subtree.");
+    out.push('\n');
+    for e in entities {
+        let also: Vec<&str> = e.schemas.iter().skip(1).map(String::as_str).collect();
+        let mut why = e.why.clone();
+        if !also.is_empty() {
+            let _ = write!(why, "; {} carry the same `{}`", also.join(", "), e.id);
+        }
+        comment(out, &format!("{}: {why}", e.name));
+        let items = match e.items.as_slice() {
+            [one] => q(one),
+            many => format!("[{}]", many.iter().map(|i| q(i)).collect::<Vec<_>>().join(", ")),
+        };
+        let _ = writeln!(out, "[entities.{}]\nid = {}\nitem = {items}", e.name, q(&e.id));
+        match &e.lists_why {
+            Some(why) => {
+                comment(out, why);
+                let _ = writeln!(out, "lists = {}", q(e.lists.as_str()));
+            }
+            None => comment(out, "its lists change on creates and deletes, filtered ones on updates (lists = \"creates\"); say \"filtered\" or \"all\" if other writes reorder them"),
+        }
+        out.push('\n');
+    }
+}
+
+/// What the `entities` rule drops for writes on `path`, when the route names an entity or its
+/// answers show one; `None` otherwise (the path rules apply).
+fn entity_writes(path: &str, entities: &[Inferred], answers_entities: bool) -> Option<String> {
+    let route = PathTemplate::parse(path).ok()?;
+    let mut parts = Vec::new();
+    for e in entities {
+        for item in e.items.iter().filter_map(|i| PathTemplate::parse(i).ok()) {
+            if let Some((param, is_item)) = route.under_item(&item) {
+                let delete = if is_item { "; on a delete its lists and subtree too" } else { "" };
+                parts.push(format!("the {} it names ({}:{{{param}}}{delete})", e.name, e.name));
+                break;
+            }
+            if route.is_collection_of(&item) {
+                parts.push(format!("every list of {} (a create changes them)", e.name));
+                break;
+            }
+        }
+    }
+    if answers_entities {
+        parts.push("the entity its answer is (not the copies embedded in it)".into());
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!("writes here drop {}, the writer's own entries, and their own path (the default rules: invalidate = [\"entities\", \"viewer\"])", parts.join(", ")))
 }
 
 fn body_cap(out: &mut String, doc: &Document, ops: &[&Operation]) {
@@ -327,9 +413,22 @@ fn body_cap(out: &mut String, doc: &Document, ops: &[&Operation]) {
     }
 }
 
-fn invalidation(out: &mut String, path: &str, ops: &[&Operation], graph: &Graph<'_>) {
+fn invalidation(out: &mut String, path: &str, ops: &[&Operation], graph: &Graph<'_>, answers_entities: bool) {
     let writers: Vec<&&Operation> = ops.iter().filter(|o| o.is_write()).collect();
     if writers.is_empty() {
+        return;
+    }
+    if let Some(text) = entity_writes(path, graph.entities, answers_entities) {
+        comment(out, &text);
+        // a router included twice: its other copy of this path is not tagged with what a
+        // write below an item changes (a review list), so it is named
+        let own = params(path);
+        let twins: Vec<String> = graph.twins.iter().map(|t| pattern(t, &own)).collect();
+        if !twins.is_empty() {
+            comment(out, &format!("{} serve the same operations (a router included twice): their copies of this path go too", graph.twins.join(", ")));
+            let list: Vec<String> = ["entities", "viewer"].iter().map(|s| q(s)).chain(twins.iter().map(|p| q(p))).collect();
+            let _ = writeln!(out, "invalidate = [{}]", list.join(", "));
+        }
         return;
     }
     let own = params(path);
@@ -389,6 +488,7 @@ mod tests {
             response: None,
             event_stream: false,
             required_params: false,
+            headers: vec![],
         };
         assert_eq!(function_name(&op("get_item_api_v1_items__item_id__get", "/api/v1/items/{item_id}")), "get_item");
         assert_eq!(function_name(&op("custom", "/x")), "custom");

@@ -3,6 +3,7 @@
 //! schemas, which are secured) plus walks over the schema graph.
 
 pub mod audit;
+pub mod entities;
 pub mod health;
 pub mod init;
 
@@ -30,6 +31,8 @@ pub struct QueryParam {
     pub name: String,
     pub maximum: Option<u64>,
     pub default: Option<u64>,
+    /// The schema's type (`string`, `integer`), nullable unions included.
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub struct Operation {
     pub event_stream: bool,
     /// A parameter must be given (any path parameter, or one marked `required`).
     pub required_params: bool,
+    /// Header parameters (a dependency's `Header()` included), lower case.
+    pub headers: Vec<String>,
 }
 
 impl Operation {
@@ -218,6 +223,11 @@ fn operation(method: &str, path: &str, op: &Value, global_security: bool) -> Ope
         None => global_security,
     };
     let parameters = op.get("parameters").and_then(Value::as_array).into_iter().flatten();
+    let headers = parameters
+        .clone()
+        .filter(|p| p.get("in").and_then(Value::as_str) == Some("header"))
+        .filter_map(|p| Some(p.get("name")?.as_str()?.to_ascii_lowercase()))
+        .collect();
     let required_params = parameters
         .clone()
         .any(|p| p.get("in").and_then(Value::as_str) == Some("path") || p.get("required").and_then(Value::as_bool) == Some(true));
@@ -226,10 +236,15 @@ fn operation(method: &str, path: &str, op: &Value, global_security: bool) -> Ope
         .filter_map(|p| {
             let schema = p.get("schema");
             let num = |k: &str| schema.and_then(|s| s.get(k)).and_then(Value::as_f64).filter(|n| *n >= 0.0).map(|n| n as u64);
+            let kind = schema.and_then(|s| {
+                let t = |v: &Value| v.get("type").and_then(Value::as_str).filter(|t| *t != "null").map(str::to_string);
+                t(s).or_else(|| s.get("anyOf")?.as_array()?.iter().find_map(t))
+            });
             Some(QueryParam {
                 name: p.get("name")?.as_str()?.to_string(),
                 maximum: num("maximum"),
                 default: num("default"),
+                kind,
             })
         })
         .collect();
@@ -253,6 +268,7 @@ fn operation(method: &str, path: &str, op: &Value, global_security: bool) -> Ope
         response: json(content).filter(|s| s.as_object().is_some_and(|o| !o.is_empty())),
         event_stream: content.is_some_and(|c| c.get("text/event-stream").is_some()),
         required_params,
+        headers,
     }
 }
 

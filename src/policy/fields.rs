@@ -17,6 +17,7 @@ use super::registry::{keys, query_name, Env, MaterializeError, Scope, Spec};
 use super::support::query;
 use super::{Cut, Directives, Exchange, Flow, Policy};
 use crate::model::diag::Diagnostics;
+use crate::model::json::{NotJson, Scan};
 use crate::model::units::{Size, Toggle};
 use serde::Deserialize;
 use toml::Spanned;
@@ -117,176 +118,88 @@ fn insert(members: &mut Vec<(Box<[u8]>, Selector)>, parts: &[&str]) {
     }
 }
 
-const fn table(bytes: &[u8]) -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < bytes.len() {
-        t[bytes[i] as usize] = true;
-        i += 1;
-    }
-    t
-}
-
-/// The bytes a skip over a container stops at, and those that end a number or literal.
-static STRUCTURAL: [bool; 256] = table(b"\"{}[]");
-static DELIMITER: [bool; 256] = table(b",}] \t\n\r");
-
-/// A JSON text read once, front to back: what is kept is copied as the backend wrote it, the
-/// rest skipped without decoding. Not a validator: the backend said JSON; a structure that
-/// does not hold (unbalanced, truncated) is an error and the body passes as it came.
-struct Scan<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct NotJson;
-
-impl Scan<'_> {
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&self) -> Result<u8, NotJson> {
-        self.b.get(self.i).copied().ok_or(NotJson)
-    }
-
-    /// At a `"`: moves past the closing one.
-    fn string(&mut self) -> Result<(), NotJson> {
-        self.i += 1;
-        loop {
-            let at = memchr::memchr2(b'"', b'\\', self.b.get(self.i..).ok_or(NotJson)?).ok_or(NotJson)?;
-            self.i += at;
-            if self.b[self.i] == b'"' {
-                self.i += 1;
-                return Ok(());
-            }
-            self.i += 2;
-        }
-    }
-
-    /// Moves past one value of any kind.
-    fn skip(&mut self) -> Result<(), NotJson> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    // to the next byte that matters: a quote or a bracket
-                    let rest = self.b.get(self.i..).ok_or(NotJson)?;
-                    self.i += rest.iter().position(|c| STRUCTURAL[usize::from(*c)]).ok_or(NotJson)?;
-                    match self.b[self.i] {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        _ => {
-                            depth -= 1;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Ok(());
-                            }
-                        }
-                    }
-                    self.i += 1;
-                }
-            }
-            _ => {
-                // a number or a literal: up to the next delimiter
-                let rest = &self.b[self.i..];
-                let n = rest.iter().position(|c| DELIMITER[usize::from(*c)]).unwrap_or(rest.len());
-                self.i += n;
-                if n == 0 { Err(NotJson) } else { Ok(()) }
-            }
-        }
-    }
-
-    /// Writes what `sel` keeps of the value here to `out`.
-    fn select(&mut self, sel: &Selector, out: &mut Vec<u8>) -> Result<(), NotJson> {
-        self.ws();
-        let members = match (sel, self.peek()?) {
-            (Selector::Members(m), b'{') => m,
-            (Selector::Members(_), b'[') => return self.select_array(sel, out),
-            // the whole value, or a scalar (no members to select): copied as it is
-            _ => {
-                let start = self.i;
-                self.skip()?;
-                out.extend_from_slice(&self.b[start..self.i]);
-                return Ok(());
-            }
-        };
-        self.i += 1;
-        out.push(b'{');
-        let mut first = true;
-        loop {
-            self.ws();
-            match self.peek()? {
-                b'}' => break,
-                b'"' => {}
-                _ => return Err(NotJson),
-            }
-            let key_start = self.i;
-            self.string()?;
-            let key = &self.b[key_start..self.i];
-            self.ws();
-            if self.peek()? != b':' {
-                return Err(NotJson);
-            }
-            self.i += 1;
-            match member(members, key) {
-                Some(child) => {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    out.extend_from_slice(key);
-                    out.push(b':');
-                    self.select(child, out)?;
-                }
-                None => {
-                    self.ws();
-                    self.skip()?;
-                }
-            }
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => break,
-                _ => return Err(NotJson),
-            }
-        }
-        self.i += 1;
-        out.push(b'}');
-        Ok(())
-    }
-
-    fn select_array(&mut self, sel: &Selector, out: &mut Vec<u8>) -> Result<(), NotJson> {
-        self.i += 1;
-        out.push(b'[');
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            out.push(b']');
+/// Writes what `sel` keeps of the value here to `out`.
+fn select(scan: &mut Scan<'_>, sel: &Selector, out: &mut Vec<u8>) -> Result<(), NotJson> {
+    scan.ws();
+    let members = match (sel, scan.peek()?) {
+        (Selector::Members(m), b'{') => m,
+        (Selector::Members(_), b'[') => return select_array(scan, sel, out),
+        // the whole value, or a scalar (no members to select): copied as it is
+        _ => {
+            let start = scan.i;
+            scan.skip()?;
+            out.extend_from_slice(&scan.b[start..scan.i]);
             return Ok(());
         }
-        loop {
-            self.select(sel, out)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
+    };
+    scan.i += 1;
+    out.push(b'{');
+    let mut first = true;
+    loop {
+        scan.ws();
+        match scan.peek()? {
+            b'}' => break,
+            b'"' => {}
+            _ => return Err(NotJson),
+        }
+        let key_start = scan.i;
+        scan.string()?;
+        let key = &scan.b[key_start..scan.i];
+        scan.ws();
+        if scan.peek()? != b':' {
+            return Err(NotJson);
+        }
+        scan.i += 1;
+        match member(members, key) {
+            Some(child) => {
+                if !first {
                     out.push(b',');
                 }
-                b']' => {
-                    self.i += 1;
-                    out.push(b']');
-                    return Ok(());
-                }
-                _ => return Err(NotJson),
+                first = false;
+                out.extend_from_slice(key);
+                out.push(b':');
+                select(scan, child, out)?;
             }
+            None => {
+                scan.ws();
+                scan.skip()?;
+            }
+        }
+        scan.ws();
+        match scan.peek()? {
+            b',' => scan.i += 1,
+            b'}' => break,
+            _ => return Err(NotJson),
+        }
+    }
+    scan.i += 1;
+    out.push(b'}');
+    Ok(())
+}
+
+fn select_array(scan: &mut Scan<'_>, sel: &Selector, out: &mut Vec<u8>) -> Result<(), NotJson> {
+    scan.i += 1;
+    out.push(b'[');
+    scan.ws();
+    if scan.peek()? == b']' {
+        scan.i += 1;
+        out.push(b']');
+        return Ok(());
+    }
+    loop {
+        select(scan, sel, out)?;
+        scan.ws();
+        match scan.peek()? {
+            b',' => {
+                scan.i += 1;
+                out.push(b',');
+            }
+            b']' => {
+                scan.i += 1;
+                out.push(b']');
+                return Ok(());
+            }
+            _ => return Err(NotJson),
         }
     }
 }
@@ -305,9 +218,9 @@ fn member<'s>(members: &'s [(Box<[u8]>, Selector)], key: &[u8]) -> Option<&'s Se
 
 /// The selection of a whole JSON document.
 pub fn filter(body: &[u8], sel: &Selector) -> Result<Vec<u8>, NotJson> {
-    let mut scan = Scan { b: body, i: 0 };
+    let mut scan = Scan::new(body);
     let mut out = Vec::with_capacity(body.len() / 2);
-    scan.select(sel, &mut out)?;
+    select(&mut scan, sel, &mut out)?;
     scan.ws();
     if scan.i != body.len() {
         return Err(NotJson);

@@ -19,6 +19,7 @@ use crate::cache::invalidate;
 use crate::cache::store::CacheStore;
 use crate::cache::tags::TagTemplate;
 use crate::model::diag::{Diagnostics, Span};
+use crate::model::entity::Entities;
 use crate::model::matcher::PathMatch;
 use crate::model::template::PathTemplate;
 use crate::shared_state::Redis;
@@ -69,10 +70,22 @@ pub(crate) use keys;
 
 /// Where keys are compiled: in a route (whose path template parameters they may name) or in
 /// `[defaults]` alone.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
     /// The route's name and template; `None` for `[defaults]` compiled alone.
     pub route: Option<(&'a str, Option<&'a PathTemplate>)>,
+    /// The route's path as a template, an exact path included (no parameters).
+    pub shape: Option<&'a PathTemplate>,
+    /// `[entities]`, for the cache's occurrences and what writes name.
+    pub entities: &'a Entities,
+}
+
+static NO_ENTITIES: Entities = Entities { defs: Vec::new() };
+
+impl Default for Scope<'_> {
+    fn default() -> Self {
+        Scope { route: None, shape: None, entities: &NO_ENTITIES }
+    }
 }
 
 impl Scope<'_> {

@@ -272,6 +272,10 @@ impl CacheStore for SharedStore {
         self.l1.get_local(key)
     }
 
+    fn purge_local(&self, selector: &PurgeSelector) -> usize {
+        self.l1.purge_now(selector).unwrap_or(0)
+    }
+
     fn stats(&self) -> StoreStats {
         self.l1.stats_now()
     }

@@ -3,6 +3,7 @@
 //! registry), `process` (`[telemetry]`, `[cache]`, `[state]`). Every semantic problem is
 //! collected, with its position, before anything is returned; nothing here runs per request.
 
+mod entities;
 mod process;
 mod routes;
 mod server;
@@ -25,18 +26,20 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         telemetry,
         cache,
         state,
+        entities: raw_entities,
     } = raw;
     let mut cx = Diagnostics::new(src);
 
     let (settings, server, tls) = server::compile(&mut cx, raw_server);
     let (upstreams, broken_upstreams) = upstreams::compile(&mut cx, raw_upstreams);
+    let entities = entities::compile(&mut cx, raw_entities);
     let defaults = defaults.policy;
     // `[defaults]` alone first: its errors are reported at its own lines, and once.
-    PolicyDef::compile(&defaults, &mut cx, &Scope::default());
+    PolicyDef::compile(&defaults, &mut cx, &Scope { entities: &entities, ..Scope::default() });
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut compiled_routes = Vec::new();
     for route in &raw_routes {
-        if let Some(r) = routes::compile(&mut cx, route, &defaults, (&upstreams, &broken_upstreams), &mut seen_names) {
+        if let Some(r) = routes::compile(&mut cx, route, &defaults, (&upstreams, &broken_upstreams), &entities, &mut seen_names) {
             compiled_routes.push(r);
         }
     }
@@ -58,6 +61,7 @@ pub fn compile(raw: RawConfig, src: &Source<'_>) -> Result<Plan, Vec<Diagnostic>
         server,
         upstreams,
         routes: compiled_routes.into_iter().map(|(r, _)| r).collect(),
+        entities,
         hash: digest(src.text),
         warnings: cx.warnings,
     })

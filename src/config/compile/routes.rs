@@ -11,6 +11,7 @@ use crate::model::plan::UpstreamDef;
 use crate::model::template::{PathTemplate, TemplateError};
 use crate::model::units::EnvString;
 use crate::policy::registry::Scope;
+use crate::model::entity::Entities;
 use crate::policy::{PolicyDef, PolicyKeys};
 use std::collections::{BTreeMap, HashSet};
 use toml::Spanned;
@@ -20,6 +21,7 @@ pub(super) fn compile(
     spanned: &Spanned<RawRoute>,
     defaults: &PolicyKeys,
     (upstreams, broken): (&BTreeMap<String, UpstreamDef>, &HashSet<String>),
+    entities: &Entities,
     seen: &mut HashSet<String>,
 ) -> Option<(RouteDef, std::ops::Range<usize>)> {
     let span = spanned.span();
@@ -91,7 +93,12 @@ pub(super) fn compile(
     let template = matcher.as_ref().and_then(|m| m.template().cloned());
     // the route's keys over `[defaults]`, key by key, compiled by each policy (the registry)
     let errors_before = cx.errors.len();
-    let scope = Scope { route: Some((name_str.as_str(), template.as_deref())) };
+    // the route's path as a template, exact paths included: how it stands to the entities' items
+    let shape = template.clone().or_else(|| match matcher.as_ref().map(|m| &m.path) {
+        Some(PathMatch::Exact(p)) => PathTemplate::parse(p).ok().map(std::sync::Arc::new),
+        _ => None,
+    });
+    let scope = Scope { route: Some((name_str.as_str(), template.as_deref())), shape: shape.as_deref(), entities };
     let policy = PolicyDef::compile(&route.policy.over(defaults), cx, &scope);
     let policy = (cx.errors.len() == errors_before).then_some(policy);
     Some((

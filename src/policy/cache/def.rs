@@ -5,7 +5,11 @@
 use crate::cache::invalidate::{self, InvalidateRule};
 use crate::cache::tags::TagTemplate;
 use crate::cache::CachePolicy;
-use crate::model::diag::Diagnostics;
+use crate::cache::entities::EntityRoute;
+use crate::model::diag::{suggest, Diagnostics};
+use crate::model::entity::{self, Occurrences};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use crate::model::units::{Dur, Toggle, Ttl};
 use crate::policy::registry::{keys, Scope};
 use serde::Deserialize;
@@ -17,9 +21,11 @@ keys! {
     cache: Spanned<Toggle<RawCachePolicy>>,
     /// Tags purged after a successful unsafe request (POST/PUT/PATCH/DELETE) on the route.
     invalidate_tags: Vec<Spanned<String>>,
-    /// What a successful write on the route invalidates besides its own path: `"resource"`,
-    /// `"viewer"`, or path patterns (`"/api/users/{user_id}"`, `"/api/items/**"`).
+    /// What a successful write on the route invalidates besides its own path: `"entities"`,
+    /// `"resource"`, `"viewer"`, or path patterns (`"/api/users/{user_id}"`, `"/api/items/**"`).
     invalidate: Vec<Spanned<String>>,
+    /// Where `[entities]` occur in the route's JSON answers: `{ "/articles/*" = "Article" }`.
+    entities: Spanned<BTreeMap<String, Spanned<String>>>,
 }
 
 /// A route's caching and what its writes invalidate. Every route has one: a route that does
@@ -30,6 +36,9 @@ pub struct CacheRouteDef {
     pub invalidate_tags: Vec<TagTemplate>,
     /// What a successful write invalidates besides its own path and `Location`.
     pub invalidate: Vec<InvalidateRule>,
+    /// How the route stands to the entities: what its entries are tagged with, what its
+    /// writes name.
+    pub entities: Arc<EntityRoute>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,11 +78,13 @@ pub struct RawCacheKey {
 
 /// The route's caching; always `Some` (errors are recorded).
 pub fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, scope: &Scope<'_>) -> Option<CacheRouteDef> {
+    let entities = Arc::new(EntityRoute::new(scope.shape, scope.route.and_then(|(_, t)| t).map(|t| Arc::new(t.clone())), occurrences(keys, cx, scope), scope.entities));
     let policy = match keys.cache.as_ref().map(Spanned::get_ref) {
         None | Some(Toggle::Off) => None,
         Some(Toggle::On(None)) => Some(CachePolicy::default()),
         Some(Toggle::On(Some(raw))) => compile_policy(cx, raw, scope),
-    };
+    }
+    .map(|p| CachePolicy { entities: entities.clone(), ..p });
     let invalidate_tags = keys.invalidate_tags.iter().flatten().filter_map(|t| scope.tag_template(cx, t)).collect();
     let invalidate = match &keys.invalidate {
         None => invalidate::default_rules(),
@@ -86,14 +97,42 @@ pub fn compile(keys: &Keys, cx: &mut Diagnostics<'_>, scope: &Scope<'_>) -> Opti
                         rules.push(rule);
                     }
                     Err(e) => {
-                        cx.error::<()>(r.span(), e, "write \"resource\", \"viewer\", a path such as \"/api/users/{user_id}\", or a subtree such as \"/api/items/**\"");
+                        cx.error::<()>(r.span(), e, "write \"entities\", \"resource\", \"viewer\", a path such as \"/api/users/{user_id}\", or a subtree such as \"/api/items/**\"");
                     }
                 }
             }
             rules
         }
     };
-    Some(CacheRouteDef { policy, invalidate_tags, invalidate })
+    Some(CacheRouteDef { policy, invalidate_tags, invalidate, entities })
+}
+
+/// The route's `entities` table, checked against `[entities]`.
+fn occurrences(keys: &Keys, cx: &mut Diagnostics<'_>, scope: &Scope<'_>) -> Occurrences {
+    let mut occ = Occurrences::default();
+    let Some(table) = &keys.entities else { return occ };
+    for (path, name) in table.get_ref() {
+        let steps = match entity::parse_path(path) {
+            Ok(s) => s,
+            Err(e) => {
+                cx.error::<()>(table.span(), format!("occurrence {e}"), "a JSON path: \"/article\" (a member), \"/articles/*\" (each element of an array), \"/\" (the whole body)");
+                continue;
+            }
+        };
+        match scope.entities.get(name.get_ref()) {
+            Some(def) => occ.add(&steps, &def.name, &def.id),
+            None => {
+                let known: Vec<&str> = scope.entities.names().collect();
+                let hint = match suggest(name.get_ref(), &known) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if known.is_empty() => format!("define it: [entities.{}] with id = \"...\"", name.get_ref()),
+                    None => format!("defined entities: {}", known.join(", ")),
+                };
+                cx.error::<()>(name.span(), format!("unknown entity `{}`", name.get_ref()), hint);
+            }
+        }
+    }
+    occ
 }
 
 fn compile_policy(cx: &mut Diagnostics<'_>, raw: &RawCachePolicy, scope: &Scope<'_>) -> Option<CachePolicy> {
@@ -148,6 +187,7 @@ fn compile_policy(cx: &mut Diagnostics<'_>, raw: &RawCachePolicy, scope: &Scope<
         .and_then(|t| header_name(cx, t, "write a field name such as \"fastgate-cache-control\""));
     let tags = tags.iter().filter_map(|t| scope.tag_template(cx, t)).collect();
     Some(CachePolicy {
+        entities: Arc::default(),
         ttl,
         negative_ttl,
         stale_while_revalidate: stale_while_revalidate.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),

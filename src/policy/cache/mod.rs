@@ -17,8 +17,10 @@ mod def;
 
 pub use def::CacheRouteDef;
 use super::registry::{Env, MaterializeError, Scope, Spec};
-use super::{Directives, Exchange, Flow, Policy};
+use super::{Cut, Directives, Exchange, Flow, Policy};
+use bytes::Bytes;
 use crate::model::diag::Diagnostics;
+use crate::cache::entities::EntityRoute;
 use crate::cache::invalidate::{self, InvalidateRule, Reason};
 use crate::cache::store::{CacheStore, PurgeSelector, StoreKey, StoredObject};
 use crate::cache::tags::TagTemplate;
@@ -42,6 +44,7 @@ pub struct CacheRoute {
     pub policy: Option<CachePolicy>,
     pub invalidate_tags: Vec<TagTemplate>,
     pub invalidate: Vec<InvalidateRule>,
+    pub entities: Arc<EntityRoute>,
     /// The route's path match: where a write's resource collection starts.
     pub path: PathMatch,
     pub store: Arc<dyn CacheStore>,
@@ -72,6 +75,7 @@ impl Spec for CacheRoute {
             policy: d.policy.clone(),
             invalidate_tags: d.invalidate_tags.clone(),
             invalidate: d.invalidate.clone(),
+            entities: d.entities.clone(),
             path: env.path.clone(),
             store: env.store.clone(),
             tag_header: env.tag_header.clone(),
@@ -95,6 +99,16 @@ impl Spec for CacheRoute {
             if c.public {
                 s.push_str(" public");
             }
+        }
+        let e = &def.entities;
+        if !e.reads.is_empty() {
+            let shown: Vec<&str> = e.reads.iter().map(|(_, name, _)| name).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            s.push_str(&format!("{}shows {}", if s.is_empty() { "" } else { ", " }, shown.join(",")));
+        }
+        if !e.named.is_empty() || !e.collection_of.is_empty() {
+            let mut names: Vec<String> = e.named.iter().map(|n| format!("{}:{{{}}}", n.entity, n.param)).collect();
+            names.extend(e.collection_of.iter().map(|c| format!("list:{c}")));
+            s.push_str(&format!("{}writes name {}", if s.is_empty() { "" } else { ", " }, names.join(",")));
         }
         if !def.invalidate_tags.is_empty() {
             if !s.is_empty() {
@@ -142,8 +156,15 @@ pub struct CacheScratch {
     forced: bool,
     status: Option<&'static str>,
     /// Entries dropped by this request's write, by reason (`Reason::ALL` order).
-    invalidated: [usize; 5],
+    invalidated: [usize; Reason::ALL.len()],
+    /// A successful write's JSON answer, gathered as it passes to read the entities it
+    /// changed; `None` when not read.
+    written: Option<Vec<u8>>,
 }
+
+/// The longest write answer read for entities: an answer past it drops what its path names
+/// only.
+const MAX_WRITTEN: usize = 1024 * 1024;
 
 /// A fresh stored response that answers a request before pingora's cache state machine runs:
 /// the header the full path would send (with `Age`) and the object holding the body.
@@ -241,7 +262,7 @@ impl CacheRoute {
                 selectors.push((Reason::Target, PurgeSelector::Path(p.into_owned())));
             }
         }
-        invalidate::rule_selectors(&self.invalidate, &self.path, x.path, |n| x.param(n), &x.req.headers, &mut selectors);
+        invalidate::rule_selectors(&self.invalidate, (&self.path, &self.entities), (&x.req.method, x.path), |n| x.param(n), &x.req.headers, &mut selectors);
         for t in &self.invalidate_tags {
             if let Some(tag) = t.render(&x.req.headers, x.req.uri.query(), |n| x.param(n)) {
                 selectors.push((Reason::Tag, PurgeSelector::Tag(tag)));
@@ -323,6 +344,43 @@ impl Policy for CacheRoute {
                     Err(e) => tracing::warn!(error = %e, request_id = x.request_id, "cache invalidation failed"),
                 }
             }
+            if x.req.method != http::Method::HEAD && self.invalidate.contains(&InvalidateRule::Entities) && self.entities.reads_written(resp) {
+                st.written = Some(Vec::new());
+            }
+        }
+        Ok(())
+    }
+
+    /// A write's answer names what it changed (the updated article): read at its end, before
+    /// the last chunk goes out, so the writer never reads the old copy after it. This process's
+    /// copies go at once; a shared store's purge follows without being awaited (a body filter
+    /// cannot wait), so another replica may serve the old copy for the Redis round trip.
+    fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CacheScratch) -> Result<(), Cut> {
+        let Some(buf) = &mut st.written else { return Ok(()) };
+        if let Some(b) = body {
+            if buf.len() + b.len() > MAX_WRITTEN {
+                st.written = None;
+                return Ok(());
+            }
+            buf.extend_from_slice(b);
+        }
+        if !eos {
+            return Ok(());
+        }
+        let Some(buf) = st.written.take() else { return Ok(()) };
+        let mut tags = Vec::new();
+        if self.entities.written.collect(&buf, &mut tags).is_err() {
+            return Ok(());
+        }
+        for tag in tags {
+            let sel = PurgeSelector::Tag(tag);
+            st.invalidated[Reason::Entity as usize] += self.store.purge_local(&sel);
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.purge(&sel).await {
+                    tracing::warn!(error = %e, "cache invalidation failed");
+                }
+            });
         }
         Ok(())
     }
