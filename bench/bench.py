@@ -282,6 +282,13 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         route_extra = 'fields = "on"\ncache = { ttl = "10m" }'
     elif mode == "big-cache":
         route_extra = 'cache = { ttl = "10m" }'
+    elif mode == "store":
+        # every request a miss that is stored (bench/callgrind: the price of a stored body)
+        route_extra = 'cache = { ttl = "10m" }'
+    elif mode == "store-tags":
+        # the same, with the body read for entities: each of its items is tagged
+        top = '[entities.Item]\nid = "id"\n'
+        route_extra = 'cache = { ttl = "10m" }\nentities = { "/items/*" = "Item" }'
     elif mode == "ratelimit":
         route_extra = 'rate_limit = [{ rate = "1000000/s", burst = 1000000 }]'
     elif mode == "many":

@@ -241,6 +241,12 @@ impl HandleMiss for Miss {
             path: info.path,
             tags,
         };
+        // a write dropped what this answer shows while it was on its way: it is the state
+        // before the write, served to this client but not kept
+        if storage.store.purged_since(info.seq, &obj) {
+            tracing::debug!(path = %obj.path, "not stored: a write since the request dropped what it shows");
+            return Ok(MissFinishType::Created(size));
+        }
         storage.store.put(key, obj, ttl).await.map_err(store_err)?;
         Ok(MissFinishType::Created(size))
     }

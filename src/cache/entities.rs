@@ -74,7 +74,7 @@ impl EntityRoute {
             for e in &entities.defs {
                 for item in &e.items {
                     if let Some((param, is_item)) = shape.under_item(item) {
-                        named.push(Named { entity: e.name.clone(), param: param.to_string(), item: is_item, lists: e.lists, moves: moves(&e.name) });
+                        named.push(Named { entity: e.name.clone(), param: param.to_string(), item: is_item, lists: e.lists.clone(), moves: moves(&e.name) });
                         break;
                     } else if shape.is_collection_of(item) {
                         collection_of.push(e.name.clone());
@@ -96,16 +96,14 @@ impl EntityRoute {
     /// alone, before its body is read.
     pub fn entry_tags(&self, path: &str, url: &str, out: &mut Vec<String>) {
         if !self.lists.is_empty() {
-            let filtered = url.split_once('?').is_some_and(|(_, q)| {
-                q.split('&').any(|kv| {
-                    let name = kv.split_once('=').map_or(kv, |(n, _)| n);
-                    !name.is_empty() && !PAGING.contains(&name)
-                })
-            });
+            let filtered = filters(url).next().is_some();
             for e in &self.lists {
                 out.push(entity::list_tag(e));
                 if filtered {
                     out.push(entity::filtered_tag(e));
+                    for name in filters(url) {
+                        out.push(entity::filter_tag(e, name));
+                    }
                 }
             }
         }
@@ -145,18 +143,19 @@ impl EntityRoute {
                 (true, &Method::DELETE) => {
                     // its subresources (comments, favorites) go with it
                     out.push((Reason::Entity, PurgeSelector::PathPrefix(path.to_string())));
-                    Some(entity::list_tag(&n.entity))
+                    vec![entity::list_tag(&n.entity)]
                 }
-                (true, &Method::PUT | &Method::PATCH) if n.lists == ListChange::All => Some(entity::list_tag(&n.entity)),
-                (true, &Method::PUT | &Method::PATCH) => Some(entity::filtered_tag(&n.entity)),
-                (_, _) if !n.moves => None,
-                (_, _) => match n.lists {
-                    ListChange::Creates => None,
-                    ListChange::Filtered => Some(entity::filtered_tag(&n.entity)),
-                    ListChange::All => Some(entity::list_tag(&n.entity)),
+                (true, &Method::PUT | &Method::PATCH) if n.lists == ListChange::All => vec![entity::list_tag(&n.entity)],
+                (true, &Method::PUT | &Method::PATCH) => vec![entity::filtered_tag(&n.entity)],
+                (_, _) if !n.moves => Vec::new(),
+                (_, _) => match &n.lists {
+                    ListChange::Creates => Vec::new(),
+                    ListChange::Filters(params) => params.iter().map(|p| entity::filter_tag(&n.entity, p)).collect(),
+                    ListChange::Filtered => vec![entity::filtered_tag(&n.entity)],
+                    ListChange::All => vec![entity::list_tag(&n.entity)],
                 },
             };
-            if let Some(tag) = membership {
+            for tag in membership {
                 out.push((Reason::List, PurgeSelector::Tag(tag)));
             }
         }
@@ -171,6 +170,20 @@ impl EntityRoute {
     pub fn reads_written(&self, resp: &ResponseHeader) -> bool {
         !self.written.is_empty() && resp.status.is_success() && is_json(resp)
     }
+}
+
+/// The filter parameters of a URL's query: every one but paging, each once.
+fn filters(url: &str) -> impl Iterator<Item = &str> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut seen: Vec<&str> = Vec::new();
+    query.split('&').filter_map(move |kv| {
+        let name = kv.split_once('=').map_or(kv, |(n, _)| n);
+        if name.is_empty() || PAGING.contains(&name) || seen.contains(&name) {
+            return None;
+        }
+        seen.push(name);
+        Some(name)
+    })
 }
 
 /// A JSON body as the backend wrote it (no content coding).
@@ -194,7 +207,7 @@ mod tests {
         Entities {
             defs: vec![
                 def("Article", "slug", "/api/articles/{slug}", ListChange::Filtered),
-                def("Profile", "username", "/api/profiles/{username}", ListChange::Creates),
+                def("Profile", "username", "/api/profiles/{username}", ListChange::Filters(vec!["followed".into()])),
                 def("Comment", "id", "/api/articles/{slug}/comments/{id}", ListChange::Creates),
             ],
         }
@@ -227,7 +240,7 @@ mod tests {
         assert_eq!(tags, ["list:Article", "list:Profile"]);
         tags.clear();
         list.entry_tags("/api/articles", "/api/articles?limit=20&tag=rust", &mut tags);
-        assert_eq!(tags, ["list:Article", "filtered:Article", "list:Profile", "filtered:Profile"]);
+        assert_eq!(tags, ["list:Article", "filtered:Article", "filtered:Article:tag", "list:Profile", "filtered:Profile", "filtered:Profile:tag"]);
         let item = route("/api/articles/{slug}", &[("/article", "Article", "slug")]);
         tags.clear();
         item.entry_tags("/api/articles/hello", "/api/articles/hello", &mut tags);
@@ -244,7 +257,7 @@ mod tests {
         let fav = route("/api/articles/{s}/favorite", &[]);
         assert_eq!(writes(&fav, Method::POST, "/api/articles/x/favorite", &[("s", "x")]), ["Tag(\"Article:x\")", "Tag(\"filtered:Article\")"]);
         let follow = route("/api/profiles/{username}/follow", &[]);
-        assert_eq!(writes(&follow, Method::POST, "/api/profiles/al/follow", &[("username", "al")]), ["Tag(\"Profile:al\")"]);
+        assert_eq!(writes(&follow, Method::POST, "/api/profiles/al/follow", &[("username", "al")]), ["Tag(\"Profile:al\")", "Tag(\"filtered:Profile:followed\")"]);
         let item = route("/api/articles/{slug}", &[]);
         assert_eq!(writes(&item, Method::PUT, "/api/articles/x", &[("slug", "x")]), ["Tag(\"Article:x\")", "Tag(\"filtered:Article\")"]);
         assert_eq!(

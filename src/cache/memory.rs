@@ -2,14 +2,14 @@
 //! expiry, and indexes by URL, by tag and by path (ordered, so a subtree is one range) so
 //! purges and invalidate-on-write need no scan.
 
-use super::store::{path_under, CacheStore, PurgeSelector, StoreError, StoreKey, StoreStats, StoredMeta, StoredObject};
+use super::store::{next_purge, path_under, CacheStore, PurgeSelector, StoreError, StoreKey, StoreStats, StoredMeta, StoredObject};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -39,7 +39,13 @@ pub struct MemoryStore {
     by_tag: Arc<Index>,
     by_path: Arc<PathIndex>,
     evictions: Arc<AtomicU64>,
+    /// The last purges, numbered: what `purged_since` reads.
+    recent: Mutex<VecDeque<(u64, PurgeSelector)>>,
 }
+
+/// How many purges `purged_since` remembers: at a hundred purges a second, 40 s of them. A
+/// response slower than that is not stored if any purge ran meanwhile.
+const RECENT_PURGES: usize = 4096;
 
 fn unindex_path(index: &PathIndex, path: &str, key: &StoreKey) {
     // a poisoned lock only means another thread panicked mid-update; the map is still sound
@@ -101,6 +107,7 @@ impl MemoryStore {
             by_tag,
             by_path,
             evictions,
+            recent: Mutex::default(),
         }
     }
 
@@ -158,6 +165,13 @@ impl MemoryStore {
     }
 
     pub fn purge_now(&self, selector: &PurgeSelector) -> Result<usize, StoreError> {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if recent.len() == RECENT_PURGES {
+                recent.pop_front();
+            }
+            recent.push_back((next_purge(), selector.clone()));
+        }
         let keys: Vec<StoreKey> = match selector {
             PurgeSelector::All => {
                 self.cache.run_pending_tasks();
@@ -183,6 +197,16 @@ impl MemoryStore {
             }
         };
         Ok(self.remove_keys(keys))
+    }
+
+    /// Whether a purge after `seq` selected `obj`; when the record no longer reaches back to
+    /// `seq`, it may have, and the answer is yes.
+    pub fn purged_since_now(&self, seq: u64, obj: &StoredObject) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_PURGES && recent.front().is_some_and(|(s, _)| *s > seq + 1) {
+            return true;
+        }
+        recent.iter().rev().take_while(|(s, _)| *s > seq).any(|(_, sel)| sel.selects(obj))
     }
 
     pub fn stats_now(&self) -> StoreStats {
@@ -214,6 +238,10 @@ impl CacheStore for MemoryStore {
     }
     fn purge_local(&self, selector: &PurgeSelector) -> usize {
         self.purge_now(selector).unwrap_or(0)
+    }
+
+    fn purged_since(&self, seq: u64, obj: &StoredObject) -> bool {
+        self.purged_since_now(seq, obj)
     }
 
     fn get_local(&self, key: &StoreKey) -> Option<Arc<StoredObject>> {

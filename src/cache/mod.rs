@@ -98,6 +98,9 @@ pub struct EntryInfo {
     /// The route's entities, when it has any: the entry's entity tags are made when it is
     /// stored (from `path`, `url` and the body), never on a lookup.
     pub entities: Option<Arc<EntityRoute>>,
+    /// `store::purge_seq()` when the request looked the entry up: a purge after it that
+    /// selects the response keeps it from being stored.
+    pub seq: u64,
 }
 
 /// Why a request does not use the cache.
@@ -170,7 +173,7 @@ impl CachePolicy {
             invalidate::entry_viewer_tags(auth_keyed, &self.key_cookies, headers, &mut tags);
         }
         let entities = (!self.entities.is_empty()).then(|| self.entities.clone());
-        (primary, EntryInfo { url, path: path.to_string(), tags, entities })
+        (primary, EntryInfo { url, path: path.to_string(), tags, entities, seq: store::purge_seq() })
     }
 
     /// RFC 9111 storage rules for a shared cache, with the route's `ttl` and `negative_ttl`

@@ -223,6 +223,39 @@ pub trait CacheStore: Send + Sync + 'static {
     fn purge_local(&self, _selector: &PurgeSelector) -> usize {
         0
     }
+    /// Whether a purge numbered after `seq` (`purge_seq` when the request began) selected
+    /// `obj`: a response that was on its way from the backend while a write dropped what it
+    /// shows holds the state before the write, and must not be stored after the purge.
+    fn purged_since(&self, _seq: u64, _obj: &StoredObject) -> bool {
+        false
+    }
+}
+
+/// Purges so far in this process: a response's request notes it, and the store refuses to
+/// keep the response if a purge since then selected it (`CacheStore::purged_since`).
+static PURGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The number of the last purge made in this process.
+pub fn purge_seq() -> u64 {
+    PURGES.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Numbers a purge that is about to run.
+pub fn next_purge() -> u64 {
+    PURGES.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
+}
+
+impl PurgeSelector {
+    /// Whether this purge would remove `obj`.
+    pub fn selects(&self, obj: &StoredObject) -> bool {
+        match self {
+            PurgeSelector::All => true,
+            PurgeSelector::Tag(t) => obj.tags.iter().any(|x| x == t),
+            PurgeSelector::Url(u) => obj.url == *u,
+            PurgeSelector::Path(p) => obj.path == *p,
+            PurgeSelector::PathPrefix(p) => path_under(&obj.path, p),
+        }
+    }
 }
 
 /// Whether `path` is `prefix` or below it, on whole segments.

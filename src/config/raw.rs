@@ -42,8 +42,9 @@ pub struct RawEntity {
     /// The item path, or several (a router included twice): its last segment is the
     /// identifying parameter.
     pub item: Option<Spanned<crate::model::units::OneOrList>>,
-    /// Which writes change its lists besides creates and deletes: "creates", "filtered", "all".
-    pub lists: Option<Spanned<String>>,
+    /// Which writes change its lists besides creates and deletes: "creates", "filtered",
+    /// "all", or the filter parameters whose lists writes to an item change.
+    pub lists: Option<Spanned<crate::model::units::OneOrList>>,
 }
 
 /// `[state]`: where the state replicas share lives (start-up only).

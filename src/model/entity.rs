@@ -23,35 +23,43 @@ pub struct EntityDef {
 
 /// Which writes change the membership or order of a collection's lists, besides creates and
 /// deletes (which always do).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ListChange {
-    /// Lists are ordered by creation and filtered on fields the item carries: an update of an
+    /// Lists are ordered by creation and filtered on what the item carries: an update of an
     /// item (PUT/PATCH on its path) drops the filtered lists, since a changed field can move the
     /// item into one it was not in; other writes to an item change only the item.
     #[default]
     Creates,
-    /// Every write to an item drops the filtered lists (filters on relations a write changes:
-    /// `?favorited=alice`).
+    /// Besides, every write to an item drops the lists filtered by these query parameters
+    /// (`["favorited"]`: a favorite adds the article to the writer's list).
+    Filters(Vec<String>),
+    /// Besides, every write to an item drops every filtered list.
     Filtered,
     /// Every write to an item drops every list (lists ordered by counts or popularity).
     All,
 }
 
 impl ListChange {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "creates" => Some(ListChange::Creates),
-            "filtered" => Some(ListChange::Filtered),
-            "all" => Some(ListChange::All),
-            _ => None,
+    /// `"creates"`, `"filtered"`, `"all"`, or a list of query parameters.
+    pub fn parse(values: &[String]) -> Result<Self, String> {
+        match values {
+            [one] if one == "creates" => Ok(ListChange::Creates),
+            [one] if one == "filtered" => Ok(ListChange::Filtered),
+            [one] if one == "all" => Ok(ListChange::All),
+            [] => Err("an empty list: write \"creates\" for lists that change only on creates and deletes".into()),
+            params => match params.iter().find(|p| p.is_empty() || PAGING.contains(&p.as_str()) || !p.chars().all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))) {
+                Some(p) => Err(format!("{p:?} is not a filter parameter")),
+                None => Ok(ListChange::Filters(params.to_vec())),
+            },
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            ListChange::Creates => "creates",
-            ListChange::Filtered => "filtered",
-            ListChange::All => "all",
+            ListChange::Creates => "creates".into(),
+            ListChange::Filtered => "filtered".into(),
+            ListChange::All => "all".into(),
+            ListChange::Filters(p) => format!("[{}]", p.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")),
         }
     }
 }
@@ -69,6 +77,11 @@ pub fn list_tag(entity: &str) -> String {
 /// The tag a list entry carries when its query filters (any parameter but paging).
 pub fn filtered_tag(entity: &str) -> String {
     format!("filtered:{entity}")
+}
+
+/// The tag a list entry carries for each parameter it is filtered by.
+pub fn filter_tag(entity: &str, param: &str) -> String {
+    format!("filtered:{entity}:{param}")
 }
 
 /// Query parameters that page or bound a list without choosing its members.
@@ -311,5 +324,15 @@ mod tests {
         assert_eq!(tags(&bare, r#"{"username":"u"}"#), ["Profile:u"]);
         assert!(o.listed().is_empty());
         assert!(parse_path("articles").is_err() && parse_path("/a//b").is_err());
+    }
+
+    #[test]
+    fn list_changes() {
+        let p = |v: &[&str]| ListChange::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(p(&["creates"]).unwrap(), ListChange::Creates);
+        assert_eq!(p(&["all"]).unwrap(), ListChange::All);
+        assert_eq!(p(&["favorited"]).unwrap(), ListChange::Filters(vec!["favorited".into()]));
+        assert_eq!(p(&["favorited", "tag"]).unwrap().describe(), "[\"favorited\", \"tag\"]");
+        assert!(p(&[]).is_err() && p(&["limit"]).is_err() && p(&["a b"]).is_err());
     }
 }

@@ -164,32 +164,40 @@ pub fn infer(doc: &Document) -> Vec<Inferred> {
     out
 }
 
-/// `lists = "filtered"` when the collection's list GET filters by a parameter that is not a
-/// plain field of the item with the same type.
+/// `lists = ["p", ...]`: the collection's list GET filters by `p`, which is no part of what the
+/// item carries, so a write below an item (a favorite) can move it into such a list. A filter
+/// is carried when the item has a member of that name with the same scalar type, or an object
+/// of that name (`author`: its embedded profile), or a list whose name starts with it (`tag`:
+/// `tagList`); those lists change only when the item does (an update).
 fn list_change(doc: &Document, e: &mut Inferred) {
     let collections: Vec<&str> = e.items.iter().map(|i| i.trim_end_matches('/').rsplit_once('/').map_or("", |(c, _)| c)).collect();
     let Some(list) = doc.operations.iter().find(|o| o.method == "GET" && collections.contains(&o.path.trim_end_matches('/'))) else { return };
     let Some(schema) = e.schemas.first().and_then(|n| doc.root.pointer(&format!("/components/schemas/{n}"))) else { return };
     let props = schema.get("properties").and_then(Value::as_object);
+    let carried = |name: &str, kind: Option<&str>| -> bool {
+        let Some(props) = props else { return false };
+        if let Some(field) = props.get(name) {
+            let object = doc.resolve(field).is_some_and(|f| f.get("properties").is_some() || ref_name(field).is_some());
+            return object || (doc.scalar_type(field).is_some() && doc.scalar_type(field) == kind);
+        }
+        props.iter().any(|(k, v)| k.starts_with(name) && doc.resolve(v).is_some_and(|f| f.get("type").and_then(Value::as_str) == Some("array")))
+    };
     let relational: Vec<String> = list
         .query
         .iter()
-        .filter(|p| !PAGING.contains(&p.name.as_str()))
-        .filter(|p| {
-            let field = props.and_then(|m| m.get(&p.name)).and_then(|f| doc.scalar_type(f));
-            field.is_none() || field != p.kind.as_deref()
-        })
-        .map(|p| format!("`{}`", p.name))
+        .filter(|p| !PAGING.contains(&p.name.as_str()) && !carried(&p.name, p.kind.as_deref()))
+        .map(|p| p.name.clone())
         .collect();
     if !relational.is_empty() {
-        e.lists = ListChange::Filtered;
+        let names: Vec<String> = relational.iter().map(|p| format!("`{p}`")).collect();
         e.lists_why = Some(format!(
-            "GET {} filters by {}, which {} not a field of {} with that type: a write to one item (a favorite, a tag) can change which filtered lists hold it",
+            "GET {} filters by {}, which {} no part of {}: a write to one item (a favorite) can add it to such a list; its other filters change only when the item does",
             list.path,
-            relational.join(", "),
+            names.join(", "),
             if relational.len() == 1 { "is" } else { "are" },
             e.schemas.first().map_or("", String::as_str)
         ));
+        e.lists = ListChange::Filters(relational);
     }
 }
 

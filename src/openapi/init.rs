@@ -358,9 +358,9 @@ fn entities_section(out: &mut String, entities: &[Inferred]) {
         match &e.lists_why {
             Some(why) => {
                 comment(out, why);
-                let _ = writeln!(out, "lists = {}", q(e.lists.as_str()));
+                let _ = writeln!(out, "lists = {}", e.lists.describe());
             }
-            None => comment(out, "its lists change on creates and deletes, filtered ones on updates (lists = \"creates\"); say \"filtered\" or \"all\" if other writes reorder them"),
+            None => comment(out, "its lists change on creates and deletes, filtered ones on updates (lists = \"creates\"); say [\"param\"], \"filtered\" or \"all\" if other writes move items between them"),
         }
         out.push('\n');
     }

@@ -276,6 +276,11 @@ impl CacheStore for SharedStore {
         self.l1.purge_now(selector).unwrap_or(0)
     }
 
+    /// The L1 records every purge this replica made or was told of.
+    fn purged_since(&self, seq: u64, obj: &StoredObject) -> bool {
+        self.l1.purged_since_now(seq, obj)
+    }
+
     fn stats(&self) -> StoreStats {
         self.l1.stats_now()
     }

@@ -115,7 +115,7 @@ impl Metrics {
         let connections_refused = counter_vec(&registry, "fastgate_connections_refused_total", "Client connections closed before a request reached the proxy, by reason (max_connections, max_connections_per_client, header_timeout, malformed_head, head_too_large).", &["reason"])?;
         let cache_results = counter_vec(&registry, "fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS).", &["route", "result"])?;
         let cache_purged = counter_vec(&registry, "fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write).", &["cause"])?;
-        let cache_invalidations = counter_vec(&registry, "fastgate_cache_invalidations_total", "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag).", &["route", "reason"])?;
+        let cache_invalidations = counter_vec(&registry, "fastgate_cache_invalidations_total", "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag, entity, list).", &["route", "reason"])?;
         let cache_bytes = gauge(&registry, "fastgate_cache_size_bytes", "Bytes held by the cache store.")?;
         let cache_entries = gauge(&registry, "fastgate_cache_entries", "Objects held by the cache store.")?;
         let cache_evictions = gauge(&registry, "fastgate_cache_evictions_total", "Objects evicted by the store's size bound.")?;

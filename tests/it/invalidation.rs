@@ -205,3 +205,46 @@ invalidate_tags = ["item:{item_id}"]
     assert!(err.contains("route `x` has no path parameter `id`"), "{err}");
     assert!(err.contains("declares: item_id"), "{err}");
 }
+
+/// A read that was at the backend when a write dropped what it shows answers with the state
+/// before the write: it is served to its client, but not stored, so the next read goes to the
+/// backend instead of getting the old answer from the cache.
+#[tokio::test]
+async fn a_read_in_flight_during_a_write_is_not_stored() {
+    let backend = Backend::start();
+    let routes = r#"
+[[routes]]
+name = "held"
+match = { path = "/debug/hold/{key}" }
+upstream = "api"
+cache = { ttl = "60s", override_origin = true }
+
+[[routes]]
+name = "writes"
+match = { path = "/debug/echo/{what}" }
+upstream = "api"
+invalidate = ["/debug/hold/{what}"]
+"#;
+    let gw = Gateway::start(&config_for(&backend.addr(), routes));
+    let c = reqwest::Client::new();
+    let read = |c: reqwest::Client, url: String| tokio::spawn(async move { c.get(url).send().await.unwrap().headers()["x-cache"].to_str().unwrap().to_string() });
+
+    // a control: with no write meanwhile, the held read is stored
+    let first = read(c.clone(), gw.url("/debug/hold/calm"));
+    backend.wait_holding("calm", 1).await;
+    backend.release("calm").await;
+    assert_eq!(first.await.unwrap(), "MISS");
+    assert_eq!(c.get(gw.url("/debug/hold/calm")).send().await.unwrap().headers()["x-cache"], "HIT");
+
+    // the read is at the backend; a write drops its path; then the backend answers the read
+    let first = read(c.clone(), gw.url("/debug/hold/busy"));
+    backend.wait_holding("busy", 1).await;
+    assert_eq!(c.post(gw.url("/debug/echo/busy")).json(&json!({})).send().await.unwrap().status(), 200);
+    backend.release("busy").await;
+    assert_eq!(first.await.unwrap(), "MISS");
+    // not stored: the next read reaches the backend again (and is held there)
+    let second = read(c.clone(), gw.url("/debug/hold/busy"));
+    backend.wait_holding("busy", 1).await;
+    backend.release("busy").await;
+    assert_eq!(second.await.unwrap(), "MISS");
+}

@@ -10,6 +10,7 @@ mod caching;
 mod conformance;
 mod discovery;
 mod edge;
+mod entities;
 mod errors;
 mod fastapi;
 mod fuzz_regressions;

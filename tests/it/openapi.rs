@@ -74,6 +74,12 @@ async fn init_writes_a_file_that_runs_the_backend_and_keeps_reads_after_writes()
     assert!(text.contains("max_body = \"1KiB\""), "UserIn bounds the rename body:\n{text}");
     assert!(text.contains("health_check = { path = \"/healthz\""), "{text}");
     assert!(text.contains("\"/api/v1/items/**\"") && text.contains("a router included twice"), "{text}");
+    // items are an entity at both of the router's prefixes, identified by `id` (`{item_id}`)
+    assert!(text.contains("[entities.Item]\nid = \"id\"\nitem = [\"/api/items/{item_id}\", \"/api/v1/items/{item_id}\"]"), "{text}");
+    assert!(block(&text, "/api/v1/items").contains("entities = { \"/items/*\" = \"Item\""), "{text}");
+    // no maximum in the schema: the page size is still capped, and says why
+    let instruments = block(&text, "/api/instruments");
+    assert!(instruments.contains("pagination = { param = \"limit\", max = 1000") && instruments.contains("has no maximum in the schema"), "{instruments}");
 
     let gw = run_generated(&text);
     let c = reqwest::Client::new();

@@ -51,10 +51,10 @@ pub fn compile(cx: &mut Diagnostics<'_>, raw: BTreeMap<String, Spanned<RawEntity
         };
         let lists = match lists {
             None => ListChange::default(),
-            Some(l) => match ListChange::parse(l.get_ref()) {
-                Some(c) => c,
-                None => {
-                    cx.error::<()>(l.span(), format!("unknown `lists` {:?}", l.get_ref()), "\"creates\" (the default: lists change on creates and deletes, filtered lists on updates), \"filtered\" (filtered lists change on every write to an item), or \"all\"");
+            Some(l) => match ListChange::parse(&l.get_ref().0) {
+                Ok(c) => c,
+                Err(e) => {
+                    cx.error::<()>(l.span(), e, "\"creates\" (the default: lists change on creates and deletes, filtered lists on updates), [\"favorited\"] (the lists filtered by these change on every write to an item), \"filtered\" (every filtered list does), or \"all\"");
                     continue;
                 }
             },
