@@ -163,7 +163,8 @@ impl EntityRoute {
             named = true;
             out.push((Reason::List, PurgeSelector::Tag(entity::list_tag(e))));
         }
-        named
+        // a route whose answers say what a write changed names it there (at the body's end)
+        named || !self.written.is_empty()
     }
 
     /// Whether a write's answer is read for the entities it changed.

@@ -158,10 +158,47 @@ pub fn infer(doc: &Document) -> Vec<Inferred> {
             }
         }
     }
+    answered_entities(doc, &mut out);
     for e in &mut out {
         list_change(doc, e);
     }
     out
+}
+
+/// A schema with an `id` that a write answers with (bare, or one member deep: `{"user": ...}`)
+/// and that GET answers show is an entity too, without an item path: writes name it by their
+/// answer (renaming a user answers with the `Owner` every item embeds).
+fn answered_entities(doc: &Document, out: &mut Vec<Inferred>) {
+    let shown: BTreeSet<String> = doc.operations.iter().filter(|o| o.method == "GET").filter_map(|o| o.response.as_ref()).flat_map(|r| doc.contained(r)).collect();
+    for op in doc.operations.iter().filter(|o| o.is_write()) {
+        let Some(response) = op.response.as_ref() else { continue };
+        // the answer itself when it has an `id`; else an envelope's members (`{"user": ...}`)
+        let bare = ref_name(response).filter(|n| doc.has_property(&serde_json::json!({ "$ref": format!("#/components/schemas/{n}") }), "id"));
+        let candidates: Vec<String> = match bare {
+            Some(n) => vec![n.to_string()],
+            None => doc.object(response).map(|(props, _)| props.values().filter_map(|v| ref_name(v).map(str::to_string)).collect()).unwrap_or_default(),
+        };
+        for schema in candidates {
+            let known = out.iter().any(|e| e.schemas.contains(&schema));
+            let with_id = doc.has_property(&serde_json::json!({ "$ref": format!("#/components/schemas/{schema}") }), "id");
+            if known || !with_id || !shown.contains(&schema) {
+                continue;
+            }
+            let mut name = entity_name(&schema);
+            if out.iter().any(|e| e.name == name) {
+                name = schema.clone();
+            }
+            out.push(Inferred {
+                why: format!("{} {} answers {schema}, which has an `id` and which GET answers show; no GET item route serves one, so writes name it by their answer", op.method, op.path),
+                name,
+                id: "id".into(),
+                items: Vec::new(),
+                schemas: BTreeSet::from([schema]),
+                lists: ListChange::Creates,
+                lists_why: None,
+            });
+        }
+    }
 }
 
 /// `lists = ["p", ...]`: the collection's list GET filters by `p`, which is no part of what the

@@ -175,7 +175,7 @@ pub fn generate(doc: &Document, opts: &InitOptions) -> String {
         for (path, ops) in list {
             let fns: BTreeSet<String> = ops.iter().map(|o| function_name(o)).collect();
             let twins: Vec<&str> = all_paths.iter().filter(|(q, f)| q != path && *f == fns && twin(path, q)).map(|(q, _)| *q).collect();
-            let graph = Graph { gets: &gets, contained: &contained, twins: &twins, entities: &entities };
+            let graph = Graph { gets: &gets, contained: &contained, twins: &twins, entities: &entities, doc };
             route(&mut out, doc, path, ops, &graph, &mut names);
         }
     }
@@ -229,6 +229,7 @@ struct Graph<'a> {
     /// The same operations under other prefixes (a router included twice).
     twins: &'a [&'a str],
     entities: &'a [Inferred],
+    doc: &'a Document,
 }
 
 /// `a` and `b` are the same template under two literal prefixes: they end alike from their
@@ -350,12 +351,18 @@ fn entities_section(out: &mut String, entities: &[Inferred]) {
             let _ = write!(why, "; {} carry the same `{}`", also.join(", "), e.id);
         }
         comment(out, &format!("{}: {why}", e.name));
-        let items = match e.items.as_slice() {
-            [one] => q(one),
-            many => format!("[{}]", many.iter().map(|i| q(i)).collect::<Vec<_>>().join(", ")),
-        };
-        let _ = writeln!(out, "[entities.{}]\nid = {}\nitem = {items}", e.name, q(&e.id));
+        let _ = writeln!(out, "[entities.{}]\nid = {}", e.name, q(&e.id));
+        match e.items.as_slice() {
+            [] => {}
+            [one] => {
+                let _ = writeln!(out, "item = {}", q(one));
+            }
+            many => {
+                let _ = writeln!(out, "item = [{}]", many.iter().map(|i| q(i)).collect::<Vec<_>>().join(", "));
+            }
+        }
         match &e.lists_why {
+            _ if e.items.is_empty() => {}
             Some(why) => {
                 comment(out, why);
                 let _ = writeln!(out, "lists = {}", e.lists.describe());
@@ -366,16 +373,29 @@ fn entities_section(out: &mut String, entities: &[Inferred]) {
     }
 }
 
-/// What the `entities` rule drops for writes on `path`, when the route names an entity or its
-/// answers show one; `None` otherwise (the path rules apply).
-fn entity_writes(path: &str, entities: &[Inferred], answers_entities: bool) -> Option<String> {
+/// What writes on `path` drop by entities: the comment saying it, and whether the default
+/// rules apply or only `viewer` does; `None` when the route names no entity and answers with
+/// none (the path rules apply).
+///
+/// A write to a word below an item (`/api/articles/{slug}/comments`, `.../follow`) changes the
+/// item only if the item shows something of it: a member named after the word. None
+/// (`ArticleOut` has nothing of comments): it changes the thread, not the article. Only
+/// flags (`Profile.following`): it changes how the writer sees the item, which `viewer` drops.
+/// A count (`favoritesCount`, `review_count`): it changes the item for everyone.
+fn entity_writes(doc: &Document, path: &str, entities: &[Inferred], answers_entities: bool) -> Option<(String, bool)> {
     let route = PathTemplate::parse(path).ok()?;
     let mut parts = Vec::new();
+    let mut viewer_only = None;
     for e in entities {
-        for item in e.items.iter().filter_map(|i| PathTemplate::parse(i).ok()) {
+        for item_path in &e.items {
+            let Ok(item) = PathTemplate::parse(item_path) else { continue };
             if let Some((param, is_item)) = route.under_item(&item) {
                 let delete = if is_item { "; on a delete its lists and subtree too" } else { "" };
                 parts.push(format!("the {} it names ({}:{{{param}}}{delete})", e.name, e.name));
+                let tail = path.strip_prefix(item_path.as_str()).unwrap_or("").trim_matches('/');
+                if !is_item && !tail.is_empty() && !tail.contains(['/', '{']) {
+                    viewer_only = shows_of(doc, e, tail);
+                }
                 break;
             }
             if route.is_collection_of(&item) {
@@ -384,13 +404,34 @@ fn entity_writes(path: &str, entities: &[Inferred], answers_entities: bool) -> O
             }
         }
     }
+    if let Some(why) = viewer_only {
+        return Some((format!("{why}: writes here drop their own path and the writer's own entries (invalidate = [\"viewer\"])"), true));
+    }
     if answers_entities {
         parts.push("the entity its answer is (not the copies embedded in it)".into());
     }
     if parts.is_empty() {
         return None;
     }
-    Some(format!("writes here drop {}, the writer's own entries, and their own path (the default rules: invalidate = [\"entities\", \"viewer\"])", parts.join(", ")))
+    Some((format!("writes here drop {}, the writer's own entries, and their own path (the default rules: invalidate = [\"entities\", \"viewer\"])", parts.join(", ")), false))
+}
+
+/// Why a write to `word` below an item of `e` leaves the item as others see it, when it does:
+/// the item's schema has no member named after the word, or only true/false ones.
+fn shows_of(doc: &Document, e: &Inferred, word: &str) -> Option<String> {
+    let schema = e.schemas.first()?;
+    let reference = serde_json::json!({ "$ref": format!("#/components/schemas/{schema}") });
+    let props = doc.schema_at(&reference, &[])?.get("properties")?.as_object()?;
+    let w = word.to_ascii_lowercase();
+    let stem = w.strip_suffix('s').unwrap_or(&w);
+    let stem = stem.strip_suffix('e').unwrap_or(stem);
+    let named: Vec<(&String, &serde_json::Value)> = props.iter().filter(|(k, _)| k.to_ascii_lowercase().replace('_', "").contains(stem)).collect();
+    if named.is_empty() {
+        return Some(format!("{schema} shows nothing of `{word}` (no member named after it): a write here changes what is below the {}, not the {} itself", e.name, e.name));
+    }
+    let flags = named.iter().all(|(_, v)| doc.schema_at(v, &[]).and_then(|s| s.get("type")).and_then(serde_json::Value::as_str) == Some("boolean"));
+    let names: Vec<String> = named.iter().map(|(k, _)| format!("`{k}`")).collect();
+    flags.then(|| format!("{schema} shows `{word}` only as {}, a flag of the reader's: a write here changes how the writer sees the {}, not what others see", names.join(", "), e.name))
 }
 
 fn body_cap(out: &mut String, doc: &Document, ops: &[&Operation]) {
@@ -418,7 +459,7 @@ fn invalidation(out: &mut String, path: &str, ops: &[&Operation], graph: &Graph<
     if writers.is_empty() {
         return;
     }
-    if let Some(text) = entity_writes(path, graph.entities, answers_entities) {
+    if let Some((text, viewer_only)) = entity_writes(graph.doc, path, graph.entities, answers_entities) {
         comment(out, &text);
         // a router included twice: its other copy of this path is not tagged with what a
         // write below an item changes (a review list), so it is named
@@ -426,7 +467,10 @@ fn invalidation(out: &mut String, path: &str, ops: &[&Operation], graph: &Graph<
         let twins: Vec<String> = graph.twins.iter().map(|t| pattern(t, &own)).collect();
         if !twins.is_empty() {
             comment(out, &format!("{} serve the same operations (a router included twice): their copies of this path go too", graph.twins.join(", ")));
-            let list: Vec<String> = ["entities", "viewer"].iter().map(|s| q(s)).chain(twins.iter().map(|p| q(p))).collect();
+        }
+        let rules: &[&str] = if viewer_only { &["viewer"] } else { &["entities", "viewer"] };
+        if viewer_only || !twins.is_empty() {
+            let list: Vec<String> = rules.iter().map(|s| q(s)).chain(twins.iter().map(|p| q(p))).collect();
             let _ = writeln!(out, "invalidate = [{}]", list.join(", "));
         }
         return;

@@ -248,3 +248,76 @@ invalidate = ["/debug/hold/{what}"]
     backend.release("busy").await;
     assert_eq!(second.await.unwrap(), "MISS");
 }
+
+/// A write that names its entity only in its answer: renaming a user (`PUT
+/// /api/users/{user_id}/profile` answers with the `Owner`) drops every item that embeds that
+/// owner, read from the answer's body before its last chunk is sent, and nothing else.
+#[tokio::test]
+async fn a_write_answer_names_the_entity_it_changed() {
+    let backend = Backend::start();
+    let routes = r#"
+# owners have no item path of their own here: only answers name them
+[entities.Owner]
+id = "id"
+
+[defaults]
+cache = { ttl = "60s" }
+
+[[routes]]
+name = "items"
+match = { path = "/api/items" }
+upstream = "api"
+entities = { "/items/*/owner" = "Owner" }
+
+[[routes]]
+name = "item"
+match = { path = "/api/items/{item_id}" }
+upstream = "api"
+entities = { "/owner" = "Owner" }
+
+[[routes]]
+name = "profile"
+match = { path = "/api/users/{user_id}/profile" }
+upstream = "api"
+entities = { "/" = "Owner" }
+
+[[routes]]
+name = "debug"
+match = { path_prefix = "/debug" }
+upstream = "api"
+cache = "off"
+"#;
+    let gw = Gateway::start(&config_for(&backend.addr(), routes));
+    let c = reqwest::Client::new();
+    let owner = |v: &Value| v["owner"]["id"].as_str().unwrap().to_string();
+    let item2 = direct(&backend, "/api/items/2").await;
+    let bob = owner(&item2);
+    // an item someone else owns
+    let mut other = String::new();
+    for n in 3..20 {
+        if owner(&direct(&backend, &format!("/api/items/{n}")).await) != bob {
+            other = format!("/api/items/{n}");
+            break;
+        }
+    }
+    let xc = |r: &reqwest::Response| r.headers()["x-cache"].to_str().unwrap().to_string();
+    for p in ["/api/items/2", "/api/items?limit=60", other.as_str()] {
+        c.get(gw.url(p)).send().await.unwrap();
+        assert_eq!(xc(&c.get(gw.url(p)).send().await.unwrap()), "HIT", "{p} is cached");
+    }
+    let r = c.put(gw.url(&format!("/api/users/{bob}/profile"))).header("authorization", ADMIN).json(&json!({"name": "Robert"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], bob.as_str());
+    // every copy that shows bob answers with his new name, on this connection and a new one
+    for client in [c.clone(), reqwest::Client::new()] {
+        let item = client.get(gw.url("/api/items/2")).send().await.unwrap().json::<Value>().await.unwrap();
+        assert_eq!(item["owner"]["name"], "Robert");
+        let list = client.get(gw.url("/api/items?limit=60")).send().await.unwrap().json::<Value>().await.unwrap();
+        let names: Vec<&Value> = list["items"].as_array().unwrap().iter().filter(|i| i["owner"]["id"] == bob.as_str()).map(|i| &i["owner"]["name"]).collect();
+        assert!(!names.is_empty() && names.iter().all(|n| *n == "Robert"), "{list}");
+    }
+    // an item of someone else's is still served from the cache
+    assert_eq!(xc(&c.get(gw.url(&other)).send().await.unwrap()), "HIT", "{other}");
+    let metrics = gw.metrics().await;
+    assert!(metric_value(&metrics, "fastgate_cache_invalidations_total{reason=\"entity\",route=\"profile\"}").unwrap_or(0.0) >= 2.0, "{metrics}");
+}
