@@ -64,9 +64,14 @@ impl ListChange {
     }
 }
 
-/// The tag of one entity instance: `Article:how-to-train`.
+/// The tag of one entity instance: `Article:how-to-train`. Built by hand: a stored list makes
+/// hundreds, and the formatting machinery was a fifth of the cost of reading one.
 pub fn tag(entity: &str, id: &str) -> String {
-    format!("{entity}:{id}")
+    let mut t = String::with_capacity(entity.len() + 1 + id.len());
+    t.push_str(entity);
+    t.push(':');
+    t.push_str(id);
+    t
 }
 
 /// The tag every list entry of an entity's collection carries.

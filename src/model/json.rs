@@ -41,6 +41,19 @@ impl Scan<'_> {
     /// At a `"`: moves past the closing one.
     pub fn string(&mut self) -> Result<(), NotJson> {
         self.i += 1;
+        // most strings (member names, identifiers) are short: a plain look at the first bytes
+        // costs less than setting up the vector search
+        let end = self.b.len().min(self.i + 24);
+        while self.i < end {
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                b'\\' => break,
+                _ => self.i += 1,
+            }
+        }
         loop {
             let at = memchr::memchr2(b'"', b'\\', self.b.get(self.i..).ok_or(NotJson)?).ok_or(NotJson)?;
             self.i += at;
@@ -110,16 +123,18 @@ impl<'a> Scan<'a> {
     }
 
     /// A string's text or a number's digits; `None` for anything else (skipped).
-    pub fn scalar(&mut self) -> Result<Option<String>, NotJson> {
+    pub fn scalar(&mut self) -> Result<Option<std::borrow::Cow<'a, str>>, NotJson> {
+        use std::borrow::Cow;
         self.ws();
         let start = self.i;
         let first = self.peek()?;
         self.skip()?;
-        let raw = &self.b[start..self.i];
+        let b: &'a [u8] = self.b;
+        let raw = &b[start..self.i];
         Ok(match first {
-            b'"' if !raw.contains(&b'\\') => std::str::from_utf8(&raw[1..raw.len() - 1]).ok().map(str::to_string),
-            b'"' => serde_json::from_slice::<String>(raw).ok(),
-            b'-' | b'0'..=b'9' => std::str::from_utf8(raw).ok().map(str::to_string),
+            b'"' if !raw.contains(&b'\\') => std::str::from_utf8(&raw[1..raw.len() - 1]).ok().map(Cow::Borrowed),
+            b'"' => serde_json::from_slice::<String>(raw).ok().map(Cow::Owned),
+            b'-' | b'0'..=b'9' => std::str::from_utf8(raw).ok().map(Cow::Borrowed),
             _ => None,
         })
     }
