@@ -15,7 +15,7 @@ pub type Target = fn(&[u8]);
 
 /// The targets, by name, as `fuzz/` and the regression test call them.
 pub const TARGETS: &[(&str, Target)] =
-    &[("config", config), ("path", path), ("head", head), ("headers", headers), ("cache_key", cache_key)];
+    &[("config", config), ("path", path), ("head", head), ("headers", headers), ("cache_key", cache_key), ("json", json)];
 
 /// A routes file: compiled, or refused with diagnostics that render (carets on char
 /// boundaries, whatever the bytes).
@@ -91,4 +91,29 @@ pub fn cache_key(data: &[u8]) {
     let b = policy.key("example.com", path, query, &headers, |_| None);
     assert_eq!(a.0, b.0, "the key of {s:?} is stable");
     let _ = cache::url_identity(path, query, &policy.ignore_query);
+}
+
+/// A backend's JSON body, as field selection and the entity scan read it (one pass, no tree):
+/// whatever the bytes, nothing panics and at most `MAX_TAGS` tags come out; a body that is
+/// JSON is read to its end by both, and a selection from it is JSON too.
+pub fn json(data: &[u8]) {
+    use crate::model::entity::{parse_path, Occurrences, MAX_TAGS};
+    use crate::policy::fields::{filter, Selector};
+    let mut occ = Occurrences::default();
+    for (p, e, id) in [("/", "A", "id"), ("/items/*", "B", "id"), ("/items/*/owner", "C", "name"), ("/a/b", "D", "k")] {
+        if let Ok(steps) = parse_path(p) {
+            occ.add(&steps, e, id);
+        }
+    }
+    let mut tags = Vec::new();
+    let read = occ.collect(data, &mut tags);
+    assert!(tags.len() <= MAX_TAGS);
+    let valid = serde_json::from_slice::<serde_json::Value>(data).is_ok();
+    let Ok(sel) = Selector::parse("id,items.id,items.owner.name,a") else { return };
+    let selected = filter(data, &sel);
+    if valid {
+        assert!(read.is_ok(), "the entity scan refused JSON");
+        let out = selected.unwrap_or_else(|_| panic!("field selection refused JSON"));
+        assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok(), "a selection from JSON is not JSON");
+    }
 }

@@ -467,3 +467,73 @@ async fn a_lost_subscription_drops_the_local_tier_and_a_purge_while_down_is_503(
     }
     assert!(a.log().contains("redis subscription lost; resubscribing"), "{}", common::tail(&a.log(), 20));
 }
+
+const ENTITIES: &str = r#"
+[entities.Item]
+id = "id"
+item = "/api/items/{item_id}"
+
+[entities.Owner]
+id = "id"
+
+[defaults]
+cache = { ttl = "60s" }
+
+[[routes]]
+name = "items"
+match = { path = "/api/items" }
+upstream = "api"
+entities = { "/items/*" = "Item", "/items/*/owner" = "Owner" }
+
+[[routes]]
+name = "item"
+match = { path = "/api/items/{item_id}" }
+upstream = "api"
+entities = { "/" = "Item", "/owner" = "Owner" }
+
+[[routes]]
+name = "profile"
+match = { path = "/api/users/{user_id}/profile" }
+upstream = "api"
+entities = { "/" = "Owner" }
+"#;
+
+/// Entity tags are shared like every tag: a write through A drops, on B, the entries that show
+/// what it changed (by its path, and by its answer, which is purged after the answer's end)
+/// and nothing else.
+#[tokio::test]
+async fn entity_writes_reach_every_replica() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let (a, b) = pair(&redis, &backend, "ent:", "", ENTITIES).await;
+    let c = reqwest::Client::new();
+    let owner = |v: &Value| v["owner"]["id"].as_str().unwrap().to_string();
+    let bob = owner(&get(&a, "/api/items/2").await.0);
+    let mut other = String::new();
+    for n in 3..20 {
+        if owner(&get(&a, &format!("/api/items/{n}")).await.0) != bob {
+            other = format!("/api/items/{n}");
+            break;
+        }
+    }
+    for p in ["/api/items/2", "/api/items/4", "/api/items?limit=60", other.as_str()] {
+        get(&a, p).await;
+        assert_eq!(get(&b, p).await.1, "HIT", "{p} shared");
+    }
+    // a write naming Item:4 by its path, through A
+    let patch = c.patch(a.url("/api/items/4")).header("authorization", "Bearer admin").json(&json!({"price": 55.0})).send().await.unwrap();
+    assert_eq!(patch.status(), 200);
+    until_miss(&b, "/api/items/4").await;
+    assert_eq!(get(&b, "/api/items/4").await.0["price"], 55.0);
+    assert_ne!(get(&b, "/api/items?limit=60").await.1, "HIT", "the list showing it went too");
+    assert_eq!(get(&b, "/api/items/2").await.1, "HIT", "another item stays");
+    // a write naming Owner:bob by its answer, through A
+    get(&b, "/api/items?limit=60").await;
+    let r = c.put(a.url(&format!("/api/users/{bob}/profile"))).header("authorization", "Bearer admin").json(&json!({"name": "Robert"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = until_miss(&b, "/api/items/2").await;
+    eprintln!("a write's answer through A seen on B after {seen:?}");
+    assert_eq!(get(&b, "/api/items/2").await.0["owner"]["name"], "Robert");
+    assert_ne!(get(&b, "/api/items?limit=60").await.1, "HIT");
+    assert_eq!(get(&b, &other).await.1, "HIT", "{other}: someone else's item stays");
+}
