@@ -20,6 +20,7 @@ pub mod policy;
 pub mod problem;
 pub mod proxy;
 pub mod reload;
+pub mod routetest;
 pub mod routing;
 pub mod runtime;
 pub mod shared_state;

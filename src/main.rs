@@ -60,6 +60,10 @@ enum Command {
         /// `json`: the findings (and config errors) as one JSON object, for CI.
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
+        /// Route tests: sample requests and what each must come to (route, cache decision and
+        /// key, rate-limit keys, the path the backend receives, a deny); exit 1 when one fails.
+        #[arg(long = "test", value_name = "TESTS.toml")]
+        tests: Option<PathBuf>,
     },
     /// Write a commented routes file from the backend's OpenAPI document.
     Init {
@@ -88,7 +92,10 @@ fn main() -> ExitCode {
     fastgate::tls::install_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, openapi, format } => check(&config.config, openapi.as_deref(), format),
+        Command::Check { config, openapi, format, tests } => match tests {
+            Some(t) => route_tests(&config.config, &t, format),
+            None => check(&config.config, openapi.as_deref(), format),
+        },
         Command::Probe { url } => probe(&url),
         Command::Init { from_openapi, upstream, listen, output } => init(&from_openapi, upstream, listen, output),
         Command::Run { config, log_format, upgrade } => {
@@ -266,6 +273,47 @@ fn check(path: &std::path::Path, openapi: Option<&str>, format: CheckFormat) -> 
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+/// `check --test`: each test's outcome; the expected and the actual row of every failure.
+fn route_tests(path: &std::path::Path, tests: &std::path::Path, format: CheckFormat) -> ExitCode {
+    use std::io::Write as _;
+    let plan = match config::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = tests.display().to_string();
+    let outcomes = match std::fs::read_to_string(tests)
+        .map_err(|err| fastgate::routetest::TestFileError::Read { file: file.clone(), err })
+        .and_then(|text| fastgate::routetest::run(&plan, &file, &text))
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    let text = if format == CheckFormat::Json {
+        format!("{}\n", serde_json::json!({"ok": failed == 0, "passed": outcomes.len() - failed, "failed": failed, "tests": outcomes}))
+    } else {
+        let mut out = String::new();
+        for o in &outcomes {
+            if o.ok {
+                out.push_str(&format!("ok    {}\n", o.name));
+            } else {
+                let row = |r: &fastgate::routetest::Row| serde_json::to_string(r).unwrap_or_default();
+                out.push_str(&format!("FAIL  {}\n      expected {}\n      actual   {}\n", o.name, row(&o.expected), row(&o.actual)));
+            }
+        }
+        out.push_str(&format!("{file}: {} passed, {failed} failed\n", outcomes.len() - failed));
+        out
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 /// The admin URL's status over a plain socket (`client::get`): the runtime image needs no curl.
 fn probe(url: &str) -> ExitCode {
     match fastgate::client::get(url, std::time::Duration::from_secs(2)) {
@@ -296,7 +344,14 @@ fn init(source: &str, upstream: Option<String>, listen: String, output: Option<P
     };
     let text = init::generate(&doc, &init::InitOptions { source: source.to_string(), upstream, listen });
     let written = match &output {
-        Some(path) => std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display())),
+        Some(path) => std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display())).and_then(|()| {
+            // route tests beside the routes file, from what its table says today
+            let tests = path.with_extension("tests.toml");
+            match config::load_str(&path.display().to_string(), &text) {
+                Ok(plan) => std::fs::write(&tests, fastgate::routetest::starter(&plan)).map_err(|e| format!("{}: {e}", tests.display())),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
         None => {
             use std::io::Write as _;
             std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| e.to_string())

@@ -44,8 +44,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("bootstrap", &["model", "app", "reload", "proxy", "admin"]),
     // tools beside the server
     ("openapi", &["model", "client", "cache", "policy", "config"]),
+    ("routetest", &["model", "cache", "policy", "config"]),
     ("fuzzing", &["model", "cache", "policy", "config", "proxy", "edge"]),
-    ("main", &["model", "client", "shared_state", "discovery", "tls", "telemetry", "cache", "config", "runtime", "app", "bootstrap", "openapi"]),
+    ("main", &["model", "client", "shared_state", "discovery", "tls", "telemetry", "cache", "config", "runtime", "app", "bootstrap", "openapi", "routetest"]),
 ];
 
 /// Text that builds live state: never in config.

@@ -4,6 +4,7 @@
 
 use super::template::{Params, PathTemplate};
 use http::Method;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::fmt;
 use std::sync::Arc;
@@ -127,6 +128,125 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':')
         .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
         .map_or(host, |(h, _)| h)
+}
+
+/// What a table of routes needs of each: its matcher, and whether it denies.
+pub trait Routed {
+    fn matcher(&self) -> &Matcher;
+    fn denies(&self) -> bool;
+}
+
+/// Routes in precedence order, looked up as a request is: the live route table
+/// (`routing::RouteTable`) and `fastgate check --test` (over the plan's routes) are this one.
+#[derive(Debug)]
+pub struct Table<T> {
+    routes: Vec<T>,
+    /// Some route denies: other spellings of a path are checked against the deny routes.
+    has_deny: bool,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table { routes: Vec::new(), has_deny: false }
+    }
+}
+
+impl<T: Routed> Table<T> {
+    pub fn new(mut routes: Vec<T>) -> Self {
+        // stable: equal ranks keep file order
+        routes.sort_by_key(|r| Reverse(r.matcher().rank()));
+        let has_deny = routes.iter().any(Routed::denies);
+        Table { routes, has_deny }
+    }
+
+    /// The route for a request and its path parameters. `path` must already be normalized.
+    ///
+    /// When the table denies some paths, the path is also looked up in its folded spelling
+    /// (lower case, `;` parameters cut from segments), and a deny route found that way wins:
+    /// `/ADMIN` and `/admin;x=1` are denied with `/admin` whatever the backend makes of them.
+    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&T, Params)> {
+        let found = self.find(method, host, path);
+        if !self.has_deny || found.as_ref().is_some_and(|(r, _)| r.denies()) {
+            return found;
+        }
+        if let Cow::Owned(folded) = fold(path)
+            && let Some((r, _)) = self.find(method, host, &folded)
+            && r.denies()
+        {
+            // the parameters would index the folded path; a denied request uses none
+            return Some((r, Params::default()));
+        }
+        found
+    }
+
+    /// For a request no route took: the methods the routes serving its path and host take
+    /// (RFC 9110 15.5.6: 405 with `Allow`), in a fixed order; `None` when no route serves the
+    /// path at all (404). Deny routes are left out: their methods are not advertised.
+    pub fn allowed(&self, host: Option<&str>, path: &str) -> Option<String> {
+        let mut methods: Vec<&Method> = Vec::new();
+        for r in self.routes.iter().filter(|r| !r.denies()) {
+            let Some(list) = &r.matcher().methods else { continue };
+            let Some(any) = list.first() else { continue };
+            if r.matcher().matches(any, host, path).is_some() {
+                methods.extend(list.iter().filter(|m| !methods.contains(m)).collect::<Vec<_>>());
+            }
+        }
+        if methods.is_empty() {
+            return None;
+        }
+        const ORDER: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+        methods.sort_by_key(|m| (ORDER.iter().position(|o| *o == m.as_str()).unwrap_or(ORDER.len()), m.as_str().to_string()));
+        Some(methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))
+    }
+
+    fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&T, Params)> {
+        self.routes.iter().find_map(|r| Some((r, r.matcher().matches(method, host, path)?)))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// `path` lower-cased with `;` parameters cut from its segments; borrowed when that changes
+/// nothing.
+fn fold(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut in_params = false;
+    for c in path.chars() {
+        match c {
+            '/' => {
+                in_params = false;
+                out.push('/');
+            }
+            ';' => in_params = true,
+            c if !in_params => out.push(c.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn folding_lowers_and_cuts_segment_parameters() {
+        assert_eq!(fold("/A;b/C;d=e/f"), "/a/c/f");
+        assert!(matches!(fold("/plain/path"), Cow::Borrowed(_)));
+    }
 }
 
 #[cfg(test)]

@@ -14,13 +14,9 @@
 //! never `/api/marketing`.
 
 use crate::policy::PolicyDef;
-use crate::model::matcher::Matcher;
-use crate::model::template::Params;
+use crate::model::matcher::{Matcher, Routed, Table};
 use crate::policy::RoutePolicies;
 use crate::upstream::Upstream;
-use http::Method;
-use std::borrow::Cow;
-use std::cmp::Reverse;
 use std::sync::Arc;
 
 
@@ -78,102 +74,17 @@ impl Route {
     }
 }
 
-/// Routes in precedence order.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    routes: Vec<Arc<Route>>,
-    /// Some route denies: other spellings of a path are checked against the deny routes.
-    has_deny: bool,
-}
+/// The live routes in precedence order: `model::matcher::Table` over materialized routes.
+pub type RouteTable = Table<Arc<Route>>;
 
-
-impl RouteTable {
-    pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
-        // stable: equal ranks keep file order
-        routes.sort_by_key(|r| Reverse(r.matcher.rank()));
-        let has_deny = routes.iter().any(|r| matches!(r.target, Target::Deny(_)));
-        RouteTable { routes, has_deny }
+impl Routed for Arc<Route> {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
     }
 
-    /// The route for a request and its path parameters. `path` must already be normalized.
-    ///
-    /// When the table denies some paths, the path is also looked up in its folded spelling
-    /// (lower case, `;` parameters cut from segments), and a deny route found that way wins:
-    /// `/ADMIN` and `/admin;x=1` are denied with `/admin` whatever the backend makes of them.
-    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&Arc<Route>, Params)> {
-        let found = self.find(method, host, path);
-        if !self.has_deny || found.as_ref().is_some_and(|(r, _)| matches!(r.target, Target::Deny(_))) {
-            return found;
-        }
-        if let Cow::Owned(folded) = fold(path)
-            && let Some((r, _)) = self.find(method, host, &folded)
-            && matches!(r.target, Target::Deny(_))
-        {
-            // the parameters would index the folded path; a denied request uses none
-            return Some((r, Params::default()));
-        }
-        found
+    fn denies(&self) -> bool {
+        matches!(self.target, Target::Deny(_))
     }
-
-    /// For a request no route took: the methods the routes serving its path and host take
-    /// (RFC 9110 15.5.6: 405 with `Allow`), in a fixed order; `None` when no route serves the
-    /// path at all (404). Deny routes are left out: their methods are not advertised.
-    pub fn allowed(&self, host: Option<&str>, path: &str) -> Option<String> {
-        let mut methods: Vec<&Method> = Vec::new();
-        for r in self.routes.iter().filter(|r| matches!(r.target, Target::Upstream(_))) {
-            let Some(list) = &r.matcher.methods else { continue };
-            let Some(any) = list.first() else { continue };
-            if r.matcher.matches(any, host, path).is_some() {
-                methods.extend(list.iter().filter(|m| !methods.contains(m)).collect::<Vec<_>>());
-            }
-        }
-        if methods.is_empty() {
-            return None;
-        }
-        const ORDER: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
-        methods.sort_by_key(|m| (ORDER.iter().position(|o| *o == m.as_str()).unwrap_or(ORDER.len()), m.as_str().to_string()));
-        Some(methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))
-    }
-
-    fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(&Arc<Route>, Params)> {
-        self.routes
-            .iter()
-            .find_map(|r| Some((r, r.matcher.matches(method, host, path)?)))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-}
-
-/// `path` lower-cased with `;` parameters cut from its segments; borrowed when that changes
-/// nothing.
-fn fold(path: &str) -> Cow<'_, str> {
-    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b';') {
-        return Cow::Borrowed(path);
-    }
-    let mut out = String::with_capacity(path.len());
-    let mut in_params = false;
-    for c in path.chars() {
-        match c {
-            '/' => {
-                in_params = false;
-                out.push('/');
-            }
-            ';' => in_params = true,
-            c if !in_params => out.push(c.to_ascii_lowercase()),
-            _ => {}
-        }
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -191,6 +102,11 @@ mod tests {
     }
 
     fn table(ms: Vec<(&str, Matcher)>) -> RouteTable {
+        table_denying(ms, "")
+    }
+
+    /// The routes, the one named `deny` denying.
+    fn table_denying(ms: Vec<(&str, Matcher)>, deny: &str) -> RouteTable {
         let up = Arc::new(Upstream::for_tests());
         RouteTable::new(
             ms.into_iter()
@@ -198,7 +114,7 @@ mod tests {
                     Arc::new(Route {
                         name: name.into(),
                         matcher,
-                        target: Target::Upstream(up.clone()),
+                        target: if name == deny { Target::Deny(crate::problem::Problem::NotFound) } else { Target::Upstream(up.clone()) },
                         def: PolicyDef::builtin(),
                         policies: Default::default(),
                         streaming: false,
@@ -216,25 +132,20 @@ mod tests {
 
     #[test]
     fn a_denied_path_is_denied_in_any_case_and_with_segment_parameters() {
-        let mut t = table(vec![
-            ("all", m(PathMatch::Prefix(String::new()), None, None)),
-            ("admin", m(PathMatch::Prefix("/admin".into()), None, None)),
-            ("public", m(PathMatch::Exact("/admin/public".into()), None, None)),
-        ]);
-        for r in &mut t.routes {
-            if r.name == "admin" {
-                Arc::get_mut(r).unwrap().target = Target::Deny(crate::problem::Problem::NotFound);
-            }
-        }
-        t.has_deny = true;
+        let t = table_denying(
+            vec![
+                ("all", m(PathMatch::Prefix(String::new()), None, None)),
+                ("admin", m(PathMatch::Prefix("/admin".into()), None, None)),
+                ("public", m(PathMatch::Exact("/admin/public".into()), None, None)),
+            ],
+            "admin",
+        );
         for p in ["/admin", "/ADMIN", "/Admin/users", "/admin;jsessionid=1/users", "/admin;x"] {
             assert_eq!(hit(&t, "GET", None, p).as_deref(), Some("admin"), "{p}");
         }
         // a more specific route still wins, and other paths are untouched
         assert_eq!(hit(&t, "GET", None, "/admin/public").as_deref(), Some("public"));
         assert_eq!(hit(&t, "GET", None, "/Other;x").as_deref(), Some("all"));
-        assert_eq!(fold("/A;b/C;d=e/f"), "/a/c/f");
-        assert!(matches!(fold("/plain/path"), Cow::Borrowed(_)));
     }
 
     #[test]

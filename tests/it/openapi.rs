@@ -164,6 +164,13 @@ async fn init_refuses_what_it_cannot_use() {
     assert!(text.contains(&format!("servers = [\"{}\"]", backend.addr())), "{text}");
     assert!(text.contains("[server]\nlisten = \"0.0.0.0:8080\"\n"), "the default listen: {text}");
     assert!(common::check_config(&text).status.success());
+    // route tests beside it, one request per route, which the file passes
+    let tests = dir.path().join("fastgate.tests.toml");
+    let starter = std::fs::read_to_string(&tests).unwrap();
+    assert!(starter.contains("request = \"GET /api/v1/items/1\"\nexpect = { route = \"get_item-api-v1\", cache = \"cached\" }"), "{starter}");
+    let out = fastgate_command().args(["check", "-c"]).arg(&written).arg("--test").arg(&tests).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains(" passed, 0 failed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     // --listen: the address the generated file serves on
     let out = init(&["--from-openapi", &backend.url("/openapi.json"), "--listen", "127.0.0.1:18080"]);
     let text = String::from_utf8(out.stdout).unwrap();

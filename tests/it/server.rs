@@ -382,3 +382,92 @@ async fn json_hash(gw: &Gateway) -> serde_json::Value {
     let ready: serde_json::Value = reqwest::get(gw.admin_url("/readyz")).await.unwrap().json().await.unwrap();
     ready["config_hash"].clone()
 }
+
+const ROUTED: &str = r#"
+[upstreams.api]
+servers = ["127.0.0.1:8000"]
+
+[[routes]]
+name = "items"
+match = { path = "/api/items", methods = ["GET", "POST"] }
+upstream = "api"
+cache = { ttl = "60s", key = { headers = ["authorization"] } }
+rate_limit = [{ rate = "5/s", key = "header:x-api-key", name = "per-key", on_missing_key = "client_ip" }]
+
+[[routes]]
+name = "item"
+match = { path = "/api/items/{item_id}" }
+upstream = "api"
+cache = "on"
+rate_limit = [{ rate = "5/s", key = "path:item_id", name = "per-item" }]
+
+[[routes]]
+name = "admin"
+match = { path_prefix = "/admin" }
+action = "deny"
+"#;
+
+const PASSING: &str = r#"
+[[test]]
+name = "a reader's list is cached under their token"
+request = "GET /api/items?offset=20&limit=10"
+headers = { authorization = "Bearer alice", x-api-key = "k1" }
+expect = { route = "items", cache = "cached", cache_key = ["/api/items?limit=10&offset=20", "authorization=Bearer alice"], rate_limits = ["per-key: x-api-key=k1"] }
+
+[[test]]
+request = "POST /api/items"
+expect = { route = "items", cache = "bypass: method", rate_limits = ["per-key: missing, by client 127.0.0.1"] }
+
+[[test]]
+name = "credentials the key does not name bypass the cache"
+request = "GET /api/items/7"
+headers = { authorization = "Bearer alice" }
+expect = { route = "item", cache = "bypass: credentials", rate_limits = ["per-item: item_id=7"] }
+
+[[test]]
+name = "the backend receives the normalized path"
+request = "GET /api/./items/../items/7"
+expect = { route = "item", path = "/api/items/7" }
+
+[[test]]
+name = "every spelling of a denied path is denied"
+request = "GET /ADMIN;x=1/users"
+expect = { route = "admin", deny = 404 }
+
+[[test]]
+request = "DELETE /api/items"
+expect = { route = "none: 405 (allow GET, POST)" }
+"#;
+
+#[test]
+fn route_tests_hold_the_table_to_what_a_team_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, ROUTED).unwrap();
+    let tests = dir.path().join("routes.tests.toml");
+    std::fs::write(&tests, PASSING).unwrap();
+    let out = fastgate().args(["check", "-c"]).arg(&routes).arg("--test").arg(&tests).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("6 passed, 0 failed") && stdout.contains("ok    a reader's list is cached under their token"), "{stdout}");
+
+    // a failure prints the expected and the actual row, and fails the run
+    let failing = "[[test]]\nrequest = \"GET /api/items/7\"\nexpect = { route = \"items\", cache = \"cached\" }\n";
+    std::fs::write(&tests, failing).unwrap();
+    let out = fastgate().args(["check", "-c"]).arg(&routes).arg("--test").arg(&tests).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("FAIL  GET /api/items/7"), "{stdout}");
+    assert!(stdout.contains(r#"expected {"route":"items","cache":"cached"}"#) && stdout.contains(r#"actual   {"route":"item","cache":"cached"}"#), "{stdout}");
+    // and as JSON, for CI
+    let out = fastgate().args(["check", "--format", "json", "-c"]).arg(&routes).arg("--test").arg(&tests).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["ok"].as_bool(), v["failed"].as_u64()), (Some(false), Some(1)), "{v}");
+    assert_eq!(v["tests"][0]["actual"]["route"], "item");
+
+    // a test file that is not one says where
+    std::fs::write(&tests, "[[test]]\nrequest = \"GET /x\"\nexpect = { rute = \"x\" }\n").unwrap();
+    let out = fastgate().args(["check", "-c"]).arg(&routes).arg("--test").arg(&tests).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("routes.tests.toml") && stderr.contains("line 3") && stderr.contains("rute"), "{stderr}");
+}

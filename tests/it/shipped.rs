@@ -119,3 +119,25 @@ fn check_passes_the_compose_configs_off_their_network_with_a_warning() {
         assert!(!said.contains("unknown upstream"), "{file}: {said}");
     }
 }
+
+/// Every shipped config comes with route tests (`config/NAME.tests.toml`), and they pass.
+#[test]
+fn the_shipped_configs_pass_their_route_tests() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".toml") || name.ends_with(".tests.toml") {
+            continue;
+        }
+        let tests = path.with_extension("tests.toml");
+        assert!(tests.exists(), "{name} has no route tests ({})", tests.display());
+        let out = common::fastgate_command().env("FASTGATE_ADMIN_TOKEN", "a-token-for-the-tests-only").args(["check", "-c"]).arg(&path).arg("--test").arg(&tests).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+        ran += 1;
+    }
+    assert_eq!(ran, 3, "fastgate.toml, edge.toml and sidecar.toml");
+}
