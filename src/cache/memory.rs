@@ -29,9 +29,12 @@ impl moka::Expiry<StoreKey, Entry> for Expiry {
     }
 }
 
-type Index = DashMap<String, HashSet<StoreKey>>;
+/// aHash (randomly seeded, built to resist chosen collisions: tags come from bodies and
+/// requests): SipHash was most of the cost of indexing a stored list's entity tags.
+type Keys = HashSet<StoreKey, ahash::RandomState>;
+type Index = DashMap<String, Keys, ahash::RandomState>;
 /// Paths in order: the objects under a prefix are one contiguous range.
-type PathIndex = RwLock<BTreeMap<String, HashSet<StoreKey>>>;
+type PathIndex = RwLock<BTreeMap<String, Keys>>;
 
 pub struct MemoryStore {
     cache: Cache<StoreKey, Entry>,
