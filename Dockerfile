@@ -10,9 +10,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them. vendor/ holds the patched httparse
-# that Cargo.toml's [patch.crates-io] points to.
+# that Cargo.toml's [patch.crates-io] points to; derive/ the config schema's derive macro.
 COPY Cargo.toml Cargo.lock ./
 COPY vendor ./vendor
+COPY derive ./derive
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src

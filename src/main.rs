@@ -36,6 +36,12 @@ enum CheckFormat {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReferencePage {
+    Config,
+    Problems,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -80,6 +86,15 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Print the routes file's JSON Schema, for editors (taplo, VS Code's Even Better TOML) and
+    /// validators.
+    Schema,
+    /// Print a reference page of the book, generated from the code: every config key (from the
+    /// schema) or every problem code.
+    Reference {
+        #[arg(value_enum)]
+        page: ReferencePage,
+    },
     /// GET an admin URL and exit 0 on a 2xx answer: a container HEALTHCHECK without curl.
     Probe {
         #[arg(default_value = "http://127.0.0.1:9090/healthz")]
@@ -97,6 +112,16 @@ fn main() -> ExitCode {
             None => check(&config.config, openapi.as_deref(), format),
         },
         Command::Probe { url } => probe(&url),
+        Command::Schema | Command::Reference { .. } => {
+            let text = match cli.command {
+                Command::Reference { page: ReferencePage::Config } => config::schema::markdown(),
+                Command::Reference { page: ReferencePage::Problems } => fastgate::problem::Problem::reference(),
+                _ => format!("{:#}\n", config::schema::document()),
+            };
+            // a closed pipe (`| head`) is the reader's choice, not an error worth a panic
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+            ExitCode::SUCCESS
+        }
         Command::Init { from_openapi, upstream, listen, output } => init(&from_openapi, upstream, listen, output),
         Command::Run { config, log_format, upgrade } => {
             bootstrap::guard_sighup();

@@ -105,6 +105,87 @@ impl Problem {
         }
     }
 
+    /// Every problem, for the generated reference (`fastgate reference problems`); a new variant
+    /// goes here as well as in the matches above and below, which the compiler enforces.
+    pub const ALL: &'static [Problem] = &[
+        Problem::BadRequest,
+        Problem::Unauthorized,
+        Problem::Forbidden,
+        Problem::NoRoute,
+        Problem::NotFound,
+        Problem::MethodNotAllowed,
+        Problem::RequestTimeout,
+        Problem::PayloadTooLarge,
+        Problem::UriTooLong,
+        Problem::ConfigInvalid,
+        Problem::RateLimited,
+        Problem::KeyMissing,
+        Problem::KeyRequired,
+        Problem::HeadersTooLarge,
+        Problem::PaginationLimit,
+        Problem::BadFieldSelector,
+        Problem::Internal,
+        Problem::NotImplemented,
+        Problem::UpstreamUnreachable,
+        Problem::ResponseTooLarge,
+        Problem::UpstreamFailed,
+        Problem::NoHealthyUpstream,
+        Problem::Overloaded,
+        Problem::TooManyConnections,
+        Problem::StateUnavailable,
+        Problem::UpstreamTimeout,
+        Problem::NotCached,
+    ];
+
+    /// When the gateway answers with it, for operators (the generated reference's last column).
+    pub const fn when(self) -> &'static str {
+        match self {
+            Problem::BadRequest => "A request head that does not parse (an invalid character in the request line or a field, a space in the target, not HTTP/1.x), two `Host` fields, an invalid or ambiguous `Content-Length`, `Transfer-Encoding` in HTTP/1.0 or not ending in `chunked` (the connection is closed); an unroutable path (a bad `%` escape, `OPTIONS *`).",
+            Problem::Unauthorized => "The admin API without its token.",
+            Problem::Forbidden => "A route with `action = \"deny\"` and `deny_status = 403`; the admin API from another host when no token is set.",
+            Problem::NoRoute => "No route matches (add a `path_prefix = \"/\"` route as a catch-all).",
+            Problem::NotFound => "A route with `action = \"deny\"` (the default 404 form).",
+            Problem::MethodNotAllowed => "A path that routes serve, with other `methods`: `Allow` lists the methods of the routes that serve it, as FastAPI answers. A method outside `server.methods` that exists (TRACE, WebDAV's), and `CONNECT` always.",
+            Problem::RequestTimeout => "The request head did not arrive within `server.header_timeout`, or the body stalled past `client_body_timeout`; the connection is closed.",
+            Problem::PayloadTooLarge => "A body over the route's `max_body`: from `Content-Length` before the backend is contacted, or counted while a chunked body streams (the backend never gets more than the cap).",
+            Problem::UriTooLong => "A request target over `server.max_uri_length`.",
+            Problem::ConfigInvalid => "`POST /admin/reload` of a file with errors: the config in force stays; the body carries `reloaded: false` and `errors`.",
+            Problem::RateLimited => "A rate limit refused the request; `Retry-After` and `RateLimit-*` fields say when to come back.",
+            Problem::KeyMissing => "A rate limit keys on something the request lacks, with `on_missing = \"reject\"` (400 form).",
+            Problem::KeyRequired => "A rate limit keys on something the request lacks, with `on_missing = \"reject\"` and `status = 401`.",
+            Problem::HeadersTooLarge => "More request fields than `server.max_header_count`, or more bytes than `max_header_bytes`.",
+            Problem::PaginationLimit => "A page size over the route's `pagination.max` with `on_excess = \"reject\"`, or an offset over `max_offset`.",
+            Problem::BadFieldSelector => "A malformed `fields` selector: empty names, stray dots, characters other than letters, digits, `_`, `-`; over 100 fields or 2,048 characters.",
+            Problem::Internal => "A fault of the gateway's own; logged with the request id.",
+            Problem::NotImplemented => "A method this server does not know (`BREW`, a 4 KiB name); the connection is closed.",
+            Problem::UpstreamUnreachable => "Connecting to the upstream failed.",
+            Problem::ResponseTooLarge => "The upstream's declared response is over `max_response_body`.",
+            Problem::UpstreamFailed => "The upstream broke the exchange.",
+            Problem::NoHealthyUpstream => "Every server of the upstream fails its health check; `Retry-After` is the check interval.",
+            Problem::Overloaded => "A concurrency limit is full, and its queue too or the wait timed out; `Retry-After: 1`.",
+            Problem::TooManyConnections => "`server.max_connections` or `max_connections_per_client` reached; `Retry-After: 1`, the connection is closed.",
+            Problem::StateUnavailable => "Shared state (Redis) unreachable on a route with `on_state_error = \"deny\"`, or an admin purge that could not reach it.",
+            Problem::UpstreamTimeout => "A connect, read or total timeout before the response started. After it started, the connection is closed and the event logged.",
+            Problem::NotCached => "The client sent `Cache-Control: only-if-cached` and nothing stored can answer.",
+        }
+    }
+
+    /// The reference table of every problem (`fastgate reference problems`, the book's page).
+    pub fn reference() -> String {
+        let mut out = String::from(
+            "# Problem codes\n\n<!-- generated by `fastgate reference problems`; a test keeps it equal -->\n\n\
+             Every response the gateway makes itself is `application/problem+json` (RFC 9457) with the request's \
+             `x-request-id`, `Cache-Control: no-store`, and a stable `code` that clients and dashboards may key on:\n\n\
+             ```json\n{\"type\":\"urn:fastgate:problem:upstream_timeout\",\"title\":\"Upstream timed out\",\"status\":504,\n \
+             \"detail\":\"upstream did not answer in time\",\"code\":\"upstream_timeout\",\"request_id\":\"01a2...\"}\n```\n\n\
+             | status | `code` | title | when |\n| --- | --- | --- | --- |\n",
+        );
+        for p in Problem::ALL {
+            out.push_str(&format!("| {} | `{}` | {} | {} |\n", p.status(), p.code(), p.title(), p.when()));
+        }
+        out
+    }
+
     pub const fn title(self) -> &'static str {
         match self {
             Problem::BadRequest => "Bad Request",
@@ -400,6 +481,17 @@ fn pointer_loc(mut item: serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+
+    #[test]
+    fn the_books_problem_page_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/reference/problems.md");
+        let page = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(page == Problem::reference(), "run `fastgate reference problems > docs/src/reference/problems.md`");
+        let mut codes: Vec<_> = Problem::ALL.iter().map(|p| p.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Problem::ALL.len() - 1, "KeyMissing and KeyRequired share a code; nothing else repeats");
+    }
     use super::*;
 
     #[test]

@@ -46,7 +46,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openapi", &["model", "client", "cache", "policy", "config"]),
     ("routetest", &["model", "cache", "policy", "config"]),
     ("fuzzing", &["model", "cache", "policy", "config", "proxy", "edge"]),
-    ("main", &["model", "client", "shared_state", "discovery", "tls", "telemetry", "cache", "config", "runtime", "app", "bootstrap", "openapi", "routetest"]),
+    ("main", &["model", "problem", "client", "shared_state", "discovery", "tls", "telemetry", "cache", "config", "runtime", "app", "bootstrap", "openapi", "routetest"]),
 ];
 
 /// Text that builds live state: never in config.

@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod plan;
 pub mod raw;
+pub mod schema;
 
 pub use crate::model::diag::Diagnostic;
 pub use plan::Plan;

@@ -9,5 +9,6 @@ pub mod json;
 pub mod matcher;
 pub mod normalize;
 pub mod plan;
+pub mod schema;
 pub mod template;
 pub mod units;

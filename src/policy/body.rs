@@ -16,9 +16,12 @@ use http::header::CONTENT_LENGTH;
 use pingora::http::ResponseHeader;
 
 keys! {
+    /// Largest request body; larger gets 413 (default 10MiB).
+    #[schema(default = "10MiB")]
     max_body: Spanned<Size>,
     /// Request bodies up to this are read whole, framing checked, before the backend sees
     /// the request; larger ones are refused (413). At most 64 KiB.
+    #[schema(example = "64KiB")]
     buffer_request_body: Spanned<Size>,
     /// Cap on the response body the backend may send.
     max_response_body: Spanned<Size>,

@@ -22,15 +22,20 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 keys! {
     /// In-flight requests on the route.
+    #[schema(example = 64)]
     max_concurrent: Spanned<usize>,
     /// Requests that may wait for a `max_concurrent` slot, and for how long.
     queue: Spanned<RawQueue>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
+    /// Requests that may wait; more get 503 at once.
+    #[schema(example = 100)]
     pub size: Spanned<usize>,
+    /// Longest wait for a slot before 503 (default 1s).
+    #[schema(default = "1s")]
     pub timeout: Option<Spanned<Dur>>,
 }
 

@@ -28,6 +28,7 @@ pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
 keys! {
     /// Rewrite FastAPI error bodies (`{"detail": ...}`) into the gateway's problem+json.
+    #[schema(example = true)]
     normalize_errors: Spanned<bool>,
 }
 

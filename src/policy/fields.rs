@@ -34,13 +34,15 @@ const MAX_FIELDS: usize = 100;
 
 keys! {
     /// `?fields=a,b.c` selects members of JSON responses: `"on"`, `"off"` or a table.
+    #[schema(example = "on")]
     fields: Spanned<Toggle<RawFields>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFields {
     /// The query parameter; `fields` unless given.
+    #[schema(default = "fields")]
     pub param: Option<Spanned<String>>,
     /// Larger responses pass unfiltered.
     pub max_body: Option<Spanned<Size>>,

@@ -17,14 +17,18 @@ const DEFAULT_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 keys! {
     /// `Strict-Transport-Security` on HTTPS responses: `"on"` (one year), `"off"`, or a table.
+    #[schema(example = "on")]
     hsts: Spanned<Toggle<RawHsts>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHsts {
+    /// How long browsers remember to use HTTPS only (default one year).
     pub max_age: Option<Spanned<Dur>>,
+    /// Adds `includeSubDomains`.
     pub include_subdomains: Option<Spanned<bool>>,
+    /// Adds `preload` (for browsers' preload lists).
     pub preload: Option<Spanned<bool>>,
 }
 

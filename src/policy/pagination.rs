@@ -28,21 +28,28 @@ pub enum Excess {
 
 keys! {
     /// Page-size default and cap, and an offset cap, for a list endpoint.
+    #[schema(example_toml = r#"{ max = 200, default = 50 }"#)]
     pagination: Spanned<RawPagination>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPagination {
     /// The page-size parameter; `limit` unless given.
+    #[schema(default = "limit")]
     pub param: Option<Spanned<String>>,
     /// Added when a request has none.
     pub default: Option<Spanned<u64>>,
+    /// The largest page a client may ask for.
+    #[schema(example = 200)]
     pub max: Spanned<u64>,
     /// `"clamp"` (the default) or `"reject"`.
+    #[schema(default = "clamp")]
     pub on_excess: Option<Spanned<String>>,
     /// The offset parameter; `offset` unless given.
+    #[schema(default = "offset")]
     pub offset_param: Option<Spanned<String>>,
+    /// The largest offset a client may ask for (deep pages cost the database most).
     pub max_offset: Option<Spanned<u64>>,
 }
 

@@ -42,7 +42,7 @@ pub trait KeySet: Default + Clone + std::fmt::Debug {
 macro_rules! keys {
     ( $( $(#[$m:meta])* $key:ident : $ty:ty ),* $(,)? ) => {
         /// This policy's keys in a route or in `[defaults]`, as written.
-        #[derive(Debug, Default, Clone)]
+        #[derive(Debug, Default, Clone, fastgate_derive::Schema)]
         pub struct Keys {
             $( $(#[$m])* pub $key: Option<$ty>, )*
         }
@@ -211,6 +211,15 @@ macro_rules! registry {
         #[derive(Debug, Clone, PartialEq)]
         pub struct PolicyDef {
             $( pub $field: Option<<$ty as $crate::policy::registry::Spec>::Def>, )*
+        }
+
+        impl $crate::model::schema::Schema for PolicyKeys {
+            /// Every policy's keys, in the list's order.
+            fn schema() -> serde_json::Value {
+                let mut o = $crate::model::schema::Object::new("");
+                $( o.flatten(<<$ty as $crate::policy::registry::Spec>::Keys as $crate::model::schema::Schema>::schema()); )*
+                o.into_value()
+            }
         }
 
         impl PolicyKeys {

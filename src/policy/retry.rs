@@ -15,10 +15,14 @@ keys! {
     retry: Spanned<RawRetry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
+    /// Attempts after the first, at most 5; only for idempotent requests.
+    #[schema(example = 2)]
     pub attempts: Spanned<u32>,
+    /// Which failures are retried: `"connect"`, `"reset"`, `"timeout"`.
+    #[schema(example_toml = r#"["connect", "reset"]"#)]
     pub on: Option<Vec<Spanned<String>>>,
 }
 

@@ -52,14 +52,21 @@ pub const SLOW_THRESHOLD: Duration = Duration::from_millis(100);
 
 keys! {
     /// Total time for the whole upstream exchange.
+    #[schema(default = "30s")]
     timeout: Spanned<Dur>,
+    /// Time to connect to a server (default 2s).
+    #[schema(default = "2s")]
     connect_timeout: Spanned<Dur>,
     /// Longest wait between two reads from the upstream.
     read_timeout: Spanned<Dur>,
     /// A streaming route has no total timeout; reads may idle up to `stream_idle_timeout`.
+    #[schema(default = false)]
     streaming: Spanned<bool>,
+    /// A streaming route's longest wait between two reads (default 5m).
+    #[schema(default = "5m")]
     stream_idle_timeout: Spanned<Dur>,
     /// A request slower than this logs a warning and counts in `fastgate_slow_requests_total`.
+    #[schema(default = "100ms")]
     slow_threshold: Spanned<Dur>,
 }
 

@@ -1,7 +1,8 @@
 //! The server and the command line as README describes them: the access line (and turning it
 //! off), the shutdown grace period running out, `[server]` changes that need a restart,
 //! FASTGATE_CONFIG and the default config path, pretty logs, `check` warnings, `probe`'s
-//! default URL, the last reload in `/admin/config`, `${VAR:-default}` and `$$`.
+//! default URL, the last reload in `/admin/config`, `${VAR:-default}` and `$$`, `schema` and
+//! `reference`.
 
 use crate::common;
 
@@ -194,6 +195,34 @@ fn check_prints_overlap_warnings() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("warning: ") && stdout.contains("o.toml:7:1: route `w` overlaps route `r` (line 3)"), "{stdout}");
+}
+
+/// `fastgate schema` is the document editors load: draft 07, every table closed to unknown keys,
+/// the policy keys in routes and `[defaults]` alike, with descriptions and defaults; its pipe
+/// closed early is no panic. The reference pages come from the same binary.
+#[test]
+fn schema_and_reference_pages_come_from_the_binary() {
+    let out = fastgate().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert_eq!(v["additionalProperties"], false);
+    let route = &v["properties"]["routes"]["items"];
+    assert_eq!(route["additionalProperties"], false);
+    assert_eq!(route["properties"]["timeout"]["default"], "30s");
+    assert_eq!(v["properties"]["defaults"]["properties"]["timeout"], route["properties"]["timeout"]);
+    assert!(route["properties"]["rate_limit"]["description"].as_str().unwrap().contains("Limits stacked on the route"));
+    assert_eq!(route["properties"]["rate_limit"]["items"]["required"], serde_json::json!(["rate"]));
+
+    let mut child = fastgate().arg("schema").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take()); // the reader went away, as `| head -1` does
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for (page, heading) in [("config", "# Config keys"), ("problems", "# Problem codes")] {
+        let out = fastgate().args(["reference", page]).output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(heading));
+    }
 }
 
 #[test]

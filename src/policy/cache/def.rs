@@ -18,6 +18,7 @@ use toml::Spanned;
 
 keys! {
     /// Response caching: `"off"`, `"on"`, or a table.
+    #[schema(example_toml = r#"{ ttl = "30s", key = { headers = ["authorization"] } }"#)]
     cache: Spanned<Toggle<RawCachePolicy>>,
     /// Tags purged after a successful unsafe request (POST/PUT/PATCH/DELETE) on the route.
     invalidate_tags: Vec<Spanned<String>>,
@@ -25,6 +26,7 @@ keys! {
     /// `"resource"`, `"viewer"`, or path patterns (`"/api/users/{user_id}"`, `"/api/items/**"`).
     invalidate: Vec<Spanned<String>>,
     /// Where `[entities]` occur in the route's JSON answers: `{ "/articles/*" = "Article" }`.
+    #[schema(example_toml = r#"{ "/*" = "Item", "/*/owner" = "Owner" }"#)]
     entities: Spanned<BTreeMap<String, Spanned<String>>>,
 }
 
@@ -41,37 +43,47 @@ pub struct CacheRouteDef {
     pub entities: Arc<EntityRoute>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCachePolicy {
     /// Freshness of successful responses the backend gives none; `"origin"` or unset: none.
+    #[schema(example = "30s")]
     pub ttl: Option<Spanned<Ttl>>,
     /// Freshness of 404, 405, 410, 414 and 501 answers the backend gives none; unset: not stored.
     pub negative_ttl: Option<Spanned<Dur>>,
     /// Tags every stored response of the route carries (`"item:{item_id}"`).
     #[serde(default)]
+    #[schema(example_toml = r#"["item:{item_id}"]"#)]
     pub tags: Vec<Spanned<String>>,
     /// A targeted cache-control field (RFC 9213) read ahead of `CDN-Cache-Control`.
     pub targeted_field: Option<Spanned<String>>,
     /// Serve fresh entries even when the client sends `Cache-Control: no-cache` or `max-age=0`.
     pub ignore_client_no_cache: Option<Spanned<bool>>,
+    /// How long past its freshness an entry is served while one request refreshes it.
     pub stale_while_revalidate: Option<Spanned<Dur>>,
+    /// How long past its freshness an entry is served when the backend fails or is down.
     pub stale_if_error: Option<Spanned<Dur>>,
+    /// What besides method, host, path and query keys an entry.
     pub key: Option<RawCacheKey>,
     /// Use `ttl` whatever the backend's `Cache-Control` says.
     pub override_origin: Option<Spanned<bool>>,
     /// The data is the same for every client: credentials do not bypass the cache.
     pub public: Option<Spanned<bool>>,
+    /// Store responses that set cookies, without their `Set-Cookie`.
     pub strip_set_cookie: Option<Spanned<bool>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCacheKey {
+    /// Request fields whose values key the entry (`authorization`, `accept-language`).
     #[serde(default)]
+    #[schema(example_toml = r#"["authorization"]"#)]
     pub headers: Vec<Spanned<String>>,
+    /// Cookies whose values key the entry.
     #[serde(default)]
     pub cookies: Vec<Spanned<String>>,
+    /// Query parameters left out of the key (`utm_source`).
     #[serde(default)]
     pub ignore_query: Vec<Spanned<String>>,
 }

@@ -25,19 +25,29 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 keys! {
     /// Response compression: `"off"`, `"on"` (the built-in settings) or a table.
+    #[schema(example = "on")]
     compress: Spanned<Toggle<RawCompress>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCompress {
     /// In order of preference on equal q-values.
+    #[schema(example_toml = r#"["br", "zstd", "gzip"]"#)]
     pub algorithms: Option<Vec<Spanned<String>>>,
+    /// Smaller responses are sent as they are (default 1KiB).
+    #[schema(default = "1KiB")]
     pub min_size: Option<Spanned<Size>>,
     /// Content-type prefixes that are compressed.
     pub types: Option<Vec<Spanned<String>>>,
+    /// gzip level, 1 to 9 (default 6).
+    #[schema(default = 6)]
     pub gzip_level: Option<Spanned<u32>>,
+    /// brotli level, 0 to 11 (default 2).
+    #[schema(default = 2)]
     pub brotli_level: Option<Spanned<u32>>,
+    /// zstd level, 1 to 19 (default 3).
+    #[schema(default = 3)]
     pub zstd_level: Option<Spanned<u32>>,
 }
 

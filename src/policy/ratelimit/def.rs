@@ -17,21 +17,26 @@ use toml::Spanned;
 
 keys! {
     /// Limits stacked on the route; all must allow a request.
+    #[schema(example_toml = r#"[{ rate = "100/s", key = "client_ip" }]"#)]
     rate_limit: Spanned<Vec<Spanned<RawRateLimit>>>,
     /// Client addresses/CIDRs, or `key:VALUE` limit keys, that no limit applies to.
     rate_limit_bypass: Vec<Spanned<EnvString>>,
     /// What the route's rate limits do while shared state (Redis) is unreachable: `"local"`
     /// (this replica's own limiter, the default), `"allow"` or `"deny"` (503).
+    #[schema(default = "local")]
     on_state_error: Spanned<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, fastgate_derive::Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// `"100/s"`, `"600/m"`, `"1000/h"`.
+    #[schema(example = "100/s")]
     pub rate: Spanned<String>,
+    /// Requests allowed at once above the steady rate (default: the rate's count).
     pub burst: Option<Spanned<u32>>,
     /// `client_ip` (default), `header:NAME`, `cookie:NAME`, `query:NAME`, `route`.
+    #[schema(default = "client_ip")]
     pub key: Option<Spanned<String>>,
     /// Without the key: `shared` (one bucket), `client_ip`, or `reject`.
     pub on_missing_key: Option<Spanned<String>>,
