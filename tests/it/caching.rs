@@ -1,4 +1,4 @@
-//! Caching as README documents it, case by case beyond `cache.rs`: the cache lock's timeout,
+//! Caching as the book documents it, case by case beyond `cache.rs`: the cache lock's timeout,
 //! a custom tag field and multi-tag purges, re-warming, the readiness bound on warming, the
 //! backend's own freshness and stale directives (`Expires`, `s-maxage`, `stale-while-revalidate`,
 //! `no-cache`, `must-revalidate`), stale-if-error on a timeout, `Vary: *`, 206, HEAD sharing the

@@ -1,4 +1,4 @@
-//! The gateway's own answers as README's error table lists them, over raw sockets where the
+//! The gateway's own answers as the book's problem codes list them, over raw sockets where the
 //! point is bytes: 400 `bad_request` (a bad `%` escape, a target that is not a path; an
 //! invalid `Content-Length` is refused before pingora sees it, see edge.rs), 502 `upstream_failed` from a backend that answers garbage,
 //! `fastgate_upstream_errors_total{kind}`, request-id limits, and the hop-by-hop request fields

@@ -1,4 +1,4 @@
-//! Rate limits as README describes them, beyond the per-key basics in `policies.rs`: a missing
+//! Rate limits as the book describes them, beyond the per-key basics in `policies.rs`: a missing
 //! key falling back to the client address, bypass by address and by CIDR, hourly and
 //! arbitrary-period rates, which limit `RateLimit` reports when several apply, and idle keys
 //! evicted with `fastgate_rate_limit_keys` counting what is left.

@@ -1,4 +1,4 @@
-//! The server and the command line as README describes them: the access line (and turning it
+//! The server and the command line as the book describes them: the access line (and turning it
 //! off), the shutdown grace period running out, `[server]` changes that need a restart,
 //! FASTGATE_CONFIG and the default config path, pretty logs, `check` warnings, `probe`'s
 //! default URL, the last reload in `/admin/config`, `${VAR:-default}` and `$$`, `schema` and

@@ -1,4 +1,4 @@
-//! Upstreams as README describes them: pooled connections and `idle_timeout`, health checks
+//! Upstreams as the book describes them: pooled connections and `idle_timeout`, health checks
 //! (`healthy_threshold`, the check's `timeout`), the upstream-wide concurrency limit with its
 //! queue, which requests do not take a slot (streams, cache hits), host names in `servers`,
 //! and health kept across a reload.
