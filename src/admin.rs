@@ -3,6 +3,7 @@
 //! - `GET /readyz`   config loaded and every routed upstream has passed a health check.
 //! - `GET /metrics`  Prometheus text format.
 //! - `GET /`, `/status.json`  the status page (the same figures as the metrics).
+//! - `GET /history.json`  its plots: 5-second buckets over the last 15 minutes.
 //! - `/admin/...`    the admin API: `GET /admin/config` (the compiled route table),
 //!   `POST /admin/reload` (same as SIGHUP), `POST /admin/cache/purge`. With
 //!   `server.admin_token` set it needs that bearer token from every peer; without one, only
@@ -57,7 +58,7 @@ impl Admin {
 /// The views any peer that reaches the listener may read: they change nothing and show no
 /// more than the metrics do.
 fn read_only(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/" | "/status.json")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/" | "/status.json" | "/history.json")
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -345,6 +346,7 @@ impl ServeHttp for Admin {
                 resp
             }
             (&Method::GET, "/status.json") => self.status_json(),
+            (&Method::GET, "/history.json") => json_response(StatusCode::OK, self.app.history_json()),
             (&Method::GET | &Method::HEAD, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => self.metrics(),

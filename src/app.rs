@@ -1,6 +1,9 @@
 //! The state shared by the proxy, the admin listener and background tasks: the runtime config
 //! behind an atomic pointer, metrics, and process counters.
 
+/// How often the maintenance task closes a bucket of the status page's history.
+pub use crate::telemetry::history::BUCKET as HISTORY_BUCKET;
+use std::collections::BTreeMap;
 use crate::model::plan::Settings;
 use crate::runtime::{ProcessParts, Runtime};
 use crate::cache::Cache;
@@ -34,6 +37,8 @@ pub struct App {
     pub errors: crate::telemetry::errorlog::ErrorLog,
     /// Sliding window behind the status page (one minute, a snapshot every 10 s).
     pub status: crate::telemetry::status::StatusWindow,
+    /// The status page's plots: 5-second buckets over the last 15 minutes.
+    pub history: crate::telemetry::history::History,
     in_flight: AtomicI64,
     /// New connections whose first request is being read or served (`track_connection`).
     connecting: AtomicI64,
@@ -65,6 +70,7 @@ impl App {
             redis,
             errors: Default::default(),
             status: crate::telemetry::status::StatusWindow::new(7),
+            history: Default::default(),
             in_flight: AtomicI64::new(0),
             connecting: AtomicI64::new(0),
             started: std::time::Instant::now(),
@@ -90,6 +96,34 @@ impl App {
     /// The config in force; a request keeps the snapshot it started with.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Every upstream's servers and their health now, for the history.
+    pub fn health(&self) -> crate::telemetry::history::Health {
+        self.runtime()
+            .upstreams
+            .values()
+            .map(|up| (up.name.clone(), up.server_health().into_iter().map(|(addr, ok)| (addr.to_string(), ok)).collect()))
+            .collect()
+    }
+
+    /// Every route's totals from the registry; a route that has served nothing yet at zero.
+    fn route_totals(&self) -> BTreeMap<String, crate::telemetry::status::RouteTotals> {
+        let mut totals = crate::telemetry::status::totals(&self.metrics.gather());
+        for route in self.runtime().routes.iter() {
+            totals.entry(route.name.clone()).or_default();
+        }
+        totals
+    }
+
+    /// Closes the history's bucket in progress (the maintenance task, every `history::BUCKET`).
+    pub fn sample_history(&self) {
+        self.history.sample(self.route_totals(), &self.health());
+    }
+
+    /// The history with the bucket in progress (`/history.json`).
+    pub fn history_json(&self) -> serde_json::Value {
+        self.history.json(&self.route_totals(), &self.health())
     }
 
     pub(crate) fn swap_runtime(&self, runtime: Runtime) {

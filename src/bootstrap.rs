@@ -225,9 +225,16 @@ impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let start = tokio::time::Instant::now() + crate::app::HISTORY_BUCKET;
+        let mut history = tokio::time::interval_at(start, crate::app::HISTORY_BUCKET);
+        history.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = history.tick() => {
+                    self.app.sample_history();
+                    continue;
+                }
                 _ = shutdown.changed() => return,
             }
             self.app.errors.flush(TICK.as_secs());

@@ -3,6 +3,7 @@
 //! metrics and the span. Nothing else in the crate names a metric.
 
 pub mod errorlog;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

@@ -11,7 +11,10 @@ use std::time::Instant;
 #[derive(Debug, Clone, Default)]
 pub struct RouteTotals {
     pub requests: f64,
+    /// 5xx answers.
     pub errors: f64,
+    /// 4xx answers.
+    pub client_errors: f64,
     pub rate_limited: f64,
     pub cache_hits: f64,
     pub cache_lookups: f64,
@@ -55,8 +58,10 @@ pub fn totals(families: &[MetricFamily]) -> Totals {
                     let h = m.get_histogram();
                     let count = h.get_sample_count() as f64;
                     t.requests += count;
-                    if label(m, "status_class") == "5xx" {
-                        t.errors += count;
+                    match label(m, "status_class") {
+                        "5xx" => t.errors += count,
+                        "4xx" => t.client_errors += count,
+                        _ => {}
                     }
                     let buckets = h.get_bucket();
                     if t.buckets.is_empty() {

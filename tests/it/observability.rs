@@ -219,6 +219,65 @@ async fn status_page_shows_live_numbers_in_a_real_browser() {
     assert!(dom.contains(&json["config"]["hash"].as_str().unwrap().to_string()));
 }
 
+/// A plot of the history's table (`table` is its id, `row` the route or upstream): its
+/// first line's points (`None` where nothing was plotted), as the page wrote them.
+fn plot_values(dom: &str, table: &str, row: &str, series: &str) -> Vec<Option<f64>> {
+    let t = &dom[dom.find(&format!("id=\"{table}\"")).unwrap_or_else(|| panic!("table {table} in {dom}"))..];
+    let r = &t[t.find(&format!("=\"{row}\"")).unwrap_or_else(|| panic!("row {row} in {t}"))..];
+    let r = &r[..r.find("</tr>").unwrap()];
+    let p = &r[r.find(&format!("data-series=\"{series}\"")).unwrap_or_else(|| panic!("plot {series} in {r}"))..];
+    let v = &p[p.find("data-values=\"").unwrap() + 13..];
+    v[..v.find('"').unwrap()].split(',').map(|x| x.parse().ok()).collect()
+}
+
+/// The history's plots under traffic, in a real browser: a route's request rate rises (a closed
+/// 5-second bucket without traffic, then the bucket in progress with it), a route without
+/// traffic stays flat, and a killed upstream shows down, its change marked on the plot.
+#[tokio::test]
+async fn status_history_plots_traffic_and_a_dead_upstream_in_a_real_browser() {
+    let backend = Backend::start();
+    let body = format!(
+        "[upstreams.api]\nservers = [\"{}\"]\nhealth_check = {{ interval = \"100ms\", timeout = \"100ms\" }}\n{}",
+        backend.addr(),
+        routes()
+    );
+    let gw = Gateway::start(&body);
+    gw.wait_ready();
+    let history = || async { reqwest::get(gw.admin_url("/history.json")).await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while history().await["points"].as_u64().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "no bucket closed in 10 s: {}", history().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let c = reqwest::Client::new();
+    for _ in 0..6 {
+        let r = c.post(gw.url("/api/trades")).json(&serde_json::json!({"symbol": "AAPL", "side": "buy", "qty": 1})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let addr = backend.addr();
+    drop(backend);
+    gw.wait_metric(&format!("fastgate_upstream_healthy{{server=\"{addr}\",upstream=\"api\"}}"), 0.0).await;
+
+    let dom = render(&gw.admin_url("/"), &["--dump-dom"]);
+    assert!(dom.contains("data-history=\"1\""), "the history's script ran: {dom}");
+    let trades = plot_values(&dom, "history-routes", "trades", "rps");
+    let (first, last) = (trades[0], *trades.last().unwrap());
+    assert_eq!(first, Some(0.0), "the first bucket had no traffic: {trades:?}");
+    assert!(last.unwrap() > 0.0, "the bucket in progress has: {trades:?}");
+    let idle = plot_values(&dom, "history-routes", "slow", "rps");
+    assert!(idle.iter().all(|v| v.is_none_or(|v| v == 0.0)), "{idle:?}");
+    let healthy = plot_values(&dom, "history-upstreams", "api", "healthy");
+    assert_eq!(healthy[0], Some(1.0), "healthy while it ran: {healthy:?}");
+    assert_eq!(*healthy.last().unwrap(), Some(0.0), "down now: {healthy:?}");
+    let row = &dom[dom.find("data-upstream=\"api\"").unwrap()..];
+    assert!(row[..row.find("</tr>").unwrap()].contains("class=\"event down\""), "the change is marked: {row}");
+
+    let h = history().await;
+    let events = h["upstreams"][0]["events"].as_array().unwrap();
+    assert_eq!((events.len(), &events[0]["server"], &events[0]["healthy"]), (1, &serde_json::json!(addr), &serde_json::json!(false)), "{h}");
+}
+
 #[test]
 fn alert_rules_pass_promtool() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
