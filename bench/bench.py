@@ -10,7 +10,7 @@ Markdown table printed at the end (paste into bench/README.md).
 Environment: QUICK=1 (short smoke run), DURATION (s per measurement), REPEATS (median of),
 CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers; 7 is HTTPS termination, 9 shared state
 in Redis, 10 idle connections' memory, 11 1,000 concurrent connections, 12 P99 at fixed rates
-with oha), IDLE_CONNECTIONS, OHA_BIN.
+with oha, 13 a cached 20 KiB JSON body fetched compressed), IDLE_CONNECTIONS, OHA_BIN.
 """
 
 import csv
@@ -237,9 +237,12 @@ def start_nginx(up_port, mode, wrap=()):
     extra = ""
     if mode == "gzip":
         extra = "gzip on; gzip_comp_level 1; gzip_types application/json; gzip_min_length 1024; gzip_proxied any;"
-    if mode == "cache":
+    if mode in ("cache", "cache-gzip"):
         extra = (f"proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=10m use_temp_path=off;")
-    loc_extra = "proxy_cache c; proxy_cache_valid 200 10m; add_header X-Cache $upstream_cache_status;" if mode == "cache" else ""
+    if mode == "cache-gzip":
+        # nginx compresses each response anew, cached or not; level 1 is its default
+        extra += " gzip on; gzip_comp_level 1; gzip_types application/json; gzip_min_length 1024; gzip_proxied any;"
+    loc_extra = "proxy_cache c; proxy_cache_valid 200 10m; add_header X-Cache $upstream_cache_status;" if mode in ("cache", "cache-gzip") else ""
     single = "master_process off;" if wrap else ""
     # scenarios 10 and 11 hold 10,000 connections: within this machine's 20,000 descriptors
     conns = "worker_rlimit_nofile 19000; events { worker_connections 16000; }" if mode == "many" else "events { worker_connections 8192; }"
@@ -276,6 +279,9 @@ def start_fastgate(up, mode, extra_env=None, wrap=()):
         route_extra = f'compress = {{ algorithms = ["br"], brotli_level = {os.environ.get("BROTLI_LEVEL", "2")}, min_size = 1024 }}'
     elif mode == "cache":
         route_extra = 'cache = { ttl = "10m" }'
+    elif mode == "cache-gzip":
+        # the route's usual encoders: a hit sends the entry's stored form of the encoding
+        route_extra = 'cache = { ttl = "10m" }\ncompress = { min_size = 1024 }'
     elif mode == "fields":
         route_extra = 'fields = "on"'
     elif mode == "fields-cache":
@@ -420,6 +426,11 @@ def start_haproxy(up_port, mode, cert=None, key=None):
         front = "http-request cache-use c\n  http-response cache-store c"
     if mode == "gzip":
         front = "compression algo gzip\n  compression type application/json"
+    if mode == "cache-gzip":
+        # HAProxy's cache keeps what the server sent and its compression filter runs on each
+        # response, hits included
+        front = ("filter cache c\n  filter compression\n  http-request cache-use c\n  http-response cache-store c\n"
+                 "  compression algo gzip\n  compression type application/json")
     conf = textwrap.dedent(f"""
         global
           nbthread 1
@@ -503,7 +514,7 @@ def proxied_scenarios(rows):
         (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
     ]
     wanted = os.environ.get("SCENARIOS")
-    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11, 12}
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13}
     for num, title, mode, path, headers, _ in plan:
         if num not in wanted:
             continue
@@ -545,6 +556,30 @@ def proxied_scenarios(rows):
         fg, fg_port, _ = start_fastgate(upstream, "plain")
         r = measure("fastgate, compression off", f"http://127.0.0.1:{fg_port}/big", server_pids(fg), headers=["Accept-Encoding: gzip"])
         rows.append(row(2, "20 KiB JSON, compression off (cost of gzip)", "fastgate no-gzip", r))
+        stop(fg)
+    if 13 in wanted:
+        # a cached 20 KiB JSON body fetched compressed: the peers cache it and compress each
+        # hit (gzip only: Debian's nginx and HAProxy have no brotli or zstd); fastgate sends the
+        # entry's stored form of each encoding, and an identity hit beside them
+        print("scenario 13: cached 20 KiB JSON, compressed", flush=True)
+        title = "cache hit 20 KiB JSON, compressed"
+        gz = ["Accept-Encoding: gzip"]
+        for label, system, start in [("nginx 1 worker", "nginx", start_nginx), ("haproxy 1 thread", "haproxy", start_haproxy)]:
+            p, port = start(up_port, "cache-gzip")
+            url = f"http://127.0.0.1:{port}/big"
+            wrk(url, duration=1, headers=gz)
+            r = measure(label, url, server_pids(p), headers=gz)
+            r["body_bytes"], r["encoding"] = body_size(url, gz)
+            rows.append(row(13, title, system, r))
+            stop(p)
+        fg, fg_port, _ = start_fastgate(upstream, "cache-gzip")
+        url = f"http://127.0.0.1:{fg_port}/big"
+        for accept in ["identity", "gzip", "br", "zstd"]:
+            headers = [f"Accept-Encoding: {accept}"]
+            wrk(url, duration=1, headers=headers)
+            r = measure(f"fastgate {accept}", url, server_pids(fg), headers=headers)
+            r["body_bytes"], r["encoding"] = body_size(url, headers)
+            rows.append(row(13, title, f"fastgate {accept}", r))
         stop(fg)
     if 7 in wanted:
         # HTTPS termination: keep-alive (the cost of encryption) and a new connection per

@@ -237,6 +237,7 @@ impl HandleMiss for Miss {
         let obj = StoredObject {
             meta,
             body,
+            forms: Default::default(),
             url: info.url,
             path: info.path,
             tags,

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 struct Entry {
     obj: Arc<StoredObject>,
     ttl: Duration,
+    /// Written again only to be weighed again (a form was made): its expiry stays.
+    reweighed: bool,
 }
 
 struct Expiry;
@@ -24,8 +26,8 @@ impl moka::Expiry<StoreKey, Entry> for Expiry {
     fn expire_after_create(&self, _k: &StoreKey, v: &Entry, _now: Instant) -> Option<Duration> {
         Some(v.ttl)
     }
-    fn expire_after_update(&self, _k: &StoreKey, v: &Entry, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
-        Some(v.ttl)
+    fn expire_after_update(&self, _k: &StoreKey, v: &Entry, _now: Instant, left: Option<Duration>) -> Option<Duration> {
+        if v.reweighed { left } else { Some(v.ttl) }
     }
 }
 
@@ -147,7 +149,7 @@ impl MemoryStore {
             self.by_tag.entry(tag.clone()).or_default().insert(key);
         }
         let obj = Arc::new(obj);
-        self.cache.insert(key, Entry { obj: obj.clone(), ttl });
+        self.cache.insert(key, Entry { obj: obj.clone(), ttl, reweighed: false });
         // moka applies writes (and so evicts) only every 64 of them: up to 64 bodies over the
         // bound, which the allocator then keeps. Applying them now holds the bound at every put;
         // puts come from misses, which already cost a backend round trip.
@@ -159,8 +161,19 @@ impl MemoryStore {
         let Some(old) = self.cache.get(key) else { return Ok(false) };
         let mut obj = (*old.obj).clone();
         obj.meta = meta;
-        self.cache.insert(*key, Entry { obj: Arc::new(obj), ttl });
+        self.cache.insert(*key, Entry { obj: Arc::new(obj), ttl, reweighed: false });
         Ok(true)
+    }
+
+    /// Weighs `obj` again if it is still what `key` holds (a later put may have replaced it).
+    pub fn reweigh_now(&self, key: &StoreKey, obj: &Arc<StoredObject>) {
+        use moka::ops::compute::Op;
+        self.cache.entry(*key).and_compute_with(|held| match held {
+            Some(e) if Arc::ptr_eq(&e.value().obj, obj) => Op::Put(Entry { reweighed: true, ..e.into_value() }),
+            _ => Op::Nop,
+        });
+        // a form is made on a hit: evict now, as a put does, to hold the bound
+        self.cache.run_pending_tasks();
     }
 
     pub fn remove_now(&self, key: &StoreKey) -> Result<bool, StoreError> {
@@ -247,6 +260,10 @@ impl CacheStore for MemoryStore {
         self.purged_since_now(seq, obj)
     }
 
+    fn reweigh(&self, key: &StoreKey, obj: &Arc<StoredObject>) {
+        self.reweigh_now(key, obj);
+    }
+
     fn get_local(&self, key: &StoreKey) -> Option<Arc<StoredObject>> {
         self.cache.get(key).map(|e| e.obj)
     }
@@ -259,6 +276,7 @@ impl CacheStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::Body;
 
     fn k(n: u8) -> StoreKey {
         [n; 16]
@@ -268,6 +286,7 @@ mod tests {
         StoredObject {
             meta: StoredMeta { internal: vec![], header: vec![], decoded: None },
             body: vec![b'x'; size].as_slice().into(),
+            forms: Default::default(),
             url: url.into(),
             path: url.split('?').next().unwrap_or("/").to_string(),
             tags: tags.iter().map(|s| s.to_string()).collect(),
@@ -308,5 +327,28 @@ mod tests {
         let st = s.stats();
         assert!(st.bytes <= 20_000, "{st:?}");
         assert!(st.evictions > 0, "{st:?}");
+    }
+
+    /// A form made on a stored object counts in the bound once the store weighs it again; the
+    /// entry keeps its expiry; an object replaced meanwhile is not written back.
+    #[tokio::test]
+    async fn a_grown_object_is_weighed_again_and_keeps_its_expiry() {
+        let s = MemoryStore::new(1 << 20);
+        let held = s.put_now(k(1), obj("/a", &[], 4000), Duration::from_millis(300)).unwrap();
+        let before = s.stats().bytes;
+        let (form, made) = held.forms.get_or_make(0, || Some(Body::from(&[7u8; 3000][..])));
+        assert!(form.is_some() && made);
+        let (_, again) = held.forms.get_or_make(0, || unreachable!("made once"));
+        assert!(!again);
+        s.reweigh_now(&k(1), &held);
+        let after = s.stats().bytes;
+        assert!(after >= before + 3000, "{before} -> {after}");
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(s.get_now(&k(1)).unwrap().is_none(), "the reweigh did not extend the entry's life");
+
+        let old = s.put_now(k(2), obj("/b", &[], 100), Duration::from_secs(60)).unwrap();
+        let new = s.put_now(k(2), obj("/b", &[], 200), Duration::from_secs(60)).unwrap();
+        s.reweigh_now(&k(2), &old);
+        assert!(Arc::ptr_eq(&s.get_now(&k(2)).unwrap().unwrap(), &new));
     }
 }

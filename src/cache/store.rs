@@ -145,11 +145,41 @@ impl BodyWriter {
     }
 }
 
+/// The compressed forms of a stored body, each made the first time a client asks for it
+/// (`policy::compress`) and then served as it is to every client that asks again: gzip,
+/// brotli, zstd, in that order. Counted in the object's weight once made (the store reweighs
+/// it), dropped with the object.
+#[derive(Debug, Clone, Default)]
+pub struct Forms([std::sync::OnceLock<Option<Body>>; 3]);
+
+impl Forms {
+    /// The form in `slot` (0 gzip, 1 brotli, 2 zstd), made by `make` if it is not yet (`None`:
+    /// it cannot be, and is not tried again for this object); and whether this call made it.
+    /// Concurrent first requests wait for one maker.
+    pub fn get_or_make(&self, slot: usize, make: impl FnOnce() -> Option<Body>) -> (Option<&Body>, bool) {
+        let Some(cell) = self.0.get(slot) else { return (None, false) };
+        let mut made = false;
+        let form = cell.get_or_init(|| {
+            made = true;
+            make()
+        });
+        (form.as_ref(), made)
+    }
+
+    /// Bytes the forms made so far take.
+    pub fn allocated(&self) -> usize {
+        self.0.iter().filter_map(|c| c.get()?.as_ref()).map(Body::allocated).sum()
+    }
+}
+
 /// A stored response: its `StoredMeta` and body, plus what purges select on.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
     pub meta: StoredMeta,
     pub body: Body,
+    /// Compressed forms of `body`, made on demand; this process only (not shared through a
+    /// shared store, which keeps the identity body).
+    pub forms: Forms,
     /// Normalized path + sorted query (`url_identity`): purge by URL removes every variant.
     pub url: String,
     /// Normalized path, for purge by prefix.
@@ -166,7 +196,7 @@ impl StoredObject {
         let decoded = self.meta.decoded.as_ref().map_or(0, |d| {
             d.header.headers.iter().map(|(k, v)| 2 * k.as_str().len() + v.len() + 64).sum()
         });
-        self.body.allocated() + self.meta.internal.len() + self.meta.header.len() + decoded + self.url.len() * 2 + 128
+        self.body.allocated() + self.forms.allocated() + self.meta.internal.len() + self.meta.header.len() + decoded + self.url.len() * 2 + 128
     }
 }
 
@@ -223,6 +253,8 @@ pub trait CacheStore: Send + Sync + 'static {
     fn purge_local(&self, _selector: &PurgeSelector) -> usize {
         0
     }
+    /// Weighs `obj`, held under `key`, again: it grew in place (a compressed form was made).
+    fn reweigh(&self, _key: &StoreKey, _obj: &Arc<StoredObject>) {}
     /// Whether a purge numbered after `seq` (`purge_seq` when the request began) selected
     /// `obj`: a response that was on its way from the backend while a write dropped what it
     /// shows holds the state before the write, and must not be stored after the purge.

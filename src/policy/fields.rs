@@ -239,6 +239,13 @@ pub struct FieldsScratch {
     result: Option<&'static str>,
 }
 
+impl FieldsScratch {
+    /// Whether this response's body is to be rewritten (a selector was given).
+    pub fn selects(&self) -> bool {
+        self.selector.is_some()
+    }
+}
+
 /// FNV-1a, for a short stable tag of the selection in the derived `ETag`.
 fn fnv(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))

@@ -272,6 +272,10 @@ impl CacheStore for SharedStore {
         self.l1.get_local(key)
     }
 
+    fn reweigh(&self, key: &StoreKey, obj: &Arc<StoredObject>) {
+        self.l1.reweigh_now(key, obj);
+    }
+
     fn purge_local(&self, selector: &PurgeSelector) -> usize {
         self.l1.purge_now(selector).unwrap_or(0)
     }
@@ -348,6 +352,7 @@ fn decode_object(mut v: &[u8]) -> Option<(u64, StoredObject)> {
     let obj = StoredObject {
         meta: StoredMeta { internal, header, decoded: None },
         body: Body::from(v),
+        forms: Default::default(),
         url,
         path,
         tags,
@@ -410,6 +415,7 @@ mod tests {
         let obj = StoredObject {
             meta: StoredMeta { internal: vec![1, 2, 3], header: vec![9; 40], decoded: None },
             body: Body::from(&b"{\"id\": 1}"[..]),
+            forms: Default::default(),
             url: "/api/items?a=1".into(),
             path: "/api/items".into(),
             tags: vec!["items".into(), "user:7".into()],

@@ -475,6 +475,45 @@ async fn one_entry_serves_every_encoding() {
     assert_eq!(backend.hits(&format!("{PATH}/enc")).await, 1);
 }
 
+/// A compressed hit is the entry's stored form, made once for the entry: the same bytes for
+/// every client that asks for that encoding, framed by a `Content-Length` (nothing is streamed),
+/// decoding to the stored body. The miss before it is compressed as it streams, as ever.
+#[tokio::test]
+async fn compressed_hits_send_a_form_made_once_per_entry() {
+    let backend = Backend::start();
+    let gw = Gateway::start(&config_for(
+        &backend.addr(),
+        &(cached_route("c", PATH, "{ ttl = \"60s\" }") + "compress = { min_size = 100 }\n"),
+    ));
+    let c = reqwest::Client::new();
+    let url = gw.url(&format!("{PATH}/forms?size=20000"));
+    let r = c.get(url.clone()).header("Accept-Encoding", "gzip").send().await.unwrap();
+    assert_eq!((xc(r.headers()), r.headers()["content-encoding"].to_str().unwrap()), ("MISS", "gzip"));
+    assert!(r.headers().get("content-length").is_none(), "the miss streams");
+    r.bytes().await.unwrap();
+    let plain = c.get(url.clone()).send().await.unwrap().bytes().await.unwrap();
+    for encoding in ["gzip", "br", "zstd"] {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = c.get(url.clone()).header("Accept-Encoding", encoding).send().await.unwrap();
+            let h = r.headers().clone();
+            assert_eq!((xc(&h), h["content-encoding"].to_str().unwrap()), ("HIT", encoding));
+            assert!(h.get("transfer-encoding").is_none(), "{encoding}: {h:?}");
+            assert!(h["vary"].to_str().unwrap().to_ascii_lowercase().contains("accept-encoding"));
+            let body = r.bytes().await.unwrap();
+            assert_eq!(h["content-length"].to_str().unwrap(), body.len().to_string());
+            assert!(body.len() < plain.len() / 3, "{encoding}: {} of {}", body.len(), plain.len());
+            seen.push(body);
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{encoding}: one form, sent as it is");
+        assert_eq!(crate::policies::decode(encoding, &seen[0]), plain.to_vec(), "{encoding} decodes to the stored body");
+    }
+    // a HEAD hit says what a GET would get
+    let r = c.head(url.clone()).header("Accept-Encoding", "br").send().await.unwrap();
+    assert_eq!((xc(r.headers()), r.headers()["content-encoding"].to_str().unwrap()), ("HIT", "br"));
+    assert_eq!(backend.hits(&format!("{PATH}/forms")).await, 1);
+}
+
 #[tokio::test]
 async fn public_strip_set_cookie_override_and_cookie_keys() {
     let backend = Backend::start();

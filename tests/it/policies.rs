@@ -301,7 +301,7 @@ async fn upstream_concurrency_limit_spans_routes() {
 
 // ---------------------------------------------------------------- compression
 
-fn decode(encoding: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn decode(encoding: &str, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match encoding {
         "gzip" => {

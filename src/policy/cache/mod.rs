@@ -171,6 +171,7 @@ const MAX_WRITTEN: usize = 1024 * 1024;
 pub struct FreshHit {
     pub header: ResponseHeader,
     pub obj: Arc<StoredObject>,
+    pub key: StoreKey,
 }
 
 /// Request fields that need the full path: the client's cache directives (pingora's hit
@@ -246,7 +247,7 @@ impl CacheRoute {
         {
             header.insert_header(ACCEPT_RANGES, "bytes").ok()?;
         }
-        Some(FreshHit { header, obj })
+        Some(FreshHit { header, obj, key: *key })
     }
 
     /// The entries a successful write invalidates, with the reason each is counted under.
