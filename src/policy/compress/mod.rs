@@ -309,12 +309,19 @@ impl std::fmt::Debug for CompressScratch {
 /// closing the connection); no `Accept-Ranges` (ranges of the encoded stream cannot be
 /// served); `Vary`; and a weak validator (another byte representation of the same resource,
 /// RFC 9110 8.8.1). As pingora's compression module does; HTTP/2 drops `Transfer-Encoding`.
-fn mark_encoded(resp: &mut ResponseHeader, coding: &'static str) -> Result<(), GatewayError> {
+/// `length`: the encoded body's, when it is known (a stored form): then it is sent with its
+/// length, not chunked.
+fn mark_encoded(resp: &mut ResponseHeader, coding: &'static str, length: Option<usize>) -> Result<(), GatewayError> {
     let fail = |e: pingora::BError| GatewayError::new(crate::problem::Problem::Internal, format!("compression headers: {e}"));
     resp.insert_header(CONTENT_ENCODING, coding).map_err(fail)?;
-    resp.remove_header(&CONTENT_LENGTH);
     resp.remove_header(&ACCEPT_RANGES);
-    resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked")).map_err(fail)?;
+    match length {
+        Some(n) => resp.insert_header(CONTENT_LENGTH, n).map_err(fail)?,
+        None => {
+            resp.remove_header(&CONTENT_LENGTH);
+            resp.insert_header(TRANSFER_ENCODING, HeaderValue::from_static("chunked")).map_err(fail)?;
+        }
+    }
     let varies = resp.headers.get_all(VARY).iter().any(|v| {
         v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding")))
     });
@@ -361,13 +368,9 @@ impl Policy for CompressPolicy {
             return Ok(());
         };
         if let Some((identity, encoded)) = st.precompressed {
-            // the body is already encoded, and its length known: no stream, no chunked framing
-            mark_encoded(resp, token(alg))?;
-            resp.remove_header(&TRANSFER_ENCODING);
+            // the body is already encoded: no stream
             st.sizes = Some((identity, encoded));
-            return resp
-                .insert_header(CONTENT_LENGTH, encoded)
-                .map_err(|e| GatewayError::new(crate::problem::Problem::Internal, format!("compression headers: {e}")));
+            return mark_encoded(resp, token(alg), Some(encoded));
         }
         let size = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if !st.head {
@@ -378,7 +381,7 @@ impl Policy for CompressPolicy {
             }
             st.stream = stream;
         }
-        mark_encoded(resp, token(alg))
+        mark_encoded(resp, token(alg), None)
     }
 
     fn on_response_body(&self, body: &mut Option<Bytes>, eos: bool, st: &mut CompressScratch) -> Result<(), Cut> {
