@@ -10,7 +10,8 @@ Markdown table printed at the end (paste into bench/README.md).
 Environment: QUICK=1 (short smoke run), DURATION (s per measurement), REPEATS (median of),
 CONNECTIONS (wrk -c), SCENARIOS (comma list of numbers; 7 is HTTPS termination, 9 shared state
 in Redis, 10 idle connections' memory, 11 1,000 concurrent connections, 12 P99 at fixed rates
-with oha, 13 a cached 20 KiB JSON body fetched compressed), IDLE_CONNECTIONS, OHA_BIN.
+with oha, 13 a cached 20 KiB JSON body fetched compressed, 14 HTTPS with HTTP/2 with h2load),
+IDLE_CONNECTIONS, OHA_BIN.
 """
 
 import csv
@@ -163,12 +164,26 @@ def oha(url, rate, duration=DURATION, conns=64):
             "non2xx": sum(n for c, n in codes.items() if not c.startswith("2")), "socket_errors": ""}
 
 
-def measure(name, url, pids, rate=None, **kw):
+def h2load(url, duration=DURATION, conns=CONNECTIONS, streams=10):
+    """HTTP/2 over TLS (ALPN h2) with h2load: `conns` connections, `streams` requests in flight
+    on each. h2load gives no percentiles: P50 is the mean time per request, P99 its sd above."""
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", str(conns), "-m", str(streams), "-D", str(duration), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    t = re.search(r"time for request:\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", out)
+    mean, sd = parse_time(t.group(3)), parse_time(t.group(4))
+    if int(done.group(1)) != int(done.group(2)):
+        raise RuntimeError(f"h2load: failed requests\n{out}")
+    return {"requests": int(done.group(2)), "rps": rps, "p50_ms": mean, "p99_ms": mean + 2 * sd}
+
+
+def measure(name, url, pids, rate=None, h2=False, **kw):
     """Median of REPEATS wrk runs, with the proxy's CPU per request over each run."""
     runs = []
     for _ in range(REPEATS):
         cpu0 = proc_cpu(pids) if pids else 0
-        r = oha(url, rate) if rate else wrk(url, **kw)
+        r = oha(url, rate) if rate else h2load(url, **kw) if h2 else wrk(url, **kw)
         cpu1 = proc_cpu(pids) if pids else 0
         r["cpu_us_per_req"] = (cpu1 - cpu0) / max(r["requests"], 1) * 1e6 if pids else None
         r["rss_mib"] = proc_rss(pids) / 2**20 if pids else None
@@ -380,8 +395,8 @@ def make_cert():
     return cert, key
 
 
-def start_nginx_tls(up_port, cert, key):
-    d = os.path.join(WORK, "nginx-tls")
+def start_nginx_tls(up_port, cert, key, h2=False):
+    d = os.path.join(WORK, "nginx-tls-h2" if h2 else "nginx-tls")
     os.makedirs(d, exist_ok=True)
     os.chmod(d, 0o777)
     port = free_port()
@@ -391,7 +406,7 @@ def start_nginx_tls(up_port, cert, key):
         http {{
           access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
           upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
-          server {{ listen 127.0.0.1:{port} ssl reuseport backlog=4096;
+          server {{ listen 127.0.0.1:{port} ssl {"http2 " if h2 else ""}reuseport backlog=4096;
             ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;
             ssl_session_cache off; ssl_session_tickets off;
             location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
@@ -514,7 +529,7 @@ def proxied_scenarios(rows):
         (4, "new connection per request", "plain", "/small", ["Connection: close"], None),
     ]
     wanted = os.environ.get("SCENARIOS")
-    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13}
+    wanted = {int(x) for x in wanted.split(",")} if wanted else {1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13, 14}
     for num, title, mode, path, headers, _ in plan:
         if num not in wanted:
             continue
@@ -599,6 +614,19 @@ def proxied_scenarios(rows):
             fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
             rows.append(row(num, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), headers=headers, conns=conns)))
             stop(fg)
+    if 14 in wanted:
+        # HTTPS with HTTP/2 (ALPN h2) on keep-alive connections, 10 streams in flight on each:
+        # nginx's h2 against fastgate's (pingora's), h2load as the client
+        print("scenario 14: HTTPS keep-alive, HTTP/2", flush=True)
+        cert, key = make_cert()
+        title = "HTTPS keep-alive 1 KiB, HTTP/2 (10 streams a connection)"
+        ng, ng_port = start_nginx_tls(up_port, cert, key, h2=True)
+        rows.append(row(14, title, "nginx", measure("nginx 1 worker", f"https://127.0.0.1:{ng_port}/small", server_pids(ng), h2=True)))
+        stop(ng)
+        tls_port = free_port()
+        fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
+        rows.append(row(14, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), h2=True)))
+        stop(fg)
     if 10 in wanted or 11 in wanted:
         many_connections(rows, up_port, upstream, wanted)
     if 12 in wanted:
