@@ -99,6 +99,8 @@ pub fn new_request_id() -> String {
 // Inserted by `&str`: pingora stores a `HeaderName` it is given with a title-cased copy of the
 // name (an allocation per insert); a static `&str` is kept as written. Looked up by
 // `HeaderName`: a `&str` would be parsed on every lookup.
+/// Every forwarding field the gateway sets or removes.
+const FORWARDING_NAMES: [&str; 5] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REAL_IP, FORWARDED];
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
@@ -219,8 +221,10 @@ impl Policy for Forwarding {
         // them (and `Connection`-nominated ones) before this runs.
         let trusted = x.trusted_peer;
         let f = self.forwarded;
-        if !trusted {
-            // what the gateway does not set, only a trusted proxy may say
+        // what the gateway does not set, only a trusted proxy may say; one pass over the
+        // request's fields first, as most requests carry none of them (three removals by name
+        // cost about 1k instructions, bench/callgrind)
+        if !trusted && up.headers.keys().any(|n| FORWARDING_NAMES.contains(&n.as_str())) {
             for (name, set) in [
                 (X_FORWARDED_FOR, f.x_forwarded_for),
                 (X_FORWARDED_PROTO, f.x_forwarded_proto),
