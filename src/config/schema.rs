@@ -124,15 +124,8 @@ fn unwrap(p: &Value) -> (Option<(&Value, Shape)>, String) {
 }
 
 fn kind(p: &Value) -> String {
-    let desc = p.get("description").and_then(Value::as_str).unwrap_or("");
-    if desc.contains("A duration") && p.get("anyOf").is_some() {
-        return "duration or `\"origin\"`".into();
-    }
-    if desc.ends_with("\"1m30s\", \"2h\".") {
-        return "duration".into();
-    }
-    if desc.ends_with("\"1MiB\", \"10MB\".") {
-        return "size".into();
+    if let Some(k) = p.get("x-kind").and_then(Value::as_str) {
+        return k.into();
     }
     match p.get("type").and_then(Value::as_str) {
         Some("array") => format!("list of {}", p.get("items").map(kind).unwrap_or_default()),

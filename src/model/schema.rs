@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// A config type's JSON Schema (draft 07), inline: no `$ref`s, so a key's description travels
-/// with it wherever the type is used.
+/// with it wherever the type is used. Value types that are strings or numbers to a validator
+/// but one thing to a reader (a duration, a size) say so in `x-kind`, a keyword validators
+/// ignore, for the generated key reference.
 pub trait Schema {
     fn schema() -> Value;
 }
@@ -166,7 +168,7 @@ const DURATION: &str = r"^\s*(\$\{[^}]+\}|([0-9]+\s*[a-zA-Zµ]+\s*)+)\s*$";
 
 impl Schema for Dur {
     fn schema() -> Value {
-        json!({ "type": "string", "pattern": DURATION, "description": "A duration: \"250ms\", \"5s\", \"1m30s\", \"2h\".", "examples": ["250ms", "5s", "1m30s"] })
+        json!({ "type": "string", "pattern": DURATION, "x-kind": "duration", "description": "A duration: \"250ms\", \"5s\", \"1m30s\", \"2h\".", "examples": ["250ms", "5s", "1m30s"] })
     }
 }
 
@@ -175,6 +177,7 @@ impl Schema for Ttl {
         json!({
             "type": "string",
             "anyOf": [{ "const": "origin" }, { "pattern": DURATION }],
+            "x-kind": "duration or `\"origin\"`",
             "description": "A duration (\"30s\", \"5m\"), or \"origin\": only what the backend's headers allow."
         })
     }
@@ -188,7 +191,8 @@ impl Schema for Size {
                 { "type": "string", "pattern": r"^\s*(\$\{[^}]+\}|[0-9.]+\s*([KMGTP]i?B?|[kmgtp]i?b?|B|b)?)\s*$" }
             ],
             "description": "A size: a number of bytes, or \"64KiB\", \"1MiB\", \"10MB\".",
-            "examples": ["64KiB", "1MiB", 4096]
+            "examples": ["64KiB", "1MiB", 4096],
+            "x-kind": "size"
         })
     }
 }

@@ -273,10 +273,13 @@ impl CompressPolicy {
         if h.contains_key(CONTENT_ENCODING) || !resp.status.is_success() || resp.status.as_u16() == 204 || resp.status.as_u16() == 206 {
             return false;
         }
+        // compared without a lower-cased copy: this runs on every response a client could get
+        // compressed, cache hits included
+        let starts = |ct: &str, prefix: &str| ct.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
         let type_ok = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-            let ct = ct.trim().to_ascii_lowercase();
+            let ct = ct.trim();
             // An event stream must reach the client event by event, not when a compressor flushes.
-            !ct.starts_with("text/event-stream") && self.types.iter().any(|t| ct.starts_with(t.as_str()))
+            !starts(ct, "text/event-stream") && self.types.iter().any(|t| starts(ct, t))
         });
         let size_ok = match h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
             Some(len) => len >= self.min_size,
@@ -363,15 +366,15 @@ impl Policy for CompressPolicy {
         st: &mut CompressScratch,
         _d: &mut Directives,
     ) -> Result<(), GatewayError> {
+        // a stored form: `stored_form` found the response eligible, the body is already encoded
+        if let (Some(alg), Some((identity, encoded))) = (st.chosen, st.precompressed) {
+            st.sizes = Some((identity, encoded));
+            return mark_encoded(resp, token(alg), Some(encoded));
+        }
         let Some(alg) = st.chosen.filter(|_| self.eligible(resp)) else {
             st.chosen = None;
             return Ok(());
         };
-        if let Some((identity, encoded)) = st.precompressed {
-            // the body is already encoded: no stream
-            st.sizes = Some((identity, encoded));
-            return mark_encoded(resp, token(alg), Some(encoded));
-        }
         let size = resp.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if !st.head {
             let stream = Stream::new(alg, self.level(alg), size);
