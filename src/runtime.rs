@@ -26,6 +26,9 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Runtime {
     pub routes: RouteTable,
+    /// Some route may answer fresh hits at the front door: without one, the front door
+    /// does not look at requests at all.
+    pub front_door: bool,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub forwarding: Forwarding,
     pub limits: ServerLimits,
@@ -126,6 +129,7 @@ pub fn materialize(plan: Plan, previous: Option<&Runtime>, cache: &ProcessParts)
         resolve_interval,
     } = server;
     Ok(Runtime {
+        front_door: table.iter().any(|r| r.hits_at_front_door()),
         routes: RouteTable::new(table),
         upstreams: live,
         forwarding: Forwarding { trusted_proxies, remove_request_headers, forwarded },

@@ -90,6 +90,13 @@ impl Body {
         let block = &self.blocks[i];
         block.slice(off..block.len().min(end - i * BLOCK))
     }
+
+    /// The body as stored, block by block, each with whether it is the last: what a body
+    /// filter is handed (an empty body is one empty, last piece). No copy.
+    pub fn pieces(&self) -> impl Iterator<Item = (Bytes, bool)> + '_ {
+        let n = self.blocks.len().max(1);
+        (0..n).map(move |i| (self.blocks.get(i).cloned().unwrap_or_default(), i + 1 == n))
+    }
 }
 
 impl From<&[u8]> for Body {

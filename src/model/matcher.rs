@@ -120,7 +120,8 @@ pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&str> {
     Some(strip_port(raw))
 }
 
-fn strip_port(host: &str) -> &str {
+/// A Host value without its port (an IPv6 literal keeps its brackets).
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // IPv6 literal: keep up to the closing bracket
         return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);

@@ -14,6 +14,8 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use super::front::Door;
+use super::Gateway;
 use crate::app::App;
 use crate::edge::forwarding::new_request_id;
 use crate::edge::limits::ServerLimits;
@@ -54,15 +56,23 @@ pub enum Listener {
 /// Wraps the HTTP proxy app `A` with the connection layer.
 pub struct Edge<A> {
     proxy: Arc<A>,
+    /// Answers fresh cache hits before `proxy` sees them (`front`); `None` where pingora must
+    /// count every request (a keep-alive request limit).
+    front: Option<Gateway>,
     app: Arc<App>,
     conns: Arc<Connections>,
     listener: Listener,
 }
 
-impl<A> Edge<A> {
+impl<A: HttpServerApp> Edge<A> {
     pub fn new(proxy: A, app: Arc<App>, conns: Arc<Connections>, listener: Listener) -> Self {
-        Edge { proxy: Arc::new(proxy), app, conns, listener }
+        let limited = proxy.server_options().is_some_and(|o| o.keepalive_request_limit.is_some());
+        let front = (!limited).then(|| Gateway::new(app.clone()));
+        Edge { proxy: Arc::new(proxy), front, app, conns, listener }
     }
+}
+
+impl<A> Edge<A> {
 
     /// Takes a connection slot, or says which limit is reached.
     fn admit(&self, peer: Option<IpAddr>, limits: &ServerLimits, trusted: bool) -> Result<Slot<'_>, &'static str> {
@@ -353,6 +363,17 @@ where
                 })
                 .await;
                 return None;
+            }
+            if let Some(front) = &self.front {
+                let (tls, stopping) = (self.listener == Listener::Tls, *shutdown.borrow());
+                match front.front_door(&runtime, &head, &mut stream, peer, tls, stopping).await {
+                    Door::Pass => {}
+                    Door::KeepAlive => {
+                        fresh = false;
+                        continue;
+                    }
+                    Door::Close => return None,
+                }
             }
             drop(runtime);
             let mut session = ServerSession::new_http1(stream);

@@ -9,7 +9,8 @@ use crate::policy::{Cut, Directives, Exchange};
 use crate::problem::{GatewayError, Problem};
 use crate::telemetry::outcome;
 use pingora::cache::key::CacheKey;
-use pingora::cache::CachePhase;
+use pingora::cache::{CacheMeta, CachePhase};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
@@ -17,7 +18,13 @@ use std::borrow::Cow;
 /// The policies' view of the exchange in this phase.
 #[inline]
 pub(super) fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a> {
-    let req = session.req_header();
+    view(session.req_header(), core, session.cache.phase(), session.cache.maybe_cache_meta())
+}
+
+/// The policies' view of `req`: `phase` is the cache's, unless the request is answered as a
+/// fresh hit (pingora's cache never ran for it).
+#[inline]
+pub(super) fn view<'a>(req: &'a RequestHeader, core: &'a Core, phase: CachePhase, cache_meta: Option<&'a CacheMeta>) -> Exchange<'a> {
     Exchange {
         req,
         path: core.rewritten_path.as_deref().unwrap_or(req.uri.path()),
@@ -29,8 +36,8 @@ pub(super) fn exchange<'a>(session: &'a Session, core: &'a Core) -> Exchange<'a>
         trusted_peer: core.trusted_peer,
         started: core.started,
         streaming: core.streaming,
-        cache_phase: if core.fast_hit { CachePhase::Hit } else { session.cache.phase() },
-        cache_meta: session.cache.maybe_cache_meta(),
+        cache_phase: if core.fast_hit { CachePhase::Hit } else { phase },
+        cache_meta,
     }
 }
 
@@ -89,8 +96,7 @@ pub(super) async fn buffer_body(session: &mut Session, limit: u64) -> std::resul
 
 /// The cache key of a request on a route that caches: what pingora looks up, and what the
 /// fast path of a hit looks up first.
-pub(super) fn cache_key(session: &Session, core: &Core, policy: &cache::CachePolicy) -> CacheKey {
-    let req = session.req_header();
+pub(super) fn cache_key(req: &RequestHeader, core: &Core, policy: &cache::CachePolicy) -> CacheKey {
     let path = core.rewritten_path.as_deref().unwrap_or(req.uri.path());
     let params = &core.params;
     let (primary, info) = policy.key(request_host(req).unwrap_or(""), path, req.uri.query(), &req.headers, |n| params.get(path, n));

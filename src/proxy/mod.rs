@@ -26,6 +26,7 @@
 pub mod conn;
 pub mod ctx;
 mod engine;
+pub mod front;
 mod hit;
 pub mod respond;
 
@@ -40,15 +41,16 @@ use crate::routing::Target;
 use crate::telemetry::outcome::{self, Finished, Sinks};
 use async_trait::async_trait;
 use bytes::Bytes;
-use ctx::{Ctx, Decision};
-use engine::{apply, buffer_body, cache_key, cut, exchange, fail};
+use ctx::{Core, Ctx, Decision};
+use engine::{apply, buffer_body, cache_key, cut, exchange, fail, view};
 use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
-use pingora::cache::{CacheMeta, CacheOptionOverrides, ForcedFreshness, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -83,85 +85,20 @@ impl ProxyHttp for Gateway {
                 session.req_header_mut().remove_header(h);
             }
         }
-        let req = session.req_header();
-        ctx.core.request_id = forwarding::Forwarding::request_id(req);
-        ctx.core.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        ctx.core.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.core.trusted_peer = ctx.core.peer_ip.is_some_and(|ip| rt.forwarding.is_trusted(ip));
-        ctx.core.client_ip = rt.forwarding.client_ip(ctx.core.peer_ip, req);
-        if let Some(t) = &self.app.tracing {
-            ctx.trace = Some(t.start_request(req, ctx.core.peer_ip));
-        }
         let (body_timeout, keepalive) = (rt.limits.client_body_timeout, rt.limits.keepalive_timeout);
         session.set_read_timeout(Some(body_timeout));
         // Only where pingora would keep the connection: it closes after an ambiguous message.
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(keepalive.as_secs()));
         }
-
+        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let req = session.req_header();
+        self.identify(req, ctx, peer_ip, tls);
         let mut d = Directives::default();
-        let rt = &*ctx.core.runtime;
-        ctx.decision = match rt.limits.on_request(&exchange(session, &ctx.core), &mut (), &mut d).await {
-            Flow::Respond(err) => Decision::Rejected { err, route: None },
-            Flow::Continue => {
-                let req = session.req_header();
-                match normalize_with(req.uri.path(), rt.limits.encoded_slash) {
-                    Err(PathError::EncodedSlash) => {
-                        let detail = "an encoded `/` or `\\` (%2F, %5C) in the path is refused: a backend that decodes it would see another path than the one routed";
-                        Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None }
-                    }
-                    Err(PathError::BadUtf8) => {
-                        let detail = "escaped bytes in the path are not UTF-8 (an overlong or cut sequence such as %C0%AE): a lenient decoder would see another path than the one routed";
-                        Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None }
-                    }
-                    Err(e) => {
-                        d.close = true;
-                        let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));
-                        Decision::Rejected { err, route: None }
-                    }
-                    Ok(path) => match rt.routes.lookup(&req.method, request_host(req), &path) {
-                        None => match rt.routes.allowed(request_host(req), &path) {
-                            // the path is served, with other methods
-                            Some(allow) => {
-                                let detail = format!("{} is not served on {}: this route takes {allow}", req.method, req.uri.path());
-                                Decision::Rejected { err: GatewayError::new(Problem::MethodNotAllowed, detail).allow(allow), route: None }
-                            }
-                            None => Decision::NoRoute,
-                        },
-                        Some((route, params)) => {
-                            if let Cow::Owned(p) = path {
-                                ctx.core.rewritten_path = Some(p);
-                            }
-                            ctx.core.params = params;
-                            Decision::Routed(route.clone())
-                        }
-                    },
-                }
-            }
-        };
-        if let Decision::Routed(route) = &ctx.decision {
-            // paired with `request_finished` in `logging`, which runs for every request
-            self.app.metrics.request_started(&route.name, &route.metrics);
-            if let Some(t) = &ctx.trace {
-                t.set_route(&route.name, route.matcher.template().map(|t| t.as_str()), &session.req_header().method);
-            }
-            ctx.core.streaming = route.streaming || session.is_upgrade_req();
-            let refusal = match route.target {
-                Target::Deny(problem) => {
-                    let req = session.req_header();
-                    Some(GatewayError::new(problem, format!("{} {} is not served here", req.method, req.uri.path())))
-                }
-                Target::Upstream(_) => match route.policies.on_request(&exchange(session, &ctx.core), &mut ctx.record.scratch, &mut d).await {
-                    Flow::Respond(err) => Some(err),
-                    Flow::Continue => None,
-                },
-            };
-            if let Some(err) = refusal
-                && let Decision::Routed(route) = std::mem::replace(&mut ctx.decision, Decision::Pending)
-            {
-                ctx.decision = Decision::Rejected { err, route: Some(route) };
-            }
-        }
+        let phase = session.cache.phase();
+        ctx.decision = route_request(req, &mut ctx.core, phase, &mut d).await;
+        self.enter_route(req, ctx, phase, session.is_upgrade_req(), &mut d).await;
         apply(session, d)
     }
 
@@ -174,7 +111,7 @@ impl ProxyHttp for Gateway {
                         && let Some(policy) = c.policy.as_ref()
                         && c.may_hit_fast(&exchange(session, &ctx.core), &ctx.record.scratch.cache)
                     {
-                        hit = c.fresh_hit(&cache_key(session, &ctx.core, policy).combined_bin());
+                        hit = c.fresh_hit(&cache_key(session.req_header(), &ctx.core, policy).combined_bin());
                     }
                     return match hit {
                         Some(hit) => self.serve_fresh_hit(session, ctx, hit).await.map(|()| true),
@@ -218,7 +155,7 @@ impl ProxyHttp for Gateway {
             .route()
             .and_then(|r| r.policies.cache.as_ref()?.policy.as_ref())
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key for a route without cache"))?;
-        Ok(cache_key(session, &ctx.core, policy))
+        Ok(cache_key(session.req_header(), &ctx.core, policy))
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -424,16 +361,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        resp.insert_header(problem::REQUEST_ID_HEADER, ctx.core.request_id.as_str())?;
         if session.is_process_shutting_down() {
             // draining: the client learns from this response not to send another here
             session.set_keepalive(None);
         }
-        let Some(route) = ctx.decision.route() else { return Ok(()) };
-        route.policies.decorate(resp, &ctx.record.scratch);
         let mut d = Directives::default();
-        let x = exchange(session, &ctx.core);
-        if let Err(err) = route.policies.on_response(&x, resp, &mut ctx.record.scratch, &mut d).await {
+        let (phase, meta) = (session.cache.phase(), session.cache.maybe_cache_meta());
+        if let Err(err) = self.outgoing(session.req_header(), ctx, phase, meta, resp, &mut d).await {
             return Err(fail(ctx, err));
         }
         apply(session, d)
@@ -488,6 +422,67 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let sent = Sent {
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+        };
+        self.finish(session.req_header(), ctx, sent, e.map(|e| e.to_string()));
+    }
+}
+
+impl Gateway {
+    /// Who sent the request, its id and its trace: the first thing every request gets.
+    fn identify(&self, req: &RequestHeader, ctx: &mut Ctx, peer_ip: Option<IpAddr>, tls: bool) {
+        let rt = &*ctx.core.runtime;
+        ctx.core.request_id = forwarding::Forwarding::request_id(req);
+        ctx.core.peer_ip = peer_ip;
+        ctx.core.tls = tls;
+        ctx.core.trusted_peer = peer_ip.is_some_and(|ip| rt.forwarding.is_trusted(ip));
+        ctx.core.client_ip = rt.forwarding.client_ip(peer_ip, req);
+        if let Some(t) = &self.app.tracing {
+            ctx.trace = Some(t.start_request(req, peer_ip));
+        }
+    }
+
+    /// The route's part of the first phase, for a routed request: its metrics and span, then
+    /// its `deny` or its policies' `on_request`, which may turn the decision into a refusal.
+    /// Budgets are taken here (rate-limit tokens): it runs once per request.
+    async fn enter_route(&self, req: &RequestHeader, ctx: &mut Ctx, phase: CachePhase, upgrade: bool, d: &mut Directives) {
+        let Decision::Routed(route) = &ctx.decision else { return };
+        // paired with `request_finished` in `finish`, which runs for every request
+        self.app.metrics.request_started(&route.name, &route.metrics);
+        if let Some(t) = &ctx.trace {
+            t.set_route(&route.name, route.matcher.template().map(|t| t.as_str()), &req.method);
+        }
+        ctx.core.streaming = route.streaming || upgrade;
+        let refusal = match route.target {
+            Target::Deny(problem) => Some(GatewayError::new(problem, format!("{} {} is not served here", req.method, req.uri.path()))),
+            Target::Upstream(_) => match route.policies.on_request(&view(req, &ctx.core, phase, None), &mut ctx.record.scratch, d).await {
+                Flow::Respond(err) => Some(err),
+                Flow::Continue => None,
+            },
+        };
+        if let Some(err) = refusal
+            && let Decision::Routed(route) = std::mem::replace(&mut ctx.decision, Decision::Pending)
+        {
+            ctx.decision = Decision::Rejected { err, route: Some(route) };
+        }
+    }
+
+    /// What every response header gets on its way to the client: the request id, the
+    /// route's fields and its policies' `on_response`.
+    async fn outgoing(&self, req: &RequestHeader, ctx: &mut Ctx, phase: CachePhase, meta: Option<&CacheMeta>, resp: &mut ResponseHeader, d: &mut Directives) -> std::result::Result<(), GatewayError> {
+        resp.insert_header(problem::REQUEST_ID_HEADER, ctx.core.request_id.as_str())
+            .map_err(|e| GatewayError::new(Problem::Internal, format!("response header: {e}")))?;
+        let Some(route) = ctx.decision.route() else { return Ok(()) };
+        route.policies.decorate(resp, &ctx.record.scratch);
+        route.policies.on_response(&view(req, &ctx.core, phase, meta), resp, &mut ctx.record.scratch, d).await
+    }
+
+    /// The request's outcome, handed to telemetry once it is over (pingora's `logging`, or
+    /// the front door's answer).
+    fn finish(&self, req: &RequestHeader, ctx: &mut Ctx, sent: Sent, error: Option<String>) {
         ctx.record.outcome.client_ip = ctx.core.client_ip;
         if ctx.record.outcome.ttfb.is_some()
             && ctx.record.outcome.upstream_error.is_none()
@@ -498,7 +493,6 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.decision.route() {
             route.policies.on_done(&ctx.record.scratch, &mut ctx.record.outcome);
         }
-        let req = session.req_header();
         let access_log = ctx.core.runtime.limits.access_log;
         let finished = Finished {
             request_id: &ctx.core.request_id,
@@ -512,11 +506,11 @@ impl ProxyHttp for Gateway {
             params: access_log
                 .then(|| ctx.core.params.render(ctx.core.rewritten_path.as_deref().unwrap_or(req.uri.path())))
                 .flatten(),
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            status: sent.status,
             elapsed: ctx.core.started.elapsed(),
-            bytes_in: session.body_bytes_read(),
-            bytes_out: session.body_bytes_sent(),
-            error: e.map(|e| e.to_string()),
+            bytes_in: sent.bytes_in,
+            bytes_out: sent.bytes_out,
+            error,
             access_log,
         };
         let sinks = Sinks {
@@ -525,4 +519,55 @@ impl ProxyHttp for Gateway {
         };
         outcome::record(&ctx.record.outcome, &finished, &sinks, ctx.trace.take());
     }
+}
+
+/// What went to and from the client: for the outcome.
+struct Sent {
+    /// 0 when nothing was sent.
+    status: u16,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// The server's limits, the path's normalization and the route table: the request's route,
+/// or why it has none. Nothing is taken from any budget here, so the front door may ask and
+/// still hand the request to pingora.
+async fn route_request(req: &RequestHeader, core: &mut Core, phase: CachePhase, d: &mut Directives) -> Decision {
+    let rt = &*core.runtime;
+    if let Flow::Respond(err) = rt.limits.on_request(&view(req, core, phase, None), &mut (), d).await {
+        return Decision::Rejected { err, route: None };
+    }
+    let path = match normalize_with(req.uri.path(), rt.limits.encoded_slash) {
+        Ok(path) => path,
+        Err(PathError::EncodedSlash) => {
+            let detail = "an encoded `/` or `\\` (%2F, %5C) in the path is refused: a backend that decodes it would see another path than the one routed";
+            return Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None };
+        }
+        Err(PathError::BadUtf8) => {
+            let detail = "escaped bytes in the path are not UTF-8 (an overlong or cut sequence such as %C0%AE): a lenient decoder would see another path than the one routed";
+            return Decision::Rejected { err: GatewayError::new(Problem::BadRequest, detail), route: None };
+        }
+        Err(e) => {
+            d.close = true;
+            let err = GatewayError::new(Problem::BadRequest, format!("request path cannot be routed: {e:?}"));
+            return Decision::Rejected { err, route: None };
+        }
+    };
+    let host = request_host(req);
+    let Some((route, params)) = rt.routes.lookup(&req.method, host, &path) else {
+        return match rt.routes.allowed(host, &path) {
+            // the path is served, with other methods
+            Some(allow) => {
+                let detail = format!("{} is not served on {}: this route takes {allow}", req.method, req.uri.path());
+                Decision::Rejected { err: GatewayError::new(Problem::MethodNotAllowed, detail).allow(allow), route: None }
+            }
+            None => Decision::NoRoute,
+        };
+    };
+    let route = route.clone();
+    if let Cow::Owned(p) = path {
+        core.rewritten_path = Some(p);
+    }
+    core.params = params;
+    Decision::Routed(route)
 }

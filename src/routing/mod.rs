@@ -65,6 +65,14 @@ impl Route {
         }
     }
 
+    /// A fresh stored response of this route may be answered at the connection's front door
+    /// (`proxy::front`): it caches, goes to an upstream and does not read request bodies whole.
+    pub fn hits_at_front_door(&self) -> bool {
+        matches!(self.target, Target::Upstream(_))
+            && self.policies.cache.as_ref().is_some_and(|c| c.policy.is_some())
+            && self.policies.body.as_ref().is_none_or(|b| b.buffer.is_none())
+    }
+
     /// What the route's target is called in the admin API and `check`.
     pub fn target_name(&self) -> &str {
         match &self.target {

@@ -64,6 +64,7 @@ pub struct Metrics {
     slow: IntCounterVec,
     connections_open: IntGauge,
     connections_refused: IntCounterVec,
+    front_door: prometheus::IntCounter,
 }
 
 /// Body sizes: 64 B to 16 MiB, by powers of four.
@@ -113,6 +114,10 @@ impl Metrics {
         )?;
         let connections_open = gauge(&registry, "fastgate_connections_open", "Client connections open on the proxy listener.")?;
         let connections_refused = counter_vec(&registry, "fastgate_connections_refused_total", "Client connections closed before a request reached the proxy, by reason (max_connections, max_connections_per_client, header_timeout, malformed_head, head_too_large).", &["reason"])?;
+        let front_door = registered(
+            &registry,
+            prometheus::IntCounter::new("fastgate_front_door_responses_total", "Responses written by the connection layer without a proxy session: fresh cache hits of plain HTTP/1.1 GETs, and refusals of such requests by their route's policies.")?,
+        )?;
         let cache_results = counter_vec(&registry, "fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS).", &["route", "result"])?;
         let cache_purged = counter_vec(&registry, "fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write).", &["cause"])?;
         let cache_invalidations = counter_vec(&registry, "fastgate_cache_invalidations_total", "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag, entity, list).", &["route", "reason"])?;
@@ -165,6 +170,7 @@ impl Metrics {
             slow,
             connections_open,
             connections_refused,
+            front_door,
         })
     }
 
@@ -277,6 +283,11 @@ impl Metrics {
 
     pub fn otlp_export_failed(&self, spans: usize) {
         self.otlp_dropped.inc_by(spans as u64);
+    }
+
+    /// A response the front door wrote (`proxy::front`).
+    pub fn front_door_answered(&self) {
+        self.front_door.inc();
     }
 
     pub fn connection_opened(&self) {

@@ -674,3 +674,147 @@ async fn max_size_bounds_resident_memory_under_overfill() {
     assert!(evictions > 0.0 && stored <= MAX as f64, "{m}");
     assert!(rss <= baseline + MAX * 12 / 10, "rss {rss} over baseline {baseline} + 1.2 x {MAX}");
 }
+
+/// Reads one HTTP/1.1 response off `s`: its head, and its body framed by `Content-Length` or
+/// chunked.
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let find = |b: &[u8], pat: &[u8]| b.windows(pat.len()).position(|w| w == pat);
+    let mut chunk = [0u8; 16384];
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before a whole head: {}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf.drain(..end).collect()).unwrap();
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+    };
+    let mut body = Vec::new();
+    if let Some(len) = field("content-length") {
+        let len: usize = len.parse().unwrap();
+        while buf.len() < len {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        body = buf.drain(..len).collect();
+    } else if field("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap().trim(), 16).unwrap();
+            while buf.len() < line_end + 2 + size + 2 {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    (head, body)
+}
+
+/// The head's fields as sorted `name: value` lines, without those that differ per response
+/// (the rate limit's remaining tokens are kept by name only).
+fn fields_of(head: &str) -> Vec<String> {
+    let mut f: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            format!("{}: {}", k.to_ascii_lowercase(), v.trim())
+        })
+        .filter(|l| !["date:", "x-request-id:", "age:"].iter().any(|p| l.starts_with(p)))
+        .map(|l| if l.starts_with("ratelimit:") { "ratelimit".to_string() } else { l })
+        .collect();
+    f.sort();
+    f
+}
+
+/// A plain HTTP/1.1 GET of a fresh entry is answered at the connection's front door, before
+/// a proxy session exists: the same status line, fields and body as pingora's hit path, on a
+/// kept connection, counted once by the route's rate limit and recorded in the metrics like
+/// any hit. A request the front door leaves alone (a validator, `Connection: close`) gets the
+/// same answer from pingora.
+#[tokio::test]
+async fn fresh_hits_are_answered_at_the_front_door_as_the_full_path_answers_them() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start();
+    let routes = cached_route("c", PATH, "{ ttl = \"60s\" }") + "compress = { min_size = 100 }\nrate_limit = [{ rate = \"1/h\", burst = 12 }]\n";
+    let gw = Gateway::start(&config_for(&backend.addr(), &routes));
+    let c = reqwest::Client::new();
+    let path = format!("{PATH}/front?size=3000");
+    let (s, h, _) = get(&c, gw.url(&path)).await; // 1: the miss
+    assert_eq!((s, xc(&h)), (200, "MISS"));
+
+    let host = gw.addr();
+    let req = |extra: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: t\r\n{extra}\r\n").into_bytes();
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut front = Vec::new();
+    for extra in ["", "", "Accept-Encoding: gzip\r\n"] {
+        // 2-4: front door, one kept connection
+        s.write_all(&req(extra)).await.unwrap();
+        front.push(read_response(&mut s, &mut buf).await);
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(common::metric_value(&metrics, "fastgate_front_door_responses_total"), Some(3.0), "{metrics}");
+    // 5: pingora's hit path (a validator it must compare), on the same connection
+    s.write_all(&req("If-None-Match: \"other\"\r\n")).await.unwrap();
+    let full = read_response(&mut s, &mut buf).await;
+    let (head, body) = &front[0];
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(fields_of(head), fields_of(&full.0), "front door:\n{head}\nfull path:\n{}", full.0);
+    assert_eq!(body, &full.1);
+    // one token per request, whichever path answered: the 2nd request leaves 10, the 5th 7
+    assert!(head.contains("ratelimit: \"client_ip\";r=10;") && full.0.contains("ratelimit: \"client_ip\";r=7;"), "{head}\n{}", full.0);
+    assert!(head.to_ascii_lowercase().contains("connection: keep-alive\r\n") && head.contains("x-cache: HIT"), "{head}");
+    assert_eq!(front[1].1, full.1);
+    // the compressed form, by its length, decoding to the stored body
+    let (gz_head, gz) = &front[2];
+    assert!(gz_head.to_ascii_lowercase().contains("content-encoding: gzip\r\n"), "{gz_head}");
+    assert!(gz_head.to_ascii_lowercase().contains(&format!("content-length: {}\r\n", gz.len())), "{gz_head}");
+    assert_eq!(crate::policies::decode("gzip", gz), full.1);
+
+    // 6: Connection: close is pingora's, and closes
+    s.write_all(&req("Connection: close\r\n")).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut buf).await;
+    assert!(head.to_ascii_lowercase().contains("connection: close\r\n"), "{head}");
+    assert_eq!(body, full.1);
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    // 7-12: the burst's last tokens at the front door; 13: refused there, as problem+json
+    for i in 7..=13 {
+        s.write_all(&req("")).await.unwrap();
+        let (head, body) = read_response(&mut s, &mut buf).await;
+        if i < 13 {
+            assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head}");
+            continue;
+        }
+        assert!(head.starts_with("HTTP/1.1 429 "), "request {i} is over the burst of 12: {head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/problem+json") && lower.contains("retry-after:") && lower.contains("ratelimit"), "{head}");
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "rate_limited", "{problem}");
+    }
+    assert_eq!(backend.hits(&format!("{PATH}/front")).await, 1);
+    let m = gw.wait_metric("fastgate_cache_requests_total{result=\"HIT\",route=\"c\"}", 11.0).await;
+    assert_eq!(common::metric_value(&m, "fastgate_front_door_responses_total"), Some(10.0), "{m}");
+    let limited: Vec<&str> = m.lines().filter(|l| l.starts_with("fastgate_rate_limited_total{") && l.contains("route=\"c\"")).collect();
+    assert!(limited.len() == 1 && limited[0].ends_with(" 1"), "{limited:?}");
+}
