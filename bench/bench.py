@@ -432,10 +432,12 @@ def start_haproxy(up_port, mode, cert=None, key=None):
     os.makedirs(d, exist_ok=True)
     port = free_port()
     bind = f"bind 127.0.0.1:{port}"
-    if mode == "tls":
+    if mode in ("tls", "tls-h2"):
         pem = os.path.join(d, "site.pem")
         open(pem, "w").write(open(cert).read() + open(key).read())
         bind += f" ssl crt {pem} ssl-min-ver TLSv1.2 no-tls-tickets"
+        if mode == "tls-h2":
+            bind += " alpn h2,http/1.1"
     front = ""
     if mode == "cache":
         front = "http-request cache-use c\n  http-response cache-store c"
@@ -474,7 +476,7 @@ def start_haproxy(up_port, mode, cert=None, key=None):
         """)
     open(os.path.join(d, "haproxy.cfg"), "w").write(conf)
     p = spawn([HAPROXY, "-db", "-f", os.path.join(d, "haproxy.cfg")], PROXY_CPU)
-    scheme = "https" if mode == "tls" else "http"
+    scheme = "https" if mode.startswith("tls") else "http"
     deadline = time.time() + 30
     while subprocess.run(["curl", "-sk", "-o", "/dev/null", "--fail", f"{scheme}://127.0.0.1:{port}/small"]).returncode != 0:
         if time.time() > deadline or p.poll() is not None:
@@ -537,11 +539,16 @@ def proxied_scenarios(rows):
         conns = 8 if num == 4 else CONNECTIONS
         direct = measure("direct (no proxy)", f"http://{upstream}{path}", [], headers=headers, conns=conns)
         rows.append(row(num, title, "direct", direct))
-        def peer(label, system, p, port):
-            """One system on this scenario: warm its cache, measure, note the body size."""
+        def peer(label, system, p, port, admin=None):
+            """One system on this scenario: warm its cache, measure, note the body size (and,
+            for fastgate's hits, the front door's share)."""
+            url = f"http://127.0.0.1:{port}{path}"
             if mode == "cache":
-                wrk(f"http://127.0.0.1:{port}{path}", duration=1)
-            r = measure(label, f"http://127.0.0.1:{port}{path}", server_pids(p), headers=headers, conns=conns)
+                wrk(url, duration=1)
+            if mode == "cache" and admin:
+                r = measure_front_door(label, url, server_pids(p), admin, headers=headers, conns=conns)
+            else:
+                r = measure(label, url, server_pids(p), headers=headers, conns=conns)
             if mode == "gzip":
                 r["body_bytes"], r["encoding"] = body_size(f"http://127.0.0.1:{port}{path}", headers)
             rows.append(row(num, title, system, r))
@@ -552,8 +559,8 @@ def proxied_scenarios(rows):
         hp, hp_port = start_haproxy(up_port, mode)
         peer("haproxy 1 thread", "haproxy", hp, hp_port)
         stop(hp)
-        fg, fg_port, _ = start_fastgate(upstream, mode)
-        peer("fastgate 1 thread", "fastgate", fg, fg_port)
+        fg, fg_port, fg_admin = start_fastgate(upstream, mode)
+        peer("fastgate 1 thread", "fastgate", fg, fg_port, fg_admin)
         stop(fg)
         if num in (1, 4) and os.path.exists(BARE):
             bp, bp_port = start_bare(upstream)
@@ -587,12 +594,12 @@ def proxied_scenarios(rows):
             r["body_bytes"], r["encoding"] = body_size(url, gz)
             rows.append(row(13, title, system, r))
             stop(p)
-        fg, fg_port, _ = start_fastgate(upstream, "cache-gzip")
+        fg, fg_port, fg_admin = start_fastgate(upstream, "cache-gzip")
         url = f"http://127.0.0.1:{fg_port}/big"
         for accept in ["identity", "gzip", "br", "zstd"]:
             headers = [f"Accept-Encoding: {accept}"]
             wrk(url, duration=1, headers=headers)
-            r = measure(f"fastgate {accept}", url, server_pids(fg), headers=headers)
+            r = measure_front_door(f"fastgate {accept}", url, server_pids(fg), fg_admin, headers=headers)
             r["body_bytes"], r["encoding"] = body_size(url, headers)
             rows.append(row(13, title, f"fastgate {accept}", r))
         stop(fg)
@@ -616,13 +623,16 @@ def proxied_scenarios(rows):
             stop(fg)
     if 14 in wanted:
         # HTTPS with HTTP/2 (ALPN h2) on keep-alive connections, 10 streams in flight on each:
-        # nginx's h2 against fastgate's (pingora's), h2load as the client
+        # nginx's and HAProxy's h2 against fastgate's (pingora's), h2load as the client
         print("scenario 14: HTTPS keep-alive, HTTP/2", flush=True)
         cert, key = make_cert()
         title = "HTTPS keep-alive 1 KiB, HTTP/2 (10 streams a connection)"
         ng, ng_port = start_nginx_tls(up_port, cert, key, h2=True)
         rows.append(row(14, title, "nginx", measure("nginx 1 worker", f"https://127.0.0.1:{ng_port}/small", server_pids(ng), h2=True)))
         stop(ng)
+        hp, hp_port = start_haproxy(up_port, "tls-h2", cert, key)
+        rows.append(row(14, title, "haproxy", measure("haproxy 1 thread", f"https://127.0.0.1:{hp_port}/small", server_pids(hp), h2=True)))
+        stop(hp)
         tls_port = free_port()
         fg, fg_port, _ = start_fastgate(upstream, "tls", {"tls_port": tls_port, "cert": cert, "key": key})
         rows.append(row(14, title, "fastgate", measure("fastgate 1 thread", f"https://127.0.0.1:{tls_port}/small", server_pids(fg), h2=True)))
@@ -775,6 +785,24 @@ def row(num, title, system, r):
     return {"scenario": num, "title": title, "system": system, **r}
 
 
+def front_door_counts(admin):
+    """fastgate's responses written at the front door, and its cache hits, from /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    front = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("fastgate_front_door_responses_total"))
+    hits = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("fastgate_cache_requests_total{") and 'result="HIT"' in l)
+    return front, hits
+
+
+def measure_front_door(name, url, pids, admin, **kw):
+    """`measure`, with the share of the hits measured that the front door answered."""
+    f0, h0 = front_door_counts(admin)
+    r = measure(name, url, pids, **kw)
+    f1, h1 = front_door_counts(admin)
+    r["front_door_share"] = (f1 - f0) / max(h1 - h0, 1)
+    print(f"    front door: {100 * r['front_door_share']:.1f}% of {h1 - h0:.0f} hits", flush=True)
+    return r
+
+
 # 9,000, not 10,000: this machine allows 20,000 descriptors per process, and HAProxy reserves
 # two per connection (client and server side) before it starts
 IDLE = int(os.environ.get("IDLE_CONNECTIONS", "9000"))
@@ -925,6 +953,8 @@ def markdown(rows):
         title = r["title"]
         if "body_bytes" in r:
             title += f" ({r['body_bytes']} B {r['encoding']})"
+        if "front_door_share" in r:
+            title += f" (front door {100 * r['front_door_share']:.0f}% of hits)"
         if "backend_requests" in r:
             title += f" (backend saw {100 * r['backend_requests'] / max(r['requests'], 1):.0f}%, {r.get('bytes_per_req', 0):.0f} B/resp)"
         out.append(f"| {r['scenario']} | {title} | {r['system']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} | {rss} | {vs_ng} | {vs_hp} | {vs_di} |")

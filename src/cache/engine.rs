@@ -47,6 +47,23 @@ fn store_key(key: &impl CacheHashKey) -> StoreKey {
 
 fn stored_meta(meta: &CacheMeta) -> Result<StoredMeta> {
     let (internal, header) = meta.serialize()?;
+    Ok(StoredMeta { internal, header, decoded: Some(decoded_of(meta)) })
+}
+
+/// `meta` with its decoded form, for a store that was given only the serialized parts (an
+/// object read from Redis): its hits then decompress nothing, and the cache's fast path and
+/// the front door can answer them. Left as it is when the parts do not decode.
+pub fn with_decoded(meta: StoredMeta) -> StoredMeta {
+    if meta.decoded.is_some() {
+        return meta;
+    }
+    match CacheMeta::deserialize(&meta.internal, &meta.header) {
+        Ok(m) => StoredMeta { decoded: Some(decoded_of(&m)), ..meta },
+        Err(_) => meta,
+    }
+}
+
+fn decoded_of(meta: &CacheMeta) -> DecodedMeta {
     // `CacheMeta::new` sets updated and provenance to created: only such a meta rebuilds exactly.
     let rebuildable = meta.updated() == meta.created() && meta.provenance() == meta.created();
     let times = rebuildable.then(|| MetaTimes {
@@ -57,8 +74,7 @@ fn stored_meta(meta: &CacheMeta) -> Result<StoredMeta> {
         variance: meta.variance(),
         epoch_override: meta.epoch_override(),
     });
-    let decoded = DecodedMeta { header: meta.response_header_copy(), times };
-    Ok(StoredMeta { internal, header, decoded: Some(decoded) })
+    DecodedMeta { header: meta.response_header_copy(), times }
 }
 
 /// The serialized header of an empty 200 response, made once: `CacheMeta` can only be built
@@ -238,6 +254,7 @@ impl HandleMiss for Miss {
             meta,
             body,
             forms: Default::default(),
+            stamp: 0,
             url: info.url,
             path: info.path,
             tags,

@@ -287,6 +287,7 @@ mod tests {
             meta: StoredMeta { internal: vec![], header: vec![], decoded: None },
             body: vec![b'x'; size].as_slice().into(),
             forms: Default::default(),
+            stamp: 0,
             url: url.into(),
             path: url.split('?').next().unwrap_or("/").to_string(),
             tags: tags.iter().map(|s| s.to_string()).collect(),

@@ -173,6 +173,18 @@ impl Forms {
         (form.as_ref(), made)
     }
 
+    /// Sets the form in `slot`, read from a shared store with its body; an existing one is kept.
+    pub fn set(&self, slot: usize, form: Body) {
+        if let Some(cell) = self.0.get(slot) {
+            let _ = cell.set(Some(form));
+        }
+    }
+
+    /// The forms made so far, by slot.
+    pub fn made(&self) -> impl Iterator<Item = (usize, &Body)> {
+        self.0.iter().enumerate().filter_map(|(i, c)| Some((i, c.get()?.as_ref()?)))
+    }
+
     /// Bytes the forms made so far take.
     pub fn allocated(&self) -> usize {
         self.0.iter().filter_map(|c| c.get()?.as_ref()).map(Body::allocated).sum()
@@ -184,9 +196,11 @@ impl Forms {
 pub struct StoredObject {
     pub meta: StoredMeta,
     pub body: Body,
-    /// Compressed forms of `body`, made on demand; this process only (not shared through a
-    /// shared store, which keeps the identity body).
+    /// Compressed forms of `body`, made on demand; a shared store shares them with the body.
     pub forms: Forms,
+    /// The version of this object in a shared store (its expiry there, in unix ms; 0 when it
+    /// was never shared): a form made here is written back only to the same version.
+    pub stamp: u64,
     /// Normalized path + sorted query (`url_identity`): purge by URL removes every variant.
     pub url: String,
     /// Normalized path, for purge by prefix.

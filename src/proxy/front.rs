@@ -13,7 +13,6 @@
 
 use super::ctx::{Ctx, Decision};
 use super::engine::{cache_key, cut, view};
-use super::hit::hit_body;
 use super::respond::note;
 use crate::cache::store::Body;
 use super::{Gateway, Sent};
@@ -158,7 +157,7 @@ impl Gateway {
             None => {
                 ctx.core.fast_hit = true;
                 let crate::policy::cache::FreshHit { mut header, obj, key } = hit;
-                let body = hit_body(&mut ctx, &obj, &header, &key);
+                let body = self.hit_body(&mut ctx, &obj, &header, &key);
                 match self.outgoing(&req, &mut ctx, CachePhase::Hit, None, &mut header, &mut d).await {
                     Ok(()) => send(&mut ctx, header, body, stream, !d.close && !shutting_down).await,
                     Err(err) => self.refuse(&mut ctx, err, stream, false).await,

@@ -11,33 +11,36 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::Result;
 use std::sync::Arc;
 
-/// The body a fresh hit sends: the stored body's compressed form when the client gets an
-/// encoding, made once for the entry (`CompressPolicy::stored_form`) rather than compressed
-/// again for each hit, unless another policy rewrites the body (field selection).
-pub(super) fn hit_body<'h>(ctx: &mut Ctx, obj: &'h Arc<StoredObject>, header: &ResponseHeader, key: &StoreKey) -> &'h Body {
-    if let Decision::Routed(route) = &ctx.decision
-        && let Some(compress) = route.policies.compress.as_ref()
-        && !ctx.record.scratch.fields.selects()
-    {
-        let (made, grew) = compress.stored_form(obj, header, &mut ctx.record.scratch.compress);
-        if let (true, Some(cache)) = (grew, route.policies.cache.as_ref()) {
-            cache.store.reweigh(key, obj);
-        }
-        if let Some(form) = made {
-            return form;
-        }
-    }
-    &obj.body
-}
-
 impl Gateway {
+    /// The body a fresh hit sends: the stored body's compressed form when the client gets an
+    /// encoding, made once for the entry (`CompressPolicy::stored_form`) rather than compressed
+    /// again for each hit, unless another policy rewrites the body (field selection).
+    pub(super) fn hit_body<'h>(&self, ctx: &mut Ctx, obj: &'h Arc<StoredObject>, header: &ResponseHeader, key: &StoreKey) -> &'h Body {
+        if let Decision::Routed(route) = &ctx.decision
+            && let Some(compress) = route.policies.compress.as_ref()
+            && !ctx.record.scratch.fields.selects()
+        {
+            let (form, made) = compress.stored_form(obj, header, &mut ctx.record.scratch.compress);
+            if let Some(encoding) = made {
+                self.app.metrics.form_made(encoding);
+                if let Some(cache) = route.policies.cache.as_ref() {
+                    cache.store.reweigh(key, obj);
+                }
+            }
+            if let Some(form) = form {
+                return form;
+            }
+        }
+        &obj.body
+    }
+
     /// Sends a fresh hit the way pingora's hit path would (`proxy_cache_hit`): the route's
     /// response filters on the stored header, then the stored body (or its compressed form)
     /// through the body filters.
     pub(super) async fn serve_fresh_hit(&self, session: &mut Session, ctx: &mut Ctx, hit: FreshHit) -> Result<()> {
         ctx.core.fast_hit = true;
         let FreshHit { header, obj, key } = hit;
-        let body = hit_body(ctx, &obj, &header, &key);
+        let body = self.hit_body(ctx, &obj, &header, &key);
         let mut header = Box::new(header);
         self.response_filter(session, &mut header, ctx).await?;
         session.write_response_header(header, false).await?;

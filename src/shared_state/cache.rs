@@ -2,8 +2,8 @@
 //! others, with a small in-process tier (L1, a `MemoryStore`) in front so hot hits never leave
 //! the process.
 //!
-//! Layout under the key prefix: `c:<hex key>` holds one object (its metadata, purge fields and
-//! body in one value, expiring with the object); `ct:<tag>`, `cu:<url>` and `cp:<path>` are
+//! Layout under the key prefix: `c:<hex key>` holds one object (its metadata, purge fields,
+//! compressed forms and body in one value, expiring with the object); `ct:<tag>`, `cu:<url>` and `cp:<path>` are
 //! sets of hex keys, and `cpaths` orders the paths for purges by prefix. A purge runs as one
 //! script in Redis, then goes out on the `inval` channel, and every replica drops what it
 //! selects from its L1; a replica whose subscription was lost drops its whole L1 when it
@@ -23,7 +23,25 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Format version of a stored value: a replica never decodes a layout it does not know.
-const MAGIC: &[u8; 4] = b"FGC1";
+/// `FGC2` added the compressed forms; a value of the first layout is read without them.
+const MAGIC: &[u8; 4] = b"FGC2";
+const MAGIC_V1: &[u8; 4] = b"FGC1";
+
+/// ARGV: object key, the version written (the value's first 12 bytes: `MAGIC` and the expiry
+/// it was put with), the value with its forms. A form made on one replica goes into the shared
+/// value only while that value is the same version (a newer put, a purge: nothing written), so
+/// a form is never paired with another body; the value keeps its expiry.
+static SHARE_FORMS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GETRANGE', ARGV[1], 0, 11) == ARGV[2] then
+  redis.call('SET', ARGV[1], ARGV[3], 'KEEPTTL')
+  return 1
+end
+return 0
+",
+    )
+});
 
 /// ARGV: prefix, hex key, ttl (ms), value, url, path, tags... Stores the object and indexes it;
 /// each index lives as long as its longest-lived member.
@@ -149,7 +167,10 @@ impl CacheStore for SharedStore {
             // Redis unreachable: a miss, served by the backend
             return Ok(None);
         };
-        let Some((expires, obj)) = value.as_deref().and_then(decode_object) else { return Ok(None) };
+        let Some((expires, mut obj)) = value.as_deref().and_then(decode_object) else { return Ok(None) };
+        obj.stamp = expires;
+        // decoded once here, not on each hit; and a decoded entry can be a fast hit
+        obj.meta = crate::cache::engine::with_decoded(obj.meta);
         let left = expires.saturating_sub(now_ms());
         if left == 0 {
             return Ok(None);
@@ -159,10 +180,11 @@ impl CacheStore for SharedStore {
         self.l1.put_now(*key, obj, Duration::from_millis(left)).map(Some)
     }
 
-    async fn put(&self, key: StoreKey, obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
+    async fn put(&self, key: StoreKey, mut obj: StoredObject, ttl: Duration) -> Result<(), StoreError> {
         let shared = (obj.body.len() <= self.max_object_size).then(|| {
             let ttl_ms = (ttl.as_millis() as u64).max(1);
-            let value = encode_object(&obj, now_ms() + ttl_ms);
+            obj.stamp = now_ms() + ttl_ms;
+            let value = encode_object(&obj, obj.stamp);
             let mut args: Vec<Vec<u8>> = vec![
                 self.redis.def.key_prefix.as_bytes().to_vec(),
                 hex::encode(key).into_bytes(),
@@ -272,8 +294,23 @@ impl CacheStore for SharedStore {
         self.l1.get_local(key)
     }
 
+    /// A form was made: weighed in the L1, and written into the shared value (in the
+    /// background, at most once per form and entry) so the replicas that fill their L1 from
+    /// Redis later get it with the body instead of compressing again.
     fn reweigh(&self, key: &StoreKey, obj: &Arc<StoredObject>) {
         self.l1.reweigh_now(key, obj);
+        if obj.stamp == 0 || obj.body.len() > self.max_object_size {
+            return;
+        }
+        let value = encode_object(obj, obj.stamp);
+        let version = value.get(..12).map(<[u8]>::to_vec).unwrap_or_default();
+        let k = self.object_key(key);
+        let redis = self.redis.clone();
+        tokio::spawn(async move {
+            let _ = redis
+                .run("cache_share_form", |mut c| async move { SHARE_FORMS.arg(k).arg(version).arg(value).invoke_async::<i64>(&mut c).await })
+                .await;
+        });
     }
 
     fn purge_local(&self, selector: &PurgeSelector) -> usize {
@@ -291,11 +328,17 @@ impl CacheStore for SharedStore {
 }
 
 /// `MAGIC`, expiry (unix ms, u64), then internal, header, url, path as u32-length-prefixed
-/// fields, the tag count (u32) and each tag, then the body to the end.
+/// fields, the tag count (u32) and each tag, the form count (u32) and each form (its slot, a
+/// byte, and the form as a field), then the body to the end.
 fn encode_object(obj: &StoredObject, expires_ms: u64) -> Vec<u8> {
     let m = &obj.meta;
     let fields: [&[u8]; 4] = [&m.internal, &m.header, obj.url.as_bytes(), obj.path.as_bytes()];
-    let size = 16 + fields.iter().map(|f| f.len() + 4).sum::<usize>() + obj.tags.iter().map(|t| t.len() + 4).sum::<usize>() + obj.body.len();
+    let forms: Vec<(usize, &Body)> = obj.forms.made().collect();
+    let size = 20
+        + fields.iter().map(|f| f.len() + 4).sum::<usize>()
+        + obj.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+        + forms.iter().map(|(_, f)| f.len() + 5).sum::<usize>()
+        + obj.body.len();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&expires_ms.to_be_bytes());
@@ -310,15 +353,13 @@ fn encode_object(obj: &StoredObject, expires_ms: u64) -> Vec<u8> {
     for t in &obj.tags {
         field(&mut out, t.as_bytes());
     }
-    let mut pos = 0;
-    loop {
-        let chunk = obj.body.chunk_at(pos, usize::MAX);
-        if chunk.is_empty() {
-            break;
-        }
-        pos += chunk.len();
-        out.extend_from_slice(&chunk);
+    out.extend_from_slice(&(forms.len() as u32).to_be_bytes());
+    for (slot, form) in forms {
+        out.push(slot as u8);
+        out.extend_from_slice(&(form.len() as u32).to_be_bytes());
+        form.pieces().for_each(|(piece, _)| out.extend_from_slice(&piece));
     }
+    obj.body.pieces().for_each(|(piece, _)| out.extend_from_slice(&piece));
     out
 }
 
@@ -336,7 +377,8 @@ fn decode_object(mut v: &[u8]) -> Option<(u64, StoredObject)> {
         let n = u32_of(v)?;
         take(v, n).map(<[u8]>::to_vec)
     }
-    if take(&mut v, 4)? != MAGIC {
+    let version = take(&mut v, 4)?;
+    if version != MAGIC && version != MAGIC_V1 {
         return None;
     }
     let expires = u64::from_be_bytes(take(&mut v, 8)?.try_into().ok()?);
@@ -349,10 +391,18 @@ fn decode_object(mut v: &[u8]) -> Option<(u64, StoredObject)> {
     for _ in 0..count {
         tags.push(String::from_utf8(field(&mut v)?).ok()?);
     }
+    let forms = crate::cache::store::Forms::default();
+    if version == MAGIC {
+        for _ in 0..u32_of(&mut v)? {
+            let slot = usize::from(*take(&mut v, 1)?.first()?);
+            forms.set(slot, Body::from(field(&mut v)?.as_slice()));
+        }
+    }
     let obj = StoredObject {
         meta: StoredMeta { internal, header, decoded: None },
         body: Body::from(v),
-        forms: Default::default(),
+        forms,
+        stamp: 0,
         url,
         path,
         tags,
@@ -409,6 +459,7 @@ fn decode_message(msg: &[u8]) -> Option<([u8; 8], Message)> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn objects_and_messages_round_trip() {
@@ -416,6 +467,7 @@ mod tests {
             meta: StoredMeta { internal: vec![1, 2, 3], header: vec![9; 40], decoded: None },
             body: Body::from(&b"{\"id\": 1}"[..]),
             forms: Default::default(),
+            stamp: 0,
             url: "/api/items?a=1".into(),
             path: "/api/items".into(),
             tags: vec!["items".into(), "user:7".into()],
@@ -431,6 +483,18 @@ mod tests {
             assert!(decode_object(&bytes[..n]).is_none(), "{n}");
         }
         assert!(decode_object(b"GET / HTTP/1.1").is_none());
+        // a form goes with its body; a value of the first layout reads without forms
+        obj.forms.set(1, Body::from(&b"br-form"[..]));
+        let (_, back) = decode_object(&encode_object(&obj, 5)).unwrap();
+        let forms: Vec<(usize, Bytes)> = back.forms.made().map(|(i, f)| (i, f.chunk_at(0, 100))).collect();
+        assert_eq!(forms, vec![(1, Bytes::from_static(b"br-form"))]);
+        assert_eq!(back.body.chunk_at(0, 100), &b"{\"id\": 1}"[..]);
+        let mut v1 = encode_object(&StoredObject { forms: Default::default(), ..obj.clone() }, 5);
+        v1[..4].copy_from_slice(MAGIC_V1);
+        let at = v1.len() - obj.body.len() - 4;
+        v1.drain(at..at + 4); // the first layout had no form count
+        let (_, back) = decode_object(&v1).unwrap();
+        assert_eq!((back.forms.made().count(), back.body.chunk_at(0, 100)), (0, Bytes::from_static(b"{\"id\": 1}")));
 
         let origin = [7u8; 8];
         for sel in [PurgeSelector::All, PurgeSelector::Tag("t".into()), PurgeSelector::PathPrefix("/api".into())] {

@@ -65,6 +65,7 @@ pub struct Metrics {
     connections_open: IntGauge,
     connections_refused: IntCounterVec,
     front_door: prometheus::IntCounter,
+    forms_made: IntCounterVec,
 }
 
 /// Body sizes: 64 B to 16 MiB, by powers of four.
@@ -118,6 +119,7 @@ impl Metrics {
             &registry,
             prometheus::IntCounter::new("fastgate_front_door_responses_total", "Responses written by the connection layer without a proxy session: fresh cache hits of plain HTTP/1.1 GETs, and refusals of such requests by their route's policies.")?,
         )?;
+        let forms_made = counter_vec(&registry, "fastgate_cache_forms_made_total", "Compressed forms of stored bodies made by this process, by encoding (gzip, br, zstd): once per entry and encoding, or none when another replica shared its form through Redis.", &["encoding"])?;
         let cache_results = counter_vec(&registry, "fastgate_cache_requests_total", "Responses of cached routes by X-Cache result (HIT, MISS, STALE, EXPIRED, BYPASS).", &["route", "result"])?;
         let cache_purged = counter_vec(&registry, "fastgate_cache_purged_total", "Cache entries removed by purges, by cause (admin, write).", &["cause"])?;
         let cache_invalidations = counter_vec(&registry, "fastgate_cache_invalidations_total", "Cache entries dropped by writes, by route and reason (target, resource, viewer, path, tag, entity, list).", &["route", "reason"])?;
@@ -171,6 +173,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             front_door,
+            forms_made,
         })
     }
 
@@ -288,6 +291,11 @@ impl Metrics {
     /// A response the front door wrote (`proxy::front`).
     pub fn front_door_answered(&self) {
         self.front_door.inc();
+    }
+
+    /// A stored body's compressed form was made (`CompressPolicy::stored_form`).
+    pub fn form_made(&self, encoding: &str) {
+        self.forms_made.with_label_values(&[encoding]).inc();
     }
 
     pub fn connection_opened(&self) {

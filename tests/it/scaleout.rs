@@ -537,3 +537,67 @@ async fn entity_writes_reach_every_replica() {
     assert_ne!(get(&b, "/api/items?limit=60").await.1, "HIT");
     assert_eq!(get(&b, &other).await.1, "HIT", "{other}: someone else's item stays");
 }
+
+/// A compressed form made on one replica goes into the shared value with its body: the other
+/// replica, filling its local tier from Redis, sends the same bytes without compressing the
+/// body again (its `fastgate_cache_forms_made_total` stays at 0). A purge takes the forms with
+/// the body.
+#[tokio::test]
+async fn compressed_forms_are_shared_with_their_body() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let routes = "[[routes]]\nname = \"c\"\nmatch = { path_prefix = \"/debug/cacheable\" }\nupstream = \"api\"\ncache = { ttl = \"60s\" }\ncompress = { min_size = 100 }\n";
+    let (a, b) = pair(&redis, &backend, "forms:", "", routes).await;
+    let c = reqwest::Client::new();
+    let path = "/debug/cacheable/shared-form?size=20000";
+    let fetch = |gw: &Gateway, encoding: &'static str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            let r = c.get(url).header("accept-encoding", encoding).send().await.unwrap();
+            let h = r.headers().clone();
+            let field = |n: &str| h.get(n).map_or("-", |v| v.to_str().unwrap()).to_string();
+            (field("x-cache"), field("content-encoding"), r.bytes().await.unwrap())
+        }
+    };
+    let (xc, _, plain) = fetch(&a, "identity").await;
+    assert_eq!(xc, "MISS");
+    let (xc, ce, gz) = fetch(&a, "gzip").await;
+    assert_eq!((xc.as_str(), ce.as_str()), ("HIT", "gzip"));
+    assert_eq!(crate::policies::decode("gzip", &gz), plain.to_vec());
+
+    // the shared value grows by the form (written in the background, version-checked)
+    let key = redis.cli(&["--scan", "--pattern", "forms:c:*"]).trim().to_string();
+    assert_eq!(key.lines().count(), 1, "{key}");
+    let started = Instant::now();
+    loop {
+        let len: usize = redis.cli(&["STRLEN", &key]).trim().parse().unwrap();
+        if len >= plain.len() + gz.len() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the form never reached Redis: {len} bytes for a {}-byte body", plain.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.cli(&["GETRANGE", &key, "0", "3"]).trim(), "FGC2");
+
+    // B fills its local tier from Redis (a hit through pingora's path, compressed as it
+    // streams), then sends A's form as it is from the front door
+    let (xc, _, _) = fetch(&b, "gzip").await;
+    assert_eq!(xc, "HIT");
+    let (xc, ce, gz_b) = fetch(&b, "gzip").await;
+    assert_eq!((xc.as_str(), ce.as_str()), ("HIT", "gzip"));
+    assert_eq!(gz_b, gz, "B sends the form A made");
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    let made = "fastgate_cache_forms_made_total{encoding=\"gzip\"}";
+    assert_eq!(metric_value(&ma, made), Some(1.0), "A made the form");
+    assert_eq!(metric_value(&mb, made).unwrap_or(0.0), 0.0, "B made none: {mb}");
+    assert_eq!(metric_value(&mb, "fastgate_front_door_responses_total"), Some(1.0), "from B's local tier: {mb}");
+    // B makes the brotli form it is the first to ask for
+    let (_, ce, _) = fetch(&b, "br").await;
+    assert_eq!(ce, "br");
+    assert_eq!(metric_value(&b.metrics().await, "fastgate_cache_forms_made_total{encoding=\"br\"}"), Some(1.0));
+
+    // a purge takes the forms with the body
+    let purge: Value = c.post(a.admin_url("/admin/cache/purge")).json(&json!({"prefix": "/debug/cacheable/shared-form"})).send().await.unwrap().json().await.unwrap();
+    assert!(purge["purged"].as_u64() >= Some(1), "{purge}");
+    assert_eq!(redis.cli(&["--scan", "--pattern", "forms:c:*"]).trim(), "");
+}

@@ -212,18 +212,19 @@ fn encode_whole(alg: Algorithm, level: u32, body: &Body) -> Option<Body> {
 
 impl CompressPolicy {
     /// The compressed form of a stored body to send instead of compressing it again, when this
-    /// response gets one: made (`made`) the first time a client asks for it. `None` when the
-    /// client gets no encoding, the response is not one to compress, or its body is too large.
-    pub fn stored_form<'o>(&self, obj: &'o StoredObject, header: &ResponseHeader, st: &mut CompressScratch) -> (Option<&'o Body>, bool) {
-        let Some((alg, i)) = st.chosen.and_then(|a| Some((a, slot(a)?))) else { return (None, false) };
+    /// response gets one: made the first time a client asks for it (then its encoding is
+    /// returned beside it). `None` when the client gets no encoding, the response is not one to
+    /// compress, or its body is too large.
+    pub fn stored_form<'o>(&self, obj: &'o StoredObject, header: &ResponseHeader, st: &mut CompressScratch) -> (Option<&'o Body>, Option<&'static str>) {
+        let Some((alg, i)) = st.chosen.and_then(|a| Some((a, slot(a)?))) else { return (None, None) };
         if st.head || obj.body.len() > MAX_FORM_BODY || !self.eligible(header) {
-            return (None, false);
+            return (None, None);
         }
         let (form, made) = obj.forms.get_or_make(i, || encode_whole(alg, STORED_LEVELS[i], &obj.body));
         if let Some(f) = form {
             st.precompressed = Some((obj.body.len(), f.len()));
         }
-        (form, made)
+        (form, made.then(|| token(alg)))
     }
 
     pub fn level(&self, a: Algorithm) -> u32 {
