@@ -13,13 +13,14 @@
 
 use super::ctx::{Ctx, Decision};
 use super::engine::{cache_key, cut, view};
-use super::respond::note;
+use super::respond::problem_response;
 use crate::cache::store::Body;
 use super::{Gateway, Sent};
 use crate::model::matcher::strip_port;
+use crate::policy::cache::FULL_PATH_FIELDS;
 use crate::model::normalize::normalize_with;
 use crate::policy::{Directives, Flow, Policy};
-use crate::problem::{self, GatewayError};
+use crate::problem::GatewayError;
 use crate::runtime::Runtime;
 use bytes::{BufMut, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -50,24 +51,10 @@ pub enum Door {
 }
 
 /// Request fields that take a request past the front door: a body or an upgrade, and what
-/// the cache's fast path leaves to pingora (the client's cache directives, validators and
-/// ranges).
+/// the cache's fast path leaves to pingora (`FULL_PATH_FIELDS`).
 fn passes(name: &str) -> bool {
-    const NAMES: [&str; 12] = [
-        "content-length",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "cache-control",
-        "pragma",
-        "range",
-        "if-none-match",
-        "if-modified-since",
-        "if-match",
-        "if-unmodified-since",
-        "if-range",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    const NAMES: [&str; 4] = ["content-length", "transfer-encoding", "upgrade", "expect"];
+    NAMES.iter().chain(FULL_PATH_FIELDS.iter()).any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// A field value as `HeaderValue::to_str` reads it: visible ASCII and tabs.
@@ -181,11 +168,7 @@ impl Gateway {
 
     /// A refusal at the front door: problem+json, with the route's fields, as `respond`.
     async fn refuse(&self, ctx: &mut Ctx, err: GatewayError, stream: &mut Stream, alive: bool) -> Answered {
-        let (mut header, body) = problem::render(&err, &ctx.core.request_id);
-        if let Some(route) = ctx.route() {
-            route.policies.decorate(&mut header, &ctx.record.scratch);
-        }
-        note(ctx, err);
+        let (mut header, body) = problem_response(ctx, err);
         let mut out = BytesMut::with_capacity(512 + body.len());
         head_bytes(&mut header, alive, &mut out);
         out.put_slice(&body);

@@ -9,11 +9,7 @@ use pingora::Result;
 
 /// Sends `err` as problem+json (header only for HEAD) and notes it in the outcome.
 pub async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<()> {
-    let (mut header, body) = problem::render(&err, &ctx.core.request_id);
-    if let Some(route) = ctx.route() {
-        route.policies.decorate(&mut header, &ctx.record.scratch);
-    }
-    note(ctx, err);
+    let (header, body) = problem_response(ctx, err);
     if session.is_process_shutting_down() {
         session.set_keepalive(None);
     }
@@ -23,6 +19,17 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, err: GatewayError) ->
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// `err` rendered with the route's fields and noted in the outcome: what `respond` sends, and
+/// what the front door writes itself.
+pub fn problem_response(ctx: &mut Ctx, err: GatewayError) -> (pingora::http::ResponseHeader, bytes::Bytes) {
+    let (mut header, body) = problem::render(&err, &ctx.core.request_id);
+    if let Some(route) = ctx.route() {
+        route.policies.decorate(&mut header, &ctx.record.scratch);
+    }
+    note(ctx, err);
+    (header, body)
 }
 
 /// Records a problem the client sees (or that cut the response short) in the outcome.

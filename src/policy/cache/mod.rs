@@ -29,10 +29,7 @@ use crate::problem::{GatewayError, Problem};
 use crate::model::normalize::normalize;
 use crate::model::matcher::PathMatch;
 use crate::telemetry::outcome::Outcome;
-use http::header::{
-    HeaderName, ACCEPT_ENCODING, ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, LOCATION, PRAGMA, RANGE,
-};
+use http::header::{HeaderName, ACCEPT_ENCODING, ACCEPT_RANGES, AGE, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION};
 use pingora::cache::cache_control::CacheControl;
 use pingora::cache::{CacheMeta, CachePhase, ForcedFreshness};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -175,9 +172,12 @@ pub struct FreshHit {
 }
 
 /// Request fields that need the full path: the client's cache directives (pingora's hit
-/// filter), validators (a 304) and ranges (a 206 or 416).
+/// filter), validators (a 304) and ranges (a 206 or 416). Lower case, as `HeaderName`s are.
+pub const FULL_PATH_FIELDS: [&str; 8] =
+    ["cache-control", "pragma", "range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"];
+
 fn needs_full_path(name: &HeaderName) -> bool {
-    [CACHE_CONTROL, PRAGMA, RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE].contains(name)
+    FULL_PATH_FIELDS.contains(&name.as_str())
 }
 
 impl CacheScratch {
